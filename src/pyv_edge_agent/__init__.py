@@ -1,0 +1,1 @@
+"""Pyvorin edge agent components."""

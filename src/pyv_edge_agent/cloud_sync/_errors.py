@@ -1,0 +1,24 @@
+"""The package's exceptions: one base class, subclasses where a caller would catch them."""
+
+from typing import Optional
+
+
+class CloudSyncError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class DatabaseError(CloudSyncError):
+    """The queue file cannot be used: not a SQLite database, corrupt, or from a newer release."""
+
+
+class QueueFullError(CloudSyncError):
+    """The queue cannot take the item without breaking a storage limit; nothing was written."""
+
+
+class UploadError(CloudSyncError):
+    """An upload attempt failed; ``status`` is the HTTP status, or None when no response came."""
+
+    def __init__(self, message: str, status: Optional[int] = None, retry_after: Optional[float] = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after

@@ -1,0 +1,438 @@
+"""``CloudSyncQueue``: the connection, locking, SQL and flush policy of the queue."""
+
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+import weakref
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from . import _codec, _schema, _validate
+from ._errors import CloudSyncError, DatabaseError
+from ._types import Priority, QueueItem
+
+logger = logging.getLogger("pyv_edge_agent.cloud_sync")
+
+_COLUMNS = "id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at"
+INSERT_SQL = "INSERT INTO sync_queue (payload, priority, created_at, ttl_seconds) VALUES (?, ?, ?, ?)"
+# One query per priority: with ``priority = ?`` the index (priority, next_retry_at, rowid)
+# yields rows already in the documented order, and items parked for a later retry are
+# skipped by the range instead of scanned.
+SELECT_ELIGIBLE_SQL = (
+    f"SELECT {_COLUMNS} FROM sync_queue"
+    " WHERE priority = ? AND next_retry_at <= ? AND created_at + ttl_seconds > ?"
+    " ORDER BY next_retry_at, id LIMIT ?"
+)
+# The flush reads stored text as bytes so it can be spliced into a body without decoding.
+SELECT_CLAIM_SQL = (
+    "SELECT id, CAST(payload AS BLOB), retry_count FROM sync_queue"
+    " WHERE priority = ? AND next_retry_at <= ? AND created_at + ttl_seconds > ?"
+    " ORDER BY next_retry_at, id LIMIT ?"
+)
+COUNT_SQL = "SELECT COUNT(*) FROM sync_queue"
+STATS_SQL = (
+    "SELECT COUNT(*), MIN(created_at), COALESCE(SUM(retry_count), 0),"
+    " COALESCE(SUM(retry_count > 0), 0) FROM sync_queue"
+)
+READ_COUNTER_SQL = "SELECT value FROM sync_meta WHERE key = ?"
+ADD_SENT_SQL = (
+    "UPDATE sync_meta SET value = value + ? WHERE key IN ('messages_sent_today', 'messages_sent_total')"
+)
+RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
+
+
+def _in_list(size: int) -> str:
+    return "(" + ",".join("?" * size) + ")"
+
+
+ACK_SQL = {size: f"DELETE FROM sync_queue WHERE id IN {_in_list(size)}" for size in _codec.ID_CHUNK_SHAPES}
+NACK_SQL = {
+    size: "UPDATE sync_queue SET retry_count = retry_count + 1, next_retry_at = ?"
+    f" WHERE id IN {_in_list(size)}"
+    for size in _codec.ID_CHUNK_SHAPES
+}
+LEASE_SQL = {
+    size: f"UPDATE sync_queue SET next_retry_at = ? WHERE id IN {_in_list(size)}" for size in _codec.ID_CHUNK_SHAPES
+}
+
+CONFIG_KEYS = (
+    "db_path",
+    "durability",
+    "busy_timeout",
+    "max_batch_items",
+    "max_batch_bytes",
+    "retry_base_seconds",
+    "retry_max_seconds",
+    "lease_seconds",
+)
+
+# A forked child must not use, or even close, the parent's connection: closing it there
+# could checkpoint and delete the WAL under the parent. Inherited connections are parked
+# here forever instead.
+_ALL_QUEUES: "weakref.WeakSet[CloudSyncQueue]" = weakref.WeakSet()
+_INHERITED: List[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for queue in list(_ALL_QUEUES):
+        queue._forget_connection_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class CloudSyncQueue:
+    """A persistent, priority-ordered store-and-forward queue backed by one SQLite file.
+
+    Thread-safe through one ``threading.RLock``; several processes may share the file
+    (WAL journal, busy timeout). Items stay stored until acked.
+
+    :param db_path: the SQLite file; its directory is created if needed.
+    :param durability: ``"full"`` (default): a returned id survives power loss.
+        ``"fast"``: survives a crash of the process, but a power cut may lose the last
+        transactions (never the file).
+    :param busy_timeout: seconds to wait for another process's write lock.
+    :param max_batch_items: most items in one upload by ``maybe_flush``.
+    :param max_batch_bytes: most stored payload bytes in one upload (a single larger item
+        is still sent alone).
+    :param retry_base_seconds: first backoff step after a failed upload.
+    :param retry_max_seconds: cap of the exponential backoff.
+    :param lease_seconds: how long a batch being uploaded is hidden from other flushers; a
+        flusher that dies mid-upload leaves its items to come back after this.
+    """
+
+    def __init__(
+        self,
+        db_path: "str | os.PathLike[str]" = "sync_queue.db",
+        *,
+        durability: str = "full",
+        busy_timeout: float = 30.0,
+        max_batch_items: int = 500,
+        max_batch_bytes: int = 512 * 1024,
+        retry_base_seconds: float = 1.0,
+        retry_max_seconds: float = 300.0,
+        lease_seconds: float = 300.0,
+    ) -> None:
+        if not isinstance(db_path, (str, os.PathLike)):
+            raise TypeError(f"db_path must be a str or os.PathLike, got {type(db_path).__name__}: {db_path!r:.100}")
+        path = os.fspath(db_path)
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"db_path must be a non-empty text path, got {db_path!r:.100}")
+        self._path = path
+        self._durability = _validate.choice("durability", durability, tuple(_schema.SYNCHRONOUS))
+        self._busy_timeout = _validate.number("busy_timeout", busy_timeout, 0.0)
+        self._max_batch_items = _validate.integer("max_batch_items", max_batch_items, 1)
+        self._max_batch_bytes = _validate.integer("max_batch_bytes", max_batch_bytes, 1)
+        self._retry_base = _validate.number("retry_base_seconds", retry_base_seconds, 0.0)
+        self._retry_max = _validate.number("retry_max_seconds", retry_max_seconds, self._retry_base)
+        self._lease = _validate.number("lease_seconds", lease_seconds, 0.0, allow_equal=False)
+        self._clock: Callable[[], float] = time.time
+        self._lock = threading.RLock()
+        self._db: Optional[sqlite3.Connection] = None
+        self._closed = False
+        if path != ":memory:" and not path.startswith("file:"):
+            directory = os.path.dirname(os.path.abspath(path))
+            os.makedirs(directory, exist_ok=True)
+        self._connect()
+        _ALL_QUEUES.add(self)
+
+    # -- connection -------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=256,
+                uri=self._path.startswith("file:"),
+            )
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open queue database {self._path!r}: {exc}") from exc
+        try:
+            _schema.configure(conn, self._durability, self._busy_timeout)
+            _schema.migrate(conn, self._path)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise DatabaseError(f"cannot use {self._path!r} as a queue database: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._db = conn
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = self._db
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise CloudSyncError(f"the queue on {self._path!r} is closed")
+        return self._connect()
+
+    def _forget_connection_after_fork(self) -> None:
+        # The lock may have been held by a thread that does not exist in the child.
+        self._lock = threading.RLock()
+        if self._db is not None:
+            _INHERITED.append(self._db)
+            self._db = None
+
+    def close(self) -> None:
+        """Close the connection; later calls raise ``CloudSyncError``."""
+        with self._lock:
+            self._closed = True
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> "CloudSyncQueue":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CloudSyncQueue(db_path={self._path!r}, durability={self._durability!r}, backend={_codec.BACKEND!r})"
+
+    @property
+    def db_path(self) -> str:
+        """The path of the SQLite file."""
+        return self._path
+
+    # -- writing ----------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        payload: Dict[str, Any],
+        priority: Priority = Priority.TELEMETRY,
+        ttl_seconds: int = 86400,
+    ) -> int:
+        """Store one payload and return its id; the id is durable when this returns."""
+        text = _codec.encode_payload(payload)
+        level = _validate.priority_value(priority)
+        ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
+        with self._lock:
+            cursor = self._conn().execute(INSERT_SQL, (text, level, self._clock(), ttl))
+            return cursor.lastrowid  # type: ignore[return-value]
+
+    def enqueue_many(
+        self,
+        payloads: Sequence[Dict[str, Any]],
+        priority: Priority = Priority.TELEMETRY,
+        ttl_seconds: int = 86400,
+    ) -> List[int]:
+        """Store many payloads in one transaction; return their ids in input order.
+
+        Every payload is validated and encoded before anything is written: one bad
+        payload stores none of them.
+        """
+        level = _validate.priority_value(priority)
+        ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
+        with self._lock:
+            rows = _codec.encode_rows(payloads, level, self._clock(), ttl)
+            if not rows:
+                return []
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(INSERT_SQL, rows)
+                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        # AUTOINCREMENT under the write lock hands out consecutive ids.
+        return list(range(last - len(rows) + 1, last + 1))
+
+    def ack(self, ids: Sequence[int]) -> int:
+        """Delete the given items; return how many rows were deleted. Unknown ids are ignored."""
+        chunks = _codec.id_chunks(ids)
+        with self._lock:
+            return self._run_chunks(ACK_SQL, (), chunks)
+
+    def nack(self, ids: Sequence[int], retry_delay_seconds: float = 60.0) -> int:
+        """Count a failed attempt on the given items and hide them for ``retry_delay_seconds``.
+
+        Returns the number of rows updated.
+        """
+        delay = _validate.number("retry_delay_seconds", retry_delay_seconds, 0.0)
+        chunks = _codec.id_chunks(ids)
+        with self._lock:
+            return self._run_chunks(NACK_SQL, (self._clock() + delay,), chunks)
+
+    def _run_chunks(self, statements: Dict[int, str], prefix: Tuple[Any, ...], chunks: List[Tuple[int, ...]]) -> int:
+        """Run one statement per id chunk, in one transaction when there are several."""
+        if not chunks:
+            return 0
+        conn = self._conn()
+        if len(chunks) == 1 or conn.in_transaction:
+            return sum(conn.execute(statements[len(chunk)], prefix + chunk).rowcount for chunk in chunks)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            changed = sum(conn.execute(statements[len(chunk)], prefix + chunk).rowcount for chunk in chunks)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return changed
+
+    # -- reading ----------------------------------------------------------------------
+
+    def dequeue(self, batch_size: int = 10) -> List[QueueItem]:
+        """Return up to ``batch_size`` eligible items in priority order without removing them.
+
+        Eligible: ``next_retry_at <= now`` and ``created_at + ttl_seconds > now``. Order:
+        priority, then ``next_retry_at``, then id. Call ``ack`` after a successful upload.
+        """
+        limit = _validate.integer("batch_size", batch_size, 1)
+        return self._eligible(limit)
+
+    def peek(self, n: int = 5) -> List[QueueItem]:
+        """Return up to ``n`` eligible items, exactly as ``dequeue`` would, for inspection."""
+        limit = _validate.integer("n", n, 1)
+        return self._eligible(limit)
+
+    def _select_eligible(self, sql: str, limit: int, now: float) -> List[Tuple[Any, ...]]:
+        conn = self._conn()
+        rows: List[Tuple[Any, ...]] = []
+        for level in (1, 2, 3, 4):
+            rows += conn.execute(sql, (level, now, now, limit - len(rows))).fetchall()
+            if len(rows) >= limit:
+                break
+        return rows
+
+    def _eligible(self, limit: int) -> List[QueueItem]:
+        with self._lock:
+            rows = self._select_eligible(SELECT_ELIGIBLE_SQL, limit, self._clock())
+        return _codec.decode_rows(rows)
+
+    def pending_count(self) -> int:
+        """Return the number of stored items, whatever their TTL or retry state."""
+        with self._lock:
+            return int(self._conn().execute(COUNT_SQL).fetchone()[0])
+
+    def get_stats(self) -> Dict[str, Any]:
+        """Return ``depth``, ``oldest_item_timestamp``, ``total_retries``, ``retrying_items``
+        and the ``messages_sent_today`` counter."""
+        with self._lock:
+            depth, oldest, retries, retrying = self._conn().execute(STATS_SQL).fetchone()
+            sent_today = self._counter("messages_sent_today")
+        return {
+            "depth": depth,
+            "oldest_item_timestamp": oldest,
+            "total_retries": retries,
+            "retrying_items": retrying,
+            "messages_sent_today": sent_today,
+        }
+
+    # -- counters ---------------------------------------------------------------------
+
+    def _counter(self, key: str) -> int:
+        row = self._conn().execute(READ_COUNTER_SQL, (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @property
+    def messages_sent_today(self) -> int:
+        """Items acked by ``maybe_flush`` since the last ``reset_daily_counters()``; persisted."""
+        with self._lock:
+            return self._counter("messages_sent_today")
+
+    def reset_daily_counters(self) -> None:
+        """Reset ``messages_sent_today`` to 0; call it from a job at midnight."""
+        with self._lock:
+            self._conn().execute(RESET_DAILY_SQL)
+
+    # -- flushing ---------------------------------------------------------------------
+
+    def maybe_flush(self, uploader: Any = None) -> int:
+        """Send eligible items through ``uploader.post_batch`` in priority order; return how
+        many were acked.
+
+        Items go in batches bounded by ``max_batch_items`` and ``max_batch_bytes``; each
+        accepted batch is acked, and the first failed batch (an exception or a ``False``
+        return) is nacked with exponential backoff and ends the call. Without an uploader
+        nothing is sent and nothing is removed.
+        """
+        if uploader is None:
+            return 0
+        post_batch = getattr(uploader, "post_batch", None)
+        if not callable(post_batch):
+            raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
+        post_encoded = getattr(uploader, "post_encoded_batch", None)
+        flushed = 0
+        while True:
+            batch = self._claim_batch()
+            if not batch:
+                return flushed
+            ids = [row[0] for row in batch]
+            texts = [row[1] for row in batch]
+            try:
+                if callable(post_encoded):
+                    accepted = post_encoded(_codec.splice_body(texts), len(texts))
+                else:
+                    accepted = post_batch([_codec.decode_payload(text) for text in texts])
+            except Exception as exc:  # any failure of a user-supplied uploader is a failed batch
+                logger.warning("upload of %d items failed: %s: %s", len(ids), type(exc).__name__, exc)
+                accepted = False
+            if accepted is False:
+                self._nack_failed(ids, max(row[2] for row in batch))
+                return flushed
+            flushed += self._ack_sent(ids)
+
+    def _claim_batch(self) -> List[Tuple[int, bytes, int]]:
+        """Pick the next batch and lease it (push ``next_retry_at`` ahead) in one transaction,
+        so that a concurrent flusher does not send the same items."""
+        with self._lock:
+            conn = self._conn()
+            now = self._clock()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._select_eligible(SELECT_CLAIM_SQL, self._max_batch_items, now)
+                size = 0
+                for count, row in enumerate(rows):
+                    size += len(row[1])
+                    if size > self._max_batch_bytes and count:
+                        del rows[count:]
+                        break
+                if rows:
+                    self._run_chunks(LEASE_SQL, (now + self._lease,), _codec.id_chunks([row[0] for row in rows]))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return rows
+
+    def _ack_sent(self, ids: List[int]) -> int:
+        chunks = _codec.id_chunks(ids)
+        with self._lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = self._run_chunks(ACK_SQL, (), chunks)
+                conn.execute(ADD_SENT_SQL, (deleted,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return deleted
+
+    def _nack_failed(self, ids: List[int], attempts: int) -> None:
+        ceiling = min(self._retry_max, self._retry_base * 2.0 ** min(attempts, 32))
+        # Full jitter spreads a fleet's retries after a shared outage.
+        self.nack(ids, retry_delay_seconds=random.uniform(0.0, ceiling))
+
+    # -- construction from configuration ------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CloudSyncQueue":
+        """Build a queue from a configuration mapping whose keys are the constructor's
+        arguments (``db_path``, ``durability``, ...). Unknown keys are a ``ValueError``."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"d must be a mapping of configuration keys, got {type(d).__name__}")
+        unknown = sorted(str(key) for key in d if key not in CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"unknown CloudSyncQueue configuration keys {unknown}; valid keys are {list(CONFIG_KEYS)}")
+        return cls(**d)

@@ -1,0 +1,85 @@
+"""Schema, pragmas and migrations of the queue file.
+
+The documented ``sync_queue`` table and its index are kept exactly as earlier releases
+wrote them, so their databases open unchanged. Everything newer lives in extra tables and
+is tracked by ``PRAGMA user_version``.
+"""
+
+import sqlite3
+
+from ._errors import DatabaseError
+
+SCHEMA_VERSION = 1
+MIN_SQLITE_VERSION = (3, 31, 0)
+
+QUEUE_DDL = """\
+CREATE TABLE IF NOT EXISTS sync_queue (
+id INTEGER PRIMARY KEY AUTOINCREMENT,
+payload TEXT NOT NULL,
+priority INTEGER NOT NULL,
+created_at REAL NOT NULL,
+ttl_seconds INTEGER NOT NULL,
+retry_count INTEGER NOT NULL DEFAULT 0,
+next_retry_at REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS idx_sync_queue_priority
+ON sync_queue(priority, next_retry_at);
+"""
+
+# Counters and other small state that must survive a restart.
+META_DDL = """\
+CREATE TABLE IF NOT EXISTS sync_meta (
+key TEXT PRIMARY KEY,
+value NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('messages_sent_today', 0);
+INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('messages_sent_total', 0);
+"""
+
+# Synchronous levels by durability mode. FULL syncs the WAL on every commit, so a returned
+# id survives power loss; NORMAL syncs only at checkpoints: a crash of the process loses
+# nothing, a power cut may lose the last transactions but never corrupts the file.
+SYNCHRONOUS = {"full": "FULL", "fast": "NORMAL"}
+
+
+def check_sqlite_version(version: str = sqlite3.sqlite_version) -> None:
+    """Raise ImportError when the linked SQLite is older than the supported floor."""
+    found = tuple(int(part) for part in version.split(".")[:3])
+    if found < MIN_SQLITE_VERSION:
+        floor = ".".join(map(str, MIN_SQLITE_VERSION))
+        raise ImportError(
+            f"pyv_edge_agent.cloud_sync needs SQLite {floor} or newer; Python's sqlite3 is linked "
+            f"against SQLite {version}"
+        )
+
+
+def configure(conn: sqlite3.Connection, durability: str, busy_timeout: float) -> None:
+    """Apply the per-connection pragmas."""
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Create or upgrade the schema to ``SCHEMA_VERSION`` in one transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"{path!r} has schema version {version}, written by a newer release of "
+            f"pyv-edge-agent (this one understands up to {SCHEMA_VERSION}); upgrade the package"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read inside the write lock: another process may have migrated meanwhile.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            for ddl in (QUEUE_DDL + META_DDL).split(";\n"):
+                if ddl.strip():
+                    conn.execute(ddl)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,52 @@
+"""Argument checks shared by the public entry points.
+
+Each raises ``TypeError`` or ``ValueError`` naming the argument and the value, before
+anything is written.
+"""
+
+import math
+from typing import Any
+
+from ._types import Priority
+
+INT64_MAX = 2**63 - 1
+
+
+def priority_value(priority: Any) -> int:
+    """Return the stored integer for a ``Priority`` member or an int 1..4."""
+    if isinstance(priority, Priority):
+        return priority.value
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(
+            f"priority must be a Priority or an int 1..4, got {type(priority).__name__}: {priority!r:.100}"
+        )
+    if not 1 <= priority <= 4:
+        raise ValueError(f"priority must be one of 1 (CRITICAL) .. 4 (LOGS), got {priority!r}")
+    return int(priority)
+
+
+def integer(name: str, value: Any, minimum: int, maximum: int = INT64_MAX) -> int:
+    """Return ``value`` if it is an int (not a bool) within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}: {value!r:.100}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be between {minimum} and {maximum}, got {value!r}")
+    return int(value)
+
+
+def number(name: str, value: Any, minimum: float, *, allow_equal: bool = True) -> float:
+    """Return ``value`` as a float if it is a finite real number at or above ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r:.100}")
+    value = float(value)
+    if not math.isfinite(value) or value < minimum or (not allow_equal and value == minimum):
+        relation = "at least" if allow_equal else "greater than"
+        raise ValueError(f"{name} must be a finite number {relation} {minimum}, got {value!r}")
+    return value
+
+
+def choice(name: str, value: Any, allowed: "tuple[str, ...]") -> str:
+    """Return ``value`` if it is one of the ``allowed`` strings."""
+    if value not in allowed or not isinstance(value, str):
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r:.100}")
+    return value
