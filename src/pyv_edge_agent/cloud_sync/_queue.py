@@ -33,13 +33,10 @@ SELECT_CLAIM_SQL = (
 )
 COUNT_SQL = "SELECT COUNT(*) FROM sync_queue"
 STATS_SQL = (
-    "SELECT COUNT(*), MIN(created_at), COALESCE(SUM(retry_count), 0),"
-    " COALESCE(SUM(retry_count > 0), 0) FROM sync_queue"
+    "SELECT COUNT(*), MIN(created_at), COALESCE(SUM(retry_count), 0), COALESCE(SUM(retry_count > 0), 0) FROM sync_queue"
 )
 READ_COUNTER_SQL = "SELECT value FROM sync_meta WHERE key = ?"
-ADD_SENT_SQL = (
-    "UPDATE sync_meta SET value = value + ? WHERE key IN ('messages_sent_today', 'messages_sent_total')"
-)
+ADD_SENT_SQL = "UPDATE sync_meta SET value = value + ? WHERE key IN ('messages_sent_today', 'messages_sent_total')"
 RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
 
 
@@ -49,8 +46,7 @@ def _in_list(size: int) -> str:
 
 ACK_SQL = {size: f"DELETE FROM sync_queue WHERE id IN {_in_list(size)}" for size in _codec.ID_CHUNK_SHAPES}
 NACK_SQL = {
-    size: "UPDATE sync_queue SET retry_count = retry_count + 1, next_retry_at = ?"
-    f" WHERE id IN {_in_list(size)}"
+    size: f"UPDATE sync_queue SET retry_count = retry_count + 1, next_retry_at = ? WHERE id IN {_in_list(size)}"
     for size in _codec.ID_CHUNK_SHAPES
 }
 LEASE_SQL = {

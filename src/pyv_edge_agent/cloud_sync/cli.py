@@ -31,7 +31,9 @@ def _demo(args: argparse.Namespace) -> int:
             )
         queue.enqueue_many([{"log": f"boot step {i}"} for i in range(10)], priority=Priority.LOGS)
         queue.enqueue_many([{"sensor": "vibration", "zscore": 4.0 + i} for i in range(5)], priority=Priority.ANOMALY)
-        queue.enqueue({"sensor": "boiler", "value": 85.0, "alert": "overheat"}, priority=Priority.CRITICAL, ttl_seconds=3600)
+        queue.enqueue(
+            {"sensor": "boiler", "value": 85.0, "alert": "overheat"}, priority=Priority.CRITICAL, ttl_seconds=3600
+        )
         out.write(f"queued: {queue.pending_count()} items\n")
         out.write("next up: " + ", ".join(f"#{item.id} {item.priority.name}" for item in queue.peek(n=3)) + "\n")
 
@@ -46,10 +48,20 @@ def _demo(args: argparse.Namespace) -> int:
             time.sleep(0.05)
         order: List[str] = []
         for item in server.items:
-            name = "CRITICAL" if "alert" in item else "ANOMALY" if "zscore" in item else "LOGS" if "log" in item else "TELEMETRY"
+            name = (
+                "CRITICAL"
+                if "alert" in item
+                else "ANOMALY"
+                if "zscore" in item
+                else "LOGS"
+                if "log" in item
+                else "TELEMETRY"
+            )
             if not order or order[-1] != name:
                 order.append(name)
-        out.write(f"uplink up: flushed {flushed} in {len(server.batches)} batches; arrival order: {' > '.join(order)}\n")
+        out.write(
+            f"uplink up: flushed {flushed} in {len(server.batches)} batches; arrival order: {' > '.join(order)}\n"
+        )
         stats = queue.get_stats()
         out.write(f"left in queue: {queue.pending_count()}; stats: {stats}\n")
         queue.close()
@@ -59,7 +71,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cloud-sync``."""
-    parser = argparse.ArgumentParser(prog="cloud-sync", description="Persistent store-and-forward queue for edge agents.")
+    parser = argparse.ArgumentParser(
+        prog="cloud-sync", description="Persistent store-and-forward queue for edge agents."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run store-and-forward against a built-in loopback ingest endpoint")
     demo.add_argument("--items", type=int, default=100, help="telemetry readings to queue (default 100)")
