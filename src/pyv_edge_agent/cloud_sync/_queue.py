@@ -1,5 +1,6 @@
 """``CloudSyncQueue``: the connection, locking, SQL and flush policy of the queue."""
 
+import functools
 import logging
 import os
 import random
@@ -7,10 +8,11 @@ import sqlite3
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, cast
 
-from . import _codec, _schema, _validate
-from ._errors import CloudSyncError, DatabaseError
+from . import _clock, _codec, _integrity, _schema, _storage, _validate
+from ._errors import CloudSyncError, CorruptDatabaseError, DatabaseError
+from ._integrity import IntegrityReport
 from ._types import Priority, QueueItem
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -38,6 +40,8 @@ STATS_SQL = (
 READ_COUNTER_SQL = "SELECT value FROM sync_meta WHERE key = ?"
 ADD_SENT_SQL = "UPDATE sync_meta SET value = value + ? WHERE key IN ('messages_sent_today', 'messages_sent_total')"
 RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
+STORAGE_COUNTERS = ("evicted_total", "expired_purged_total", "quarantined_total", "clock_jumps_total")
+READ_STORAGE_COUNTERS_SQL = f"SELECT key, value FROM sync_meta WHERE key IN {STORAGE_COUNTERS}"
 
 
 def _in_list(size: int) -> str:
@@ -62,7 +66,31 @@ CONFIG_KEYS = (
     "retry_base_seconds",
     "retry_max_seconds",
     "lease_seconds",
+    "max_queue_items",
+    "max_queue_bytes",
+    "min_free_disk_bytes",
+    "purge_interval",
+    "on_corrupt",
 )
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _sqlite_errors(method: _Method) -> _Method:
+    """Turn a full disk and a damaged file into the package's errors, naming the path."""
+
+    @functools.wraps(method)
+    def wrapper(self: "CloudSyncQueue", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            error = self._translate_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    return cast(_Method, wrapper)
+
 
 # A forked child must not use, or even close, the parent's connection: closing it there
 # could checkpoint and delete the WAL under the parent. Inherited connections are parked
@@ -98,6 +126,21 @@ class CloudSyncQueue:
     :param retry_max_seconds: cap of the exponential backoff.
     :param lease_seconds: how long a batch being uploaded is hidden from other flushers; a
         flusher that dies mid-upload leaves its items to come back after this.
+    :param max_queue_items: most items stored (None: no limit). A new item beyond it
+        evicts the oldest item of the lowest priority (Logs, then Telemetry, then
+        Anomaly); Critical items are never evicted, and when only they are left the new
+        item is refused with ``QueueFullError`` and nothing is written.
+    :param max_queue_bytes: most stored payload bytes (the JSON text; None: no limit),
+        enforced like ``max_queue_items``.
+    :param min_free_disk_bytes: below this much free space on the file system the queue
+        stops growing: new items replace evicted ones or are refused (0: no margin).
+    :param purge_interval: ``maybe_flush`` deletes expired items at most this often, in
+        seconds (None: never; ``purge_expired()`` always can).
+    :param on_corrupt: ``"raise"`` (default): a damaged file is a ``CorruptDatabaseError``
+        and stays untouched. ``"quarantine"``: it is renamed aside with a timestamp and an
+        empty queue starts, so an unattended agent never wedges on it.
+    :param clock: the wall clock, seconds since the epoch (default ``time.time``); the
+        queue never lets its time run backwards, see ``_clock``.
     """
 
     def __init__(
@@ -111,6 +154,12 @@ class CloudSyncQueue:
         retry_base_seconds: float = 1.0,
         retry_max_seconds: float = 300.0,
         lease_seconds: float = 300.0,
+        max_queue_items: Optional[int] = None,
+        max_queue_bytes: Optional[int] = None,
+        min_free_disk_bytes: int = _storage.DEFAULT_MIN_FREE_DISK_BYTES,
+        purge_interval: Optional[float] = _storage.DEFAULT_PURGE_INTERVAL,
+        on_corrupt: str = "raise",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(db_path, (str, os.PathLike)):
             raise TypeError(f"db_path must be a str or os.PathLike, got {type(db_path).__name__}: {db_path!r:.100}")
@@ -125,19 +174,60 @@ class CloudSyncQueue:
         self._retry_base = _validate.number("retry_base_seconds", retry_base_seconds, 0.0)
         self._retry_max = _validate.number("retry_max_seconds", retry_max_seconds, self._retry_base)
         self._lease = _validate.number("lease_seconds", lease_seconds, 0.0, allow_equal=False)
-        self._clock: Callable[[], float] = time.time
+        self._on_corrupt = _validate.choice("on_corrupt", on_corrupt, _integrity.ON_CORRUPT_CHOICES)
+        if not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds since the epoch, got {clock!r:.100}")
+        self._wall = clock
+        self._time = _clock.QueueClock(clock)
+        self._clock: Callable[[], float] = self._now
+        self._storage = _storage.StorageGuard(
+            path,
+            _storage.StorageLimits(
+                max_items=None if max_queue_items is None else _validate.integer("max_queue_items", max_queue_items, 1),
+                max_bytes=None if max_queue_bytes is None else _validate.integer("max_queue_bytes", max_queue_bytes, 1),
+                min_free_disk_bytes=_validate.integer("min_free_disk_bytes", min_free_disk_bytes, 0),
+                purge_interval=None
+                if purge_interval is None
+                else _validate.number("purge_interval", purge_interval, 0.0),
+            ),
+        )
         self._lock = threading.RLock()
         self._db: Optional[sqlite3.Connection] = None
         self._closed = False
-        if path != ":memory:" and not path.startswith("file:"):
-            directory = os.path.dirname(os.path.abspath(path))
-            os.makedirs(directory, exist_ok=True)
+        self._created_dirs: List[str] = []
+        if self._is_file():
+            self._created_dirs = _integrity.make_directories(os.path.dirname(os.path.abspath(path)), path)
         self._connect()
         _ALL_QUEUES.add(self)
 
     # -- connection -------------------------------------------------------------------
 
+    def _is_file(self) -> bool:
+        return self._path != ":memory:" and not self._path.startswith("file:")
+
     def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = self._open()
+        except CorruptDatabaseError as exc:
+            if self._on_corrupt != "quarantine" or not self._is_file():
+                raise
+            aside = _integrity.quarantine(self._path, self._wall())
+            logger.error(
+                "queue database %r is damaged (%s); moved it to %r and started an empty queue", self._path, exc, aside
+            )
+            conn = self._open()
+            with _storage.write_transaction(conn):
+                conn.execute(_storage.ADD_COUNTER_SQL, (_integrity.QUARANTINED_KEY, 1))
+        self._db = conn
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        """Open and set up the file; nothing is written to a file that fails a check."""
+        is_file = self._is_file()
+        created = False
+        if is_file:
+            _integrity.check_header(self._path)
+            created = not os.path.exists(self._path)
         try:
             conn = sqlite3.connect(
                 self._path,
@@ -148,18 +238,78 @@ class CloudSyncQueue:
                 uri=self._path.startswith("file:"),
             )
         except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot open queue database {self._path!r}: {exc}") from exc
+            raise _integrity.open_error(self._path, exc) from exc
         try:
+            if is_file and not created and self._on_corrupt == "quarantine":
+                _integrity.quick_check(conn, self._path)
+            _storage.configure(conn)
             _schema.configure(conn, self._durability, self._busy_timeout)
             _schema.migrate(conn, self._path)
-        except sqlite3.DatabaseError as exc:
+            self._time.start(_clock.read_high_water(conn))
+        except sqlite3.Error as exc:
             conn.close()
-            raise DatabaseError(f"cannot use {self._path!r} as a queue database: {exc}") from exc
+            raise _integrity.open_error(self._path, exc) from exc
         except BaseException:
             conn.close()
             raise
-        self._db = conn
+        if created and self._durability == "full":
+            # SQLite syncs a new WAL's directory entry but not a new database file's: without
+            # this a power cut soon after creation could lose the file and every id in it.
+            # The same holds for directories this queue created: their parents get synced too.
+            for directory in [self._path] + self._created_dirs:
+                _integrity.fsync_directory(os.path.dirname(os.path.abspath(directory)))
+            self._created_dirs = []
         return conn
+
+    def _translate_error(self, exc: sqlite3.Error) -> Optional[Exception]:
+        if _storage.is_disk_full(exc):
+            return _storage.disk_full_error(self._path, exc)
+        if _integrity.is_corruption(exc):
+            if self._on_corrupt == "quarantine" and self._db is not None:
+                # The next call reopens, finds the damage and moves the file aside.
+                _INHERITED.append(self._db)
+                self._db = None
+            return CorruptDatabaseError(f"queue database {self._path!r} is damaged: {exc}")
+        if isinstance(exc, sqlite3.OperationalError) and "disk I/O error" in str(exc):
+            return DatabaseError(
+                f"queue database {self._path!r}: {exc}; {_integrity.describe_access_problem(self._path)}"
+            )
+        return None
+
+    # -- time -------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        """The queue's time (see ``_clock``); moves stored timestamps after a forward step."""
+        now = self._time.now()
+        if self._time.pending_jump is not None:
+            jump = self._time.take_jump()
+            if jump is not None:
+                self._shift_for_clock_jump(*jump)
+        return now
+
+    def _shift_for_clock_jump(self, before: float, step: float) -> None:
+        conn = self._conn()
+        if conn.in_transaction:
+            shifted = _clock.shift_for_jump(conn, before, step)
+        else:
+            with _storage.write_transaction(conn):
+                shifted = _clock.shift_for_jump(conn, before, step)
+        self._time.persisted(before + step + _clock.HIGH_WATER_LEAD_SECONDS)
+        if shifted:
+            logger.warning(
+                "wall clock stepped forward by %.0f s; moved the timestamps of stored items with it so that "
+                "the step expires none of them",
+                step,
+            )
+
+    def _admit(self, conn: sqlite3.Connection, texts: Sequence[str], now: float) -> None:
+        """Make room for ``texts`` or raise ``QueueFullError``; call inside the insert's
+        write transaction (see ``_storage.StorageGuard.admit``)."""
+        self._storage.admit(conn, texts, now)
+        due = self._time.high_water_due()
+        if due is not None:
+            conn.execute(_clock.WRITE_HIGH_WATER_SQL, (due,))
+            self._time.persisted(due)
 
     def _conn(self) -> sqlite3.Connection:
         conn = self._db
@@ -181,8 +331,10 @@ class CloudSyncQueue:
         with self._lock:
             self._closed = True
             if self._db is not None:
-                self._db.close()
-                self._db = None
+                try:
+                    self._db.close()
+                finally:
+                    self._db = None
 
     def __enter__(self) -> "CloudSyncQueue":
         return self
@@ -200,20 +352,30 @@ class CloudSyncQueue:
 
     # -- writing ----------------------------------------------------------------------
 
+    @_sqlite_errors
     def enqueue(
         self,
         payload: Dict[str, Any],
         priority: Priority = Priority.TELEMETRY,
         ttl_seconds: int = 86400,
     ) -> int:
-        """Store one payload and return its id; the id is durable when this returns."""
+        """Store one payload and return its id; the id is durable when this returns.
+
+        Raises ``QueueFullError`` (nothing written) when a storage limit cannot be met.
+        """
         text = _codec.encode_payload(payload)
         level = _validate.priority_value(priority)
         ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
         with self._lock:
-            cursor = self._conn().execute(INSERT_SQL, (text, level, self._clock(), ttl))
+            conn = self._conn()
+            now = self._clock()
+            with self._storage.transaction(conn):
+                self._admit(conn, (text,), now)
+                cursor = conn.execute(INSERT_SQL, (text, level, now, ttl))
+            self._storage.maintain(conn)
             return cursor.lastrowid  # type: ignore[return-value]
 
+    @_sqlite_errors
     def enqueue_many(
         self,
         payloads: Sequence[Dict[str, Any]],
@@ -228,27 +390,29 @@ class CloudSyncQueue:
         level = _validate.priority_value(priority)
         ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
         with self._lock:
-            rows = _codec.encode_rows(payloads, level, self._clock(), ttl)
+            now = self._clock()
+            rows = _codec.encode_rows(payloads, level, now, ttl)
             if not rows:
                 return []
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._storage.transaction(conn):
+                self._admit(conn, [row[0] for row in rows], now)
                 conn.executemany(INSERT_SQL, rows)
                 last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            self._storage.maintain(conn)
         # AUTOINCREMENT under the write lock hands out consecutive ids.
         return list(range(last - len(rows) + 1, last + 1))
 
+    @_sqlite_errors
     def ack(self, ids: Sequence[int]) -> int:
         """Delete the given items; return how many rows were deleted. Unknown ids are ignored."""
         chunks = _codec.id_chunks(ids)
         with self._lock:
-            return self._run_chunks(ACK_SQL, (), chunks)
+            deleted = self._run_chunks(ACK_SQL, (), chunks)
+            self._storage.maintain(self._conn())
+            return deleted
 
+    @_sqlite_errors
     def nack(self, ids: Sequence[int], retry_delay_seconds: float = 60.0) -> int:
         """Count a failed attempt on the given items and hide them for ``retry_delay_seconds``.
 
@@ -277,6 +441,7 @@ class CloudSyncQueue:
 
     # -- reading ----------------------------------------------------------------------
 
+    @_sqlite_errors
     def dequeue(self, batch_size: int = 10) -> List[QueueItem]:
         """Return up to ``batch_size`` eligible items in priority order without removing them.
 
@@ -286,6 +451,7 @@ class CloudSyncQueue:
         limit = _validate.integer("batch_size", batch_size, 1)
         return self._eligible(limit)
 
+    @_sqlite_errors
     def peek(self, n: int = 5) -> List[QueueItem]:
         """Return up to ``n`` eligible items, exactly as ``dequeue`` would, for inspection."""
         limit = _validate.integer("n", n, 1)
@@ -305,24 +471,76 @@ class CloudSyncQueue:
             rows = self._select_eligible(SELECT_ELIGIBLE_SQL, limit, self._clock())
         return _codec.decode_rows(rows)
 
+    @_sqlite_errors
     def pending_count(self) -> int:
         """Return the number of stored items, whatever their TTL or retry state."""
         with self._lock:
             return int(self._conn().execute(COUNT_SQL).fetchone()[0])
 
+    @_sqlite_errors
     def get_stats(self) -> Dict[str, Any]:
         """Return ``depth``, ``oldest_item_timestamp``, ``total_retries``, ``retrying_items``
-        and the ``messages_sent_today`` counter."""
+        and the ``messages_sent_today`` counter, and the storage figures: ``evicted_total``,
+        ``expired_purged_total``, ``quarantined_total``, ``clock_jumps_total`` and
+        ``storage_bytes`` (the file and its WAL)."""
         with self._lock:
             depth, oldest, retries, retrying = self._conn().execute(STATS_SQL).fetchone()
             sent_today = self._counter("messages_sent_today")
-        return {
+            storage = self._storage_stats()
+        stats = {
             "depth": depth,
             "oldest_item_timestamp": oldest,
             "total_retries": retries,
             "retrying_items": retrying,
             "messages_sent_today": sent_today,
         }
+        stats.update(storage)
+        return stats
+
+    def _storage_stats(self) -> Dict[str, int]:
+        stats = dict.fromkeys(STORAGE_COUNTERS, 0)
+        stats.update((key, int(value)) for key, value in self._conn().execute(READ_STORAGE_COUNTERS_SQL))
+        size = 0
+        if self._is_file():
+            for suffix in ("", "-wal"):
+                try:
+                    size += os.path.getsize(self._path + suffix)
+                except OSError:
+                    pass
+        stats["storage_bytes"] = size
+        return stats
+
+    # -- storage and integrity --------------------------------------------------------
+
+    @_sqlite_errors
+    def purge_expired(self) -> int:
+        """Delete the items whose TTL has run out and return how many; counted in
+        ``get_stats()["expired_purged_total"]``."""
+        with self._lock:
+            conn = self._conn()
+            now = self._clock()
+            with _storage.write_transaction(conn):
+                deleted = self._storage.purge_expired(conn, now)
+            self._storage.maintain(conn, force=True)
+        return deleted
+
+    def verify(self) -> IntegrityReport:
+        """Check the whole file with SQLite's ``integrity_check``; writes nothing.
+
+        Returns an ``IntegrityReport`` (``ok``, ``messages``, ``schema_version``, ``path``).
+        """
+        with self._lock:
+            return _integrity.verify(self._conn(), self._path)
+
+    @_sqlite_errors
+    def compact(self) -> None:
+        """Rewrite the file to its smallest size (SQLite ``VACUUM``) and switch a file made by
+        an earlier release to incremental auto-vacuum, so that it shrinks by itself from
+        then on. Needs free disk space about the size of the stored items."""
+        with self._lock:
+            conn = self._conn()
+            _storage.convert_to_incremental(conn)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     # -- counters ---------------------------------------------------------------------
 
@@ -336,6 +554,7 @@ class CloudSyncQueue:
         with self._lock:
             return self._counter("messages_sent_today")
 
+    @_sqlite_errors
     def reset_daily_counters(self) -> None:
         """Reset ``messages_sent_today`` to 0; call it from a job at midnight."""
         with self._lock:
@@ -343,6 +562,7 @@ class CloudSyncQueue:
 
     # -- flushing ---------------------------------------------------------------------
 
+    @_sqlite_errors
     def maybe_flush(self, uploader: Any = None) -> int:
         """Send eligible items through ``uploader.post_batch`` in priority order; return how
         many were acked.
@@ -358,6 +578,7 @@ class CloudSyncQueue:
         if not callable(post_batch):
             raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
         post_encoded = getattr(uploader, "post_encoded_batch", None)
+        self._housekeeping()
         flushed = 0
         while True:
             batch = self._claim_batch()
@@ -377,6 +598,17 @@ class CloudSyncQueue:
                 self._nack_failed(ids, max(row[2] for row in batch))
                 return flushed
             flushed += self._ack_sent(ids)
+
+    def _housekeeping(self) -> None:
+        """On the way of a flush: purge expired items (every ``purge_interval``) and give
+        space back (see ``_storage.StorageGuard.maintain``)."""
+        with self._lock:
+            conn = self._conn()
+            if self._storage.purge_due():
+                now = self._clock()
+                with _storage.write_transaction(conn):
+                    self._storage.purge_expired(conn, now)
+            self._storage.maintain(conn)
 
     def _claim_batch(self) -> List[Tuple[int, bytes, int]]:
         """Pick the next batch and lease it (push ``next_retry_at`` ahead) in one transaction,

@@ -1,0 +1,207 @@
+"""Opening a queue file safely, telling corruption from other failures, and ``verify()``.
+
+Nothing here writes to a database it has doubts about: the header is read and checked
+before SQLite opens the file, a damaged file is either refused (the default) or renamed
+aside whole with its ``-wal`` and ``-shm`` (``on_corrupt="quarantine"``), and errors name
+the path and say what is wrong with it.
+"""
+
+import errno
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from ._errors import CorruptDatabaseError, DatabaseError
+
+HEADER_MAGIC = b"SQLite format 3\x00"
+HEADER_SIZE = 100
+SIDE_FILES = ("-wal", "-shm")
+ON_CORRUPT_CHOICES = ("raise", "quarantine")
+QUARANTINED_KEY = "quarantined_total"
+
+# Result codes (the low byte of an extended code) that mean the file itself is damaged.
+_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+_CORRUPT_MESSAGES = ("database disk image is malformed", "file is not a database")
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    """The result of ``CloudSyncQueue.verify()``.
+
+    :param ok: True when SQLite's ``integrity_check`` found nothing wrong.
+    :param messages: what ``integrity_check`` reported (``["ok"]`` when sound).
+    :param schema_version: ``PRAGMA user_version`` of the file (None if unreadable).
+    :param path: the database file.
+    """
+
+    ok: bool
+    path: str
+    schema_version: Optional[int]
+    messages: Tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def message(self) -> str:
+        """The messages as one line."""
+        return "; ".join(self.messages)
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """True when a SQLite error says the file is damaged or not a database."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES
+    return isinstance(exc, sqlite3.DatabaseError) and any(text in str(exc) for text in _CORRUPT_MESSAGES)
+
+
+def check_header(path: str) -> None:
+    """Read the file's header and raise ``CorruptDatabaseError`` if it is clearly damaged.
+
+    A missing or empty file passes: SQLite creates the database there.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatabaseError(f"cannot use {path!r} as a queue database: {exc.strerror}") from exc
+    if not os.path.isfile(path):
+        raise DatabaseError(f"cannot use {path!r} as a queue database: it is not a regular file")
+    if info.st_size == 0:
+        return
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(HEADER_SIZE)
+    except OSError as exc:
+        raise DatabaseError(f"cannot read queue database {path!r}: {exc.strerror}") from exc
+    if not (header.startswith(HEADER_MAGIC) or HEADER_MAGIC.startswith(header)):
+        raise CorruptDatabaseError(f"{path!r} is not a SQLite database (its first bytes are {header[:16]!r})")
+    if len(header) < HEADER_SIZE:
+        raise CorruptDatabaseError(f"{path!r} is truncated: {info.st_size} bytes, shorter than a SQLite header")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        raise CorruptDatabaseError(f"{path!r} is damaged: its header gives an impossible page size {page_size}")
+    pages = int.from_bytes(header[28:32], "big")
+    # The in-header size is valid only when the two change counters agree. A WAL with
+    # content may legitimately hold pages the main file does not have yet.
+    if header[24:28] == header[92:96] and info.st_size < pages * page_size and not _has_wal(path):
+        raise CorruptDatabaseError(
+            f"{path!r} is truncated: its header says {pages} pages of {page_size} bytes "
+            f"({pages * page_size} bytes) but the file has {info.st_size}"
+        )
+
+
+def _has_wal(path: str) -> bool:
+    try:
+        return os.path.getsize(path + "-wal") > 0
+    except OSError:
+        return False
+
+
+def describe_access_problem(path: str) -> str:
+    """Say why ``path`` cannot be opened for writing, as far as the file system tells."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"its directory {directory!r} does not exist (is its file system mounted?)"
+    if _read_only_fs(directory):
+        return f"its file system at {directory!r} is mounted read-only"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"its directory {directory!r} is not writable (the queue creates -wal and -shm files beside it)"
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        return "the file is not readable and writable by this user"
+    for suffix in SIDE_FILES:
+        side = path + suffix
+        if os.path.exists(side) and not os.access(side, os.R_OK | os.W_OK):
+            return f"{side!r} is not readable and writable by this user"
+    return "the file system refused access"
+
+
+def _read_only_fs(directory: str) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def open_error(path: str, exc: sqlite3.Error) -> DatabaseError:
+    """Turn an error from opening or setting up ``path`` into one that names it and says why."""
+    if is_corruption(exc):
+        return CorruptDatabaseError(f"{path!r} is not a usable queue database (damaged or not SQLite): {exc}")
+    return DatabaseError(f"cannot open queue database {path!r}: {exc}; {describe_access_problem(path)}")
+
+
+def quick_check(conn: sqlite3.Connection, path: str) -> None:
+    """Raise ``CorruptDatabaseError`` unless SQLite's ``quick_check`` passes (reads the whole file)."""
+    rows = [row[0] for row in conn.execute("PRAGMA quick_check(5)").fetchall()]
+    if rows != ["ok"]:
+        raise CorruptDatabaseError(f"{path!r} is damaged: {'; '.join(map(str, rows))}")
+
+
+def quarantine(path: str, wall_time: float) -> str:
+    """Rename a damaged database and its side files aside; return the new path of the file.
+
+    The side files go first: a stale WAL left beside a fresh database could be replayed
+    into it. Nothing is deleted.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall_time))
+    target = f"{path}.corrupt-{stamp}"
+    serial = 1
+    while any(os.path.exists(target + suffix) for suffix in ("",) + SIDE_FILES):
+        serial += 1
+        target = f"{path}.corrupt-{stamp}-{serial}"
+    for suffix in SIDE_FILES + ("",):
+        try:
+            os.rename(path + suffix, target + suffix)
+        except FileNotFoundError:
+            continue
+    fsync_directory(os.path.dirname(os.path.abspath(path)))
+    return target
+
+
+def fsync_directory(directory: str) -> None:
+    """Make the directory's entries (a new or renamed file) durable across power loss."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some file systems cannot sync a directory; their entries are as durable as they get.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def make_directories(directory: str, path: str) -> List[str]:
+    """Create ``directory`` and its missing parents; return the directories created."""
+    missing: List[str] = []
+    current = directory
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise type(exc)(
+            exc.errno,
+            f"cannot create directory {directory!r} for queue database {path!r}: {exc.strerror}"
+            f" ({describe_access_problem(os.path.join(current, '_'))})",
+        ) from exc
+    return missing
+
+
+def verify(conn: sqlite3.Connection, path: str) -> IntegrityReport:
+    """Run ``PRAGMA integrity_check`` (reads the whole file, writes nothing)."""
+    try:
+        version: Optional[int] = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        messages = tuple(str(row[0]) for row in conn.execute("PRAGMA integrity_check(20)").fetchall())
+    except sqlite3.DatabaseError as exc:
+        return IntegrityReport(ok=False, path=path, schema_version=None, messages=(str(exc),))
+    return IntegrityReport(ok=messages == ("ok",), path=path, schema_version=version, messages=messages)
