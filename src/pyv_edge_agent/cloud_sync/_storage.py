@@ -28,6 +28,7 @@ MAINTENANCE_INTERVAL = 1.0
 # A WAL larger than this is checkpointed and truncated. SQLite's own checkpoint after
 # each commit past 1000 pages keeps it near 4 MiB unless readers are never all idle.
 WAL_LIMIT_BYTES = 16 * 1024 * 1024
+CHECKPOINT_WAIT_MS = 200
 # SQLite truncates a reset WAL back to this size instead of keeping its largest size.
 JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 # Free pages are kept for reuse up to this many; beyond it they go back to the disk.
@@ -294,7 +295,13 @@ class StorageGuard:
                 stat = os.statvfs(self._directory)
             except OSError:
                 return False
-            self._disk_headroom = stat.f_bavail * stat.f_frsize - margin
+            try:
+                wal_size = os.path.getsize(self._path + "-wal")
+            except OSError:
+                wal_size = 0
+            # The WAL grows to about JOURNAL_SIZE_LIMIT before a checkpoint starts it over:
+            # that growth is spoken for already.
+            self._disk_headroom = stat.f_bavail * stat.f_frsize - margin - max(0, JOURNAL_SIZE_LIMIT - wal_size)
             self._disk_checked_at = now
             self._written_since_check = 0
         return self._disk_headroom - self._written_since_check - nbytes < 0
@@ -347,7 +354,14 @@ class StorageGuard:
         except OSError:
             return
         if wal_size > WAL_LIMIT_BYTES:
-            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            # The checkpoint waits for readers through the busy handler: briefly, so that an
+            # enqueue is never held up for the full busy timeout by another process's reader.
+            timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+            conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+            try:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(timeout)}")
             if busy:
                 logger.info("WAL of %r is %d bytes; its checkpoint waits for readers", self._path, wal_size)
 
