@@ -10,6 +10,7 @@ import errno
 import os
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -17,6 +18,7 @@ from ._errors import CorruptDatabaseError, DatabaseError
 
 HEADER_MAGIC = b"SQLite format 3\x00"
 HEADER_SIZE = 100
+WAL_MAGICS = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 SIDE_FILES = ("-wal", "-shm")
 ON_CORRUPT_CHOICES = ("raise", "quarantine")
 QUARANTINED_KEY = "quarantined_total"
@@ -95,9 +97,35 @@ def check_header(path: str) -> None:
 
 def _has_wal(path: str) -> bool:
     try:
-        return os.path.getsize(path + "-wal") > 0
+        with open(path + "-wal", "rb") as handle:
+            return handle.read(4) in WAL_MAGICS
     except OSError:
         return False
+
+
+def precheck(path: str, busy_timeout: float, *, thorough: bool) -> None:
+    """Check an existing file before the queue opens it for writing.
+
+    The checks run on a read-only connection: closing a read-write connection checkpoints
+    the WAL into the file and deletes the WAL, which must not happen to a damaged file.
+    ``thorough`` adds SQLite's ``quick_check``, which reads the whole file.
+    """
+    check_header(path)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+    except sqlite3.Error as exc:
+        raise open_error(path, exc) from exc
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        if thorough:
+            quick_check(conn, path)
+    except sqlite3.Error as exc:
+        raise open_error(path, exc) from exc
+    finally:
+        conn.close()
 
 
 def describe_access_problem(path: str) -> str:
@@ -199,9 +227,10 @@ def make_directories(directory: str, path: str) -> List[str]:
 
 def verify(conn: sqlite3.Connection, path: str) -> IntegrityReport:
     """Run ``PRAGMA integrity_check`` (reads the whole file, writes nothing)."""
+    version: Optional[int] = None
     try:
-        version: Optional[int] = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         messages = tuple(str(row[0]) for row in conn.execute("PRAGMA integrity_check(20)").fetchall())
     except sqlite3.DatabaseError as exc:
-        return IntegrityReport(ok=False, path=path, schema_version=None, messages=(str(exc),))
+        return IntegrityReport(ok=False, path=path, schema_version=version, messages=(str(exc),))
     return IntegrityReport(ok=messages == ("ok",), path=path, schema_version=version, messages=messages)

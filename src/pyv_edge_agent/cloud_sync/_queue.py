@@ -226,7 +226,7 @@ class CloudSyncQueue:
         is_file = self._is_file()
         created = False
         if is_file:
-            _integrity.check_header(self._path)
+            _integrity.precheck(self._path, self._busy_timeout, thorough=self._on_corrupt == "quarantine")
             created = not os.path.exists(self._path)
         try:
             conn = sqlite3.connect(
@@ -240,8 +240,6 @@ class CloudSyncQueue:
         except sqlite3.Error as exc:
             raise _integrity.open_error(self._path, exc) from exc
         try:
-            if is_file and not created and self._on_corrupt == "quarantine":
-                _integrity.quick_check(conn, self._path)
             _storage.configure(conn)
             _schema.configure(conn, self._durability, self._busy_timeout)
             _schema.migrate(conn, self._path)
