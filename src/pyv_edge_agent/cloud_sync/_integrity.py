@@ -111,7 +111,12 @@ def precheck(path: str, busy_timeout: float, *, thorough: bool) -> None:
     ``thorough`` adds SQLite's ``quick_check``, which reads the whole file.
     """
     check_header(path)
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+    if not os.path.isfile(path):
+        return
+    # SQLite would quietly open a file it cannot write read-only, and fail on the first write.
+    if not os.access(path, os.R_OK | os.W_OK) or _read_only_fs(os.path.dirname(os.path.abspath(path))):
+        raise DatabaseError(f"cannot open queue database {path!r} for writing: {describe_access_problem(path)}")
+    if os.path.getsize(path) == 0:
         return
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
     try:
