@@ -11,6 +11,7 @@ from typing import Dict, List
 FIGURES: Dict[str, int] = {
     "kills survived": 0,
     "items checked": 0,
+    "in flight at a kill, sent again": 0,
     "lost": 0,
     "duplicates (re-sent after a kill, at-least-once)": 0,
     "duplicates without a kill": 0,
