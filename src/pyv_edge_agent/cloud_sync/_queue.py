@@ -172,7 +172,12 @@ class CloudSyncQueue:
         self._max_batch_items = _validate.integer("max_batch_items", max_batch_items, 1)
         self._max_batch_bytes = _validate.integer("max_batch_bytes", max_batch_bytes, 1)
         self._retry_base = _validate.number("retry_base_seconds", retry_base_seconds, 0.0)
-        self._retry_max = _validate.number("retry_max_seconds", retry_max_seconds, self._retry_base)
+        self._retry_max = _validate.number("retry_max_seconds", retry_max_seconds, 0.0)
+        if self._retry_max < self._retry_base:
+            raise ValueError(
+                f"retry_max_seconds ({retry_max_seconds!r}) must be at least "
+                f"retry_base_seconds ({retry_base_seconds!r})"
+            )
         self._lease = _validate.number("lease_seconds", lease_seconds, 0.0, allow_equal=False)
         self._on_corrupt = _validate.choice("on_corrupt", on_corrupt, _integrity.ON_CORRUPT_CHOICES)
         if not callable(clock):
@@ -387,6 +392,7 @@ class CloudSyncQueue:
         """
         level = _validate.priority_value(priority)
         ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
+        _validate.iterable("payloads", payloads)
         with self._lock:
             now = self._clock()
             rows = _codec.encode_rows(payloads, level, now, ttl)
