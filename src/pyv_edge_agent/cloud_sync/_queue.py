@@ -255,7 +255,7 @@ class CloudSyncQueue:
         except BaseException:
             conn.close()
             raise
-        if created and self._durability == "full":
+        if created:
             # SQLite syncs a new WAL's directory entry but not a new database file's: without
             # this a power cut soon after creation could lose the file and every id in it.
             # The same holds for directories this queue created: their parents get synced too.

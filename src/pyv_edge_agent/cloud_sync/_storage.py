@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import sqlite3
-import threading
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -144,7 +143,6 @@ class StorageGuard:
         self._written_since_check = 0
         self._maintained_at = -math.inf
         self._purged_at = -math.inf
-        self._maintenance_lock = threading.Lock()
 
     # -- admission ----------------------------------------------------------------------
 
@@ -172,6 +170,7 @@ class StorageGuard:
         self._written_since_check += estimate
         if limits.max_items is None and limits.max_bytes is None and not low_disk:
             self._pending = None
+            self._end_episode()
             return
         nbytes = sum(len(text.encode()) for text in texts)
         items, size = self._current_usage(conn)
@@ -186,7 +185,7 @@ class StorageGuard:
         excess_items = items + count - max_items
         excess_bytes = size + nbytes - max_bytes
         if excess_items > 0 or excess_bytes > 0:
-            if self._purge_due(now):
+            if self.purge_due():
                 purged = self.purge_expired(conn, now)
                 items, size = self._current_usage(conn) if purged else (items, size)
                 excess_items = items + count - max_items
@@ -195,10 +194,15 @@ class StorageGuard:
             evicted, freed = self._evict(conn, excess_items, excess_bytes, low_disk)
             items -= evicted
             size -= freed
-        elif self._evicting or self._refusing:
+        elif not low_disk and items + count <= 0.9 * max_items and size + nbytes <= 0.9 * max_bytes:
+            # Ten per cent below the limits, so that a queue hovering at them logs once.
+            self._end_episode()
+        self._pending = (items + count, size + nbytes)
+
+    def _end_episode(self) -> None:
+        if self._evicting or self._refusing:
             logger.info("queue %r is within its storage limits again", self._path)
             self._evicting = self._refusing = False
-        self._pending = (items + count, size + nbytes)
 
     def committed(self, conn: sqlite3.Connection) -> None:
         """Record, after the commit of an admitted insert, the usage it left."""
@@ -308,13 +312,10 @@ class StorageGuard:
 
     # -- expiry ---------------------------------------------------------------------------
 
-    def _purge_due(self, now: float) -> bool:
+    def purge_due(self) -> bool:
+        """True when ``purge_interval`` has passed since the last purge of expired items."""
         interval = self.limits.purge_interval
         return interval is not None and time.monotonic() - self._purged_at >= interval
-
-    def purge_due(self) -> bool:
-        """True when ``maybe_flush`` should purge expired items on its way."""
-        return self._purge_due(0.0)
 
     def purge_expired(self, conn: sqlite3.Connection, now: float) -> int:
         """Delete the items whose TTL has run out at ``now`` and count them; return how many.
