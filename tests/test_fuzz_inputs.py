@@ -12,7 +12,7 @@ import reliability
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority
 
 anything = st.recursive(
     st.one_of(
@@ -141,3 +141,25 @@ def test_fuzzed_configuration_mappings(tmp_path: Any, config: Dict[Any, Any]) ->
         text = str(exc)
         assert any(str(key) in text or repr(str(key)) in text for key in config if key != "db_path"), exc
         reliability.add("bad inputs tried", 1)
+
+
+UPLOADER_ARGUMENTS = {
+    "endpoint": lambda v: HTTPCloudUploader(v, "fuzz-secret-key"),
+    "api_key": lambda v: HTTPCloudUploader("http://127.0.0.1:9/x", v),
+    "timeout": lambda v: HTTPCloudUploader("http://127.0.0.1:9/x", "fuzz-secret-key", timeout=v),
+}
+
+
+@pytest.mark.parametrize("argument", sorted(UPLOADER_ARGUMENTS))
+def test_fuzzed_uploader_arguments(argument: str) -> None:
+    @FUZZ
+    @given(value=st.one_of(anything, st.text(alphabet="htps:/.x0123456789@[]", max_size=30)))
+    def run(value: Any) -> None:
+        try:
+            UPLOADER_ARGUMENTS[argument](value).close()
+        except (TypeError, ValueError) as exc:
+            assert argument in str(exc), (argument, exc)
+            assert "fuzz-secret-key" not in str(exc)
+            reliability.add("bad inputs tried", 1)
+
+    run()

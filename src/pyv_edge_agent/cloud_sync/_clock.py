@@ -13,10 +13,15 @@ high-water mark (``clock_high_water`` in ``sync_meta``), so that:
   the step does not expire them or make every backoff due at once.
 """
 
+import logging
 import sqlite3
 import threading
 import time
 from typing import Callable, Optional, Tuple
+
+from ._storage import write_transaction
+
+logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 
 # A wall clock that moves more than this beyond the elapsed-time clock between two
 # readings has been stepped. NTP slews small errors and rarely steps by more than seconds.
@@ -159,3 +164,32 @@ def shift_for_jump(conn: sqlite3.Connection, before: float, step: float) -> bool
     conn.execute(WRITE_HIGH_WATER_SQL, (before + step + HIGH_WATER_LEAD_SECONDS,))
     conn.execute(COUNT_JUMP_SQL)
     return True
+
+
+def apply_jump(conn: sqlite3.Connection, clock: QueueClock) -> None:
+    """Move stored timestamps with the forward step ``clock`` saw, in the open transaction
+    if there is one, else in a transaction of its own."""
+    jump = clock.take_jump()
+    if jump is None:
+        return
+    before, step = jump
+    if conn.in_transaction:
+        shifted = shift_for_jump(conn, before, step)
+    else:
+        with write_transaction(conn):
+            shifted = shift_for_jump(conn, before, step)
+    clock.persisted(before + step + HIGH_WATER_LEAD_SECONDS)
+    if shifted:
+        logger.warning(
+            "wall clock stepped forward by %.0f s; moved the timestamps of stored items with it so that "
+            "the step expires none of them",
+            step,
+        )
+
+
+def persist_high_water(conn: sqlite3.Connection, clock: QueueClock) -> None:
+    """Write the high-water mark if it is due; call inside a write transaction."""
+    due = clock.high_water_due()
+    if due is not None:
+        conn.execute(WRITE_HIGH_WATER_SQL, (due,))
+        clock.persisted(due)

@@ -12,8 +12,9 @@ import sqlite3
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+from . import _schema, _storage
 from ._errors import CorruptDatabaseError, DatabaseError
 
 HEADER_MAGIC = b"SQLite format 3\x00"
@@ -239,3 +240,57 @@ def verify(conn: sqlite3.Connection, path: str) -> IntegrityReport:
     except sqlite3.DatabaseError as exc:
         return IntegrityReport(ok=False, path=path, schema_version=version, messages=(str(exc),))
     return IntegrityReport(ok=messages == ("ok",), path=path, schema_version=version, messages=messages)
+
+
+def open_database(
+    path: str, durability: str, busy_timeout: float, *, thorough: bool, created_dirs: Sequence[str] = ()
+) -> sqlite3.Connection:
+    """Open and set up the queue file; nothing is written to a file that fails a check.
+
+    :param thorough: run SQLite's ``quick_check`` on an existing file first.
+    :param created_dirs: directories just created for the file, to be made durable with it.
+    """
+    is_file = path != ":memory:" and not path.startswith("file:")
+    created = False
+    if is_file:
+        precheck(path, busy_timeout, thorough=thorough)
+        created = not os.path.exists(path)
+    try:
+        conn = sqlite3.connect(
+            path,
+            timeout=busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=256,
+            uri=path.startswith("file:"),
+        )
+    except sqlite3.Error as exc:
+        raise open_error(path, exc) from exc
+    try:
+        _storage.configure(conn)
+        _schema.configure(conn, durability, busy_timeout)
+        _schema.migrate(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise open_error(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+    if created:
+        # SQLite syncs a new WAL's directory entry but not a new database file's: without
+        # this a power cut soon after creation could lose the file and every id in it.
+        # The same holds for directories created for it: their parents get synced too.
+        for entry in [path, *created_dirs]:
+            fsync_directory(os.path.dirname(os.path.abspath(entry)))
+    return conn
+
+
+def translate_error(exc: sqlite3.Error, path: str) -> Optional[Exception]:
+    """The package's error for a SQLite error met while using ``path``, or None to let it be."""
+    if _storage.is_disk_full(exc):
+        return _storage.disk_full_error(path, exc)
+    if is_corruption(exc):
+        return CorruptDatabaseError(f"queue database {path!r} is damaged: {exc}")
+    if isinstance(exc, sqlite3.OperationalError) and "disk I/O error" in str(exc):
+        return DatabaseError(f"queue database {path!r}: {exc}; {describe_access_problem(path)}")
+    return None

@@ -11,7 +11,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, cast
 
 from . import _clock, _codec, _integrity, _schema, _storage, _validate
-from ._errors import CloudSyncError, CorruptDatabaseError, DatabaseError
+from ._errors import CloudSyncError, CorruptDatabaseError
 from ._integrity import IntegrityReport
 from ._types import Priority, QueueItem
 
@@ -40,8 +40,6 @@ STATS_SQL = (
 READ_COUNTER_SQL = "SELECT value FROM sync_meta WHERE key = ?"
 ADD_SENT_SQL = "UPDATE sync_meta SET value = value + ? WHERE key IN ('messages_sent_today', 'messages_sent_total')"
 RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
-STORAGE_COUNTERS = ("evicted_total", "expired_purged_total", "quarantined_total", "clock_jumps_total")
-READ_STORAGE_COUNTERS_SQL = f"SELECT key, value FROM sync_meta WHERE key IN {STORAGE_COUNTERS}"
 
 
 def _in_list(size: int) -> str:
@@ -227,57 +225,28 @@ class CloudSyncQueue:
         return conn
 
     def _open(self) -> sqlite3.Connection:
-        """Open and set up the file; nothing is written to a file that fails a check."""
-        is_file = self._is_file()
-        created = False
-        if is_file:
-            _integrity.precheck(self._path, self._busy_timeout, thorough=self._on_corrupt == "quarantine")
-            created = not os.path.exists(self._path)
+        conn = _integrity.open_database(
+            self._path,
+            self._durability,
+            self._busy_timeout,
+            thorough=self._on_corrupt == "quarantine",
+            created_dirs=self._created_dirs,
+        )
+        self._created_dirs = []
         try:
-            conn = sqlite3.connect(
-                self._path,
-                timeout=self._busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-                cached_statements=256,
-                uri=self._path.startswith("file:"),
-            )
-        except sqlite3.Error as exc:
-            raise _integrity.open_error(self._path, exc) from exc
-        try:
-            _storage.configure(conn)
-            _schema.configure(conn, self._durability, self._busy_timeout)
-            _schema.migrate(conn, self._path)
             self._time.start(_clock.read_high_water(conn))
-        except sqlite3.Error as exc:
-            conn.close()
-            raise _integrity.open_error(self._path, exc) from exc
         except BaseException:
             conn.close()
             raise
-        if created:
-            # SQLite syncs a new WAL's directory entry but not a new database file's: without
-            # this a power cut soon after creation could lose the file and every id in it.
-            # The same holds for directories this queue created: their parents get synced too.
-            for directory in [self._path] + self._created_dirs:
-                _integrity.fsync_directory(os.path.dirname(os.path.abspath(directory)))
-            self._created_dirs = []
         return conn
 
     def _translate_error(self, exc: sqlite3.Error) -> Optional[Exception]:
-        if _storage.is_disk_full(exc):
-            return _storage.disk_full_error(self._path, exc)
-        if _integrity.is_corruption(exc):
-            if self._on_corrupt == "quarantine" and self._db is not None:
-                # The next call reopens, finds the damage and moves the file aside.
-                _INHERITED.append(self._db)
-                self._db = None
-            return CorruptDatabaseError(f"queue database {self._path!r} is damaged: {exc}")
-        if isinstance(exc, sqlite3.OperationalError) and "disk I/O error" in str(exc):
-            return DatabaseError(
-                f"queue database {self._path!r}: {exc}; {_integrity.describe_access_problem(self._path)}"
-            )
-        return None
+        error = _integrity.translate_error(exc, self._path)
+        if isinstance(error, CorruptDatabaseError) and self._on_corrupt == "quarantine" and self._db is not None:
+            # The next call reopens, finds the damage and moves the file aside.
+            _INHERITED.append(self._db)
+            self._db = None
+        return error
 
     # -- time -------------------------------------------------------------------------
 
@@ -285,34 +254,14 @@ class CloudSyncQueue:
         """The queue's time (see ``_clock``); moves stored timestamps after a forward step."""
         now = self._time.now()
         if self._time.pending_jump is not None:
-            jump = self._time.take_jump()
-            if jump is not None:
-                self._shift_for_clock_jump(*jump)
+            _clock.apply_jump(self._conn(), self._time)
         return now
-
-    def _shift_for_clock_jump(self, before: float, step: float) -> None:
-        conn = self._conn()
-        if conn.in_transaction:
-            shifted = _clock.shift_for_jump(conn, before, step)
-        else:
-            with _storage.write_transaction(conn):
-                shifted = _clock.shift_for_jump(conn, before, step)
-        self._time.persisted(before + step + _clock.HIGH_WATER_LEAD_SECONDS)
-        if shifted:
-            logger.warning(
-                "wall clock stepped forward by %.0f s; moved the timestamps of stored items with it so that "
-                "the step expires none of them",
-                step,
-            )
 
     def _admit(self, conn: sqlite3.Connection, texts: Sequence[str], now: float) -> None:
         """Make room for ``texts`` or raise ``QueueFullError``; call inside the insert's
         write transaction (see ``_storage.StorageGuard.admit``)."""
         self._storage.admit(conn, texts, now)
-        due = self._time.high_water_due()
-        if due is not None:
-            conn.execute(_clock.WRITE_HIGH_WATER_SQL, (due,))
-            self._time.persisted(due)
+        _clock.persist_high_water(conn, self._time)
 
     def _conn(self) -> sqlite3.Connection:
         conn = self._db
@@ -494,7 +443,7 @@ class CloudSyncQueue:
         with self._lock:
             depth, oldest, retries, retrying = self._conn().execute(STATS_SQL).fetchone()
             sent_today = self._counter("messages_sent_today")
-            storage = self._storage_stats()
+            storage = _storage.counters(self._conn(), self._path if self._is_file() else None)
         stats = {
             "depth": depth,
             "oldest_item_timestamp": oldest,
@@ -503,19 +452,6 @@ class CloudSyncQueue:
             "messages_sent_today": sent_today,
         }
         stats.update(storage)
-        return stats
-
-    def _storage_stats(self) -> Dict[str, int]:
-        stats = dict.fromkeys(STORAGE_COUNTERS, 0)
-        stats.update((key, int(value)) for key, value in self._conn().execute(READ_STORAGE_COUNTERS_SQL))
-        size = 0
-        if self._is_file():
-            for suffix in ("", "-wal"):
-                try:
-                    size += os.path.getsize(self._path + suffix)
-                except OSError:
-                    pass
-        stats["storage_bytes"] = size
         return stats
 
     # -- storage and integrity --------------------------------------------------------

@@ -54,6 +54,8 @@ ADD_COUNTER_SQL = (
 )
 EVICTED_KEY = "evicted_total"
 PURGED_KEY = "expired_purged_total"
+COUNTER_KEYS = (EVICTED_KEY, PURGED_KEY, "quarantined_total", "clock_jumps_total")
+READ_COUNTERS_SQL = f"SELECT key, value FROM sync_meta WHERE key IN {COUNTER_KEYS}"
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -100,6 +102,22 @@ def configure(conn: sqlite3.Connection) -> None:
     if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+
+
+def counters(conn: sqlite3.Connection, path: Optional[str]) -> Dict[str, int]:
+    """The storage figures of ``get_stats()``: persisted counters and ``storage_bytes`` (the
+    file and its WAL; 0 when ``path`` is None, an in-memory or URI database)."""
+    stats = dict.fromkeys(COUNTER_KEYS, 0)
+    stats.update((key, int(value)) for key, value in conn.execute(READ_COUNTERS_SQL))
+    size = 0
+    if path is not None:
+        for name in (path, path + "-wal"):
+            try:
+                size += os.path.getsize(name)
+            except OSError:
+                pass
+    stats["storage_bytes"] = size
+    return stats
 
 
 class StorageLimits:
