@@ -220,3 +220,27 @@ def test_read_only_file_or_directory_for_an_ordinary_user(what: str) -> None:
         for name in os.listdir(top):
             os.remove(os.path.join(top, name))
         os.rmdir(top)
+
+
+@pytest.mark.parametrize("damage", [None, "truncate", "page", "garbage", "missing"])
+def test_verify_file_reports_without_opening_a_queue(directory: str, damage: Any) -> None:
+    path = os.path.join(directory, "q.db")
+    if damage != "missing":
+        _make_queue_file(path, items=2000)
+    if damage == "truncate":
+        os.truncate(path, os.path.getsize(path) // 2)
+    elif damage == "page":
+        _damage_a_page(path)
+    elif damage == "garbage":
+        with open(path, "wb") as handle:
+            handle.write(b"not a database at all" * 100)
+    before = _listing(directory)
+    report = CloudSyncQueue.verify_file(path)
+    assert report.ok is (damage is None) and report.path == path and report.message
+    assert report.schema_version == (1 if damage in (None, "page") else None)
+    after = _listing(directory)
+    # Only SQLite's scratch files may appear (an empty -wal and the -shm of a read-only reader).
+    assert {name: digest for name, digest in after.items() if name in before} == before
+    assert set(after) - set(before) <= {"q.db-wal", "q.db-shm"}
+    if os.path.exists(path + "-wal") and "q.db-wal" not in before:
+        assert os.path.getsize(path + "-wal") == 0

@@ -82,6 +82,10 @@ class QueueClock:
         self._persisted = float("-inf")
         self.pending_jump: Optional[Tuple[float, float]] = None
 
+    def after_fork(self) -> None:
+        """In a forked child: the lock may have been held by a thread that is not there."""
+        self._lock = threading.Lock()
+
     def start(self, high_water: float) -> None:
         """Resume from the persisted high-water mark (0 when there is none)."""
         with self._lock:

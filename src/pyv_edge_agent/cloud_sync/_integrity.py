@@ -294,3 +294,22 @@ def translate_error(exc: sqlite3.Error, path: str) -> Optional[Exception]:
     if isinstance(exc, sqlite3.OperationalError) and "disk I/O error" in str(exc):
         return DatabaseError(f"queue database {path!r}: {exc}; {describe_access_problem(path)}")
     return None
+
+
+def verify_file(path: str) -> IntegrityReport:
+    """``verify`` through a read-only connection, for a file that may not open as a queue."""
+    if not os.path.isfile(path):
+        return IntegrityReport(ok=False, path=path, schema_version=None, messages=("no such file",))
+    try:
+        check_header(path)
+    except DatabaseError as exc:
+        return IntegrityReport(ok=False, path=path, schema_version=None, messages=(str(exc),))
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        return IntegrityReport(ok=False, path=path, schema_version=None, messages=(str(exc),))
+    try:
+        return verify(conn, path)
+    finally:
+        conn.close()

@@ -274,6 +274,7 @@ class CloudSyncQueue:
     def _forget_connection_after_fork(self) -> None:
         # The lock may have been held by a thread that does not exist in the child.
         self._lock = threading.RLock()
+        self._time.after_fork()
         if self._db is not None:
             _INHERITED.append(self._db)
             self._db = None
@@ -467,6 +468,12 @@ class CloudSyncQueue:
                 deleted = self._storage.purge_expired(conn, now)
             self._storage.maintain(conn, force=True)
         return deleted
+
+    @staticmethod
+    def verify_file(db_path: "str | os.PathLike[str]") -> IntegrityReport:
+        """Check a queue file without opening it as a queue: read-only, never creates or
+        changes anything, and reports a damaged or unreadable file instead of raising."""
+        return _integrity.verify_file(os.fspath(db_path))
 
     def verify(self) -> IntegrityReport:
         """Check the whole file with SQLite's ``integrity_check``; writes nothing.
