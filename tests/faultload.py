@@ -27,6 +27,26 @@ QUEUE_OPTIONS: Dict[str, Any] = {
     "min_free_disk_bytes": 0,
 }
 PRIORITIES = list(Priority)
+# What a killable worker is doing, one byte in a shared file, read by the test after a kill.
+OPERATIONS = ("starting", "enqueue", "enqueue_many", "nack", "maybe_flush")
+
+
+class Doing:
+    """A one-byte shared marker of the operation in progress (``OPERATIONS`` index)."""
+
+    def __init__(self, path: Optional[str]) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644) if path else None
+
+    def __call__(self, operation: int) -> None:
+        if self._fd is not None:
+            os.pwrite(self._fd, bytes((operation,)), 0)
+
+
+def read_doing(path: str) -> str:
+    """The operation a killed worker was in."""
+    with open(path, "rb") as handle:
+        data = handle.read(1)
+    return OPERATIONS[data[0]] if data else OPERATIONS[0]
 
 
 class FlakyUploader:
@@ -86,24 +106,30 @@ def mixed_operations(
     prefix: str,
     keep_going: Callable[[], bool],
     flush_share: float = 0.2,
+    doing: Optional[Doing] = None,
 ) -> int:
     """enqueue, enqueue_many, nack and maybe_flush in random order; return operations done."""
+    doing = doing or Doing(None)
     own: List[int] = []
     made = operations = 0
     while keep_going():
         choice = rng.random()
         if choice < 0.35:
             (payload,), keys = _payloads(prefix, made, 1, rng)
+            doing(1)
             ids = [queue.enqueue(payload, priority=rng.choice(PRIORITIES))]
         elif choice < 0.6:
             payloads, keys = _payloads(prefix, made, rng.randrange(1, 40), rng)
+            doing(2)
             ids = queue.enqueue_many(payloads, priority=rng.choice(PRIORITIES))
         elif choice < 1.0 - flush_share:
             if own:
+                doing(3)
                 queue.nack(rng.sample(own, min(len(own), rng.randrange(1, 20))), retry_delay_seconds=PARK_SECONDS)
             operations += 1
             continue
         else:
+            doing(4)
             queue.maybe_flush(uploader)
             operations += 1
             continue
@@ -114,13 +140,15 @@ def mixed_operations(
     return operations
 
 
-def run_killable_worker(path: str, url: str, journal_path: str, seed: int) -> None:
+def run_killable_worker(path: str, url: str, journal_path: str, doing_path: str, seed: int) -> None:
     """Body of a child that is SIGKILLed at a random moment; exits only by being killed."""
     code = 1
     try:
         rng = random.Random(seed)
+        doing = Doing(doing_path)
         queue = CloudSyncQueue(path, **QUEUE_OPTIONS)
-        mixed_operations(queue, Journal(journal_path), FlakyUploader(url, rng, 0.3), rng, f"s{seed}", lambda: True)
+        uploader = FlakyUploader(url, rng, 0.3)
+        mixed_operations(queue, Journal(journal_path), uploader, rng, f"s{seed}", lambda: True, 0.2, doing)
     except BaseException:  # pragma: no cover - reported through the exit code
         traceback.print_exc()
     finally:

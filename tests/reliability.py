@@ -23,19 +23,26 @@ LOAD_OPS_PER_SECOND: List[float] = []
 # ``PYV_RELIABILITY_SECONDS=60 bash tools/test.sh -k contention``.
 CONTENTION_SECONDS = float(os.environ.get("PYV_RELIABILITY_SECONDS", "12"))
 # SIGKILL rounds per backend (each kills two workers).
-KILL_ROUNDS = int(os.environ.get("PYV_RELIABILITY_KILL_ROUNDS", "15"))
+KILL_ROUNDS = int(os.environ.get("PYV_RELIABILITY_KILL_ROUNDS", "25"))
 
 
 def add(name: str, value: int) -> None:
     """Add ``value`` to the figure ``name``."""
-    FIGURES[name] += value
+    FIGURES[name] = FIGURES.get(name, 0) + value
 
 
 def summary_lines() -> List[str]:
     """The figures as lines of text; empty when no reliability test ran."""
     if not any(FIGURES.values()) and not LOAD_OPS_PER_SECOND:
         return []
-    lines = [f"{name}: {value}" for name, value in FIGURES.items()]
+    lines = [f"{name}: {value}" for name, value in FIGURES.items() if not name.startswith("killed during")]
+    places = [
+        f"{name[len('killed during ') :]} {value}"
+        for name, value in FIGURES.items()
+        if name.startswith("killed during")
+    ]
+    if places:
+        lines.insert(1, "  where the kills landed: " + ", ".join(places))
     if LOAD_OPS_PER_SECOND:
         rates = ", ".join(f"{rate:.0f}" for rate in LOAD_OPS_PER_SECOND)
         lines.append(f"load held under contention (ops/s, per run): {rates}")

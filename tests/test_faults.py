@@ -38,15 +38,26 @@ def test_sigkill_at_random_points_loses_nothing(db_path: str, fault_server: Inge
     journals: List[str] = []
     kills = 0
     for round_number in range(reliability.KILL_ROUNDS):
-        pids = []
+        pids, doings = [], []
         for worker in range(2):
             journal = os.path.join(tmp_path, f"journal-{round_number}-{worker}")
             journals.append(journal)
+            doings.append(os.path.join(tmp_path, f"doing-{round_number}-{worker}"))
             seed = round_number * 10 + worker
-            pids.append(faultload.fork(faultload.run_killable_worker, db_path, fault_server.url, journal, seed))
-        for pid in pids:
-            time.sleep(rng.uniform(0.05, 0.4))  # lands in enqueue, enqueue_many, nack or maybe_flush
+            pids.append(
+                faultload.fork(faultload.run_killable_worker, db_path, fault_server.url, journal, doings[-1], seed)
+            )
+        for worker, (pid, doing) in enumerate(zip(pids, doings)):
+            # Each kill aims at one operation in turn: wait until the worker is in it (a
+            # random moment in it, as the worker's own pace varies), then up to 2 ms more.
+            target = faultload.OPERATIONS[1 + (round_number * 2 + worker) % 4]
+            time.sleep(rng.uniform(0.02, 0.1))
+            deadline = time.monotonic() + 5.0
+            while faultload.read_doing(doing) != target and time.monotonic() < deadline:
+                time.sleep(0.0002)
+            time.sleep(rng.uniform(0.0, 0.002))
             os.kill(pid, signal.SIGKILL)
+            reliability.add(f"killed during {faultload.read_doing(doing)}", 1)
         for pid in pids:
             _, status = os.waitpid(pid, 0)
             assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "a worker died on its own"
@@ -72,7 +83,7 @@ def test_sigkill_at_random_points_loses_nothing(db_path: str, fault_server: Inge
     lost, duplicates, lost_keys = faultload.check_delivery(handed_out, fault_server.items)
     assert lost == 0, sorted(lost_keys)[:10]
     assert _integrity(db_path) == "ok"
-    assert len(handed_out) > 100 * reliability.KILL_ROUNDS // 15
+    assert len(handed_out) > 10 * reliability.KILL_ROUNDS  # the workers did real work before dying
     reliability.add("kills survived", kills)
     reliability.add("in flight at a kill, sent again", in_flight)
     reliability.add("items checked", len(handed_out))
