@@ -254,7 +254,8 @@ class CloudSyncQueue:
         """The queue's time (see ``_clock``); moves stored timestamps after a forward step."""
         now = self._time.now()
         if self._time.pending_jump is not None:
-            _clock.apply_jump(self._conn(), self._time)
+            with self._lock:
+                _clock.apply_jump(self._conn(), self._time)
         return now
 
     def _admit(self, conn: sqlite3.Connection, texts: Sequence[str], now: float) -> None:
