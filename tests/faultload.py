@@ -140,13 +140,15 @@ def mixed_operations(
     return operations
 
 
-def run_killable_worker(path: str, url: str, journal_path: str, doing_path: str, seed: int) -> None:
+def run_killable_worker(
+    path: str, url: str, journal_path: str, doing_path: str, seed: int, options: Optional[Dict[str, Any]] = None
+) -> None:
     """Body of a child that is SIGKILLed at a random moment; exits only by being killed."""
     code = 1
     try:
         rng = random.Random(seed)
         doing = Doing(doing_path)
-        queue = CloudSyncQueue(path, **QUEUE_OPTIONS)
+        queue = CloudSyncQueue(path, **{**QUEUE_OPTIONS, **(options or {})})
         uploader = FlakyUploader(url, rng, 0.3)
         mixed_operations(queue, Journal(journal_path), uploader, rng, f"s{seed}", lambda: True, 0.2, doing)
     except BaseException:  # pragma: no cover - reported through the exit code
