@@ -4,7 +4,7 @@ import email.utils
 import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import urllib3
 
@@ -27,6 +27,15 @@ class _Secret:
         return "'***'"
 
     __str__ = __repr__
+
+
+def _split_endpoint(endpoint: str) -> SplitResult:
+    """``urlsplit``, whose own error for a malformed host ("Invalid IPv6 URL") names nothing."""
+    try:
+        return urlsplit(endpoint)
+    except ValueError:
+        # Not shown: a URL that does not parse cannot have its credentials redacted.
+        raise ValueError("endpoint must be an http:// or https:// URL with a host, got a malformed URL") from None
 
 
 def _redact_url(url: str) -> str:
@@ -71,7 +80,7 @@ class HTTPCloudUploader:
     def __init__(self, endpoint: str, api_key: str, timeout: float = 30.0) -> None:
         if not isinstance(endpoint, str):
             raise TypeError(f"endpoint must be a str URL, got {type(endpoint).__name__}")
-        parts = urlsplit(endpoint)
+        parts = _split_endpoint(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"endpoint must be an http:// or https:// URL with a host, got {_redact_url(endpoint)!r}")
         if not isinstance(api_key, str) or not api_key:
