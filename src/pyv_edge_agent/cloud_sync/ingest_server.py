@@ -1,23 +1,29 @@
 """A reference ingest endpoint on loopback, used by the demo, the tests and operators.
 
 It accepts ``POST`` bodies that are JSON arrays of payloads (optionally gzip-encoded),
-records every accepted batch, and can be scripted to fail: the next N requests with a
-status code (and ``Retry-After``), or every request while an outage is switched on.
+records every accepted batch, answers a repeated ``Idempotency-Key`` without recording the
+batch again, and can be scripted to fail the way real links and endpoints fail: the next
+N requests with a status code (and ``Retry-After``) or a dropped connection, every
+request while an outage is switched on, a random share of requests (``set_chaos``), slow
+answers, a body size limit (413) and items it rejects (400/422, or a 2xx naming them).
 """
 
 import gzip
+import random
+import ssl
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import IO, Any, Deque, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 import orjson
 
 
 @dataclass
 class RecordedRequest:
-    """One request as the server saw it."""
+    """One request as the server saw it; ``status`` 0 when it was dropped unanswered."""
 
     path: str
     headers: Dict[str, str]
@@ -25,10 +31,25 @@ class RecordedRequest:
     status: int
 
 
+# A scripted failure: an HTTP status, "reset" (close the connection before reading the
+# batch), "lost" (record the batch, then close without answering: the response is lost)
+# or "slow" (answer after ``slow_seconds``, later than a short client timeout).
+Fault = Union[int, str]
+DROP_FAULTS = ("reset", "lost", "slow")
+
+
 @dataclass
 class _Script:
-    failures: Deque[Tuple[int, Optional[str]]] = field(default_factory=deque)
+    failures: Deque[Tuple[Fault, Optional[str]]] = field(default_factory=deque)
     outage_status: Optional[int] = None
+    chaos_rate: float = 0.0
+    chaos_faults: Sequence[Fault] = ()
+    chaos_random: random.Random = field(default_factory=random.Random)
+    delay: float = 0.0
+    slow_seconds: float = 1.0
+    max_body_bytes: Optional[int] = None
+    reject: Optional[Callable[[Any], bool]] = None
+    reject_status: int = 422
 
 
 class IngestServer:
@@ -37,6 +58,7 @@ class IngestServer:
     :param port: the TCP port; 0 picks a free one (see ``url``).
     :param api_key: when set, requests without ``Authorization: Bearer <api_key>`` get 401.
     :param record_to: an open text file that receives each accepted payload as a JSON line.
+    :param ssl_context: serve HTTPS with this server-side context.
     """
 
     def __init__(
@@ -46,11 +68,15 @@ class IngestServer:
         host: str = "127.0.0.1",
         api_key: Optional[str] = None,
         record_to: Optional[IO[str]] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
     ) -> None:
         self._host = host
         self._port = port
         self._api_key = api_key
         self._record_to = record_to
+        self._ssl_context = ssl_context
+        self._answers: Dict[str, bytes] = {}
+        self.duplicates = 0
         self._lock = threading.Lock()
         self._script = _Script()
         self._server: Optional[ThreadingHTTPServer] = None
@@ -66,7 +92,8 @@ class IngestServer:
     @property
     def url(self) -> str:
         """The ingest URL to give an uploader."""
-        return f"http://{self._host}:{self._port}/v1/ingest"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self._host}:{self._port}/v1/ingest"
 
     @property
     def items(self) -> List[Any]:
@@ -74,8 +101,9 @@ class IngestServer:
         with self._lock:
             return [item for batch in self.batches for item in batch]
 
-    def fail_next(self, status: int, times: int = 1, retry_after: Optional[str] = None) -> None:
-        """Answer the next ``times`` requests with ``status`` (and an optional Retry-After)."""
+    def fail_next(self, status: Fault, times: int = 1, retry_after: Optional[str] = None) -> None:
+        """Answer the next ``times`` requests with ``status`` (and an optional Retry-After),
+        or fail them with "reset", "lost" or "slow"."""
         with self._lock:
             self._script.failures.extend([(status, retry_after)] * times)
 
@@ -84,10 +112,40 @@ class IngestServer:
         with self._lock:
             self._script.outage_status = status
 
+    def set_chaos(self, rate: float, faults: Sequence[Fault], seed: int = 0) -> None:
+        """Fail a random ``rate`` share of requests with a fault drawn from ``faults``."""
+        with self._lock:
+            self._script.chaos_rate = rate
+            self._script.chaos_faults = tuple(faults)
+            self._script.chaos_random = random.Random(seed)
+
+    def set_delay(self, seconds: float, slow_seconds: Optional[float] = None) -> None:
+        """Wait ``seconds`` before answering each request; ``slow_seconds`` is the wait of a "slow" fault."""
+        with self._lock:
+            self._script.delay = seconds
+            if slow_seconds is not None:
+                self._script.slow_seconds = slow_seconds
+
+    def set_limits(
+        self,
+        max_body_bytes: Optional[int] = None,
+        reject: Optional[Callable[[Any], bool]] = None,
+        reject_status: int = 422,
+    ) -> None:
+        """Answer 413 to bodies over ``max_body_bytes`` (uncompressed), and refuse items for
+        which ``reject(item)`` is true: the whole batch with ``reject_status`` (400 or 422),
+        or, with a 2xx ``reject_status``, accept the others and name them in ``"rejected"``."""
+        with self._lock:
+            self._script.max_body_bytes = max_body_bytes
+            self._script.reject = reject
+            self._script.reject_status = reject_status
+
     def start(self) -> "IngestServer":
         """Bind and serve in a background thread; the same port is reused after ``stop``."""
         server = ThreadingHTTPServer((self._host, self._port), self._handler_class())
         server.daemon_threads = True
+        if self._ssl_context is not None:
+            server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True)
         self._server = server
         self._port = server.server_address[1]
         self._thread = threading.Thread(
@@ -112,33 +170,54 @@ class IngestServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _respond_status(self, headers: Dict[str, str]) -> Tuple[int, Optional[str]]:
+    def _respond_status(self, headers: Dict[str, str]) -> Tuple[Fault, Optional[str]]:
         with self._lock:
+            script = self._script
             if self._api_key is not None and headers.get("authorization") != f"Bearer {self._api_key}":
                 return 401, None
-            if self._script.outage_status is not None:
-                return self._script.outage_status, None
-            if self._script.failures:
-                return self._script.failures.popleft()
+            if script.outage_status is not None:
+                return script.outage_status, None
+            if script.failures:
+                return script.failures.popleft()
+            if script.chaos_rate and script.chaos_random.random() < script.chaos_rate:
+                return script.chaos_random.choice(script.chaos_faults), None
         return 200, None
 
     def _accept(self, request: RecordedRequest) -> Tuple[int, bytes]:
         body = request.body
         if request.headers.get("content-encoding", "").lower() == "gzip":
             body = gzip.decompress(body)
+        key = request.headers.get("idempotency-key")
+        with self._lock:
+            if key is not None and key in self._answers:
+                self.duplicates += 1
+                return 200, self._answers[key]
+            script = self._script
+            limit, reject, reject_status = script.max_body_bytes, script.reject, script.reject_status
+        if limit is not None and len(body) > limit:
+            return 413, b'{"error": "body too large"}'
         try:
             batch = orjson.loads(body)
         except orjson.JSONDecodeError:
             return 400, b'{"error": "body is not JSON"}'
         if not isinstance(batch, list):
             return 400, b'{"error": "body is not a JSON array"}'
+        bad = [index for index, item in enumerate(batch) if reject is not None and reject(item)]
+        if bad and not 200 <= reject_status < 300:
+            return reject_status, orjson.dumps({"error": f"{len(bad)} invalid items"})
+        accepted = [item for index, item in enumerate(batch) if index not in set(bad)]
+        reply = orjson.dumps(
+            {"accepted": len(accepted), "rejected": bad, "error": "invalid item"} if bad else {"accepted": len(batch)}
+        )
         with self._lock:
-            self.batches.append(batch)
+            self.batches.append(accepted)
+            if key is not None:
+                self._answers[key] = reply
             if self._record_to is not None:
-                for item in batch:
+                for item in accepted:
                     self._record_to.write(orjson.dumps(item).decode() + "\n")
                 self._record_to.flush()
-        return 200, orjson.dumps({"accepted": len(batch)})
+        return reject_status if bad else 200, reply
 
     def _handler_class(self) -> type:
         server = self
@@ -147,13 +226,29 @@ class IngestServer:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
                 headers = {key.lower(): value for key, value in self.headers.items()}
                 status, retry_after = server._respond_status(headers)
+                if status == "reset":
+                    with server._lock:
+                        server.requests.append(RecordedRequest(self.path, headers, b"", 0))
+                    self.close_connection = True
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                with server._lock:
+                    delay = server._script.slow_seconds if status == "slow" else server._script.delay
+                if delay:
+                    time.sleep(delay)
                 reply = b"{}"
-                if status == 200:
-                    status, reply = server._accept(RecordedRequest(self.path, headers, body, status))
+                if status in (200, "lost", "slow"):
+                    code, reply = server._accept(RecordedRequest(self.path, headers, body, 200))
+                    if status == "lost":
+                        with server._lock:
+                            server.requests.append(RecordedRequest(self.path, headers, body, 0))
+                        self.close_connection = True
+                        return
+                    status = code
+                assert isinstance(status, int)
                 with server._lock:
                     server.requests.append(RecordedRequest(self.path, headers, body, status))
                 self.send_response(status)
