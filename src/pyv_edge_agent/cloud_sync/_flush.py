@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import _codec
 from ._errors import UploadError
@@ -185,6 +185,8 @@ class Flusher:
         self._queue = queue
         self._post = poster(uploader)
         self._stop = stop
+        # Items rejected during this call wait for the next one, even with a zero backoff.
+        self._rejected: Set[int] = set()
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -281,16 +283,18 @@ class Flusher:
         for level in (1, 2, 3, 4):
             room = queue._max_batch_items - len(rows)
             if level > 1 and budget is not None:
-                room = min(room, budget - sum(1 for row in rows if row[3] > 1))
+                room = min(room, budget - len(rows))
             if room > 0:
                 rows += self._select(conn, now, level, room)
             if len(rows) >= queue._max_batch_items:
                 break
         return self._bounded(rows), False
 
-    @staticmethod
-    def _select(conn: sqlite3.Connection, now: float, level: int, limit: int) -> List[Row]:
-        return conn.execute(SELECT_CLAIM_SQL, (level, now, now, limit)).fetchall()
+    def _select(self, conn: sqlite3.Connection, now: float, level: int, limit: int) -> List[Row]:
+        rows = conn.execute(SELECT_CLAIM_SQL, (level, now, now, limit + len(self._rejected))).fetchall()
+        if self._rejected:
+            rows = [row for row in rows if row[0] not in self._rejected]
+        return rows[:limit]
 
     def _bounded(self, rows: List[Row]) -> List[Row]:
         size = 0
@@ -391,6 +395,7 @@ class Flusher:
             self._dead_letter(conn, exhausted, status, error)
         dead = set(exhausted)
         held = [row for row in rows if row[0] not in dead]
+        self._rejected.update(row[0] for row in held)
         if held:
             delay = backoff_delay(queue, max(row[2] for row in held))
             queue._run_chunks(NACK_SQL, (queue._clock() + delay,), _codec.id_chunks([row[0] for row in held]))
@@ -434,6 +439,8 @@ class Flusher:
         until = queue._clock() + delay
         queue._run_chunks(NACK_SQL, (until,), _codec.id_chunks([row[0] for row in part]))
         self._hold_rest(claim, until)
+        # As after a transient failure, the same items are retried together under the same key.
+        conn.execute(SET_META_SQL, (RETRY_BATCH_KEY, ",".join(str(row[0]) for row in part)))
         self._record_failure(conn, CREDENTIALS, _short(outcome.error or "credentials refused"), delay, len(part))
         return 0
 

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import IO, Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import orjson
 
@@ -57,6 +57,7 @@ class IngestServer:
 
     :param port: the TCP port; 0 picks a free one (see ``url``).
     :param api_key: when set, requests without ``Authorization: Bearer <api_key>`` get 401.
+    :param auth_header: another header name (e.g. ``X-API-Key``) that must carry the bare key instead.
     :param record_to: an open text file that receives each accepted payload as a JSON line.
     :param ssl_context: serve HTTPS with this server-side context.
     """
@@ -69,13 +70,16 @@ class IngestServer:
         api_key: Optional[str] = None,
         record_to: Optional[IO[str]] = None,
         ssl_context: Optional[ssl.SSLContext] = None,
+        auth_header: str = "Authorization",
     ) -> None:
         self._host = host
         self._port = port
         self._api_key = api_key
         self._record_to = record_to
         self._ssl_context = ssl_context
+        self._auth_header = auth_header.lower()
         self._answers: Dict[str, bytes] = {}
+        self._in_progress: Set[str] = set()
         self.duplicates = 0
         self._lock = threading.Lock()
         self._script = _Script()
@@ -170,28 +174,47 @@ class IngestServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _respond_status(self, headers: Dict[str, str]) -> Tuple[Fault, Optional[str]]:
+    def _decide(self, headers: Dict[str, str]) -> Tuple[Fault, Optional[str]]:
+        """Choose the answer before the body is read: a fault, 200, or "replay" for a key
+        already answered. A key still being processed gets 409, as idempotent APIs answer."""
         with self._lock:
             script = self._script
-            if self._api_key is not None and headers.get("authorization") != f"Bearer {self._api_key}":
+            if self._api_key is not None and not self._authorized(headers):
                 return 401, None
             if script.outage_status is not None:
                 return script.outage_status, None
-            if script.failures:
-                return script.failures.popleft()
-            if script.chaos_rate and script.chaos_random.random() < script.chaos_rate:
-                return script.chaos_random.choice(script.chaos_faults), None
-        return 200, None
-
-    def _accept(self, request: RecordedRequest) -> Tuple[int, bytes]:
-        body = request.body
-        if request.headers.get("content-encoding", "").lower() == "gzip":
-            body = gzip.decompress(body)
-        key = request.headers.get("idempotency-key")
-        with self._lock:
+            key = headers.get("idempotency-key")
             if key is not None and key in self._answers:
-                self.duplicates += 1
-                return 200, self._answers[key]
+                return "replay", None
+            if key is not None and key in self._in_progress:
+                return 409, None
+            fault: Fault = 200
+            retry_after = None
+            if script.failures:
+                fault, retry_after = script.failures.popleft()
+            elif script.chaos_rate and script.chaos_random.random() < script.chaos_rate:
+                fault = script.chaos_random.choice(script.chaos_faults)
+            if key is not None and fault in (200, "lost", "slow"):
+                self._in_progress.add(key)
+            return fault, retry_after
+
+    def _authorized(self, headers: Dict[str, str]) -> bool:
+        if self._auth_header == "authorization":
+            return headers.get("authorization") == f"Bearer {self._api_key}"
+        return headers.get(self._auth_header) == self._api_key
+
+    def _accept(self, headers: Dict[str, str], body: bytes) -> Tuple[int, bytes]:
+        key = headers.get("idempotency-key")
+        try:
+            return self._process(key, headers, body)
+        finally:
+            with self._lock:
+                self._in_progress.discard(key)  # type: ignore[arg-type]
+
+    def _process(self, key: Optional[str], headers: Dict[str, str], body: bytes) -> Tuple[int, bytes]:
+        if headers.get("content-encoding", "").lower() == "gzip":
+            body = gzip.decompress(body)
+        with self._lock:
             script = self._script
             limit, reject, reject_status = script.max_body_bytes, script.reject, script.reject_status
         if limit is not None and len(body) > limit:
@@ -205,10 +228,12 @@ class IngestServer:
         bad = [index for index, item in enumerate(batch) if reject is not None and reject(item)]
         if bad and not 200 <= reject_status < 300:
             return reject_status, orjson.dumps({"error": f"{len(bad)} invalid items"})
-        accepted = [item for index, item in enumerate(batch) if index not in set(bad)]
-        reply = orjson.dumps(
-            {"accepted": len(accepted), "rejected": bad, "error": "invalid item"} if bad else {"accepted": len(batch)}
-        )
+        skip = set(bad)
+        accepted = [item for index, item in enumerate(batch) if index not in skip]
+        answer: Dict[str, Any] = {"accepted": len(accepted)}
+        if bad:
+            answer.update(rejected=bad, error="invalid item")
+        reply = orjson.dumps(answer)
         with self._lock:
             self.batches.append(accepted)
             if key is not None:
@@ -217,7 +242,7 @@ class IngestServer:
                 for item in accepted:
                     self._record_to.write(orjson.dumps(item).decode() + "\n")
                 self._record_to.flush()
-        return reject_status if bad else 200, reply
+        return (reject_status if bad else 200), reply
 
     def _handler_class(self) -> type:
         server = self
@@ -227,27 +252,28 @@ class IngestServer:
 
             def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
                 headers = {key.lower(): value for key, value in self.headers.items()}
-                status, retry_after = server._respond_status(headers)
-                if status == "reset":
-                    with server._lock:
-                        server.requests.append(RecordedRequest(self.path, headers, b"", 0))
-                    self.close_connection = True
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
+                fault, retry_after = server._decide(headers)
+                body = b""
+                if fault != "reset":
+                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with server._lock:
-                    delay = server._script.slow_seconds if status == "slow" else server._script.delay
+                    delay = server._script.slow_seconds if fault == "slow" else server._script.delay
                 if delay:
                     time.sleep(delay)
                 reply = b"{}"
-                if status in (200, "lost", "slow"):
-                    code, reply = server._accept(RecordedRequest(self.path, headers, body, 200))
-                    if status == "lost":
-                        with server._lock:
-                            server.requests.append(RecordedRequest(self.path, headers, body, 0))
-                        self.close_connection = True
-                        return
-                    status = code
+                status = fault
+                if fault == "replay":
+                    with server._lock:
+                        server.duplicates += 1
+                        reply = server._answers[headers["idempotency-key"]]
+                    status = 200
+                elif fault in (200, "lost", "slow"):
+                    status, reply = server._accept(headers, body)
+                if fault in ("reset", "lost"):
+                    with server._lock:
+                        server.requests.append(RecordedRequest(self.path, headers, body, 0))
+                    self.close_connection = True
+                    return
                 assert isinstance(status, int)
                 with server._lock:
                     server.requests.append(RecordedRequest(self.path, headers, body, status))
