@@ -18,8 +18,8 @@ from pyv_edge_agent.cloud_sync import (
     Priority,
     UploadError,
     UploadResult,
+    _flush,
 )
-from pyv_edge_agent.cloud_sync import _flush
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 
 KEY = "test-key"

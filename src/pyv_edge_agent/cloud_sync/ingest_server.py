@@ -209,7 +209,7 @@ class IngestServer:
             return self._process(key, headers, body)
         finally:
             with self._lock:
-                self._in_progress.discard(key)  # type: ignore[arg-type]
+                self._in_progress.discard(key or "")
 
     def _process(self, key: Optional[str], headers: Dict[str, str], body: bytes) -> Tuple[int, bytes]:
         if headers.get("content-encoding", "").lower() == "gzip":
