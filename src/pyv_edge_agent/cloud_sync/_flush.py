@@ -187,6 +187,8 @@ class Flusher:
         self._stop = stop
         # Items rejected during this call wait for the next one, even with a zero backoff.
         self._rejected: Set[int] = set()
+        self._dead_count = 0
+        self._dead_error = ""
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -204,6 +206,11 @@ class Flusher:
             acked += count
             if not done:
                 break
+        if self._dead_count:
+            # One line per call, not per item: a broken schema can dead-letter thousands.
+            logger.warning(
+                "moved %d items to the dead-letter table; last error: %s", self._dead_count, self._dead_error
+            )
         return acked
 
     def _deliver(self, claim: _Claim, queue_id: str) -> Tuple[bool, int]:
@@ -414,7 +421,8 @@ class Flusher:
         queue._run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
         if moved:
             conn.execute(ADD_META_SQL, ("dead_lettered_total", moved))
-            logger.warning("moved %d items to the dead-letter table: %s", moved, error)
+            self._dead_count += moved
+            self._dead_error = error
         return 0
 
     def _back_off(self, conn: sqlite3.Connection, claim: _Claim, part: List[Row], outcome: Outcome) -> int:
