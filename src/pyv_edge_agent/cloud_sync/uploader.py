@@ -252,10 +252,12 @@ class HTTPCloudUploader:
             if rejected:
                 return UploadResult(rejected=rejected, status=status, error=error)
             return True
-        snippet = self._api_key.scrub((response.data or b"")[:_ERROR_SNIPPET].decode("utf-8", "replace")).strip()
+        # Scrubbed before it is cut short, so that a cut cannot leave part of the key behind.
+        text = self._api_key.scrub((response.data or b"")[:65536].decode("utf-8", "replace"))
+        snippet = text[:_ERROR_SNIPPET].strip()
         raise UploadError(
             f"ingest endpoint {self.endpoint} answered HTTP {status} to a batch of {count} items"
-            + (f": {snippet}" if snippet else ""),
+            + (f": {snippet}" if snippet not in ("", "{}") else ""),
             status=status,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
