@@ -6,17 +6,23 @@ them meanwhile), hands each to the uploader and settles the outcome in one trans
 - accepted: acked and counted;
 - transient (no connection, timeout, 408, 425, 429, 5xx, an exception, ``False``, any
   status not named below): nacked with exponential backoff and full jitter, honouring
-  ``Retry-After``; the call ends. The batch is remembered so that its retry carries the
-  same items and therefore the same ``Idempotency-Key``;
+  ``Retry-After``; the call ends;
 - too large (413): split in halves that are sent at once; a single item goes to the
   dead-letter table;
 - rejected (400, 422, or indices in an ``UploadResult``): split until the bad items are
   alone; an item rejected ``max_attempts`` times goes to the dead-letter table;
 - credentials (401, 403): every item is kept and the flush backs off long.
+
+Retried batches keep their composition, so that a retry carries the same
+``Idempotency-Key`` and a server can drop the duplicate a lost response causes: the items
+of a batch get one shared ``next_retry_at`` (the lease, then the backoff), unique to that
+batch, and a claim never mixes such a group with other items. Items never tried
+(``next_retry_at`` 0) are batched freely.
 """
 
 import hashlib
 import logging
+import math
 import random
 import sqlite3
 import threading
@@ -47,8 +53,8 @@ MAX_RETRY_AFTER = 86400.0
 # Error text stored with items and counters stays short.
 MAX_ERROR_CHARS = 500
 
-# (id, stored text as bytes, retry_count, priority)
-Row = Tuple[int, bytes, int, int]
+# (id, stored text as bytes, retry_count, priority, next_retry_at)
+Row = Tuple[int, bytes, int, int, float]
 
 
 def _in_list(size: int) -> str:
@@ -59,17 +65,17 @@ def _by_shape(template: str) -> Dict[int, str]:
     return {size: template.format(ids=_in_list(size)) for size in _codec.ID_CHUNK_SHAPES}
 
 
-_ROW = "id, CAST(payload AS BLOB), retry_count, priority"
+_ROW = "id, CAST(payload AS BLOB), retry_count, priority, next_retry_at"
 # The flush reads stored text as bytes so it can be spliced into a body without decoding.
 SELECT_CLAIM_SQL = (
     f"SELECT {_ROW} FROM sync_queue"
     " WHERE priority = ? AND next_retry_at <= ? AND created_at + ttl_seconds > ?"
     " ORDER BY next_retry_at, id LIMIT ?"
 )
-SELECT_BY_ID_SQL = _by_shape(
-    f"SELECT {_ROW} FROM sync_queue WHERE next_retry_at <= ? AND created_at + ttl_seconds > ? AND id IN {{ids}}"
+SELECT_GROUP_SQL = (
+    f"SELECT {_ROW} FROM sync_queue"
+    " WHERE priority = ? AND next_retry_at = ? AND created_at + ttl_seconds > ? ORDER BY id LIMIT ?"
 )
-COUNT_BY_ID_SQL = _by_shape("SELECT COUNT(*) FROM sync_queue WHERE id IN {ids}")
 RELEASE_SQL = _by_shape("UPDATE sync_queue SET next_retry_at = ? WHERE id IN {ids}")
 NACK_SQL = _by_shape("UPDATE sync_queue SET retry_count = retry_count + 1, next_retry_at = ? WHERE id IN {ids}")
 ACK_SQL = _by_shape("DELETE FROM sync_queue WHERE id IN {ids}")
@@ -95,9 +101,6 @@ ADD_META_SQL = (
     "INSERT INTO sync_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = value + excluded.value"
 )
 SET_META_SQL = "INSERT INTO sync_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-DELETE_META_SQL = "DELETE FROM sync_meta WHERE key = ?"
-# The batch that last failed transiently, as comma-separated ids: sent again as it was.
-RETRY_BATCH_KEY = "retry_batch"
 
 
 def classify(status: Optional[int]) -> str:
@@ -174,7 +177,6 @@ def poster(uploader: Any) -> Callable[[List[bytes], str], Any]:
 class _Claim:
     rows: List[Row]
     token: str
-    sticky: bool
     pending: List[List[Row]] = field(default_factory=list)
 
 
@@ -255,11 +257,11 @@ class Flusher:
             now = queue._clock()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                rows, sticky = self._pick(conn, now)
+                rows = self._pick(conn, now)
                 claim = None
                 if rows:
                     ids = [row[0] for row in rows]
-                    claim = _Claim(rows, uuid.uuid4().hex, sticky)
+                    claim = _Claim(rows, uuid.uuid4().hex)
                     queue._run_chunks(RELEASE_SQL, (now + queue._lease,), _codec.id_chunks(ids))
                     conn.execute(DELETE_EXPIRED_LEASES_SQL, (now,))
                     conn.execute(INSERT_LEASE_SQL, (claim.token, len(rows), now + queue._lease))
@@ -269,33 +271,32 @@ class Flusher:
                 raise
         return claim
 
-    def _pick(self, conn: sqlite3.Connection, now: float) -> Tuple[List[Row], bool]:
+    def _pick(self, conn: sqlite3.Connection, now: float) -> List[Row]:
+        """The next batch: the group of a batch being retried, or fresh items, whichever
+        comes first in priority order."""
         queue = self._queue
         budget = budget_left(queue, conn)
-        sticky = self._retry_batch(conn, now)
-        if sticky and budget == 0 and any(row[3] != 1 for row in sticky):
-            conn.execute(DELETE_META_SQL, (RETRY_BATCH_KEY,))
-            sticky = []
-        if sticky:
-            if min(row[3] for row in sticky) > 1:
-                # Critical items still go first: past a retried batch of lesser priority.
-                taken = {row[0] for row in sticky}
-                critical = [
-                    r for r in self._select(conn, now, 1, len(taken) + queue._max_batch_items) if r[0] not in taken
-                ]
-                if critical:
-                    return self._bounded(critical[: queue._max_batch_items]), False
-            return sticky, True
+        levels = (1,) if budget == 0 else (1, 2, 3, 4)
+        first = next((rows[0] for level in levels for rows in [self._select(conn, now, level, 1)] if rows), None)
+        if first is None:
+            return []
         rows: List[Row] = []
-        for level in (1, 2, 3, 4):
-            room = queue._max_batch_items - len(rows)
-            if level > 1 and budget is not None:
-                room = min(room, budget - len(rows))
-            if room > 0:
-                rows += self._select(conn, now, level, room)
-            if len(rows) >= queue._max_batch_items:
-                break
-        return self._bounded(rows), False
+        if first[4] > 0:
+            for level in levels:
+                rows += conn.execute(SELECT_GROUP_SQL, (level, first[4], now, queue._max_batch_items)).fetchall()
+            rows = [row for row in rows if row[0] not in self._rejected]
+        else:
+            for level in levels:
+                room = queue._max_batch_items - len(rows)
+                found = self._select(conn, now, level, room) if room > 0 else []
+                fresh = [row for row in found if row[4] <= 0]
+                rows += fresh
+                if len(fresh) < len(found) or len(rows) >= queue._max_batch_items:
+                    break  # a retried group comes next in priority order: it goes alone
+        if budget is not None:
+            critical = [row for row in rows if row[3] == 1]
+            rows = critical + [row for row in rows if row[3] != 1][: max(0, budget - len(critical))]
+        return self._bounded(rows[: queue._max_batch_items])
 
     def _select(self, conn: sqlite3.Connection, now: float, level: int, limit: int) -> List[Row]:
         rows = conn.execute(SELECT_CLAIM_SQL, (level, now, now, limit + len(self._rejected))).fetchall()
@@ -310,22 +311,6 @@ class Flusher:
             if size > self._queue._max_batch_bytes and count:
                 return rows[:count]
         return rows
-
-    def _retry_batch(self, conn: sqlite3.Connection, now: float) -> List[Row]:
-        """The due items of the batch that last failed transiently, in the order it was sent."""
-        text = self._meta(RETRY_BATCH_KEY, "", conn)
-        if not text:
-            return []
-        order = [int(part) for part in str(text).split(",")]
-        found: Dict[int, Row] = {}
-        for chunk in _codec.id_chunks(order):
-            for row in conn.execute(SELECT_BY_ID_SQL[len(chunk)], (now, now) + chunk):
-                found[row[0]] = row
-        if not found and not any(
-            conn.execute(COUNT_BY_ID_SQL[len(c)], c).fetchone()[0] for c in _codec.id_chunks(order)
-        ):
-            conn.execute(DELETE_META_SQL, (RETRY_BATCH_KEY,))
-        return [found[row_id] for row_id in order if row_id in found]
 
     def _extend_lease(self, claim: _Claim) -> None:
         """A split sends more requests than planned: keep the rest hidden for a full lease."""
@@ -352,11 +337,6 @@ class Flusher:
             conn = queue._conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if claim.sticky:
-                    # Whatever happens now settles the retried batch; a transient failure
-                    # records the part that failed as the next one to retry.
-                    conn.execute(DELETE_META_SQL, (RETRY_BATCH_KEY,))
-                    claim.sticky = False
                 result = apply(conn, *args)
                 if not claim.pending:
                     conn.execute(DELETE_LEASE_SQL, (claim.token,))
@@ -436,7 +416,6 @@ class Flusher:
         ids = [row[0] for row in part]
         queue._run_chunks(NACK_SQL, (until,), _codec.id_chunks(ids))
         self._hold_rest(claim, until)
-        conn.execute(SET_META_SQL, (RETRY_BATCH_KEY, ",".join(map(str, ids))))
         self._record_failure(conn, TRANSIENT, _short(outcome.error or "upload failed"), delay, len(part))
         return 0
 
@@ -447,16 +426,15 @@ class Flusher:
         until = queue._clock() + delay
         queue._run_chunks(NACK_SQL, (until,), _codec.id_chunks([row[0] for row in part]))
         self._hold_rest(claim, until)
-        # As after a transient failure, the same items are retried together under the same key.
-        conn.execute(SET_META_SQL, (RETRY_BATCH_KEY, ",".join(str(row[0]) for row in part)))
         self._record_failure(conn, CREDENTIALS, _short(outcome.error or "credentials refused"), delay, len(part))
         return 0
 
     def _hold_rest(self, claim: _Claim, until: float) -> None:
+        """Hold back the parts not sent yet just as long, as a group of their own."""
         rest = [row[0] for part in claim.pending for row in part]
         claim.pending = []
         if rest:
-            self._queue._run_chunks(RELEASE_SQL, (until,), _codec.id_chunks(rest))
+            self._queue._run_chunks(RELEASE_SQL, (math.nextafter(until, math.inf),), _codec.id_chunks(rest))
 
     def _count_sent(self, conn: sqlite3.Connection, count: int) -> None:
         conn.execute(ADD_META_SQL, ("messages_sent_today", count))
