@@ -388,3 +388,26 @@ def test_two_processes_flushing_one_file_never_send_an_item_twice(db_path: str, 
     assert sorted(received) == list(range(1000))  # each once
     assert sum(totals) == 1000 and all(totals)  # both took part
     assert server.duplicates == 0
+
+
+def test_new_options_are_configuration_keys(db_path: str, server: IngestServer) -> None:
+    config = {"db_path": db_path, "max_attempts": 1, "daily_message_limit": 2, "max_batch_items": 1}
+    with CloudSyncQueue.from_dict(config) as queue:
+        queue.enqueue_many([{"i": i} for i in range(4)])
+        assert queue.maybe_flush(_uploader(server)) == 2 and len(server.requests) == 2
+        assert queue._max_attempts == 1
+
+
+def test_wrapper_with_the_older_encoded_signature_still_works(queue: CloudSyncQueue, server: IngestServer) -> None:
+    inner = _uploader(server)
+
+    class Wrapper:
+        def post_batch(self, payloads: List[Any]) -> Any:
+            return inner.post_batch(payloads)
+
+        def post_encoded_batch(self, body: bytes, count: int) -> Any:
+            return inner.post_encoded_batch(body, count)
+
+    queue.enqueue_many([{"i": i} for i in range(3)])
+    assert queue.maybe_flush(Wrapper()) == 3 and server.items == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert server.requests[0].headers["idempotency-key"]  # a random one from the inner uploader

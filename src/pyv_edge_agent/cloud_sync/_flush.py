@@ -21,6 +21,7 @@ batch, and a claim never mixes such a group with other items. Items never tried
 """
 
 import hashlib
+import inspect
 import logging
 import math
 import random
@@ -168,9 +169,21 @@ def poster(uploader: Any) -> Callable[[List[bytes], str], Any]:
     if not callable(post_batch):
         raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
     post_encoded = getattr(uploader, "post_encoded_batch", None)
-    if callable(post_encoded):
+    if not callable(post_encoded):
+        return lambda texts, key: post_batch([_codec.decode_payload(text) for text in texts])
+    if _takes_idempotency_key(post_encoded):
         return lambda texts, key: post_encoded(_codec.splice_body(texts), len(texts), idempotency_key=key)
-    return lambda texts, key: post_batch([_codec.decode_payload(text) for text in texts])
+    return lambda texts, key: post_encoded(_codec.splice_body(texts), len(texts))
+
+
+def _takes_idempotency_key(method: Callable[..., Any]) -> bool:
+    """Whether ``post_encoded_batch`` accepts the key: wrappers written against the older
+    ``(body, count)`` form keep working, without it."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "idempotency_key" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 @dataclass
