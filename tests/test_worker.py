@@ -42,11 +42,14 @@ def test_worker_sleeps_through_the_backoff(db_path: str, server: IngestServer) -
     server.set_outage(503)
     with CloudSyncQueue(db_path, retry_base_seconds=0.4, retry_max_seconds=1.0) as queue:
         queue.enqueue({"a": 1})
+        looks: List[float] = []
+        next_due_in = queue.next_due_in
+        queue.next_due_in = lambda: looks.append(1) or next_due_in()  # type: ignore[method-assign]
         with SyncWorker(queue, HTTPCloudUploader(server.url, KEY, timeout=5), interval=0.01):
             time.sleep(2.0)
         attempts = len(server.requests)
-    # Polling every 10 ms would have made about 200 attempts; the backoff allows a few.
-    assert 1 <= attempts <= 15
+    # Polling every 10 ms would have made about 200 attempts and looks; the backoff allows a few.
+    assert 1 <= attempts <= 15 and len(looks) <= 40
 
 
 def test_critical_item_wakes_the_worker_at_once(db_path: str, server: IngestServer) -> None:

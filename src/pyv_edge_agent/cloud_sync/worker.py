@@ -105,6 +105,14 @@ class SyncWorker:
         if callable(previous):
             previous(signum, frame)
 
+    def _sleep_time(self, due: Optional[float]) -> float:
+        """Through a backoff the whole way (nothing would be sent before it ends); else
+        until the next item is due, looking again at least every ``interval``."""
+        backoff = self._queue.backoff_seconds
+        if backoff > 0:
+            return backoff
+        return self._interval if due is None else min(due, self._interval)
+
     def _run(self) -> None:
         failing = False
         try:
@@ -114,7 +122,7 @@ class SyncWorker:
                 try:
                     due = self._queue.next_due_in()
                     if not woken and (due is None or due > 0):
-                        self._wake.wait(self._interval if due is None else min(due, self._interval))
+                        self._wake.wait(self._sleep_time(due))
                         continue
                     flushed = _flush.Flusher(self._queue, self._uploader, self._stop).run()
                 except Exception as exc:  # a full disk or a closed queue must not kill the loop silently
