@@ -411,3 +411,26 @@ def test_wrapper_with_the_older_encoded_signature_still_works(queue: CloudSyncQu
     queue.enqueue_many([{"i": i} for i in range(3)])
     assert queue.maybe_flush(Wrapper()) == 3 and server.items == [{"i": 0}, {"i": 1}, {"i": 2}]
     assert server.requests[0].headers["idempotency-key"]  # a random one from the inner uploader
+
+
+def test_batch_of_a_flusher_that_died_comes_back_whole_with_its_key(db_path: str, server: IngestServer) -> None:
+    keys: List[str] = []
+
+    class DiesMidUpload:
+        def post_batch(self, payloads: List[Any]) -> None:
+            raise AssertionError("the encoded path is used")
+
+        def post_encoded_batch(self, body: bytes, count: int, idempotency_key: str) -> None:
+            keys.append(idempotency_key)
+            raise KeyboardInterrupt  # not an Exception: propagates, as a kill would
+
+    with CloudSyncQueue(db_path, max_batch_items=3, lease_seconds=0.2) as queue:
+        queue.enqueue_many([{"i": i} for i in range(3)])
+        with pytest.raises(KeyboardInterrupt):
+            queue.maybe_flush(DiesMidUpload())
+        assert queue.get_stats()["in_flight"] == 3
+        queue.enqueue_many([{"late": i} for i in range(3)])  # never tried: batched on their own
+        time.sleep(0.25)
+        assert queue.maybe_flush(_uploader(server)) == 6
+    assert [request.headers["idempotency-key"] for request in server.requests][1] == keys[0]
+    assert server.batches[1] == [{"i": 0}, {"i": 1}, {"i": 2}]
