@@ -38,6 +38,12 @@ Fault = Union[int, str]
 DROP_FAULTS = ("reset", "lost", "slow")
 
 
+def _check_fault(fault: Fault) -> Fault:
+    if isinstance(fault, bool) or not (isinstance(fault, int) and 100 <= fault <= 599 or fault in DROP_FAULTS):
+        raise ValueError(f"a fault is an HTTP status 100..599 or one of {DROP_FAULTS}, got {fault!r}")
+    return fault
+
+
 @dataclass
 class _Script:
     failures: Deque[Tuple[Fault, Optional[str]]] = field(default_factory=deque)
@@ -108,6 +114,7 @@ class IngestServer:
     def fail_next(self, status: Fault, times: int = 1, retry_after: Optional[str] = None) -> None:
         """Answer the next ``times`` requests with ``status`` (and an optional Retry-After),
         or fail them with "reset", "lost" or "slow"."""
+        _check_fault(status)
         with self._lock:
             self._script.failures.extend([(status, retry_after)] * times)
 
@@ -120,7 +127,7 @@ class IngestServer:
         """Fail a random ``rate`` share of requests with a fault drawn from ``faults``."""
         with self._lock:
             self._script.chaos_rate = rate
-            self._script.chaos_faults = tuple(faults)
+            self._script.chaos_faults = tuple(_check_fault(fault) for fault in faults)
             self._script.chaos_random = random.Random(seed)
 
     def set_delay(self, seconds: float, slow_seconds: Optional[float] = None) -> None:
