@@ -54,7 +54,7 @@ class _Script:
     delay: float = 0.0
     slow_seconds: float = 1.0
     max_body_bytes: Optional[int] = None
-    reject: Optional[Callable[[Any], bool]] = None
+    reject: Optional[Callable[[Any], Union[bool, int]]] = None
     reject_status: int = 422
 
 
@@ -140,12 +140,13 @@ class IngestServer:
     def set_limits(
         self,
         max_body_bytes: Optional[int] = None,
-        reject: Optional[Callable[[Any], bool]] = None,
+        reject: Optional[Callable[[Any], Union[bool, int]]] = None,
         reject_status: int = 422,
     ) -> None:
-        """Answer 413 to bodies over ``max_body_bytes`` (uncompressed), and refuse items for
-        which ``reject(item)`` is true: the whole batch with ``reject_status`` (400 or 422),
-        or, with a 2xx ``reject_status``, accept the others and name them in ``"rejected"``."""
+        """Answer 413 to bodies over ``max_body_bytes`` (uncompressed), and refuse the items
+        for which ``reject(item)`` is true (or a status): with a 4xx (``reject_status`` for
+        true) the whole batch is refused; with a 2xx the others are accepted and the
+        refused ones named in ``"rejected"``."""
         with self._lock:
             self._script.max_body_bytes = max_body_bytes
             self._script.reject = reject
@@ -232,9 +233,12 @@ class IngestServer:
             return 400, b'{"error": "body is not JSON"}'
         if not isinstance(batch, list):
             return 400, b'{"error": "body is not a JSON array"}'
-        bad = [index for index, item in enumerate(batch) if reject is not None and reject(item)]
-        if bad and not 200 <= reject_status < 300:
-            return reject_status, orjson.dumps({"error": f"{len(bad)} invalid items"})
+        verdicts = [(index, reject(item) if reject is not None else False) for index, item in enumerate(batch)]
+        statuses = {index: reject_status if verdict is True else int(verdict) for index, verdict in verdicts if verdict}
+        bad = sorted(statuses)
+        refusal = min((status for status in statuses.values() if not 200 <= status < 300), default=None)
+        if refusal is not None:
+            return refusal, orjson.dumps({"error": f"{len(bad)} invalid items"})
         skip = set(bad)
         accepted = [item for index, item in enumerate(batch) if index not in skip]
         answer: Dict[str, Any] = {"accepted": len(accepted)}
@@ -249,7 +253,7 @@ class IngestServer:
                 for item in accepted:
                     self._record_to.write(orjson.dumps(item).decode() + "\n")
                 self._record_to.flush()
-        return (reject_status if bad else 200), reply
+        return (statuses[bad[0]] if bad else 200), reply
 
     def _handler_class(self) -> type:
         server = self
