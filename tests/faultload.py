@@ -13,7 +13,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, QueueFullError
 
 KEY = "fault-key"
 # Items leased by a flusher stay hidden this long; a nack parks items for longer, so a
@@ -98,6 +98,15 @@ def _payloads(prefix: str, start: int, count: int, rng: random.Random) -> Tuple[
     return [{"key": key, "pad": "x" * rng.randrange(0, 300)} for key in keys], keys
 
 
+def _refusable(enqueue: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """What ``enqueue`` returns, or None when a storage limit refused the items (nothing
+    was written then)."""
+    try:
+        return enqueue(*args, **kwargs)
+    except QueueFullError:
+        return None
+
+
 def mixed_operations(
     queue: CloudSyncQueue,
     journal: Journal,
@@ -117,11 +126,12 @@ def mixed_operations(
         if choice < 0.35:
             (payload,), keys = _payloads(prefix, made, 1, rng)
             doing(1)
-            ids = [queue.enqueue(payload, priority=rng.choice(PRIORITIES))]
+            row_id = _refusable(queue.enqueue, payload, priority=rng.choice(PRIORITIES))
+            ids = [] if row_id is None else [row_id]
         elif choice < 0.6:
             payloads, keys = _payloads(prefix, made, rng.randrange(1, 40), rng)
             doing(2)
-            ids = queue.enqueue_many(payloads, priority=rng.choice(PRIORITIES))
+            ids = _refusable(queue.enqueue_many, payloads, priority=rng.choice(PRIORITIES)) or []
         elif choice < 1.0 - flush_share:
             if own:
                 doing(3)

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import mount_tmpfs, remount_read_only
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, CorruptDatabaseError, DatabaseError
+from pyv_edge_agent.cloud_sync._schema import SCHEMA_VERSION
 
 
 def _digest(path: str) -> str:
@@ -69,7 +70,7 @@ def test_damaged_page_is_a_clear_error_and_the_file_is_not_written(directory: st
             queue.dequeue(batch_size=3000)
         assert path in str(excinfo.value)
         report = queue.verify()
-        assert not report.ok and report.schema_version == 1 and report.path == path
+        assert not report.ok and report.schema_version == SCHEMA_VERSION and report.path == path
         assert report.messages and report.message
     assert _digest(path) == digest
 
@@ -77,7 +78,7 @@ def test_damaged_page_is_a_clear_error_and_the_file_is_not_written(directory: st
 def test_verify_reports_a_sound_file(queue: CloudSyncQueue) -> None:
     queue.enqueue({"a": 1})
     report = queue.verify()
-    assert report.ok and report.messages == ("ok",) and report.schema_version == 1
+    assert report.ok and report.messages == ("ok",) and report.schema_version == SCHEMA_VERSION
 
 
 @pytest.mark.parametrize("damage", ["truncate", "page", "garbage"])
@@ -237,7 +238,7 @@ def test_verify_file_reports_without_opening_a_queue(directory: str, damage: Any
     before = _listing(directory)
     report = CloudSyncQueue.verify_file(path)
     assert report.ok is (damage is None) and report.path == path and report.message
-    assert report.schema_version == (1 if damage in (None, "page") else None)
+    assert report.schema_version == (SCHEMA_VERSION if damage in (None, "page") else None)
     after = _listing(directory)
     # Only SQLite's scratch files may appear (an empty -wal and the -shm of a read-only reader).
     assert {name: digest for name, digest in after.items() if name in before} == before

@@ -100,7 +100,7 @@ def test_sigkill_while_evicting_keeps_the_file_and_the_counts_consistent(
 ) -> None:
     # With a small limit nearly every enqueue evicts: eviction, its counter and the insert
     # commit together or not at all, whatever the moment of the kill.
-    limit = 300
+    limit = 150
     CloudSyncQueue(db_path).close()
     handed_out = _kill_rounds(db_path, fault_server.url, tmp_path, 8, {"max_queue_items": limit})
     received = {item["key"] for item in fault_server.items}

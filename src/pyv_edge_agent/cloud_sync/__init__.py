@@ -19,8 +19,9 @@ from ._errors import (  # noqa: E402
 )
 from ._integrity import IntegrityReport  # noqa: E402
 from ._queue import CloudSyncQueue  # noqa: E402
-from ._types import Priority, QueueItem  # noqa: E402
-from .uploader import HTTPCloudUploader  # noqa: E402
+from ._types import DeadLetter, Priority, QueueItem  # noqa: E402
+from .uploader import HTTPCloudUploader, UploadResult  # noqa: E402
+from .worker import SyncWorker  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -30,12 +31,15 @@ __all__ = [
     "CloudSyncQueue",
     "CorruptDatabaseError",
     "DatabaseError",
+    "DeadLetter",
     "DiskFullError",
     "HTTPCloudUploader",
     "IntegrityReport",
     "Priority",
     "QueueFullError",
     "QueueItem",
+    "SyncWorker",
     "UploadError",
+    "UploadResult",
     "__version__",
 ]
