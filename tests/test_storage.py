@@ -331,3 +331,36 @@ def test_min_free_disk_margin_keeps_a_small_disk_from_filling(small_fs: str) -> 
         levels = {row[0] for row in queue._conn().execute("SELECT DISTINCT priority FROM sync_queue")}
         assert levels == {CRITICAL.value}
     assert _integrity(path) == "ok"
+
+
+def test_full_disk_during_ack_and_nack_is_a_clear_error(small_fs: str) -> None:
+    # Deletes and updates need WAL space too; a full disk must not surface as SQLite's
+    # "cannot rollback" from a transaction it already rolled back.
+    path = os.path.join(small_fs, "q.db")
+    reserve = os.path.join(small_fs, "reserve")
+    with open(reserve, "wb") as handle:
+        handle.write(b"\0" * 1024 * 1024)
+    returned: dict = {}
+    with CloudSyncQueue(path, min_free_disk_bytes=0) as queue:
+        _fill_until_full(queue, returned)
+        ballast = os.path.join(small_fs, "ballast")
+        with open(ballast, "wb", buffering=0) as handle:  # takes the last free blocks
+            try:
+                while True:
+                    handle.write(b"\0" * 4096)
+            except OSError:
+                pass
+        ids = sorted(returned)
+        for call in (lambda: queue.nack(ids[:1500], retry_delay_seconds=0), lambda: queue.ack(ids[:1500])):
+            with pytest.raises(DiskFullError):
+                call()
+        _check_returned(queue, returned)
+        os.remove(ballast)
+        os.remove(reserve)
+        # 1 MiB freed: room for the WAL frames of a smaller call.
+        assert queue.nack(ids[:100], retry_delay_seconds=0) == 100
+        assert queue.ack(ids[:100]) == 100
+        for row_id in ids[:100]:
+            del returned[row_id]
+        _check_returned(queue, returned)
+    assert _integrity(path) == "ok"

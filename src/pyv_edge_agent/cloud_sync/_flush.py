@@ -280,7 +280,8 @@ class Flusher:
                     conn.execute(INSERT_LEASE_SQL, (claim.token, len(rows), now + queue._lease))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                    conn.execute("ROLLBACK")
                 raise
         return claim
 
@@ -338,7 +339,8 @@ class Flusher:
                 conn.execute(EXTEND_LEASE_SQL, (until, claim.token))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                    conn.execute("ROLLBACK")
                 raise
 
     # -- settling ---------------------------------------------------------------------
@@ -355,7 +357,8 @@ class Flusher:
                     conn.execute(DELETE_LEASE_SQL, (claim.token,))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                    conn.execute("ROLLBACK")
                 raise
         return result
 

@@ -419,7 +419,8 @@ class CloudSyncQueue:
             changed = sum(conn.execute(statements[len(chunk)], prefix + chunk).rowcount for chunk in chunks)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                conn.execute("ROLLBACK")
             raise
         return changed
 
@@ -645,7 +646,8 @@ class CloudSyncQueue:
             result = work(conn)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                conn.execute("ROLLBACK")
             raise
         return result
 
