@@ -6,6 +6,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from typing import Any, List
 
 import legacy
@@ -219,6 +220,7 @@ def test_wal_stays_bounded_under_a_constant_writer(db_path: str, monkeypatch: py
         def read() -> None:
             while not stop.is_set():
                 reader.peek(n=5)
+                time.sleep(0.001)
 
         thread = threading.Thread(target=read)
         thread.start()
