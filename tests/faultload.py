@@ -233,7 +233,9 @@ def fork(target: Callable[..., None], *args: Any) -> int:
 def drain(path: str, url: str, ahead: float) -> None:
     """Send everything left, with a clock ``ahead`` seconds ahead so that leases and
     backoffs have run out."""
-    with CloudSyncQueue(path, clock=lambda: time.time() + ahead, min_free_disk_bytes=0) as queue:
+    # Fast mode: retried items go out in their retry groups, often small batches, and a
+    # fsync per batch would make the drain the slowest part of the test.
+    with CloudSyncQueue(path, clock=lambda: time.time() + ahead, min_free_disk_bytes=0, durability="fast") as queue:
         uploader = HTTPCloudUploader(url, KEY, timeout=30.0)
         deadline = time.monotonic() + 120
         while queue.pending_count() and time.monotonic() < deadline:
