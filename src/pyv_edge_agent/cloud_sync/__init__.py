@@ -4,6 +4,8 @@ Sensor threads ``enqueue``; a sync loop calls ``maybe_flush`` with an uploader. 
 stay on disk, most important first, until the cloud has accepted them.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._schema import check_sqlite_version
 
 check_sqlite_version()
@@ -12,9 +14,12 @@ from ._codec import BACKEND  # noqa: E402
 from ._errors import CloudSyncError, DatabaseError, QueueFullError, UploadError  # noqa: E402
 from ._queue import CloudSyncQueue  # noqa: E402
 from ._types import Priority, QueueItem  # noqa: E402
-from .uploader import HTTPCloudUploader  # noqa: E402
+
+if TYPE_CHECKING:
+    from .uploader import HTTPCloudUploader
 
 __version__ = "0.1.0"
+
 
 __all__ = [
     "BACKEND",
@@ -28,3 +33,13 @@ __all__ = [
     "UploadError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The uploader (and urllib3, most of the import time) loads on first use, so that a
+    # process that only enqueues starts fast.
+    if name == "HTTPCloudUploader":
+        from .uploader import HTTPCloudUploader
+
+        return HTTPCloudUploader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
