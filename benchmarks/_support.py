@@ -64,8 +64,11 @@ def rows(count: int, priority: int = 3, created_at: Optional[float] = None, ttl:
 # -- the SQLite floor -------------------------------------------------------------------
 
 
-def floor_connection(path: str, durability: str = "full") -> sqlite3.Connection:
-    """A raw connection on a new queue file, configured exactly as the queue configures its own."""
+def floor_connection(path: str, durability: str = "full", *, fresh: bool = True) -> sqlite3.Connection:
+    """A raw connection on a queue file (a new, empty one unless ``fresh=False``), configured
+    exactly as the queue configures its own."""
+    if fresh:
+        remove_db(path)
     CloudSyncQueue(path, durability=durability).close()
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=256)
     _schema.configure(conn, durability, 30.0)

@@ -185,7 +185,7 @@ def test_read(benchmark: Any, filled: Dict[str, Any], size: Size, count: int, me
 def test_read_peers(benchmark: Any, filled: Dict[str, Any], size: Size, count: int, method: str, backend: str) -> None:
     benchmark.group = f"{method} {count:,}"
     if backend == "floor":
-        conn = floor_connection(filled["path"])
+        conn = floor_connection(filled["path"], fresh=False)
 
         def read() -> List[Any]:
             now = time.time()

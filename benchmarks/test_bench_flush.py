@@ -165,8 +165,7 @@ def test_threads_peers(benchmark: Any, tmp_path: Any, size: Size, durability: st
     items = payloads(per_thread)
     if backend == "floor":
         # The floor's own best: a connection per thread, one autocommit INSERT per item.
-        floor_connection(path, durability).close()
-        conns = [floor_connection(path, durability) for _ in range(THREADS)]
+        conns = [floor_connection(path, durability, fresh=not worker) for worker in range(THREADS)]
 
         def work(worker: int) -> None:
             conn = conns[worker]

@@ -1,0 +1,30 @@
+"""The queries whose cost must not grow with the backlog use the index as intended.
+
+``dequeue`` and the flush's claim ask one priority at a time so that the index
+``(priority, next_retry_at)`` (plus the rowid) gives rows already in order and skips items
+parked for a later retry by its range; ack, nack and the lease find rows by primary key.
+"""
+
+from typing import List
+
+import pytest
+
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, _queue
+
+
+def _plan(queue: CloudSyncQueue, sql: str, params: tuple) -> List[str]:
+    return [row[3] for row in queue._conn().execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
+
+
+@pytest.mark.parametrize("sql", [_queue.SELECT_ELIGIBLE_SQL, _queue.SELECT_CLAIM_SQL])
+def test_eligible_rows_come_from_an_index_range_in_order(queue: CloudSyncQueue, sql: str) -> None:
+    plan = _plan(queue, sql, (3, 1.0, 1.0, 100))
+    assert plan == ["SEARCH sync_queue USING INDEX idx_sync_queue_priority (priority=? AND next_retry_at<?)"]
+
+
+@pytest.mark.parametrize("statements", [_queue.ACK_SQL, _queue.NACK_SQL, _queue.LEASE_SQL])
+def test_id_lists_are_found_by_primary_key(queue: CloudSyncQueue, statements: dict) -> None:
+    sql = statements[4]
+    params = (1, 2, 3, 4) if sql.count("?") == 4 else (0.0, 1, 2, 3, 4)
+    plan = _plan(queue, sql, params)
+    assert len(plan) == 1 and "USING INTEGER PRIMARY KEY (rowid=?)" in plan[0]
