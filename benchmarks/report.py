@@ -1,19 +1,21 @@
 """Turn pytest-benchmark JSON into the README's Markdown tables.
 
-    python -m pytest benchmarks --benchmark-json=bench.json
-    python benchmarks/report.py bench.json > bench.md
+    python -m pytest benchmarks --benchmark-json=run1.json     # as many runs as you like
+    python benchmarks/report.py run1.json [run2.json ...] > bench.md
 
-One table row per benchmark group (a piece of work): the median items/s of each
-implementation, and each implementation's median time as a multiple of the floor's (the
-same SQL through the stdlib ``sqlite3`` with parameters built in advance and nothing
-decoded) measured in the same run. Groups without a floor are compared with the compiled
-backend instead. Figures that are not times (bytes written, memory) get a table of their own.
+One table row per implementation within each benchmark group (a piece of work): its median
+items/s, and its median time as a multiple of the floor's (the same SQL through the stdlib
+``sqlite3`` with parameters built in advance and nothing decoded) measured in the same run.
+Given several runs, each figure is the median over the runs, and each ratio the median of the
+per-run ratios: on a shared machine a neighbour's burst slows one test of one run, and the
+median across runs drops it. Figures that are not times get a table of their own.
 """
 
 import json
+import statistics
 import sys
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 ORDER = ["cython", "python", "floor", "reference", "persist-queue"]
 NAMES = {
@@ -49,24 +51,42 @@ def _sort_key(bench: Dict[str, Any]) -> Any:
     return (ORDER.index(backend) if backend in ORDER else len(ORDER), _label(bench))
 
 
-def timing_table(benchmarks: List[Dict[str, Any]]) -> str:
-    """The main table: one line per implementation within each group."""
-    groups: "OrderedDict[str, List[Dict[str, Any]]]" = OrderedDict()
-    for bench in benchmarks:
-        if "items" in bench.get("extra_info", {}) and not _is_figure(bench):
-            groups.setdefault(bench.get("group") or bench["name"], []).append(bench)
+def _key(bench: Dict[str, Any]) -> Tuple[str, str]:
+    return (str(bench.get("group") or bench["name"]), _label(bench))
+
+
+def timing_table(runs: List[List[Dict[str, Any]]]) -> str:
+    """The main table: one line per implementation within each group, medians over runs."""
+    groups: "OrderedDict[str, Dict[str, Dict[str, Any]]]" = OrderedDict()
+    rates: Dict[Tuple[str, str], List[float]] = {}
+    ratios: Dict[Tuple[str, str], List[float]] = {}
+    for benchmarks in runs:
+        # The reference of each row: the floor of its group, or where a group has none, the
+        # member of the same backend marked as the baseline (the 1,000-item backlog, ...).
+        floors = {str(b.get("group")): b for b in benchmarks if b.get("params", {}).get("backend") == "floor"}
+        baselines = {
+            (str(b.get("group")), str(b.get("params", {}).get("backend"))): b
+            for b in benchmarks
+            if b.get("extra_info", {}).get("baseline")
+        }
+        for bench in benchmarks:
+            if "items" not in bench.get("extra_info", {}) or _is_figure(bench):
+                continue
+            key = _key(bench)
+            groups.setdefault(key[0], {}).setdefault(key[1], bench)
+            rates.setdefault(key, []).append(_rate(bench))
+            base = floors.get(key[0]) or baselines.get((key[0], str(bench.get("params", {}).get("backend"))))
+            if base is not None:
+                ratios.setdefault(key, []).append(_rate(base) / _rate(bench))
     lines = [
-        "| work | implementation | median items/s | time vs floor |",
+        "| work | implementation | median items/s | time vs floor (or baseline*) |",
         "|---|---|---:|---:|",
     ]
     for group, members in groups.items():
-        members.sort(key=_sort_key)
-        floor = _floor(members)
-        for bench in members:
-            ratio = ""
-            if floor is not None:
-                ratio = f"{float(bench['stats']['median']) / float(floor['stats']['median']):.2f}x"
-            lines.append(f"| {group} | {_label(bench)} | {_fmt_rate(_rate(bench))} | {ratio} |")
+        for label, _bench in sorted(members.items(), key=lambda item: _sort_key(item[1])):
+            key = (group, label)
+            ratio = f"{statistics.median(ratios[key]):.2f}x" if key in ratios else ""
+            lines.append(f"| {group} | {label} | {_fmt_rate(statistics.median(rates[key]))} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -97,25 +117,31 @@ def figures_table(benchmarks: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def report(data: Dict[str, Any], out: TextIO) -> None:
+def report(runs: List[Dict[str, Any]], out: TextIO) -> None:
     """Write both tables and the machine they were measured on."""
-    machine = data.get("machine_info", {})
-    commit = data.get("commit_info", {})
+    first = runs[0]
+    machine = first.get("machine_info", {})
+    commit = first.get("commit_info", {})
     out.write(
-        f"Measured {data.get('datetime', '?')[:16]} on {machine.get('cpu', {}).get('brand_raw', '?')}, "
-        f"Python {machine.get('python_version', '?')}, commit {str(commit.get('id', '?'))[:10]}.\n\n"
+        f"{len(runs)} run(s) from {first.get('datetime', '?')[:16]} on {machine.get('cpu', {}).get('brand_raw', '?')}"
+        f" ({machine.get('cpu', {}).get('count', '?')} cores), Python {machine.get('python_version', '?')},"
+        f" commit {str(commit.get('id', '?'))[:10]}.\n\n"
     )
-    out.write(timing_table(data["benchmarks"]) + "\n\n")
-    out.write(figures_table(data["benchmarks"]) + "\n")
+    out.write(timing_table([run["benchmarks"] for run in runs]) + "\n\n")
+    out.write("*Groups without a floor: time relative to the row marked as baseline of the same backend.\n\n")
+    out.write(figures_table(runs[-1]["benchmarks"]) + "\n")
 
 
 def main(argv: List[str]) -> int:
-    """Entry point: ``report.py RESULTS.json``."""
-    if len(argv) != 2:
-        sys.stderr.write("usage: python benchmarks/report.py RESULTS.json\n")
+    """Entry point: ``report.py RESULTS.json [MORE.json ...]``."""
+    if len(argv) < 2:
+        sys.stderr.write("usage: python benchmarks/report.py RESULTS.json [MORE.json ...]\n")
         return 2
-    with open(argv[1]) as results:
-        report(json.load(results), sys.stdout)
+    runs = []
+    for name in argv[1:]:
+        with open(name) as results:
+            runs.append(json.load(results))
+    report(runs, sys.stdout)
     return 0
 
 

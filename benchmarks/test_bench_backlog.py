@@ -72,6 +72,7 @@ def test_backlog(benchmark: Any, backlogs: Dict[str, Tuple[str, int]], size: Siz
     label = f"{stored:,} items" if "+" not in state else f"1,000 + {stored - 1000:,} {state.split('+')[1]}"
     benchmark.group = f"backlog {op} ({'100 single' if op == 'enqueue' else '100'})"
     benchmark.extra_info["variant"] = label
+    benchmark.extra_info["baseline"] = state == "1k"
     queue = CloudSyncQueue(path, durability="fast")
     fresh = payloads(100)
     rounds = size(20, 1)

@@ -121,6 +121,7 @@ def test_flush_body(benchmark: Any, size: Size, body: str) -> None:
     else:
         make = lambda: orjson.dumps([_codec.decode_payload(text) for text in texts])  # noqa: E731
     benchmark.extra_info["variant"] = body
+    benchmark.extra_info["baseline"] = body == "splice"
     result = run(benchmark, make, items=500, rounds=size(200, 1))
     assert orjson.loads(result) == orjson.loads(_codec.splice_body(texts))
 
