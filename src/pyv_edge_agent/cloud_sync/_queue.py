@@ -285,6 +285,11 @@ class CloudSyncQueue:
         finally:
             with self._group_mutex:
                 self._hand_off()
+            # Only now wake this group's callers: the next leader's commit (its fsync runs
+            # with the GIL released) overlaps with their taking the GIL in turn to return.
+            for other in group:
+                if other is not entry and (other.row_id or other.error is not None):
+                    other.wake.release()  # type: ignore[union-attr]
         if entry.error is not None:
             raise entry.error
         return entry.row_id
@@ -311,12 +316,11 @@ class CloudSyncQueue:
                 self._group_pending.remove(entry)
 
     def _commit_group(self, group: List[_PendingEnqueue], leader: _PendingEnqueue) -> None:
-        """Insert every entry of ``group`` in one transaction and hand each its outcome.
+        """Insert every entry of ``group`` in one transaction and record each one's outcome.
 
         If the shared transaction fails, each entry is retried alone so that every caller
         gets the outcome of its own item, not of its neighbours'.
         """
-        done = 0
         try:
             now = self._clock()
             try:
@@ -331,15 +335,11 @@ class CloudSyncQueue:
                         entry.row_id = self._insert_rows([(entry.text, entry.level, self._clock(), entry.ttl)])[0]
                     except Exception as single_exc:
                         entry.error = single_exc
-            while done < len(group):
-                if group[done] is not leader:
-                    group[done].wake.release()  # type: ignore[union-attr]
-                done += 1
         except BaseException:
-            # The leader's thread is being interrupted: callers not yet answered go back to
-            # the front of the queue for the next leader.
+            # The leader's thread is being interrupted: callers without an outcome go back
+            # to the front of the queue for the next leader.
             with self._group_mutex:
-                self._group_pending[:0] = [e for e in group[done:] if e is not leader]
+                self._group_pending[:0] = [e for e in group if e is not leader and e.row_id == 0 and e.error is None]
             raise
 
     def _insert_rows(self, rows: List[Tuple[str, int, float, int]]) -> List[int]:
