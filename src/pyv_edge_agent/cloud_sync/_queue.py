@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import _codec, _deadletter, _flush, _schema, _validate
 from ._errors import CloudSyncError, DatabaseError
+from ._sql import ACK_SQL, NACK_SQL
 from ._types import DeadLetter, Priority, QueueItem
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -41,16 +42,6 @@ NEXT_DUE_SQL = (
 READ_COUNTER_SQL = "SELECT value FROM sync_meta WHERE key = ?"
 RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
 
-
-def _in_list(size: int) -> str:
-    return "(" + ",".join("?" * size) + ")"
-
-
-ACK_SQL = {size: f"DELETE FROM sync_queue WHERE id IN {_in_list(size)}" for size in _codec.ID_CHUNK_SHAPES}
-NACK_SQL = {
-    size: f"UPDATE sync_queue SET retry_count = retry_count + 1, next_retry_at = ? WHERE id IN {_in_list(size)}"
-    for size in _codec.ID_CHUNK_SHAPES
-}
 
 CONFIG_KEYS = (
     "db_path",
