@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import orjson
 import pytest
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, QueueItem, _queue, _schema
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, QueueItem, _codec, _flush, _queue, _schema, _sql
 
 Row = Tuple[str, int, float, int]
 
@@ -97,7 +97,7 @@ def id_chunk_params(ids: Sequence[int]) -> List[Tuple[int, ...]]:
     chunks = []
     for start in range(0, len(ids), 512):
         chunk = list(ids[start : start + 512])
-        shape = next(s for s in _queue._codec.ID_CHUNK_SHAPES if s >= len(chunk))
+        shape = next(s for s in _codec.ID_CHUNK_SHAPES if s >= len(chunk))
         chunks.append(tuple(chunk + [chunk[-1]] * (shape - len(chunk))))
     return chunks
 
@@ -111,26 +111,35 @@ def floor_chunks(conn: sqlite3.Connection, statements: Dict[int, str], prefix: T
 
 
 def floor_flush(conn: sqlite3.Connection, batch_items: int = 500, lease: float = 300.0) -> int:
-    """The flush path's SQL per batch: claim (select + lease) in one transaction, splice the
-    stored bytes, then delete and count in another."""
+    """The flush path's SQL per batch, as ``maybe_flush`` runs it for a batch the endpoint
+    accepts: claim (select, lease the rows, record the lease) in one transaction, splice the
+    stored bytes, then delete, count and end the lease in another."""
     sent = 0
+    token = 0
     while True:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
-        batch = floor_select(conn, _queue.SELECT_CLAIM_SQL, batch_items, now)
-        if not batch:
+        if not floor_select(conn, _flush.SELECT_CLAIM_SQL, 1, now):
             conn.execute("COMMIT")
             return sent
-        ids = [row[0] for row in batch]
-        chunks = id_chunk_params(ids)
+        batch = floor_select(conn, _flush.SELECT_CLAIM_SQL, batch_items, now)
+        chunks = id_chunk_params([row[0] for row in batch])
+        token += 1
         for chunk in chunks:
-            conn.execute(_queue.LEASE_SQL[len(chunk)], (now + lease,) + chunk)
+            conn.execute(_flush.RELEASE_SQL[len(chunk)], (now + lease,) + chunk)
+        conn.execute(_flush.DELETE_EXPIRED_LEASES_SQL, (now,))
+        conn.execute(_flush.INSERT_LEASE_SQL, (str(token), len(batch), now + lease))
         conn.execute("COMMIT")
         body = b"[" + b",".join([row[1] for row in batch]) + b"]"
         assert body
         conn.execute("BEGIN IMMEDIATE")
-        deleted = sum(conn.execute(_queue.ACK_SQL[len(chunk)], chunk).rowcount for chunk in chunks)
-        conn.execute(_queue.ADD_SENT_SQL, (deleted,))
+        deleted = sum(conn.execute(_sql.ACK_SQL[len(chunk)], chunk).rowcount for chunk in chunks)
+        for chunk in chunks:
+            conn.execute(_flush.FORGET_REJECTIONS_SQL[len(chunk)], chunk)
+        conn.execute(_flush.ADD_META_SQL, ("messages_sent_today", deleted))
+        conn.execute(_flush.ADD_META_SQL, ("messages_sent_total", deleted))
+        conn.execute(_flush.SET_META_SQL, ("last_success_at", now))
+        conn.execute(_flush.DELETE_LEASE_SQL, (str(token),))
         conn.execute("COMMIT")
         sent += deleted
 

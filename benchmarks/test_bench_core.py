@@ -25,7 +25,7 @@ from _support import (
     run,
 )
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, QueueItem, _queue
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, QueueItem, _queue, _sql
 
 Size = Callable[[int, int], int]
 Setup = Callable[[], Tuple[Tuple[Any, ...], Dict[str, Any]]]
@@ -251,9 +251,9 @@ def test_ack_nack_peers(benchmark: Any, tmp_path: Any, size: Size, operation: st
         return (), {}
 
     if operation == "ack":
-        target = lambda: floor_chunks(conns[-1], _queue.ACK_SQL, (), chunks)  # noqa: E731
+        target = lambda: floor_chunks(conns[-1], _sql.ACK_SQL, (), chunks)  # noqa: E731
     else:
-        target = lambda: floor_chunks(conns[-1], _queue.NACK_SQL, (time.time() + 60.0,), chunks)  # noqa: E731
+        target = lambda: floor_chunks(conns[-1], _sql.NACK_SQL, (time.time() + 60.0,), chunks)  # noqa: E731
     changed = run(benchmark, target, items=count, rounds=size(15, 1), setup=setup)
     assert changed == count
 
@@ -297,7 +297,7 @@ def test_consume_peers(benchmark: Any, tmp_path: Any, size: Size, backend: str) 
         def consume() -> int:
             conn = state[-1]
             found = floor_select(conn, _queue.SELECT_ELIGIBLE_SQL, count, time.time())
-            return floor_chunks(conn, _queue.ACK_SQL, (), id_chunk_params([row[0] for row in found]))
+            return floor_chunks(conn, _sql.ACK_SQL, (), id_chunk_params([row[0] for row in found]))
 
     elif backend == "reference":
 
