@@ -90,7 +90,9 @@ class IngestServer:
         server.daemon_threads = True
         self._server = server
         self._port = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever, name="ingest-server", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="ingest-server", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -1,0 +1,144 @@
+"""Bad input: a clear exception naming the argument and value, raised before anything is
+written, and the stored items and file unchanged."""
+
+import hashlib
+import os
+from typing import Any, Callable, Dict
+
+import pytest
+
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, DatabaseError, HTTPCloudUploader, Priority
+
+
+def _snapshot(queue: CloudSyncQueue) -> Any:
+    rows = queue._conn().execute("SELECT * FROM sync_queue ORDER BY id").fetchall()
+    return rows, queue.messages_sent_today
+
+
+class Unserialisable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str either")
+
+
+BAD_CALLS: Dict[str, Callable[[CloudSyncQueue], Any]] = {
+    "payload list": lambda q: q.enqueue([1, 2]),  # type: ignore[arg-type]
+    "payload str": lambda q: q.enqueue('{"a": 1}'),  # type: ignore[arg-type]
+    "payload None": lambda q: q.enqueue(None),  # type: ignore[arg-type]
+    "payload big int": lambda q: q.enqueue({"n": 2**70}),
+    "payload surrogate": lambda q: q.enqueue({"s": "\ud800"}),
+    "priority 0": lambda q: q.enqueue({"a": 1}, priority=0),  # type: ignore[arg-type]
+    "priority 5": lambda q: q.enqueue({"a": 1}, priority=5),  # type: ignore[arg-type]
+    "priority str": lambda q: q.enqueue({"a": 1}, priority="CRITICAL"),  # type: ignore[arg-type]
+    "priority bool": lambda q: q.enqueue({"a": 1}, priority=True),  # type: ignore[arg-type]
+    "priority float": lambda q: q.enqueue({"a": 1}, priority=1.0),  # type: ignore[arg-type]
+    "ttl negative": lambda q: q.enqueue({"a": 1}, ttl_seconds=-1),
+    "ttl float": lambda q: q.enqueue({"a": 1}, ttl_seconds=1.5),  # type: ignore[arg-type]
+    "ttl str": lambda q: q.enqueue({"a": 1}, ttl_seconds="60"),  # type: ignore[arg-type]
+    "ttl huge": lambda q: q.enqueue({"a": 1}, ttl_seconds=2**63),
+    "many with one bad": lambda q: q.enqueue_many([{"a": 1}, {"b": 2}, "bad"]),  # type: ignore[list-item]
+    "many not a sequence": lambda q: q.enqueue_many({"a": 1}),  # type: ignore[arg-type]
+    "priority 9 in enqueue_many": lambda q: q.enqueue_many([{"a": 1}], priority=9),  # type: ignore[arg-type]
+    "batch_size 0": lambda q: q.dequeue(batch_size=0),
+    "batch_size float": lambda q: q.dequeue(batch_size=2.0),  # type: ignore[arg-type]
+    "n negative": lambda q: q.peek(n=-3),
+    "ack str ids": lambda q: q.ack(["1"]),  # type: ignore[list-item]
+    "ack float ids": lambda q: q.ack([1, 2.0]),  # type: ignore[list-item]
+    "ack bool ids": lambda q: q.ack([True]),
+    "ack a string": lambda q: q.ack("12"),  # type: ignore[arg-type]
+    "ack an int": lambda q: q.ack(5),  # type: ignore[arg-type]
+    "ack id too big": lambda q: q.ack([2**64]),
+    "nack bad id": lambda q: q.nack([1, None]),  # type: ignore[list-item]
+    "nack negative delay": lambda q: q.nack([1], retry_delay_seconds=-1),
+    "nack nan delay": lambda q: q.nack([1], retry_delay_seconds=float("nan")),
+    "nack str delay": lambda q: q.nack([1], retry_delay_seconds="5"),  # type: ignore[arg-type]
+    "flush without post_batch": lambda q: q.maybe_flush(object()),
+}
+
+EXPECTED_WORDS = {
+    "payload": "payload",
+    "priority": "priority",
+    "ttl": "ttl_seconds",
+    "many": "payloads",
+    "batch_size": "batch_size",
+    "n ": "n ",
+    "ack": "ids",
+    "nack bad": "ids[1]",
+    "nack neg": "retry_delay_seconds",
+    "nack nan": "retry_delay_seconds",
+    "nack str": "retry_delay_seconds",
+    "flush": "post_batch",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CALLS))
+def test_bad_input_is_refused_and_nothing_changes(queue: CloudSyncQueue, case: str) -> None:
+    queue.enqueue({"keep": 1}, priority=Priority.CRITICAL)
+    queue.enqueue({"keep": 2})
+    before = _snapshot(queue)
+    with pytest.raises((TypeError, ValueError)) as excinfo:
+        BAD_CALLS[case](queue)
+    word = next(w for prefix, w in sorted(EXPECTED_WORDS.items(), key=lambda kv: -len(kv[0])) if case.startswith(prefix))
+    assert word in str(excinfo.value)
+    assert _snapshot(queue) == before
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"durability": "sometimes"}, "durability"),
+        ({"busy_timeout": -1}, "busy_timeout"),
+        ({"max_batch_items": 0}, "max_batch_items"),
+        ({"max_batch_bytes": "big"}, "max_batch_bytes"),
+        ({"retry_base_seconds": float("inf")}, "retry_base_seconds"),
+        ({"lease_seconds": 0}, "lease_seconds"),
+    ],
+)
+def test_bad_options_are_refused(db_path: str, kwargs: Dict[str, Any], word: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=word):
+        CloudSyncQueue(db_path, **kwargs)
+    assert not os.path.exists(db_path)
+
+
+def test_bad_paths(tmp_path: Any) -> None:
+    with pytest.raises(TypeError, match="db_path"):
+        CloudSyncQueue(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="db_path"):
+        CloudSyncQueue("")
+    blocker = os.path.join(tmp_path, "file")
+    open(blocker, "w").close()
+    with pytest.raises(OSError) as excinfo:
+        CloudSyncQueue(os.path.join(blocker, "sub", "q.db"))
+    assert blocker in str(excinfo.value)
+
+
+def test_file_that_is_not_a_database_is_never_overwritten(tmp_path: Any) -> None:
+    path = os.path.join(tmp_path, "notes.db")
+    with open(path, "wb") as handle:
+        handle.write(b"these are my notes, not a database\n" * 200)
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    with pytest.raises(DatabaseError, match="notes.db"):
+        CloudSyncQueue(path)
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
+    assert sorted(os.listdir(tmp_path)) == ["notes.db"]
+
+
+def test_from_dict_refuses_unknown_keys(db_path: str) -> None:
+    with pytest.raises(ValueError, match="db_pth"):
+        CloudSyncQueue.from_dict({"db_pth": db_path})
+    with pytest.raises(TypeError, match="mapping"):
+        CloudSyncQueue.from_dict([("db_path", db_path)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"endpoint": "ftp://example.invalid/x", "api_key": "k"}, "endpoint"),
+        ({"endpoint": "not a url", "api_key": "k"}, "endpoint"),
+        ({"endpoint": 7, "api_key": "k"}, "endpoint"),
+        ({"endpoint": "http://127.0.0.1/x", "api_key": ""}, "api_key"),
+        ({"endpoint": "http://127.0.0.1/x", "api_key": "k", "timeout": 0}, "timeout"),
+    ],
+)
+def test_bad_uploader_arguments(kwargs: Dict[str, Any], word: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=word):
+        HTTPCloudUploader(**kwargs)
