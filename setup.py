@@ -14,6 +14,7 @@ import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE_DIR = os.path.join(HERE, "src", "pyv_edge_agent", "cloud_sync")
@@ -75,7 +76,13 @@ class OptionalBuildExt(build_ext):
     def _fallback(self, exc: BaseException) -> None:
         if _env.require_extensions():
             raise exc
-        _warn(f"{type(exc).__name__}: {exc}".replace("\n", " "))
+        if isinstance(exc, CCompilerError):
+            # The full compiler command line is in the log above; the warning stays one line.
+            reason = f"{type(exc).__name__}: no working C compiler"
+        else:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            reason = reason if len(reason) <= 120 else reason[:117] + "..."
+        _warn(reason)
 
 
 def _extensions() -> "list[Extension]":
