@@ -85,8 +85,14 @@ class OptionalBuildExt(build_ext):
         _warn(reason)
 
 
+# Commands that produce an installable build (setup.py also runs for metadata only).
+_BUILD_COMMANDS = frozenset({"bdist_wheel", "build", "build_ext", "install", "develop", "editable_wheel"})
+
+
 def _extensions() -> "list[Extension]":
     if _env.no_extensions():
+        if _BUILD_COMMANDS.intersection(sys.argv[1:]):
+            _warn(f"{_env.NO_EXTENSIONS_VAR} is set")
         return []
     return [
         Extension(
