@@ -62,7 +62,9 @@ def test_enqueue_many_floor_sqlite3(benchmark: Any, tmp_path: Any) -> None:
     def insert() -> None:
         conn = conns[-1]
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO sync_queue (payload, priority, created_at, ttl_seconds) VALUES (?, ?, ?, ?)", rows)
+        conn.executemany(
+            "INSERT INTO sync_queue (payload, priority, created_at, ttl_seconds) VALUES (?, ?, ?, ?)", rows
+        )
         conn.execute("COMMIT")
 
     _pedantic(benchmark, insert, setup)

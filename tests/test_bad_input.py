@@ -77,7 +77,9 @@ def test_bad_input_is_refused_and_nothing_changes(queue: CloudSyncQueue, case: s
     before = _snapshot(queue)
     with pytest.raises((TypeError, ValueError)) as excinfo:
         BAD_CALLS[case](queue)
-    word = next(w for prefix, w in sorted(EXPECTED_WORDS.items(), key=lambda kv: -len(kv[0])) if case.startswith(prefix))
+    word = next(
+        w for prefix, w in sorted(EXPECTED_WORDS.items(), key=lambda kv: -len(kv[0])) if case.startswith(prefix)
+    )
     assert word in str(excinfo.value)
     assert _snapshot(queue) == before
 

@@ -9,12 +9,11 @@ import threading
 import time
 from typing import Any, List
 
+import legacy
 import pytest
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, DatabaseError, Priority, QueueItem
 from pyv_edge_agent.cloud_sync._schema import QUEUE_DDL, SCHEMA_VERSION
-
-import legacy
 
 
 def _ids(items: List[QueueItem]) -> List[int]:
@@ -167,9 +166,7 @@ def test_awkward_payloads_round_trip(queue: CloudSyncQueue) -> None:
 def test_earlier_release_database_opens_and_keeps_items(tmp_path: Any) -> None:
     path = os.path.join(tmp_path, "old.db")
     legacy.create(path)
-    old_ids = [
-        legacy.enqueue(path, {"old": i, "when": time.gmtime(0)}, priority=1 + i % 4) for i in range(6)
-    ]
+    old_ids = [legacy.enqueue(path, {"old": i, "when": time.gmtime(0)}, priority=1 + i % 4) for i in range(6)]
     legacy.enqueue(path, {"nan": math.nan})  # json.dumps writes a bare NaN
     with CloudSyncQueue(path) as queue:
         assert queue.pending_count() == 7

@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check .
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[cli]"
 exec "$VENV/bin/cloud-sync" demo "$@"

@@ -8,7 +8,7 @@ become ``null``.
 
 import json
 import operator
-from typing import Any, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import orjson
 
@@ -47,9 +47,7 @@ def encode_rows(
     rows = []
     for index, payload in enumerate(payloads):
         if not isinstance(payload, dict):
-            raise TypeError(
-                f"payloads[{index}] must be a dict, got {type(payload).__name__}: {payload!r:.200}"
-            )
+            raise TypeError(f"payloads[{index}] must be a dict, got {type(payload).__name__}: {payload!r:.200}")
         rows.append((_dumps(payload, f"payloads[{index}]"), priority, created_at, ttl_seconds))
     return rows
 
@@ -71,9 +69,7 @@ def decode_rows(rows: Sequence[Tuple[Any, ...]]) -> List[QueueItem]:
         if level is None:
             level = Priority(priority)
         items.append(
-            QueueItem(
-                row_id, decode_payload(text), level, created_at, ttl_seconds, retry_count, next_retry_at
-            )
+            QueueItem(row_id, decode_payload(text), level, created_at, ttl_seconds, retry_count, next_retry_at)
         )
     return items
 
@@ -91,7 +87,7 @@ def id_chunks(ids: Any, argument: str = "ids") -> List[Tuple[int, ...]]:
     """
     if isinstance(ids, (str, bytes, dict)) or not hasattr(ids, "__iter__"):
         raise TypeError(f"{argument} must be a sequence of integer ids, got {type(ids).__name__}")
-    unique = {}
+    unique: Dict[int, None] = {}
     for index, value in enumerate(ids):
         if type(value) is not int:
             if isinstance(value, bool) or not hasattr(type(value), "__index__"):

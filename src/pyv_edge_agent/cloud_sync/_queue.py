@@ -33,13 +33,10 @@ SELECT_CLAIM_SQL = (
 )
 COUNT_SQL = "SELECT COUNT(*) FROM sync_queue"
 STATS_SQL = (
-    "SELECT COUNT(*), MIN(created_at), COALESCE(SUM(retry_count), 0),"
-    " COALESCE(SUM(retry_count > 0), 0) FROM sync_queue"
+    "SELECT COUNT(*), MIN(created_at), COALESCE(SUM(retry_count), 0), COALESCE(SUM(retry_count > 0), 0) FROM sync_queue"
 )
 READ_COUNTER_SQL = "SELECT value FROM sync_meta WHERE key = ?"
-ADD_SENT_SQL = (
-    "UPDATE sync_meta SET value = value + ? WHERE key IN ('messages_sent_today', 'messages_sent_total')"
-)
+ADD_SENT_SQL = "UPDATE sync_meta SET value = value + ? WHERE key IN ('messages_sent_today', 'messages_sent_total')"
 RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
 
 
@@ -49,8 +46,7 @@ def _in_list(size: int) -> str:
 
 ACK_SQL = {size: f"DELETE FROM sync_queue WHERE id IN {_in_list(size)}" for size in _codec.ID_CHUNK_SHAPES}
 NACK_SQL = {
-    size: "UPDATE sync_queue SET retry_count = retry_count + 1, next_retry_at = ?"
-    f" WHERE id IN {_in_list(size)}"
+    size: f"UPDATE sync_queue SET retry_count = retry_count + 1, next_retry_at = ? WHERE id IN {_in_list(size)}"
     for size in _codec.ID_CHUNK_SHAPES
 }
 LEASE_SQL = {
@@ -290,23 +286,27 @@ class CloudSyncQueue:
         limit = _validate.integer("batch_size", batch_size, 1)
         return self._eligible(limit)
 
-    def peek(self, n: int = 5) -> List[QueueItem]:
-        """Return up to ``n`` eligible items, exactly as ``dequeue`` would, for inspection."""
+    def peek(self, n: int = 5, *, priority: Optional[Priority] = None) -> List[QueueItem]:
+        """Return up to ``n`` eligible items, exactly as ``dequeue`` would, for inspection;
+        ``priority`` keeps only that level."""
         limit = _validate.integer("n", n, 1)
-        return self._eligible(limit)
+        levels = (1, 2, 3, 4) if priority is None else (_validate.priority_value(priority),)
+        return self._eligible(limit, levels)
 
-    def _select_eligible(self, sql: str, limit: int, now: float) -> List[Tuple[Any, ...]]:
+    def _select_eligible(
+        self, sql: str, limit: int, now: float, levels: Tuple[int, ...] = (1, 2, 3, 4)
+    ) -> List[Tuple[Any, ...]]:
         conn = self._conn()
         rows: List[Tuple[Any, ...]] = []
-        for level in (1, 2, 3, 4):
+        for level in levels:
             rows += conn.execute(sql, (level, now, now, limit - len(rows))).fetchall()
             if len(rows) >= limit:
                 break
         return rows
 
-    def _eligible(self, limit: int) -> List[QueueItem]:
+    def _eligible(self, limit: int, levels: Tuple[int, ...] = (1, 2, 3, 4)) -> List[QueueItem]:
         with self._lock:
-            rows = self._select_eligible(SELECT_ELIGIBLE_SQL, limit, self._clock())
+            rows = self._select_eligible(SELECT_ELIGIBLE_SQL, limit, self._clock(), levels)
         return _codec.decode_rows(rows)
 
     def pending_count(self) -> int:

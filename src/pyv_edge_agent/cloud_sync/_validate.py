@@ -17,9 +17,7 @@ def priority_value(priority: Any) -> int:
     if isinstance(priority, Priority):
         return priority.value
     if isinstance(priority, bool) or not isinstance(priority, int):
-        raise TypeError(
-            f"priority must be a Priority or an int 1..4, got {type(priority).__name__}: {priority!r:.100}"
-        )
+        raise TypeError(f"priority must be a Priority or an int 1..4, got {type(priority).__name__}: {priority!r:.100}")
     if not 1 <= priority <= 4:
         raise ValueError(f"priority must be one of 1 (CRITICAL) .. 4 (LOGS), got {priority!r}")
     return int(priority)
@@ -38,11 +36,11 @@ def number(name: str, value: Any, minimum: float, *, allow_equal: bool = True) -
     """Return ``value`` as a float if it is a finite real number at or above ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r:.100}")
-    value = float(value)
-    if not math.isfinite(value) or value < minimum or (not allow_equal and value == minimum):
+    result = float(value)
+    if not math.isfinite(result) or result < minimum or (not allow_equal and result == minimum):
         relation = "at least" if allow_equal else "greater than"
         raise ValueError(f"{name} must be a finite number {relation} {minimum}, got {value!r}")
-    return value
+    return result
 
 
 def choice(name: str, value: Any, allowed: "tuple[str, ...]") -> str:

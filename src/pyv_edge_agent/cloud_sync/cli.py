@@ -1,73 +1,276 @@
-"""The ``cloud-sync`` command (also ``python -m pyv_edge_agent.cloud_sync``)."""
+"""The ``cloud-sync`` command (also ``python -m pyv_edge_agent.cloud_sync``).
+
+Exit codes: 0 success; 1 the command ran but did not fully succeed (a flush stopped on a
+failed batch, a check found damage); 2 bad usage (arguments, a missing database file, no
+API key); 3 the database cannot be used (not a queue database, corrupt, newer schema).
+"""
 
 import argparse
 import logging
-import sys
-import tempfile
+import os
+import signal
+import threading
 import time
-from typing import List, Optional
+from typing import Any, List, Optional
 
-from . import BACKEND, CloudSyncQueue, HTTPCloudUploader, Priority
+import orjson
+
+from . import BACKEND, CloudSyncError, CloudSyncQueue, DatabaseError, HTTPCloudUploader, Priority, __version__
+from ._metrics import BY_KEY, prometheus_text
+from ._render import Output, TrackingUploader, human_age, human_bytes, human_duration
 from .ingest_server import IngestServer
 
-DEMO_API_KEY = "pyv_demo_local_only"
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
+DEFAULT_KEY_ENV = "CLOUD_SYNC_API_KEY"
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """Store-and-forward end to end: queue, outage, backoff, recovery, drain in priority order."""
-    out = sys.stdout
-    logging.basicConfig(level=logging.INFO, format="  log: %(message)s", stream=out)
-    with tempfile.TemporaryDirectory(prefix="cloud-sync-demo-") as tmp, IngestServer(api_key=DEMO_API_KEY) as server:
-        queue = CloudSyncQueue(
-            f"{tmp}/edge_queue.db", max_batch_items=40, retry_base_seconds=0.2, retry_max_seconds=1.0
-        )
-        uploader = HTTPCloudUploader(endpoint=server.url, api_key=DEMO_API_KEY, timeout=5.0)
-        out.write(f"backend: {BACKEND}; ingest endpoint: {server.url}\n")
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
-        for i in range(args.items):
-            queue.enqueue(
-                payload={"sensor": "motor", "value": float(i), "timestamp": time.time()},
-                priority=Priority.TELEMETRY,
-            )
-        queue.enqueue_many([{"log": f"boot step {i}"} for i in range(10)], priority=Priority.LOGS)
-        queue.enqueue_many([{"sensor": "vibration", "zscore": 4.0 + i} for i in range(5)], priority=Priority.ANOMALY)
-        queue.enqueue({"sensor": "boiler", "value": 85.0, "alert": "overheat"}, priority=Priority.CRITICAL, ttl_seconds=3600)
-        out.write(f"queued: {queue.pending_count()} items\n")
-        out.write("next up: " + ", ".join(f"#{item.id} {item.priority.name}" for item in queue.peek(n=3)) + "\n")
 
-        server.stop()
-        flushed = queue.maybe_flush(uploader=uploader)
-        out.write(f"uplink down: flushed {flushed}, held {queue.pending_count()} on disk, backing off\n")
+class UsageError(Exception):
+    """A problem with how the command was called; exits 2."""
 
-        server.start()
-        deadline = time.monotonic() + 30.0
-        while queue.pending_count() and time.monotonic() < deadline:
-            flushed += queue.maybe_flush(uploader=uploader)
-            time.sleep(0.05)
-        order: List[str] = []
-        for item in server.items:
-            name = "CRITICAL" if "alert" in item else "ANOMALY" if "zscore" in item else "LOGS" if "log" in item else "TELEMETRY"
-            if not order or order[-1] != name:
-                order.append(name)
-        out.write(f"uplink up: flushed {flushed} in {len(server.batches)} batches; arrival order: {' > '.join(order)}\n")
+
+def _open_queue(path: str) -> CloudSyncQueue:
+    """Open an existing queue file; an operator command never creates one by mistake."""
+    if not os.path.exists(path):
+        raise UsageError(f"no queue database at {path!r}")
+    return CloudSyncQueue(path)
+
+
+def _print_json(out: Output, value: Any) -> None:
+    out.stream.write(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+
+
+def _human_value(key: str, value: Any) -> str:
+    metric = BY_KEY.get(key)
+    unit = metric.unit if metric else ""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    if unit == "timestamp":
+        return human_age(value)
+    if unit == "bytes":
+        return human_bytes(value)
+    if unit == "seconds":
+        return human_duration(value)
+    return "-" if value is None else str(value)
+
+
+# -- stats, peek --------------------------------------------------------------------------
+
+
+def _cmd_stats(args: argparse.Namespace, out: Output) -> int:
+    with _open_queue(args.db) as queue:
         stats = queue.get_stats()
-        out.write(f"left in queue: {queue.pending_count()}; stats: {stats}\n")
-        queue.close()
-        uploader.close()
-    return 0 if stats["depth"] == 0 else 1
+    if args.json:
+        _print_json(out, stats)
+    elif args.prometheus:
+        out.stream.write(prometheus_text(stats, os.path.abspath(args.db)))
+    else:
+        rows = [
+            [key, _human_value(key, value), BY_KEY[key].help if key in BY_KEY else ""] for key, value in stats.items()
+        ]
+        out.table(["metric", "value", "meaning"], rows, title=f"queue {args.db}")
+    return EXIT_OK
+
+
+def _cmd_peek(args: argparse.Namespace, out: Output) -> int:
+    priority = Priority[args.priority] if args.priority else None
+    with _open_queue(args.db) as queue:
+        items = queue.peek(n=args.n, priority=priority)
+    if args.json:
+        _print_json(out, [item.to_dict() for item in items])
+        return EXIT_OK
+    now = time.time()
+    rows = [
+        [
+            item.id,
+            item.priority.name,
+            human_age(item.created_at, now),
+            item.retry_count,
+            human_duration(item.created_at + item.ttl_seconds - now),
+            _shorten(orjson.dumps(item.payload, default=str).decode(), 60),
+        ]
+        for item in items
+    ]
+    out.table(["id", "priority", "age", "retries", "expires in", "payload"], rows, title=f"next {len(items)} eligible")
+    return EXIT_OK
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- flush --------------------------------------------------------------------------------
+
+
+def _read_api_key(args: argparse.Namespace) -> str:
+    """The key comes from a file or an environment variable, never from the command line
+    (where ``ps`` and shell history would show it)."""
+    if args.api_key_file:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as handle:
+                key = handle.read().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read the API key file: {exc}") from None
+        if not key:
+            raise UsageError(f"the API key file {args.api_key_file!r} is empty")
+        return key
+    key = os.environ.get(args.api_key_env, "").strip()
+    if not key:
+        raise UsageError(f"set the API key in the environment variable {args.api_key_env} or use --api-key-file")
+    return key
+
+
+def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
+    uploader = HTTPCloudUploader(args.endpoint, _read_api_key(args), timeout=args.timeout)
+    with _open_queue(args.db) as queue:
+        backlog = len(queue.peek(n=1_000_000))
+        with out.progress("flushing", total=backlog) as advance:
+            counting = TrackingUploader(uploader, advance)
+            flushed = queue.maybe_flush(uploader=counting)
+        left = queue.pending_count()
+    uploader.close()
+    result = {"flushed": flushed, "pending": left, "failed": counting.failed}
+    if args.json:
+        _print_json(out, result)
+    else:
+        status = "stopped at a failed batch; the rest stays queued" if counting.failed else "done"
+        out.line(f"flushed {flushed} of {backlog} eligible items; {left} stored; {status}")
+    return EXIT_INCOMPLETE if counting.failed else EXIT_OK
+
+
+# -- ingest-server ------------------------------------------------------------------------
+
+
+def _cmd_ingest_server(args: argparse.Namespace, out: Output) -> int:
+    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    record = open(args.record, "a", encoding="utf-8") if args.record else None  # noqa: SIM115 - closed below
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        with IngestServer(args.port, host=args.host, api_key=key or None, record_to=record) as server:
+            if args.fail_first:
+                server.fail_next(args.fail_status, times=args.fail_first)
+            if args.outage:
+                server.set_outage(args.fail_status)
+            out.line(f"ingest server listening on {server.url} (Ctrl-C to stop)")
+            out.stream.flush()
+            while not stop.wait(0.2):
+                pass
+            out.line(f"received {len(server.items)} items in {len(server.batches)} batches")
+    finally:
+        if record is not None:
+            record.close()
+    return EXIT_OK
+
+
+# -- demo, bench --------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    from ._demo import run_demo
+
+    return EXIT_OK if run_demo(out, telemetry_items=args.items) else EXIT_INCOMPLETE
+
+
+def _cmd_bench(args: argparse.Namespace, out: Output) -> int:
+    from ._bench import run_bench
+
+    results = run_bench(items=args.items)
+    if args.json:
+        _print_json(out, results)
+    else:
+        rows = [
+            [r["operation"], f"{r['cython']:,.0f}" if r["cython"] else "-", f"{r['python']:,.0f}", r["ratio"]]
+            for r in results
+        ]
+        out.table(["operation (items/s)", "compiled", "pure Python", "compiled/pure"], rows, title="cloud-sync bench")
+    return EXIT_OK
+
+
+# -- parser -------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cloud-sync``."""
-    parser = argparse.ArgumentParser(prog="cloud-sync", description="Persistent store-and-forward queue for edge agents.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run store-and-forward against a built-in loopback ingest endpoint")
-    demo.add_argument("--items", type=int, default=100, help="telemetry readings to queue (default 100)")
-    demo.set_defaults(run=_demo)
+    parser = argparse.ArgumentParser(
+        prog="cloud-sync",
+        description="Inspect and operate a pyv-edge-agent store-and-forward queue.",
+        epilog="exit codes: 0 ok, 1 incomplete (a flush failed, a check found damage), 2 usage, 3 unusable database",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} ({BACKEND} backend)")
+    parser.add_argument("--plain", action="store_true", help="plain text output even when rich is installed")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log state changes to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="store-and-forward end to end against a built-in loopback endpoint")
+    demo.add_argument("--items", type=_positive_int, default=200, help="telemetry readings to queue (default 200)")
+    demo.set_defaults(run=_cmd_demo)
+
+    stats = commands.add_parser("stats", help="queue depth, retries and counters")
+    stats.add_argument("db", help="the queue's SQLite file")
+    fmt = stats.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="machine-readable JSON")
+    fmt.add_argument("--prometheus", action="store_true", help="Prometheus text for node_exporter's textfile collector")
+    stats.set_defaults(run=_cmd_stats)
+
+    peek = commands.add_parser("peek", help="the next eligible items, without removing them")
+    peek.add_argument("db", help="the queue's SQLite file")
+    peek.add_argument("-n", type=_positive_int, default=10, help="how many items (default 10)")
+    peek.add_argument("--priority", choices=[p.name for p in Priority], type=str.upper, help="only this priority")
+    peek.add_argument("--json", action="store_true", help="machine-readable JSON")
+    peek.set_defaults(run=_cmd_peek)
+
+    flush = commands.add_parser("flush", help="send the eligible items to an ingest endpoint now")
+    flush.add_argument("db", help="the queue's SQLite file")
+    flush.add_argument("--endpoint", required=True, help="the ingest URL")
+    flush.add_argument(
+        "--api-key-env",
+        default=DEFAULT_KEY_ENV,
+        help=f"environment variable holding the key (default {DEFAULT_KEY_ENV})",
+    )
+    flush.add_argument("--api-key-file", help="a file holding the key (instead of the environment)")
+    flush.add_argument("--timeout", type=float, default=30.0, help="seconds per connect and read (default 30)")
+    flush.add_argument("--json", action="store_true", help="machine-readable JSON")
+    flush.set_defaults(run=_cmd_flush)
+
+    server = commands.add_parser("ingest-server", help="run the reference ingest endpoint (demo and tests)")
+    server.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    server.add_argument("--api-key-env", help="require the bearer key held in this environment variable")
+    server.add_argument("--record", help="append every accepted payload to this file as a JSON line")
+    server.add_argument("--fail-status", type=int, default=503, help="status for injected failures (default 503)")
+    server.add_argument("--fail-first", type=int, default=0, help="fail this many requests first")
+    server.add_argument("--outage", action="store_true", help="fail every request (with --fail-status)")
+    server.set_defaults(run=_cmd_ingest_server)
+
+    bench = commands.add_parser("bench", help="a quick benchmark on this machine, compiled vs pure Python")
+    bench.add_argument("--items", type=_positive_int, default=20000, help="items per scenario (default 20000)")
+    bench.add_argument("--json", action="store_true", help="machine-readable JSON")
+    bench.set_defaults(run=_cmd_bench)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``cloud-sync`` console script."""
-    args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    """Entry point of the ``cloud-sync`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="cloud-sync: %(levelname)s: %(message)s"
+    )
+    out = Output(plain=args.plain)
+    try:
+        return int(args.run(args, out))
+    except UsageError as exc:
+        parser.exit(EXIT_USAGE, f"cloud-sync: error: {exc}\n")
+    except DatabaseError as exc:
+        parser.exit(EXIT_DATABASE, f"cloud-sync: error: {exc}\n")
+    except (CloudSyncError, OSError, ValueError, TypeError) as exc:
+        parser.exit(EXIT_USAGE, f"cloud-sync: error: {exc}\n")
+    return EXIT_OK  # pragma: no cover - parser.exit raises

@@ -126,9 +126,7 @@ class HTTPCloudUploader:
             )
         except urllib3.exceptions.HTTPError as exc:
             # urllib3's message names the host and the cause, never the headers.
-            raise UploadError(
-                f"cannot reach ingest endpoint {self.endpoint}: {type(exc).__name__}: {exc}"
-            ) from None
+            raise UploadError(f"cannot reach ingest endpoint {self.endpoint}: {type(exc).__name__}: {exc}") from None
         status = response.status
         if 200 <= status < 300:
             return True

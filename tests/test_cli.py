@@ -1,0 +1,197 @@
+"""The ``cloud-sync`` command, run as a user would: a subprocess, a real database file and a
+real loopback ingest server. The subprocess uses the backend under test."""
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any, Dict
+
+import orjson
+import pytest
+import urllib3
+
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority
+from pyv_edge_agent.cloud_sync._metrics import BY_KEY, prometheus_text
+from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+
+KEY = "cli-secret-key-123"
+
+
+def _env(backend: str, **extra: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYV_EDGE_AGENT_", "CLOUD_SYNC_"))}
+    if backend == "python":
+        env["PYV_EDGE_AGENT_NO_EXTENSIONS"] = "1"
+    else:
+        env["PYV_EDGE_AGENT_REQUIRE_EXTENSIONS"] = "1"
+    env.update(extra)
+    return env
+
+
+def run(backend: str, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pyv_edge_agent.cloud_sync", "--plain", *args],
+        env=_env(backend, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def filled(db_path: str) -> str:
+    with CloudSyncQueue(db_path) as queue:
+        queue.enqueue_many([{"i": i} for i in range(30)])
+        queue.enqueue({"alert": "overheat"}, priority=Priority.CRITICAL)
+        queue.nack([1, 2], retry_delay_seconds=3600)
+    return db_path
+
+
+def test_every_subcommand_has_help(backend: str) -> None:
+    top = run(backend, "--help")
+    assert top.returncode == 0
+    for command in ("demo", "stats", "peek", "flush", "ingest-server", "bench"):
+        assert command in top.stdout
+        done = run(backend, command, "--help")
+        assert done.returncode == 0 and "usage: cloud-sync" in done.stdout, command
+
+
+def test_demo_drains_in_priority_order(backend: str) -> None:
+    done = run(backend, "demo", "--items", "60")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    table = {
+        line.split()[0]: line.split()
+        for line in lines
+        if line.split()[:1] in (["CRITICAL"], ["ANOMALY"], ["TELEMETRY"], ["LOGS"])
+    }
+    assert table["CRITICAL"][1:4] == ["2", "2", "1-2"]
+    assert table["ANOMALY"][1:4] == ["8", "8", "3-10"]
+    assert table["TELEMETRY"][1:4] == ["60", "60", "11-70"]
+    assert table["LOGS"][1:4] == ["20", "20", "71-90"]
+    assert "0 left in the queue" in done.stdout
+    assert "the uplink goes down" in done.stdout
+
+
+def test_stats_table_json_and_prometheus(backend: str, filled: str) -> None:
+    table = run(backend, "stats", filled)
+    assert table.returncode == 0
+    assert any(line.split()[:2] == ["depth", "31"] for line in table.stdout.splitlines())
+    assert "ago" in table.stdout  # oldest item shown as an age
+    stats = orjson.loads(run(backend, "stats", filled, "--json").stdout)
+    assert stats["depth"] == 31 and stats["retrying_items"] == 2 and stats["total_retries"] == 2
+    text = run(backend, "stats", filled, "--prometheus").stdout
+    samples = {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if not line.startswith("#")
+    }
+    assert samples["cloud_sync_depth"] == 31 and samples["cloud_sync_retrying_items"] == 2
+    assert f'db="{os.path.abspath(filled)}"' in text
+
+
+def test_peek_json_and_priority_filter(backend: str, filled: str) -> None:
+    items = orjson.loads(run(backend, "peek", filled, "-n", "3", "--json").stdout)
+    assert [item["payload"] for item in items] == [{"alert": "overheat"}, {"i": 2}, {"i": 3}]
+    only = orjson.loads(run(backend, "peek", filled, "--priority", "critical", "--json").stdout)
+    assert [item["priority"] for item in only] == [1]
+    table = run(backend, "peek", filled, "-n", "2")
+    assert table.returncode == 0 and "CRITICAL" in table.stdout and '{"alert":"overheat"}' in table.stdout
+
+
+def test_flush_with_key_from_environment_and_file(backend: str, filled: str, tmp_path: Any) -> None:
+    with IngestServer(api_key=KEY) as server:
+        missing = run(backend, "flush", filled, "--endpoint", server.url)
+        assert missing.returncode == 2 and "CLOUD_SYNC_API_KEY" in missing.stderr
+        done = run(backend, "flush", filled, "--endpoint", server.url, "--json", CLOUD_SYNC_API_KEY=KEY)
+        assert done.returncode == 0, done.stderr
+        assert orjson.loads(done.stdout) == {"flushed": 29, "pending": 2, "failed": False}
+        assert server.items[0] == {"alert": "overheat"}
+        with CloudSyncQueue(filled) as queue:
+            queue.enqueue({"late": True})
+        key_file = os.path.join(tmp_path, "key")
+        with open(key_file, "w") as handle:
+            handle.write(KEY + "\n")
+        done = run(backend, "flush", filled, "--endpoint", server.url, "--api-key-file", key_file)
+        assert done.returncode == 0 and "flushed 1 of 1" in done.stdout
+        assert KEY not in done.stdout + done.stderr
+
+
+def test_flush_that_fails_exits_1_and_keeps_items(backend: str, filled: str) -> None:
+    with IngestServer(api_key=KEY) as server:
+        server.set_outage(503)
+        done = run(backend, "flush", filled, "--endpoint", server.url, CLOUD_SYNC_API_KEY=KEY)
+    assert done.returncode == 1
+    assert "failed batch" in done.stdout and KEY not in done.stdout + done.stderr
+    with CloudSyncQueue(filled) as queue:
+        assert queue.pending_count() == 31
+
+
+def test_ingest_server_records_and_stops_on_sigterm(backend: str, tmp_path: Any) -> None:
+    record = os.path.join(tmp_path, "received.jsonl")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pyv_edge_agent.cloud_sync",
+            "--plain",
+            "ingest-server",
+            "--port",
+            "0",
+            "--record",
+            record,
+            "--fail-first",
+            "1",
+            "--fail-status",
+            "429",
+            "--api-key-env",
+            "CLOUD_SYNC_TEST_KEY",
+        ],
+        env=_env(backend, CLOUD_SYNC_TEST_KEY=KEY),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split(" on ")[1].split()[0]
+        http = urllib3.PoolManager()
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        statuses = [http.request("POST", url, body=b'[{"a":1},{"b":2}]', headers=headers).status for _ in range(2)]
+        assert statuses == [429, 200]
+        assert http.request("POST", url, body=b"[]", headers={"Authorization": "Bearer wrong"}).status == 401
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert "received 2 items in 1 batches" in out
+    with open(record) as handle:
+        assert [orjson.loads(line) for line in handle] == [{"a": 1}, {"b": 2}]
+
+
+def test_bench_prints_both_backends(backend: str) -> None:
+    done = run(backend, "bench", "--items", "1000", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = orjson.loads(done.stdout)
+    assert [row["operation"] for row in rows][0].startswith("enqueue")
+    assert all(row["python"] > 0 and row["cython"] > 0 for row in rows)
+
+
+def test_errors_have_distinct_exit_codes(backend: str, tmp_path: Any) -> None:
+    missing = run(backend, "stats", os.path.join(tmp_path, "nope.db"))
+    assert missing.returncode == 2 and "no queue database" in missing.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "nope.db"))
+    junk = os.path.join(tmp_path, "junk.db")
+    with open(junk, "wb") as handle:
+        handle.write(b"not a database" * 100)
+    broken = run(backend, "stats", junk)
+    assert broken.returncode == 3 and "junk.db" in broken.stderr
+    assert run(backend, "peek", junk, "-n", "0").returncode == 2
+    assert run(backend, "frobnicate").returncode == 2
+
+
+def test_every_stats_key_has_one_metric_definition(queue: CloudSyncQueue) -> None:
+    stats = queue.get_stats()
+    assert set(stats) <= set(BY_KEY), set(stats) - set(BY_KEY)
+    text = prometheus_text(stats, "/data/q.db")
+    names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(names) == len(set(names))
+    assert "cloud_sync_oldest_item_timestamp" not in text  # None on an empty queue: left out
