@@ -78,7 +78,7 @@ class OptionalBuildExt(build_ext):
             raise exc
         if isinstance(exc, CCompilerError):
             # The full compiler command line is in the log above; the warning stays one line.
-            reason = f"{type(exc).__name__}: no working C compiler"
+            reason = f"{type(exc).__name__}: no C compiler, or no Python headers (python3-dev)"
         else:
             reason = " ".join(f"{type(exc).__name__}: {exc}".split())
             reason = reason if len(reason) <= 120 else reason[:117] + "..."
