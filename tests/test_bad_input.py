@@ -93,6 +93,10 @@ def test_bad_input_is_refused_and_nothing_changes(queue: CloudSyncQueue, case: s
         ({"max_batch_bytes": "big"}, "max_batch_bytes"),
         ({"retry_base_seconds": float("inf")}, "retry_base_seconds"),
         ({"lease_seconds": 0}, "lease_seconds"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_attempts": 2.5}, "max_attempts"),
+        ({"daily_message_limit": -1}, "daily_message_limit"),
+        ({"daily_message_limit": "100"}, "daily_message_limit"),
     ],
 )
 def test_bad_options_are_refused(db_path: str, kwargs: Dict[str, Any], word: str) -> None:
@@ -139,6 +143,9 @@ def test_from_dict_refuses_unknown_keys(db_path: str) -> None:
         ({"endpoint": 7, "api_key": "k"}, "endpoint"),
         ({"endpoint": "http://127.0.0.1/x", "api_key": ""}, "api_key"),
         ({"endpoint": "http://127.0.0.1/x", "api_key": "k", "timeout": 0}, "timeout"),
+        ({"endpoint": "http://127.0.0.1/x", "api_key": "k", "gzip_min_bytes": -1}, "gzip_min_bytes"),
+        ({"endpoint": "http://127.0.0.1/x", "api_key": "k", "allow_insecure_http": 1}, "allow_insecure_http"),
+        ({"endpoint": "http://127.0.0.1/x", "api_key": "k", "ca_certs": 3}, "ca_certs"),
     ],
 )
 def test_bad_uploader_arguments(kwargs: Dict[str, Any], word: str) -> None:

@@ -11,8 +11,9 @@ check_sqlite_version()
 from ._codec import BACKEND  # noqa: E402
 from ._errors import CloudSyncError, DatabaseError, QueueFullError, UploadError  # noqa: E402
 from ._queue import CloudSyncQueue  # noqa: E402
-from ._types import Priority, QueueItem  # noqa: E402
-from .uploader import HTTPCloudUploader  # noqa: E402
+from ._types import DeadLetter, Priority, QueueItem  # noqa: E402
+from .uploader import HTTPCloudUploader, UploadResult  # noqa: E402
+from .worker import SyncWorker  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -21,10 +22,13 @@ __all__ = [
     "CloudSyncError",
     "CloudSyncQueue",
     "DatabaseError",
+    "DeadLetter",
     "HTTPCloudUploader",
     "Priority",
     "QueueFullError",
     "QueueItem",
+    "SyncWorker",
     "UploadError",
+    "UploadResult",
     "__version__",
 ]

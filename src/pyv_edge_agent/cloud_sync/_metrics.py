@@ -32,6 +32,16 @@ METRICS: List[Metric] = [
     Metric("total_retries", "gauge", "Sum of retry counts over the stored items."),
     Metric("retrying_items", "gauge", "Stored items that have failed at least once."),
     Metric("messages_sent_today", "gauge", "Items delivered since the last daily counter reset."),
+    Metric("depth_by_priority", "gauge", "Items stored, by priority.", label="priority"),
+    Metric("expired", "gauge", "Stored items past their TTL, never sent."),
+    Metric("in_flight", "gauge", "Items leased by a flush that is uploading them."),
+    Metric("dead_lettered", "gauge", "Items in the dead-letter table."),
+    Metric("messages_sent_total", "counter", "Items delivered since the queue file was made."),
+    Metric("failed_batches", "counter", "Uploads that failed transiently or on credentials."),
+    Metric("dead_lettered_total", "counter", "Items ever moved to the dead-letter table."),
+    Metric("last_success_at", "gauge", "When an upload last succeeded (Unix seconds).", "timestamp"),
+    Metric("last_error", "gauge", "The last upload error (text; not exported to Prometheus)."),
+    Metric("last_error_at", "gauge", "When an upload last failed (Unix seconds).", "timestamp"),
 ]
 BY_KEY: Dict[str, Metric] = {metric.key: metric for metric in METRICS}
 

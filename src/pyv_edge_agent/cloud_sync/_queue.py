@@ -1,17 +1,16 @@
-"""``CloudSyncQueue``: the connection, locking, SQL and flush policy of the queue."""
+"""``CloudSyncQueue``: the connection, locking and SQL of the queue (the flush policy is in ``_flush``)."""
 
 import logging
 import os
-import random
 import sqlite3
 import threading
 import time
 import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import _codec, _schema, _validate
+from . import _codec, _deadletter, _flush, _schema, _validate
 from ._errors import CloudSyncError, DatabaseError
-from ._types import Priority, QueueItem
+from ._types import DeadLetter, Priority, QueueItem
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 
@@ -25,18 +24,21 @@ SELECT_ELIGIBLE_SQL = (
     " WHERE priority = ? AND next_retry_at <= ? AND created_at + ttl_seconds > ?"
     " ORDER BY next_retry_at, id LIMIT ?"
 )
-# The flush reads stored text as bytes so it can be spliced into a body without decoding.
-SELECT_CLAIM_SQL = (
-    "SELECT id, CAST(payload AS BLOB), retry_count FROM sync_queue"
-    " WHERE priority = ? AND next_retry_at <= ? AND created_at + ttl_seconds > ?"
-    " ORDER BY next_retry_at, id LIMIT ?"
-)
 COUNT_SQL = "SELECT COUNT(*) FROM sync_queue"
 STATS_SQL = (
     "SELECT COUNT(*), MIN(created_at), COALESCE(SUM(retry_count), 0), COALESCE(SUM(retry_count > 0), 0) FROM sync_queue"
 )
+DEPTH_BY_PRIORITY_SQL = (
+    "SELECT priority, COUNT(*), COALESCE(SUM(created_at + ttl_seconds <= ?), 0) FROM sync_queue GROUP BY priority"
+)
+IN_FLIGHT_SQL = "SELECT COALESCE(SUM(items), 0) FROM sync_leases WHERE expires_at > ?"
+# With ``priority = ?`` the index yields the earliest retry time first; expired items are
+# stepped over.
+NEXT_DUE_SQL = (
+    "SELECT next_retry_at FROM sync_queue WHERE priority = ? AND created_at + ttl_seconds > ?"
+    " ORDER BY next_retry_at LIMIT 1"
+)
 READ_COUNTER_SQL = "SELECT value FROM sync_meta WHERE key = ?"
-ADD_SENT_SQL = "UPDATE sync_meta SET value = value + ? WHERE key IN ('messages_sent_today', 'messages_sent_total')"
 RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
 
 
@@ -49,9 +51,6 @@ NACK_SQL = {
     size: f"UPDATE sync_queue SET retry_count = retry_count + 1, next_retry_at = ? WHERE id IN {_in_list(size)}"
     for size in _codec.ID_CHUNK_SHAPES
 }
-LEASE_SQL = {
-    size: f"UPDATE sync_queue SET next_retry_at = ? WHERE id IN {_in_list(size)}" for size in _codec.ID_CHUNK_SHAPES
-}
 
 CONFIG_KEYS = (
     "db_path",
@@ -62,6 +61,17 @@ CONFIG_KEYS = (
     "retry_base_seconds",
     "retry_max_seconds",
     "lease_seconds",
+    "max_attempts",
+    "daily_message_limit",
+)
+# Counters kept in sync_meta and shown by get_stats(); they survive a restart.
+COUNTER_KEYS = (
+    "messages_sent_total",
+    "failed_batches",
+    "dead_lettered_total",
+    "last_success_at",
+    "last_error",
+    "last_error_at",
 )
 
 # A forked child must not use, or even close, the parent's connection: closing it there
@@ -98,6 +108,10 @@ class CloudSyncQueue:
     :param retry_max_seconds: cap of the exponential backoff.
     :param lease_seconds: how long a batch being uploaded is hidden from other flushers; a
         flusher that dies mid-upload leaves its items to come back after this.
+    :param max_attempts: how many times the endpoint may reject an item (HTTP 400/422 or
+        an ``UploadResult``) before it moves to the dead-letter table.
+    :param daily_message_limit: when set, ``maybe_flush`` sends no more non-critical
+        items once ``messages_sent_today`` reaches it; critical items always go.
     """
 
     def __init__(
@@ -111,6 +125,8 @@ class CloudSyncQueue:
         retry_base_seconds: float = 1.0,
         retry_max_seconds: float = 300.0,
         lease_seconds: float = 300.0,
+        max_attempts: int = 5,
+        daily_message_limit: Optional[int] = None,
     ) -> None:
         if not isinstance(db_path, (str, os.PathLike)):
             raise TypeError(f"db_path must be a str or os.PathLike, got {type(db_path).__name__}: {db_path!r:.100}")
@@ -125,6 +141,15 @@ class CloudSyncQueue:
         self._retry_base = _validate.number("retry_base_seconds", retry_base_seconds, 0.0)
         self._retry_max = _validate.number("retry_max_seconds", retry_max_seconds, self._retry_base)
         self._lease = _validate.number("lease_seconds", lease_seconds, 0.0, allow_equal=False)
+        self._max_attempts = _validate.integer("max_attempts", max_attempts, 1)
+        self._daily_limit = (
+            None if daily_message_limit is None else _validate.integer("daily_message_limit", daily_message_limit, 0)
+        )
+        # Flush state of this process: when the link may be tried again, and whether it
+        # works, fails or refuses the key (so that each change is logged once).
+        self._backoff_until = 0.0
+        self._link_state: Optional[str] = None
+        self._wakers: List[threading.Event] = []
         self._clock: Callable[[], float] = time.time
         self._lock = threading.RLock()
         self._db: Optional[sqlite3.Connection] = None
@@ -212,7 +237,9 @@ class CloudSyncQueue:
         ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
         with self._lock:
             cursor = self._conn().execute(INSERT_SQL, (text, level, self._clock(), ttl))
-            return cursor.lastrowid  # type: ignore[return-value]
+        if level == 1 and self._wakers:
+            self._wake()
+        return cursor.lastrowid  # type: ignore[return-value]
 
     def enqueue_many(
         self,
@@ -240,6 +267,8 @@ class CloudSyncQueue:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+        if level == 1 and self._wakers:
+            self._wake()
         # AUTOINCREMENT under the write lock hands out consecutive ids.
         return list(range(last - len(rows) + 1, last + 1))
 
@@ -315,18 +344,39 @@ class CloudSyncQueue:
             return int(self._conn().execute(COUNT_SQL).fetchone()[0])
 
     def get_stats(self) -> Dict[str, Any]:
-        """Return ``depth``, ``oldest_item_timestamp``, ``total_retries``, ``retrying_items``
-        and the ``messages_sent_today`` counter."""
+        """Return queue statistics.
+
+        The documented keys ``depth``, ``oldest_item_timestamp``, ``total_retries`` and
+        ``retrying_items``; ``messages_sent_today``; ``depth_by_priority`` (priority name
+        to count), ``expired`` (stored but past their TTL), ``in_flight`` (leased by a
+        flush in progress), ``dead_lettered`` (in the dead-letter table); and the
+        persisted counters ``messages_sent_total``, ``failed_batches``,
+        ``dead_lettered_total``, ``last_success_at``, ``last_error`` and ``last_error_at``.
+        """
         with self._lock:
-            depth, oldest, retries, retrying = self._conn().execute(STATS_SQL).fetchone()
-            sent_today = self._counter("messages_sent_today")
-        return {
-            "depth": depth,
-            "oldest_item_timestamp": oldest,
-            "total_retries": retries,
-            "retrying_items": retrying,
-            "messages_sent_today": sent_today,
-        }
+            conn = self._conn()
+            now = self._clock()
+            depth, oldest, retries, retrying = conn.execute(STATS_SQL).fetchone()
+            by_priority = {level.name: 0 for level in Priority}
+            expired = 0
+            for level, count, stale in conn.execute(DEPTH_BY_PRIORITY_SQL, (now,)):
+                by_priority[Priority(level).name] = count
+                expired += stale
+            stats: Dict[str, Any] = {
+                "depth": depth,
+                "oldest_item_timestamp": oldest,
+                "total_retries": retries,
+                "retrying_items": retrying,
+                "messages_sent_today": self._counter("messages_sent_today"),
+                "depth_by_priority": by_priority,
+                "expired": expired,
+                "in_flight": int(conn.execute(IN_FLIGHT_SQL, (now,)).fetchone()[0]),
+                "dead_lettered": _deadletter.count_dead(conn),
+            }
+            for key in COUNTER_KEYS:
+                row = conn.execute(READ_COUNTER_SQL, (key,)).fetchone()
+                stats[key] = row[0] if row else (None if key.startswith("last_") else 0)
+        return stats
 
     # -- counters ---------------------------------------------------------------------
 
@@ -352,77 +402,72 @@ class CloudSyncQueue:
         many were acked.
 
         Items go in batches bounded by ``max_batch_items`` and ``max_batch_bytes``; each
-        accepted batch is acked, and the first failed batch (an exception or a ``False``
-        return) is nacked with exponential backoff and ends the call. Without an uploader
-        nothing is sent and nothing is removed.
+        accepted batch is acked. A failure is classified (see the README): a transient
+        one nacks the batch with backoff and ends the call, a 413 splits the batch, a
+        rejection isolates the bad items and in the end dead-letters them, refused
+        credentials keep every item and back off long. Without an uploader nothing is
+        sent and nothing is removed.
         """
         if uploader is None:
             return 0
-        post_batch = getattr(uploader, "post_batch", None)
-        if not callable(post_batch):
-            raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
-        post_encoded = getattr(uploader, "post_encoded_batch", None)
-        flushed = 0
-        while True:
-            batch = self._claim_batch()
-            if not batch:
-                return flushed
-            ids = [row[0] for row in batch]
-            texts = [row[1] for row in batch]
-            try:
-                if callable(post_encoded):
-                    accepted = post_encoded(_codec.splice_body(texts), len(texts))
-                else:
-                    accepted = post_batch([_codec.decode_payload(text) for text in texts])
-            except Exception as exc:  # any failure of a user-supplied uploader is a failed batch
-                logger.warning("upload of %d items failed: %s: %s", len(ids), type(exc).__name__, exc)
-                accepted = False
-            if accepted is False:
-                self._nack_failed(ids, max(row[2] for row in batch))
-                return flushed
-            flushed += self._ack_sent(ids)
+        return _flush.Flusher(self, uploader).run()
 
-    def _claim_batch(self) -> List[Tuple[int, bytes, int]]:
-        """Pick the next batch and lease it (push ``next_retry_at`` ahead) in one transaction,
-        so that a concurrent flusher does not send the same items."""
+    @property
+    def backoff_seconds(self) -> float:
+        """Seconds left of the backoff that the last failed upload of this queue object set (0 if none)."""
+        return max(0.0, self._backoff_until - self._clock())
+
+    def next_due_in(self) -> Optional[float]:
+        """Seconds until ``maybe_flush`` has something to send: 0 when an item is due now,
+        None when nothing is stored but expired items.
+
+        Counts the current backoff, and leaves out non-critical items once the daily
+        message budget is spent. A sync loop sleeps this long instead of polling.
+        """
         with self._lock:
             conn = self._conn()
             now = self._clock()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._select_eligible(SELECT_CLAIM_SQL, self._max_batch_items, now)
-                size = 0
-                for count, row in enumerate(rows):
-                    size += len(row[1])
-                    if size > self._max_batch_bytes and count:
-                        del rows[count:]
-                        break
-                if rows:
-                    self._run_chunks(LEASE_SQL, (now + self._lease,), _codec.id_chunks([row[0] for row in rows]))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return rows
+            levels = (1,) if _flush.budget_left(self, conn) == 0 else (1, 2, 3, 4)
+            due = [float(row[0]) for level in levels for row in conn.execute(NEXT_DUE_SQL, (level, now))]
+        if not due:
+            return None
+        return max(0.0, min(due) - now, self._backoff_until - now)
 
-    def _ack_sent(self, ids: List[int]) -> int:
-        chunks = _codec.id_chunks(ids)
+    def _wake(self) -> None:
+        """Tell sync loops waiting on this queue that a critical item arrived."""
+        for event in list(self._wakers):
+            event.set()
+
+    # -- dead letters -----------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100) -> List[DeadLetter]:
+        """Return up to ``limit`` items from the dead-letter table, oldest first."""
         with self._lock:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                deleted = self._run_chunks(ACK_SQL, (), chunks)
-                conn.execute(ADD_SENT_SQL, (deleted,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return deleted
+            return _deadletter.list_dead(self._conn(), limit)
 
-    def _nack_failed(self, ids: List[int], attempts: int) -> None:
-        ceiling = min(self._retry_max, self._retry_base * 2.0 ** min(attempts, 32))
-        # Full jitter spreads a fleet's retries after a shared outage.
-        self.nack(ids, retry_delay_seconds=random.uniform(0.0, ceiling))
+    def requeue_dead_letters(self, ids: Optional[Sequence[int]] = None) -> int:
+        """Move dead letters (all, or those with the given ids) back into the queue, due now
+        and with a fresh TTL; return how many moved."""
+        chunks = _deadletter.id_chunks(ids)
+        with self._lock:
+            return self._in_transaction(lambda conn: _deadletter.requeue(conn, chunks, self._clock()))
+
+    def drop_dead_letters(self, ids: Optional[Sequence[int]] = None) -> int:
+        """Delete dead letters (all, or those with the given ids) for good; return how many."""
+        chunks = _deadletter.id_chunks(ids)
+        with self._lock:
+            return self._in_transaction(lambda conn: _deadletter.drop(conn, chunks))
+
+    def _in_transaction(self, work: Callable[[sqlite3.Connection], int]) -> int:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return result
 
     # -- construction from configuration ------------------------------------------------
 

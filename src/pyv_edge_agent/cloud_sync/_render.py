@@ -142,6 +142,7 @@ class TrackingUploader:
         """Forward to the inner uploader and count the batch if it was accepted."""
         return self._track(len(payloads), lambda: self._inner.post_batch(payloads))
 
-    def post_encoded_batch(self, body: bytes, count: int) -> Any:
-        """Forward a ready body to the inner uploader and count it if it was accepted."""
-        return self._track(count, lambda: self._inner.post_encoded_batch(body, count))
+    def post_encoded_batch(self, body: bytes, count: int, idempotency_key: Optional[str] = None) -> Any:
+        """Forward a ready body (and its idempotency key) to the inner uploader and count it
+        if it was accepted."""
+        return self._track(count, lambda: self._inner.post_encoded_batch(body, count, idempotency_key=idempotency_key))

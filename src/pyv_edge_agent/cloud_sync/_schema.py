@@ -9,7 +9,7 @@ import sqlite3
 
 from ._errors import DatabaseError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIN_SQLITE_VERSION = (3, 31, 0)
 
 QUEUE_DDL = """\
@@ -35,6 +35,42 @@ value NOT NULL
 INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('messages_sent_today', 0);
 INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('messages_sent_total', 0);
 """
+
+# Version 2: items that the endpoint refused for good, with why and when; the rejection
+# count of items still queued (kept apart from ``retry_count``, which transient failures
+# raise, so that a long outage never dead-letters anything); batches in flight, so that
+# statistics can count leased items; and a random identity of this queue file that makes
+# idempotency keys unique across gateways.
+DEAD_LETTER_DDL = """\
+CREATE TABLE IF NOT EXISTS sync_dead_letters (
+id INTEGER PRIMARY KEY,
+payload TEXT NOT NULL,
+priority INTEGER NOT NULL,
+created_at REAL NOT NULL,
+ttl_seconds INTEGER NOT NULL,
+retry_count INTEGER NOT NULL DEFAULT 0,
+next_retry_at REAL NOT NULL DEFAULT 0,
+last_status INTEGER,
+last_error TEXT,
+dead_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sync_rejections (
+id INTEGER PRIMARY KEY,
+rejections INTEGER NOT NULL,
+last_status INTEGER,
+last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS sync_leases (
+token TEXT PRIMARY KEY,
+items INTEGER NOT NULL,
+expires_at REAL NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('queue_id', lower(hex(randomblob(16))));
+"""
+
+# The DDL that brings a file from version ``n - 1`` to ``n``. Version 0 is a new file or
+# one written by the earlier release (only ``sync_queue``); every step is idempotent.
+MIGRATIONS = {1: QUEUE_DDL + META_DDL, 2: DEAD_LETTER_DDL}
 
 # Synchronous levels by durability mode. FULL syncs the WAL on every commit, so a returned
 # id survives power loss; NORMAL syncs only at checkpoints: a crash of the process loses
@@ -74,10 +110,11 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
     try:
         # Re-read inside the write lock: another process may have migrated meanwhile.
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version < SCHEMA_VERSION:
-            for ddl in (QUEUE_DDL + META_DDL).split(";\n"):
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for ddl in MIGRATIONS[step].split(";\n"):
                 if ddl.strip():
                     conn.execute(ddl)
+        if version < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

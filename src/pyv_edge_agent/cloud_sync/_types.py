@@ -1,9 +1,9 @@
-"""The value types users see: ``Priority`` and ``QueueItem``."""
+"""The value types users see: ``Priority``, ``QueueItem`` and ``DeadLetter``."""
 
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 
 class Priority(Enum):
@@ -26,6 +26,32 @@ class QueueItem:
     ttl_seconds: int
     retry_count: int = 0
     next_retry_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Return a plain dict (priority as its integer value) that ``json.dumps`` accepts."""
+        d = asdict(self)
+        d["priority"] = self.priority.value
+        return d
+
+
+@dataclass
+class DeadLetter:
+    """An item the endpoint refused for good, as returned by ``dead_letters()``.
+
+    The item's fields as they were when it left the queue, plus the last HTTP status
+    (None when an uploader gave none), the last error message and when it was moved.
+    """
+
+    id: int
+    payload: Dict[str, Any]
+    priority: Priority
+    created_at: float
+    ttl_seconds: int
+    retry_count: int
+    next_retry_at: float
+    last_status: Optional[int]
+    last_error: Optional[str]
+    dead_at: float
 
     def to_dict(self) -> Dict[str, Any]:
         """Return a plain dict (priority as its integer value) that ``json.dumps`` accepts."""

@@ -1,23 +1,29 @@
 """A reference ingest endpoint on loopback, used by the demo, the tests and operators.
 
 It accepts ``POST`` bodies that are JSON arrays of payloads (optionally gzip-encoded),
-records every accepted batch, and can be scripted to fail: the next N requests with a
-status code (and ``Retry-After``), or every request while an outage is switched on.
+records every accepted batch, answers a repeated ``Idempotency-Key`` without recording the
+batch again, and can be scripted to fail the way real links and endpoints fail: the next
+N requests with a status code (and ``Retry-After``) or a dropped connection, every
+request while an outage is switched on, a random share of requests (``set_chaos``), slow
+answers, a body size limit (413) and items it rejects (400/422, or a 2xx naming them).
 """
 
 import gzip
+import random
+import ssl
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import IO, Any, Deque, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import orjson
 
 
 @dataclass
 class RecordedRequest:
-    """One request as the server saw it."""
+    """One request as the server saw it; ``status`` 0 when it was dropped unanswered."""
 
     path: str
     headers: Dict[str, str]
@@ -25,10 +31,31 @@ class RecordedRequest:
     status: int
 
 
+# A scripted failure: an HTTP status, "reset" (close the connection before reading the
+# batch), "lost" (record the batch, then close without answering: the response is lost)
+# or "slow" (answer after ``slow_seconds``, later than a short client timeout).
+Fault = Union[int, str]
+DROP_FAULTS = ("reset", "lost", "slow")
+
+
+def _check_fault(fault: Fault) -> Fault:
+    if isinstance(fault, bool) or not (isinstance(fault, int) and 100 <= fault <= 599 or fault in DROP_FAULTS):
+        raise ValueError(f"a fault is an HTTP status 100..599 or one of {DROP_FAULTS}, got {fault!r}")
+    return fault
+
+
 @dataclass
 class _Script:
-    failures: Deque[Tuple[int, Optional[str]]] = field(default_factory=deque)
+    failures: Deque[Tuple[Fault, Optional[str]]] = field(default_factory=deque)
     outage_status: Optional[int] = None
+    chaos_rate: float = 0.0
+    chaos_faults: Sequence[Fault] = ()
+    chaos_random: random.Random = field(default_factory=random.Random)
+    delay: float = 0.0
+    slow_seconds: float = 1.0
+    max_body_bytes: Optional[int] = None
+    reject: Optional[Callable[[Any], Union[bool, int]]] = None
+    reject_status: int = 422
 
 
 class IngestServer:
@@ -36,7 +63,9 @@ class IngestServer:
 
     :param port: the TCP port; 0 picks a free one (see ``url``).
     :param api_key: when set, requests without ``Authorization: Bearer <api_key>`` get 401.
+    :param auth_header: another header name (e.g. ``X-API-Key``) that must carry the bare key instead.
     :param record_to: an open text file that receives each accepted payload as a JSON line.
+    :param ssl_context: serve HTTPS with this server-side context.
     """
 
     def __init__(
@@ -46,11 +75,18 @@ class IngestServer:
         host: str = "127.0.0.1",
         api_key: Optional[str] = None,
         record_to: Optional[IO[str]] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        auth_header: str = "Authorization",
     ) -> None:
         self._host = host
         self._port = port
         self._api_key = api_key
         self._record_to = record_to
+        self._ssl_context = ssl_context
+        self._auth_header = auth_header.lower()
+        self._answers: Dict[str, bytes] = {}
+        self._in_progress: Set[str] = set()
+        self.duplicates = 0
         self._lock = threading.Lock()
         self._script = _Script()
         self._server: Optional[ThreadingHTTPServer] = None
@@ -66,7 +102,8 @@ class IngestServer:
     @property
     def url(self) -> str:
         """The ingest URL to give an uploader."""
-        return f"http://{self._host}:{self._port}/v1/ingest"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self._host}:{self._port}/v1/ingest"
 
     @property
     def items(self) -> List[Any]:
@@ -74,8 +111,10 @@ class IngestServer:
         with self._lock:
             return [item for batch in self.batches for item in batch]
 
-    def fail_next(self, status: int, times: int = 1, retry_after: Optional[str] = None) -> None:
-        """Answer the next ``times`` requests with ``status`` (and an optional Retry-After)."""
+    def fail_next(self, status: Fault, times: int = 1, retry_after: Optional[str] = None) -> None:
+        """Answer the next ``times`` requests with ``status`` (and an optional Retry-After),
+        or fail them with "reset", "lost" or "slow"."""
+        _check_fault(status)
         with self._lock:
             self._script.failures.extend([(status, retry_after)] * times)
 
@@ -84,10 +123,41 @@ class IngestServer:
         with self._lock:
             self._script.outage_status = status
 
+    def set_chaos(self, rate: float, faults: Sequence[Fault], seed: int = 0) -> None:
+        """Fail a random ``rate`` share of requests with a fault drawn from ``faults``."""
+        with self._lock:
+            self._script.chaos_rate = rate
+            self._script.chaos_faults = tuple(_check_fault(fault) for fault in faults)
+            self._script.chaos_random = random.Random(seed)
+
+    def set_delay(self, seconds: float, slow_seconds: Optional[float] = None) -> None:
+        """Wait ``seconds`` before answering each request; ``slow_seconds`` is the wait of a "slow" fault."""
+        with self._lock:
+            self._script.delay = seconds
+            if slow_seconds is not None:
+                self._script.slow_seconds = slow_seconds
+
+    def set_limits(
+        self,
+        max_body_bytes: Optional[int] = None,
+        reject: Optional[Callable[[Any], Union[bool, int]]] = None,
+        reject_status: int = 422,
+    ) -> None:
+        """Answer 413 to bodies over ``max_body_bytes`` (uncompressed), and refuse the items
+        for which ``reject(item)`` is true (or a status): with a 4xx (``reject_status`` for
+        true) the whole batch is refused; with a 2xx the others are accepted and the
+        refused ones named in ``"rejected"``."""
+        with self._lock:
+            self._script.max_body_bytes = max_body_bytes
+            self._script.reject = reject
+            self._script.reject_status = reject_status
+
     def start(self) -> "IngestServer":
         """Bind and serve in a background thread; the same port is reused after ``stop``."""
         server = ThreadingHTTPServer((self._host, self._port), self._handler_class())
         server.daemon_threads = True
+        if self._ssl_context is not None:
+            server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True)
         self._server = server
         self._port = server.server_address[1]
         self._thread = threading.Thread(
@@ -112,33 +182,78 @@ class IngestServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _respond_status(self, headers: Dict[str, str]) -> Tuple[int, Optional[str]]:
+    def _decide(self, headers: Dict[str, str]) -> Tuple[Fault, Optional[str]]:
+        """Choose the answer before the body is read: a fault, 200, or "replay" for a key
+        already answered. A key still being processed gets 409, as idempotent APIs answer."""
         with self._lock:
-            if self._api_key is not None and headers.get("authorization") != f"Bearer {self._api_key}":
+            script = self._script
+            if self._api_key is not None and not self._authorized(headers):
                 return 401, None
-            if self._script.outage_status is not None:
-                return self._script.outage_status, None
-            if self._script.failures:
-                return self._script.failures.popleft()
-        return 200, None
+            if script.outage_status is not None:
+                return script.outage_status, None
+            key = headers.get("idempotency-key")
+            if key is not None and key in self._answers:
+                return "replay", None
+            if key is not None and key in self._in_progress:
+                return 409, None
+            fault: Fault = 200
+            retry_after = None
+            if script.failures:
+                fault, retry_after = script.failures.popleft()
+            elif script.chaos_rate and script.chaos_random.random() < script.chaos_rate:
+                fault = script.chaos_random.choice(script.chaos_faults)
+            if key is not None and fault in (200, "lost", "slow"):
+                self._in_progress.add(key)
+            return fault, retry_after
 
-    def _accept(self, request: RecordedRequest) -> Tuple[int, bytes]:
-        body = request.body
-        if request.headers.get("content-encoding", "").lower() == "gzip":
+    def _authorized(self, headers: Dict[str, str]) -> bool:
+        if self._auth_header == "authorization":
+            return headers.get("authorization") == f"Bearer {self._api_key}"
+        return headers.get(self._auth_header) == self._api_key
+
+    def _accept(self, headers: Dict[str, str], body: bytes) -> Tuple[int, bytes]:
+        key = headers.get("idempotency-key")
+        try:
+            return self._process(key, headers, body)
+        finally:
+            with self._lock:
+                self._in_progress.discard(key or "")
+
+    def _process(self, key: Optional[str], headers: Dict[str, str], body: bytes) -> Tuple[int, bytes]:
+        if headers.get("content-encoding", "").lower() == "gzip":
             body = gzip.decompress(body)
+        with self._lock:
+            script = self._script
+            limit, reject, reject_status = script.max_body_bytes, script.reject, script.reject_status
+        if limit is not None and len(body) > limit:
+            return 413, b'{"error": "body too large"}'
         try:
             batch = orjson.loads(body)
         except orjson.JSONDecodeError:
             return 400, b'{"error": "body is not JSON"}'
         if not isinstance(batch, list):
             return 400, b'{"error": "body is not a JSON array"}'
+        verdicts = [(index, reject(item) if reject is not None else False) for index, item in enumerate(batch)]
+        statuses = {index: reject_status if verdict is True else int(verdict) for index, verdict in verdicts if verdict}
+        bad = sorted(statuses)
+        refusal = min((status for status in statuses.values() if not 200 <= status < 300), default=None)
+        if refusal is not None:
+            return refusal, orjson.dumps({"error": f"{len(bad)} invalid items"})
+        skip = set(bad)
+        accepted = [item for index, item in enumerate(batch) if index not in skip]
+        answer: Dict[str, Any] = {"accepted": len(accepted)}
+        if bad:
+            answer.update(rejected=bad, error="invalid item")
+        reply = orjson.dumps(answer)
         with self._lock:
-            self.batches.append(batch)
+            self.batches.append(accepted)
+            if key is not None:
+                self._answers[key] = reply
             if self._record_to is not None:
-                for item in batch:
+                for item in accepted:
                     self._record_to.write(orjson.dumps(item).decode() + "\n")
                 self._record_to.flush()
-        return 200, orjson.dumps({"accepted": len(batch)})
+        return (statuses[bad[0]] if bad else 200), reply
 
     def _handler_class(self) -> type:
         server = self
@@ -147,13 +262,30 @@ class IngestServer:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
                 headers = {key.lower(): value for key, value in self.headers.items()}
-                status, retry_after = server._respond_status(headers)
+                fault, retry_after = server._decide(headers)
+                body = b""
+                if fault != "reset":
+                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with server._lock:
+                    delay = server._script.slow_seconds if fault == "slow" else server._script.delay
+                if delay:
+                    time.sleep(delay)
                 reply = b"{}"
-                if status == 200:
-                    status, reply = server._accept(RecordedRequest(self.path, headers, body, status))
+                status = fault
+                if fault == "replay":
+                    with server._lock:
+                        server.duplicates += 1
+                        reply = server._answers[headers["idempotency-key"]]
+                    status = 200
+                elif fault in (200, "lost", "slow"):
+                    status, reply = server._accept(headers, body)
+                if fault in ("reset", "lost"):
+                    with server._lock:
+                        server.requests.append(RecordedRequest(self.path, headers, body, 0))
+                    self.close_connection = True
+                    return
+                assert isinstance(status, int)
                 with server._lock:
                     server.requests.append(RecordedRequest(self.path, headers, body, status))
                 self.send_response(status)

@@ -1,0 +1,84 @@
+"""The dead-letter table: items the endpoint refused for good, kept for an operator.
+
+``maybe_flush`` moves items here (see ``_flush``); these functions list them, put them
+back in the queue, or drop them.
+"""
+
+import sqlite3
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import _codec, _validate
+from ._types import DeadLetter, Priority
+
+
+def _by_shape(template: str) -> Dict[int, str]:
+    return {size: template.format(ids="(" + ",".join("?" * size) + ")") for size in _codec.ID_CHUNK_SHAPES}
+
+
+SELECT_DEAD_SQL = (
+    "SELECT id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at,"
+    " last_status, last_error, dead_at FROM sync_dead_letters ORDER BY dead_at, id LIMIT ?"
+)
+COUNT_DEAD_SQL = "SELECT COUNT(*) FROM sync_dead_letters"
+# A requeued item starts afresh: no attempts, due now, and its TTL counted from now, so
+# that an item an operator chose to resend is not already expired.
+_REQUEUE = (
+    "INSERT INTO sync_queue (id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at)"
+    " SELECT id, payload, priority, ?, ttl_seconds, 0, 0 FROM sync_dead_letters"
+)
+REQUEUE_ALL_SQL = _REQUEUE
+REQUEUE_SQL = _by_shape(_REQUEUE + " WHERE id IN {ids}")
+DELETE_ALL_SQL = "DELETE FROM sync_dead_letters"
+DELETE_SQL = _by_shape("DELETE FROM sync_dead_letters WHERE id IN {ids}")
+
+
+def list_dead(conn: sqlite3.Connection, limit: Any) -> List[DeadLetter]:
+    """Return up to ``limit`` dead letters, oldest first."""
+    count = _validate.integer("limit", limit, 1)
+    return [_decode(row) for row in conn.execute(SELECT_DEAD_SQL, (count,))]
+
+
+def count_dead(conn: sqlite3.Connection) -> int:
+    """Return how many items are in the dead-letter table."""
+    return int(conn.execute(COUNT_DEAD_SQL).fetchone()[0])
+
+
+def id_chunks(ids: Any) -> Optional[List[Tuple[int, ...]]]:
+    """Validate ``ids`` (None: every dead letter) before anything is written."""
+    return None if ids is None else _codec.id_chunks(ids)
+
+
+def requeue(conn: sqlite3.Connection, chunks: Optional[List[Tuple[int, ...]]], now: float) -> int:
+    """Move dead letters back into the queue, in the caller's transaction; return how many."""
+    if chunks is None:
+        moved = conn.execute(REQUEUE_ALL_SQL, (now,)).rowcount
+        conn.execute(DELETE_ALL_SQL)
+        return int(moved)
+    moved = 0
+    for chunk in chunks:
+        moved += conn.execute(REQUEUE_SQL[len(chunk)], (now,) + chunk).rowcount
+        conn.execute(DELETE_SQL[len(chunk)], chunk)
+    return moved
+
+
+def drop(conn: sqlite3.Connection, chunks: Optional[List[Tuple[int, ...]]]) -> int:
+    """Delete dead letters for good, in the caller's transaction; return how many."""
+    if chunks is None:
+        return int(conn.execute(DELETE_ALL_SQL).rowcount)
+    return sum(conn.execute(DELETE_SQL[len(chunk)], chunk).rowcount for chunk in chunks)
+
+
+def _decode(row: Tuple[Any, ...]) -> DeadLetter:
+    row_id, text, priority, created_at, ttl, retries, next_retry_at, status, error, dead_at = row
+    return DeadLetter(
+        row_id,
+        _codec.decode_payload(text),
+        Priority(priority),
+        created_at,
+        ttl,
+        retries,
+        next_retry_at,
+        status,
+        error,
+        dead_at,
+    )
