@@ -7,6 +7,8 @@ it: unknown types go through ``str``, non-string keys are allowed, NaN and infin
 become ``null``.
 """
 
+cimport cython
+
 import json
 import operator
 
@@ -67,6 +69,7 @@ def decode_payload(text):
         return json.loads(text)
 
 
+@cython.wraparound(False)  # every index below is a non-negative constant
 def decode_rows(rows):
     """Turn ``(id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at)``
     rows into ``QueueItem`` objects."""
@@ -77,7 +80,10 @@ def decode_rows(rows):
         priority = row[2]
         level = None
         if type(priority) is int and 0 < <long long>priority < 5:
-            level = _PRIORITY_BY_VALUE[<Py_ssize_t>priority]
+            # 0 < priority < 5 == len(_PRIORITY_BY_VALUE): the index is in range. The row
+            # indexes keep their bounds checks: rows of the wrong length are an IndexError.
+            with cython.boundscheck(False):
+                level = _PRIORITY_BY_VALUE[<Py_ssize_t>priority]
         if level is None:
             level = Priority(priority)
         text = row[1]
@@ -105,6 +111,9 @@ def splice_body(texts):
     return b"[" + b",".join(texts) + b"]"
 
 
+# The only index, chunk[size - 1], has size >= 1 (start < total) and is never negative.
+@cython.boundscheck(False)
+@cython.wraparound(False)
 def id_chunks(ids, str argument="ids"):
     """Validate and de-duplicate ids and split them into padded ``IN (...)`` parameter tuples.
 
