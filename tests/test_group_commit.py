@@ -177,3 +177,43 @@ def test_every_returned_id_survives_kill_9(db_path: str, backend: str) -> None:
         stored = {item.id: (item.payload["w"], item.payload["i"]) for item in queue.dequeue(10**6)}
     assert set(returned) <= set(stored)
     assert all(stored[row_id] == pair for row_id, pair in returned.items())
+
+
+def _threads_in_process(path: str, worker: int, per_thread: int, out: Any) -> None:
+    with CloudSyncQueue(path) as queue:
+        ids: List[int] = []
+        lock = threading.Lock()
+
+        def produce(thread: int) -> None:
+            for i in range(per_thread):
+                row_id = queue.enqueue({"p": worker, "t": thread, "i": i})
+                with lock:
+                    ids.append(row_id)
+
+        threads = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        out.put(ids)
+
+
+def test_group_commits_of_several_processes_share_one_file(db_path: str) -> None:
+    """Each process groups its own threads' items; their transactions interleave on the file."""
+    import multiprocessing
+
+    CloudSyncQueue(db_path).close()
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    procs = [context.Process(target=_threads_in_process, args=(db_path, w, 50, out)) for w in range(3)]
+    for p in procs:
+        p.start()
+    returned = [row_id for _ in procs for row_id in out.get(timeout=120)]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(returned) == len(set(returned)) == 3 * 4 * 50
+    with CloudSyncQueue(db_path) as queue:
+        stored = {item.id: item.payload for item in queue.dequeue(10_000)}
+    assert set(stored) == set(returned)
+    assert len({(p["p"], p["t"], p["i"]) for p in stored.values()}) == 600
