@@ -22,6 +22,7 @@ cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _JSONEncodeError = orjson.JSONEncodeError
 cdef object _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS
 cdef tuple _PRIORITY_BY_VALUE = PRIORITY_BY_VALUE
+cdef object _object_new = object.__new__
 cdef object _INT64_MIN = -(2**63)
 cdef object _INT64_MAX = 2**63 - 1
 
@@ -90,7 +91,18 @@ def decode_rows(rows):
             payload = _orjson_loads(text)
         except _JSONDecodeError:
             payload = json.loads(text)
-        items.append(QueueItem(row[0], payload, level, row[3], row[4], row[5], row[6]))
+        # The dataclass's own __init__ costs about as much as parsing the payload; setting
+        # the same attributes in the same order on a bare instance gives an equal object
+        # (same class, same __dict__, same pickle) in half the time.
+        item = _object_new(QueueItem)
+        item.id = row[0]
+        item.payload = payload
+        item.priority = level
+        item.created_at = row[3]
+        item.ttl_seconds = row[4]
+        item.retry_count = row[5]
+        item.next_retry_at = row[6]
+        items.append(item)
     return items
 
 
