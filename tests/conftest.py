@@ -1,12 +1,12 @@
 """Fixtures for tests on real files and a real loopback server (backends: ../conftest.py)."""
 
 import os
-import shutil
 import subprocess
 from typing import Iterator
 
 import pytest
 import reliability
+from mounts import mount_tmpfs
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
@@ -44,20 +44,6 @@ def small_fs(tmp_path: "os.PathLike[str]") -> Iterator[str]:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", mount_point], check=False)
-
-
-def mount_tmpfs(mount_point: str, size: int, *, read_only: bool = False) -> bool:
-    """Mount a tmpfs of ``size`` bytes at ``mount_point``; False when not permitted."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    options = f"size={size}" + (",ro" if read_only else "")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", mount_point], capture_output=True)
-    return result.returncode == 0
-
-
-def remount_read_only(mount_point: str) -> None:
-    """Switch a mounted tmpfs to read-only, as a failing SD card gets remounted."""
-    subprocess.run(["mount", "-o", "remount,ro", mount_point], check=True)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

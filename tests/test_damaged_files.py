@@ -12,8 +12,8 @@ import tempfile
 from typing import Any, Dict, Iterator
 
 import pytest
+from mounts import mount_tmpfs, remount_read_only
 
-from conftest import mount_tmpfs, remount_read_only
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, CorruptDatabaseError, DatabaseError
 from pyv_edge_agent.cloud_sync._schema import SCHEMA_VERSION
 

@@ -6,12 +6,12 @@ than CPython always get it); ``PYV_EDGE_AGENT_REQUIRE_EXTENSIONS=1`` turns a mis
 compiled twin into an ImportError.
 """
 
-import platform
+import sys
 from typing import TYPE_CHECKING
 
 from ._env import no_extensions, require_extensions
 
-NO_EXTENSIONS = no_extensions() or platform.python_implementation() != "CPython"
+NO_EXTENSIONS = no_extensions() or sys.implementation.name != "cpython"
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from . import _codec_py as _impl

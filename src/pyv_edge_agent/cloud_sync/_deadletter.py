@@ -5,15 +5,11 @@ back in the queue, or drop them.
 """
 
 import sqlite3
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from . import _codec, _validate
+from ._sql import by_id_chunk_shape
 from ._types import DeadLetter, Priority
-
-
-def _by_shape(template: str) -> Dict[int, str]:
-    return {size: template.format(ids="(" + ",".join("?" * size) + ")") for size in _codec.ID_CHUNK_SHAPES}
-
 
 SELECT_DEAD_SQL = (
     "SELECT id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at,"
@@ -27,9 +23,9 @@ _REQUEUE = (
     " SELECT id, payload, priority, ?, ttl_seconds, 0, 0 FROM sync_dead_letters"
 )
 REQUEUE_ALL_SQL = _REQUEUE
-REQUEUE_SQL = _by_shape(_REQUEUE + " WHERE id IN {ids}")
+REQUEUE_SQL = by_id_chunk_shape(_REQUEUE + " WHERE id IN {ids}")
 DELETE_ALL_SQL = "DELETE FROM sync_dead_letters"
-DELETE_SQL = _by_shape("DELETE FROM sync_dead_letters WHERE id IN {ids}")
+DELETE_SQL = by_id_chunk_shape("DELETE FROM sync_dead_letters WHERE id IN {ids}")
 
 
 def list_dead(conn: sqlite3.Connection, limit: Any) -> List[DeadLetter]:

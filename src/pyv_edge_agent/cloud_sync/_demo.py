@@ -49,8 +49,8 @@ def run_demo(out: Output, telemetry_items: int = 200) -> bool:
             flushed = queue.maybe_flush(uploader)
             stats = queue.get_stats()
             out.line(
-                f"   flush attempt {attempt}: sent {flushed}; {stats['depth']} held on disk, "
-                f"{stats['retrying_items']} waiting to retry with backoff"
+                f"   flush call {attempt}: sent {flushed}; {stats['depth']} held on disk; "
+                f"link backing off for {queue.backoff_seconds:.2f}s more"
             )
             time.sleep(0.3)
         queue.enqueue({"p": "CRITICAL", "sensor": "boiler", "value": 97.5, "alert": "trip"}, Priority.CRITICAL)

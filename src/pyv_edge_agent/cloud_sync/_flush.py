@@ -29,10 +29,11 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Set, Tuple
 
 from . import _codec
 from ._errors import UploadError
+from ._sql import ACK_SQL, NACK_SQL, by_id_chunk_shape
 from .uploader import UploadResult
 
 if TYPE_CHECKING:
@@ -58,14 +59,6 @@ MAX_ERROR_CHARS = 500
 Row = Tuple[int, bytes, int, int, float]
 
 
-def _in_list(size: int) -> str:
-    return "(" + ",".join("?" * size) + ")"
-
-
-def _by_shape(template: str) -> Dict[int, str]:
-    return {size: template.format(ids=_in_list(size)) for size in _codec.ID_CHUNK_SHAPES}
-
-
 _ROW = "id, CAST(payload AS BLOB), retry_count, priority, next_retry_at"
 # The flush reads stored text as bytes so it can be spliced into a body without decoding.
 SELECT_CLAIM_SQL = (
@@ -77,17 +70,15 @@ SELECT_GROUP_SQL = (
     f"SELECT {_ROW} FROM sync_queue"
     " WHERE priority = ? AND next_retry_at = ? AND created_at + ttl_seconds > ? ORDER BY id LIMIT ?"
 )
-RELEASE_SQL = _by_shape("UPDATE sync_queue SET next_retry_at = ? WHERE id IN {ids}")
-NACK_SQL = _by_shape("UPDATE sync_queue SET retry_count = retry_count + 1, next_retry_at = ? WHERE id IN {ids}")
-ACK_SQL = _by_shape("DELETE FROM sync_queue WHERE id IN {ids}")
-FORGET_REJECTIONS_SQL = _by_shape("DELETE FROM sync_rejections WHERE id IN {ids}")
+RELEASE_SQL = by_id_chunk_shape("UPDATE sync_queue SET next_retry_at = ? WHERE id IN {ids}")
+FORGET_REJECTIONS_SQL = by_id_chunk_shape("DELETE FROM sync_rejections WHERE id IN {ids}")
 COUNT_REJECTION_SQL = (
     "INSERT INTO sync_rejections (id, rejections, last_status, last_error) VALUES (?, 1, ?, ?)"
     " ON CONFLICT(id) DO UPDATE SET rejections = rejections + 1,"
     " last_status = excluded.last_status, last_error = excluded.last_error"
 )
-SELECT_EXHAUSTED_SQL = _by_shape("SELECT id FROM sync_rejections WHERE rejections >= ? AND id IN {ids}")
-MOVE_TO_DEAD_SQL = _by_shape(
+SELECT_EXHAUSTED_SQL = by_id_chunk_shape("SELECT id FROM sync_rejections WHERE rejections >= ? AND id IN {ids}")
+MOVE_TO_DEAD_SQL = by_id_chunk_shape(
     "INSERT OR REPLACE INTO sync_dead_letters"
     " (id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at, last_status, last_error, dead_at)"
     " SELECT id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at, ?, ?, ?"

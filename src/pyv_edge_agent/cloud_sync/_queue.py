@@ -12,12 +12,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from . import _clock, _codec, _deadletter, _flush, _integrity, _schema, _storage, _validate
 from ._errors import CloudSyncError, CorruptDatabaseError
 from ._integrity import IntegrityReport
+from ._sql import ACK_SQL, NACK_SQL
 from ._types import DeadLetter, Priority, QueueItem
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 
 _COLUMNS = "id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at"
 INSERT_SQL = "INSERT INTO sync_queue (payload, priority, created_at, ttl_seconds) VALUES (?, ?, ?, ?)"
+LAST_ROWID_SQL = "SELECT last_insert_rowid()"
 # One query per priority: with ``priority = ?`` the index (priority, next_retry_at, rowid)
 # yields rows already in the documented order, and items parked for a later retry are
 # skipped by the range instead of scanned.
@@ -43,16 +45,6 @@ NEXT_DUE_SQL = (
 READ_COUNTER_SQL = "SELECT value FROM sync_meta WHERE key = ?"
 RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
 
-
-def _in_list(size: int) -> str:
-    return "(" + ",".join("?" * size) + ")"
-
-
-ACK_SQL = {size: f"DELETE FROM sync_queue WHERE id IN {_in_list(size)}" for size in _codec.ID_CHUNK_SHAPES}
-NACK_SQL = {
-    size: f"UPDATE sync_queue SET retry_count = retry_count + 1, next_retry_at = ? WHERE id IN {_in_list(size)}"
-    for size in _codec.ID_CHUNK_SHAPES
-}
 
 CONFIG_KEYS = (
     "db_path",
@@ -114,6 +106,22 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _PendingEnqueue:
+    """One ``enqueue`` call taking part in a group commit (see ``CloudSyncQueue._group_enqueue``)."""
+
+    __slots__ = ("text", "level", "ttl", "row_id", "error", "lead", "wake")
+
+    def __init__(self, text: str, level: int, ttl: int) -> None:
+        self.text = text
+        self.level = level
+        self.ttl = ttl
+        self.row_id = 0
+        self.error: Optional[BaseException] = None
+        self.lead = False
+        # Held until the leader has an outcome for this call, or promotes it to leader.
+        self.wake: Optional[threading.Lock] = None
 
 
 class CloudSyncQueue:
@@ -220,6 +228,7 @@ class CloudSyncQueue:
             ),
         )
         self._lock = threading.RLock()
+        self._reset_group_commit()
         self._db: Optional[sqlite3.Connection] = None
         self._closed = False
         self._created_dirs: List[str] = []
@@ -297,10 +306,20 @@ class CloudSyncQueue:
             raise CloudSyncError(f"the queue on {self._path!r} is closed")
         return self._connect()
 
+    def _reset_group_commit(self) -> None:
+        # Lock order: ``_group_mutex`` is only ever held for a few list operations and
+        # never while taking ``_lock``; a follower waits holding neither.
+        self._group_mutex = threading.Lock()
+        self._group_pending: List[_PendingEnqueue] = []
+        self._group_busy = False
+        self._group_last = 1  # size of the latest group
+
     def _forget_connection_after_fork(self) -> None:
-        # The lock may have been held by a thread that does not exist in the child.
+        # The locks may have been held, and a group commit led, by threads that do not
+        # exist in the child.
         self._lock = threading.RLock()
         self._time.after_fork()
+        self._reset_group_commit()
         if self._db is not None:
             _INHERITED.append(self._db)
             self._db = None
@@ -340,21 +359,136 @@ class CloudSyncQueue:
     ) -> int:
         """Store one payload and return its id; the id is durable when this returns.
 
+        Concurrent calls from several threads share one transaction and one fsync (group
+        commit); each still returns only after its own item is committed.
+
         Raises ``QueueFullError`` (nothing written) when a storage limit cannot be met.
         """
         text = _codec.encode_payload(payload)
         level = _validate.priority_value(priority)
         ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
+        return self._group_enqueue(_PendingEnqueue(text, level, ttl))
+
+    def _group_enqueue(self, entry: _PendingEnqueue) -> int:
+        """Commit ``entry`` together with whatever other threads enqueue meanwhile.
+
+        Leader/follower: a caller that finds no commit under way leads and commits at once,
+        so a lone caller pays nothing extra. Callers arriving while a leader commits queue
+        up and wait; the leader then promotes the first of them, which commits everything
+        queued so far in one transaction and wakes the others with their ids.
+        """
+        with self._group_mutex:
+            if self._group_busy:
+                entry.wake = threading.Lock()
+                entry.wake.acquire()
+                self._group_pending.append(entry)
+            else:
+                self._group_busy = True
+        if entry.wake is not None:
+            try:
+                entry.wake.acquire()
+            except BaseException:
+                self._abandon(entry)
+                raise
+            if not entry.lead:
+                if entry.error is not None:
+                    raise entry.error
+                return entry.row_id
+            with self._group_mutex:
+                group, self._group_pending = self._group_pending, []
+        elif self._group_last > 1:
+            # Other threads were enqueueing a moment ago and are about to come back with
+            # their next items: let them queue behind this one rather than commit alone.
+            time.sleep(0)
+            with self._group_mutex:
+                group, self._group_pending = [entry] + self._group_pending, []
+        else:
+            group = [entry]
+        self._group_last = len(group)
+        try:
+            self._commit_group(group, entry)
+        finally:
+            with self._group_mutex:
+                self._hand_off()
+            # Only now wake this group's callers: the next leader's commit (its fsync runs
+            # with the GIL released) overlaps with their taking the GIL in turn to return.
+            for other in group:
+                if other is not entry and (other.row_id or other.error is not None):
+                    other.wake.release()  # type: ignore[union-attr]
+        if entry.error is not None:
+            raise entry.error
+        return entry.row_id
+
+    def _hand_off(self) -> None:
+        """Promote the first waiting caller to leader, or mark no commit under way.
+
+        Called with ``_group_mutex`` held.
+        """
+        if self._group_pending:
+            successor = self._group_pending[0]
+            successor.lead = True
+            successor.wake.release()  # type: ignore[union-attr]
+        else:
+            self._group_busy = False
+
+    def _abandon(self, entry: _PendingEnqueue) -> None:
+        """Withdraw a waiting caller interrupted by an exception (KeyboardInterrupt) so that
+        the group commit never waits for a thread that has gone."""
+        with self._group_mutex:
+            if entry.lead:
+                self._hand_off()
+            elif entry in self._group_pending:
+                self._group_pending.remove(entry)
+
+    def _commit_group(self, group: List[_PendingEnqueue], leader: _PendingEnqueue) -> None:
+        """Insert every entry of ``group`` in one transaction and record each one's outcome.
+
+        If the shared transaction fails, each entry is retried alone so that every caller
+        gets the outcome of its own item, not of its neighbours'.
+        """
+        try:
+            now = self._clock()
+            try:
+                ids = self._insert_rows([(e.text, e.level, now, e.ttl) for e in group])
+                for entry, row_id in zip(group, ids):
+                    entry.row_id = row_id
+                if self._wakers and any(e.level == 1 for e in group):
+                    self._wake()
+            except Exception as exc:
+                if len(group) == 1:
+                    leader.error = exc
+                for entry in group if len(group) > 1 else ():
+                    try:
+                        entry.row_id = self._insert_rows([(entry.text, entry.level, self._clock(), entry.ttl)])[0]
+                    except Exception as single_exc:
+                        entry.error = single_exc
+                if self._wakers and any(e.level == 1 and e.error is None for e in group):
+                    self._wake()
+        except BaseException:
+            # The leader's thread is being interrupted: callers without an outcome go back
+            # to the front of the queue for the next leader.
+            with self._group_mutex:
+                self._group_pending[:0] = [e for e in group if e is not leader and e.row_id == 0 and e.error is None]
+            raise
+
+    def _insert_rows(self, rows: List[Tuple[str, int, float, int]]) -> List[int]:
+        """Insert ``rows`` in one write transaction and return their ids in order.
+
+        Every enqueue path goes through here, so a check that must see the rows inside
+        the same transaction (such as a storage bound) belongs in this method.
+        """
         with self._lock:
             conn = self._conn()
-            now = self._clock()
             with self._storage.transaction(conn):
-                self._admit(conn, (text,), now)
-                cursor = conn.execute(INSERT_SQL, (text, level, now, ttl))
+                self._admit(conn, [row[0] for row in rows], rows[0][2])
+                if len(rows) == 1:
+                    last: int = conn.execute(INSERT_SQL, rows[0]).lastrowid  # type: ignore[assignment]
+                else:
+                    conn.executemany(INSERT_SQL, rows)
+                    last = conn.execute(LAST_ROWID_SQL).fetchone()[0]
             self._storage.maintain(conn)
-        if level == 1 and self._wakers:
-            self._wake()
-        return cursor.lastrowid  # type: ignore[return-value]
+        # AUTOINCREMENT under the write lock hands out consecutive ids.
+        return list(range(last - len(rows) + 1, last + 1))
 
     @_sqlite_errors
     def enqueue_many(
@@ -371,21 +505,13 @@ class CloudSyncQueue:
         level = _validate.priority_value(priority)
         ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
         _validate.iterable("payloads", payloads)
-        with self._lock:
-            now = self._clock()
-            rows = _codec.encode_rows(payloads, level, now, ttl)
-            if not rows:
-                return []
-            conn = self._conn()
-            with self._storage.transaction(conn):
-                self._admit(conn, [row[0] for row in rows], now)
-                conn.executemany(INSERT_SQL, rows)
-                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-            self._storage.maintain(conn)
+        rows = _codec.encode_rows(payloads, level, self._clock(), ttl)
+        if not rows:
+            return []
+        ids = self._insert_rows(rows)
         if level == 1 and self._wakers:
             self._wake()
-        # AUTOINCREMENT under the write lock hands out consecutive ids.
-        return list(range(last - len(rows) + 1, last + 1))
+        return ids
 
     @_sqlite_errors
     def ack(self, ids: Sequence[int]) -> int:

@@ -94,6 +94,11 @@ def configure(conn: sqlite3.Connection, durability: str, busy_timeout: float) ->
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
+    # Some builds (Debian's among them) default to secure_delete=ON, which also zero-fills
+    # pages as they are freed: extra writes to the flash for every batch acked. FAST still
+    # clears deleted rows inside the pages that are written anyway, and durability is
+    # untouched.
+    conn.execute("PRAGMA secure_delete = FAST")
 
 
 def migrate(conn: sqlite3.Connection, path: str) -> None:

@@ -19,6 +19,7 @@ from . import BACKEND, CloudSyncError, CloudSyncQueue, DatabaseError, HTTPCloudU
 from ._metrics import BY_KEY, prometheus_text
 from ._render import Output, TrackingUploader, human_age, human_bytes, human_duration
 from .ingest_server import IngestServer
+from .uploader import DEFAULT_GZIP_MIN_BYTES
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
 DEFAULT_KEY_ENV = "CLOUD_SYNC_API_KEY"
@@ -127,7 +128,14 @@ def _read_api_key(args: argparse.Namespace) -> str:
 
 
 def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
-    uploader = HTTPCloudUploader(args.endpoint, _read_api_key(args), timeout=args.timeout)
+    uploader = HTTPCloudUploader(
+        args.endpoint,
+        _read_api_key(args),
+        timeout=args.timeout,
+        auth_header=args.auth_header,
+        ca_certs=args.ca_certs,
+        gzip_min_bytes=None if args.no_gzip else DEFAULT_GZIP_MIN_BYTES,
+    )
     with _open_queue(args.db) as queue:
         backlog = len(queue.peek(n=1_000_000))
         with out.progress("flushing", total=backlog) as advance:
@@ -142,6 +150,48 @@ def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
         status = "stopped at a failed batch; the rest stays queued" if counting.failed else "done"
         out.line(f"flushed {flushed} of {backlog} eligible items; {left} stored; {status}")
     return EXIT_INCOMPLETE if counting.failed else EXIT_OK
+
+
+# -- dead-letters -------------------------------------------------------------------------
+
+
+def _cmd_dead_letters(args: argparse.Namespace, out: Output) -> int:
+    if (args.requeue or args.drop) and not (args.ids or args.all):
+        raise UsageError("name the dead letters with --ids, or pass --all")
+    if (args.ids or args.all) and not (args.requeue or args.drop):
+        raise UsageError("--ids and --all go with --requeue or --drop")
+    if args.ids and args.all:
+        raise UsageError("give --ids or --all, not both")
+    ids = None if args.all else args.ids
+    with _open_queue(args.db) as queue:
+        if args.requeue or args.drop:
+            verb = "requeued" if args.requeue else "dropped"
+            count = queue.requeue_dead_letters(ids) if args.requeue else queue.drop_dead_letters(ids)
+            if args.json:
+                _print_json(out, {verb: count})
+            else:
+                out.line(f"{verb} {count} dead letters")
+            return EXIT_OK
+        letters = queue.dead_letters(limit=args.n)
+    if args.json:
+        _print_json(out, [letter.to_dict() for letter in letters])
+        return EXIT_OK
+    now = time.time()
+    rows = [
+        [
+            letter.id,
+            letter.priority.name,
+            "-" if letter.last_status is None else letter.last_status,
+            _shorten(letter.last_error or "-", 40),
+            human_age(letter.dead_at, now),
+            _shorten(orjson.dumps(letter.payload, default=str).decode(), 40),
+        ]
+        for letter in letters
+    ]
+    out.table(
+        ["id", "priority", "status", "last error", "dead since", "payload"], rows, title=f"{len(rows)} dead letters"
+    )
+    return EXIT_OK
 
 
 # -- ingest-server ------------------------------------------------------------------------
@@ -237,8 +287,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flush.add_argument("--api-key-file", help="a file holding the key (instead of the environment)")
     flush.add_argument("--timeout", type=float, default=30.0, help="seconds per connect and read (default 30)")
+    flush.add_argument("--auth-header", default="Authorization", help="e.g. X-API-Key (default: Authorization: Bearer)")
+    flush.add_argument("--ca-certs", help="a CA bundle for an endpoint with a private certificate authority")
+    flush.add_argument("--no-gzip", action="store_true", help="never compress request bodies")
     flush.add_argument("--json", action="store_true", help="machine-readable JSON")
     flush.set_defaults(run=_cmd_flush)
+
+    dead = commands.add_parser("dead-letters", help="list, requeue or drop items the endpoint refused for good")
+    dead.add_argument("db", help="the queue's SQLite file")
+    action = dead.add_mutually_exclusive_group()
+    action.add_argument("--requeue", action="store_true", help="put them back in the queue, due now")
+    action.add_argument("--drop", action="store_true", help="delete them for good")
+    dead.add_argument("--ids", nargs="+", type=int, metavar="ID", help="the dead letters to requeue or drop")
+    dead.add_argument("--all", action="store_true", help="with --requeue or --drop: every dead letter")
+    dead.add_argument("-n", type=_positive_int, default=50, help="how many to list (default 50)")
+    dead.add_argument("--json", action="store_true", help="machine-readable JSON")
+    dead.set_defaults(run=_cmd_dead_letters)
 
     server = commands.add_parser("ingest-server", help="run the reference ingest endpoint (demo and tests)")
     server.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")

@@ -260,6 +260,9 @@ class IngestServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # The reply goes out in two writes (headers, body); with Nagle's algorithm the
+            # second waits for the client's delayed ACK, about 40 ms per request.
+            disable_nagle_algorithm = True
 
             def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
                 headers = {key.lower(): value for key, value in self.headers.items()}

@@ -4,18 +4,19 @@ Also ``UploadResult``, the answer an uploader gives when the endpoint accepted o
 of a batch.
 """
 
-import email.utils
 import gzip
 import ipaddress
 import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import orjson
-import urllib3
+
+if TYPE_CHECKING:
+    import urllib3
 
 from . import _codec, _validate
 from ._errors import UploadError
@@ -25,6 +26,14 @@ from ._errors import UploadError
 DEFAULT_GZIP_MIN_BYTES = 4096
 # Only this much of an error body is kept in a message: enough for the server's reason.
 _ERROR_SNIPPET = 200
+
+
+def _urllib3() -> Any:
+    """urllib3, imported on first use: it is most of the package's import time, and a
+    process that only enqueues never needs it."""
+    import urllib3
+
+    return urllib3
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,8 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # only for HTTP dates; it pulls in socket and datetime
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -188,7 +199,7 @@ class HTTPCloudUploader:
         self._auth_header = auth_header
         self._gzip_min_bytes = gzip_min_bytes
         self._ca_certs = ca_certs
-        self._pool: Optional[urllib3.PoolManager] = None
+        self._pool: "Optional[urllib3.PoolManager]" = None
         self._pool_pid = 0
 
     @property
@@ -207,9 +218,10 @@ class HTTPCloudUploader:
             f"auth_header={self._auth_header!r})"
         )
 
-    def _get_pool(self) -> urllib3.PoolManager:
+    def _get_pool(self) -> "urllib3.PoolManager":
         # A pool inherited through fork() would share sockets with the parent.
         if self._pool is None or self._pool_pid != os.getpid():
+            urllib3 = _urllib3()
             self._pool = urllib3.PoolManager(
                 num_pools=2,
                 maxsize=1,
@@ -251,7 +263,7 @@ class HTTPCloudUploader:
             headers["Content-Encoding"] = "gzip"
         try:
             response = self._get_pool().request("POST", self._endpoint, body=body, headers=headers, redirect=False)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (_urllib3().exceptions.HTTPError, OSError) as exc:
             # urllib3's message names the host and the cause, never the headers.
             reason = self._api_key.scrub(f"{type(exc).__name__}: {exc}")
             raise UploadError(f"cannot reach ingest endpoint {self.endpoint}: {reason}") from None

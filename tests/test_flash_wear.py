@@ -1,0 +1,8 @@
+"""Settings that cut bytes written to the flash without weakening durability."""
+
+from pyv_edge_agent.cloud_sync import CloudSyncQueue
+
+
+def test_secure_delete_does_not_zero_fill_freed_pages(queue: CloudSyncQueue) -> None:
+    # 2 = FAST: deleted rows are cleared inside pages written anyway; no extra page writes.
+    assert queue._conn().execute("PRAGMA secure_delete").fetchone()[0] == 2

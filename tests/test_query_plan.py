@@ -1,0 +1,35 @@
+"""The queries whose cost must not grow with the backlog use the index as intended.
+
+``dequeue`` and the flush's claim ask one priority at a time so that the index
+``(priority, next_retry_at)`` (plus the rowid) gives rows already in order and skips items
+parked for a later retry by its range; ack, nack and the lease find rows by primary key.
+"""
+
+from typing import List
+
+import pytest
+
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, _flush, _queue, _sql
+
+
+def _plan(queue: CloudSyncQueue, sql: str, params: tuple) -> List[str]:
+    return [row[3] for row in queue._conn().execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
+
+
+@pytest.mark.parametrize("sql", [_queue.SELECT_ELIGIBLE_SQL, _flush.SELECT_CLAIM_SQL])
+def test_eligible_rows_come_from_an_index_range_in_order(queue: CloudSyncQueue, sql: str) -> None:
+    plan = _plan(queue, sql, (3, 1.0, 1.0, 100))
+    assert plan == ["SEARCH sync_queue USING INDEX idx_sync_queue_priority (priority=? AND next_retry_at<?)"]
+
+
+def test_a_retried_group_is_found_by_index_equality(queue: CloudSyncQueue) -> None:
+    plan = _plan(queue, _flush.SELECT_GROUP_SQL, (3, 1.0, 1.0, 100))
+    assert plan == ["SEARCH sync_queue USING INDEX idx_sync_queue_priority (priority=? AND next_retry_at=?)"]
+
+
+@pytest.mark.parametrize("statements", [_sql.ACK_SQL, _sql.NACK_SQL, _flush.RELEASE_SQL])
+def test_id_lists_are_found_by_primary_key(queue: CloudSyncQueue, statements: dict) -> None:
+    sql = statements[4]
+    params = (1, 2, 3, 4) if sql.count("?") == 4 else (0.0, 1, 2, 3, 4)
+    plan = _plan(queue, sql, params)
+    assert len(plan) == 1 and "USING INTEGER PRIMARY KEY (rowid=?)" in plan[0]
