@@ -366,3 +366,28 @@ def test_full_disk_during_ack_and_nack_is_a_clear_error(small_fs: str) -> None:
             del returned[row_id]
         _check_returned(queue, returned)
     assert _integrity(path) == "ok"
+
+
+def test_limit_holds_under_group_commit(db_path: str) -> None:
+    # Concurrent single enqueues share transactions (group commit); the check runs in each.
+    with CloudSyncQueue(db_path, max_queue_items=50, durability="fast") as queue:
+        errors: List[BaseException] = []
+
+        def produce(worker: int) -> None:
+            try:
+                for i in range(100):
+                    queue.enqueue({"w": worker, "i": i}, priority=LOGS)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=produce, args=(w,)) for w in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert queue.pending_count() == 50
+        assert queue.get_stats()["evicted_total"] == 800 - 50
+        # Oldest first: the 50 newest ids are the ones left.
+        stored = _stored_ids(queue)
+        assert stored == list(range(stored[-1] - 49, stored[-1] + 1))
