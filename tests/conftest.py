@@ -1,9 +1,12 @@
 """Fixtures for tests on real files and a real loopback server (backends: ../conftest.py)."""
 
 import os
+import subprocess
 from typing import Iterator
 
 import pytest
+import reliability
+from mounts import mount_tmpfs
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
@@ -28,3 +31,25 @@ def server() -> Iterator[IngestServer]:
     """A real ingest endpoint on 127.0.0.1 that accepts the key ``test-key``."""
     with IngestServer(api_key="test-key") as srv:
         yield srv
+
+
+@pytest.fixture
+def small_fs(tmp_path: "os.PathLike[str]") -> Iterator[str]:
+    """A directory on a real 8 MiB tmpfs file system (needs root), unmounted afterwards."""
+    mount_point = os.path.join(os.fspath(tmp_path), "small-fs")
+    os.mkdir(mount_point)
+    if not mount_tmpfs(mount_point, 8 * 1024 * 1024):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", mount_point], check=False)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Write the reliability figures (kills, items checked, lost, ...) at the end of the run."""
+    lines = reliability.summary_lines()
+    if lines:
+        terminalreporter.write_sep("=", "reliability figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -68,7 +68,13 @@ def test_requeue_some_then_all(queue: CloudSyncQueue, server: IngestServer) -> N
     assert sorted(item["n"] for item in server.items) == [0, 1, 2, 3]
 
 
-def test_requeued_item_gets_a_fresh_ttl(queue: CloudSyncQueue) -> None:
+def test_requeued_item_gets_a_fresh_ttl(db_path: str) -> None:
+    # Without the purge of expired items that maybe_flush does by default.
+    with CloudSyncQueue(db_path, purge_interval=None) as queue:
+        _requeued_item_gets_a_fresh_ttl(queue)
+
+
+def _requeued_item_gets_a_fresh_ttl(queue: CloudSyncQueue) -> None:
     (item_id,) = queue.enqueue_many([{"n": 0}], ttl_seconds=3600)
     queue._conn().execute("UPDATE sync_queue SET created_at = created_at - 7200")  # long expired
     queue.maybe_flush(TooLarge())  # nothing eligible: an expired item is not sent

@@ -68,7 +68,10 @@ def test_batches_are_bounded_by_items_and_bytes(db_path: str, server: IngestServ
 
 
 def test_failed_batch_is_nacked_and_kept(db_path: str, server: IngestServer) -> None:
-    with CloudSyncQueue(db_path, max_batch_items=4, retry_base_seconds=10) as queue:
+    # A frozen clock: with full jitter the backoff may be a few milliseconds, which a busy
+    # machine can spend between the flush and the peek.
+    frozen = 1_800_000_000.0
+    with CloudSyncQueue(db_path, max_batch_items=4, retry_base_seconds=10, clock=lambda: frozen) as queue:
         ids = queue.enqueue_many([{"i": i} for i in range(10)])
         server.fail_next(503)
         assert queue.maybe_flush(HTTPCloudUploader(server.url, KEY, timeout=5)) == 0

@@ -9,7 +9,15 @@ from ._schema import check_sqlite_version
 check_sqlite_version()
 
 from ._codec import BACKEND  # noqa: E402
-from ._errors import CloudSyncError, DatabaseError, QueueFullError, UploadError  # noqa: E402
+from ._errors import (  # noqa: E402
+    CloudSyncError,
+    CorruptDatabaseError,
+    DatabaseError,
+    DiskFullError,
+    QueueFullError,
+    UploadError,
+)
+from ._integrity import IntegrityReport  # noqa: E402
 from ._queue import CloudSyncQueue  # noqa: E402
 from ._types import DeadLetter, Priority, QueueItem  # noqa: E402
 from .uploader import HTTPCloudUploader, UploadResult  # noqa: E402
@@ -21,9 +29,12 @@ __all__ = [
     "BACKEND",
     "CloudSyncError",
     "CloudSyncQueue",
+    "CorruptDatabaseError",
     "DatabaseError",
     "DeadLetter",
+    "DiskFullError",
     "HTTPCloudUploader",
+    "IntegrityReport",
     "Priority",
     "QueueFullError",
     "QueueItem",

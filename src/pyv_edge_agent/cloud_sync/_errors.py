@@ -22,3 +22,14 @@ class UploadError(CloudSyncError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class DiskFullError(QueueFullError, OSError):
+    """The disk (or SQLite's page limit) is full: ``errno`` is ENOSPC and ``filename`` the
+    database. Nothing of the failed call was written and nothing stored was lost; the queue
+    works again once space is freed."""
+
+
+class CorruptDatabaseError(DatabaseError):
+    """The queue file is damaged, truncated or not a SQLite database. It was left untouched
+    (or, with ``on_corrupt="quarantine"``, renamed aside)."""

@@ -271,7 +271,8 @@ class Flusher:
                     conn.execute(INSERT_LEASE_SQL, (claim.token, len(rows), now + queue._lease))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                    conn.execute("ROLLBACK")
                 raise
         return claim
 
@@ -329,7 +330,8 @@ class Flusher:
                 conn.execute(EXTEND_LEASE_SQL, (until, claim.token))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                    conn.execute("ROLLBACK")
                 raise
 
     # -- settling ---------------------------------------------------------------------
@@ -346,7 +348,8 @@ class Flusher:
                     conn.execute(DELETE_LEASE_SQL, (claim.token,))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                    conn.execute("ROLLBACK")
                 raise
         return result
 

@@ -42,6 +42,12 @@ METRICS: List[Metric] = [
     Metric("last_success_at", "gauge", "When an upload last succeeded (Unix seconds).", "timestamp"),
     Metric("last_error", "gauge", "The last upload error (text; not exported to Prometheus)."),
     Metric("last_error_at", "gauge", "When an upload last failed (Unix seconds).", "timestamp"),
+    # Storage and durability (issue 4).
+    Metric("evicted_total", "counter", "Items evicted to stay within the storage limits."),
+    Metric("expired_purged_total", "counter", "Expired items deleted by purges."),
+    Metric("quarantined_total", "counter", "Damaged queue files moved aside (on_corrupt=quarantine)."),
+    Metric("clock_jumps_total", "counter", "Forward steps of the wall clock that stored timestamps were moved with."),
+    Metric("storage_bytes", "gauge", "Size of the queue file and its WAL.", "bytes"),
 ]
 BY_KEY: Dict[str, Metric] = {metric.key: metric for metric in METRICS}
 

@@ -1,15 +1,17 @@
 """``CloudSyncQueue``: the connection, locking and SQL of the queue (the flush policy is in ``_flush``)."""
 
+import functools
 import logging
 import os
 import sqlite3
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, cast
 
-from . import _codec, _deadletter, _flush, _schema, _validate
-from ._errors import CloudSyncError, DatabaseError
+from . import _clock, _codec, _deadletter, _flush, _integrity, _schema, _storage, _validate
+from ._errors import CloudSyncError, CorruptDatabaseError
+from ._integrity import IntegrityReport
 from ._sql import ACK_SQL, NACK_SQL
 from ._types import DeadLetter, Priority, QueueItem
 
@@ -53,6 +55,11 @@ CONFIG_KEYS = (
     "retry_base_seconds",
     "retry_max_seconds",
     "lease_seconds",
+    "max_queue_items",
+    "max_queue_bytes",
+    "min_free_disk_bytes",
+    "purge_interval",
+    "on_corrupt",
     "max_attempts",
     "daily_message_limit",
 )
@@ -65,6 +72,25 @@ COUNTER_KEYS = (
     "last_error",
     "last_error_at",
 )
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _sqlite_errors(method: _Method) -> _Method:
+    """Turn a full disk and a damaged file into the package's errors, naming the path."""
+
+    @functools.wraps(method)
+    def wrapper(self: "CloudSyncQueue", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            error = self._translate_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    return cast(_Method, wrapper)
+
 
 # A forked child must not use, or even close, the parent's connection: closing it there
 # could checkpoint and delete the WAL under the parent. Inherited connections are parked
@@ -116,6 +142,21 @@ class CloudSyncQueue:
     :param retry_max_seconds: cap of the exponential backoff.
     :param lease_seconds: how long a batch being uploaded is hidden from other flushers; a
         flusher that dies mid-upload leaves its items to come back after this.
+    :param max_queue_items: most items stored (None: no limit). A new item beyond it
+        evicts the oldest item of the lowest priority (Logs, then Telemetry, then
+        Anomaly); Critical items are never evicted, and when only they are left the new
+        item is refused with ``QueueFullError`` and nothing is written.
+    :param max_queue_bytes: most stored payload bytes (the JSON text; None: no limit),
+        enforced like ``max_queue_items``.
+    :param min_free_disk_bytes: below this much free space on the file system the queue
+        stops growing: new items replace evicted ones or are refused (0: no margin).
+    :param purge_interval: ``maybe_flush`` deletes expired items at most this often, in
+        seconds (None: never; ``purge_expired()`` always can).
+    :param on_corrupt: ``"raise"`` (default): a damaged file is a ``CorruptDatabaseError``
+        and stays untouched. ``"quarantine"``: it is renamed aside with a timestamp and an
+        empty queue starts, so an unattended agent never wedges on it.
+    :param clock: the wall clock, seconds since the epoch (default ``time.time``); the
+        queue never lets its time run backwards, see ``_clock``.
     :param max_attempts: how many times the endpoint may reject an item (HTTP 400/422 or
         an ``UploadResult``) before it moves to the dead-letter table.
     :param daily_message_limit: when set, ``maybe_flush`` sends no more non-critical
@@ -133,6 +174,12 @@ class CloudSyncQueue:
         retry_base_seconds: float = 1.0,
         retry_max_seconds: float = 300.0,
         lease_seconds: float = 300.0,
+        max_queue_items: Optional[int] = None,
+        max_queue_bytes: Optional[int] = None,
+        min_free_disk_bytes: int = _storage.DEFAULT_MIN_FREE_DISK_BYTES,
+        purge_interval: Optional[float] = _storage.DEFAULT_PURGE_INTERVAL,
+        on_corrupt: str = "raise",
+        clock: Callable[[], float] = time.time,
         max_attempts: int = 5,
         daily_message_limit: Optional[int] = None,
     ) -> None:
@@ -147,7 +194,12 @@ class CloudSyncQueue:
         self._max_batch_items = _validate.integer("max_batch_items", max_batch_items, 1)
         self._max_batch_bytes = _validate.integer("max_batch_bytes", max_batch_bytes, 1)
         self._retry_base = _validate.number("retry_base_seconds", retry_base_seconds, 0.0)
-        self._retry_max = _validate.number("retry_max_seconds", retry_max_seconds, self._retry_base)
+        self._retry_max = _validate.number("retry_max_seconds", retry_max_seconds, 0.0)
+        if self._retry_max < self._retry_base:
+            raise ValueError(
+                f"retry_max_seconds ({retry_max_seconds!r}) must be at least "
+                f"retry_base_seconds ({retry_base_seconds!r})"
+            )
         self._lease = _validate.number("lease_seconds", lease_seconds, 0.0, allow_equal=False)
         self._max_attempts = _validate.integer("max_attempts", max_attempts, 1)
         self._daily_limit = (
@@ -158,42 +210,93 @@ class CloudSyncQueue:
         self._backoff_until = 0.0
         self._link_state: Optional[str] = None
         self._wakers: List[threading.Event] = []
-        self._clock: Callable[[], float] = time.time
+        self._on_corrupt = _validate.choice("on_corrupt", on_corrupt, _integrity.ON_CORRUPT_CHOICES)
+        if not callable(clock):
+            raise TypeError(f"clock must be a callable returning seconds since the epoch, got {clock!r:.100}")
+        self._wall = clock
+        self._time = _clock.QueueClock(clock)
+        self._clock: Callable[[], float] = self._now
+        self._storage = _storage.StorageGuard(
+            path,
+            _storage.StorageLimits(
+                max_items=None if max_queue_items is None else _validate.integer("max_queue_items", max_queue_items, 1),
+                max_bytes=None if max_queue_bytes is None else _validate.integer("max_queue_bytes", max_queue_bytes, 1),
+                min_free_disk_bytes=_validate.integer("min_free_disk_bytes", min_free_disk_bytes, 0),
+                purge_interval=None
+                if purge_interval is None
+                else _validate.number("purge_interval", purge_interval, 0.0),
+            ),
+        )
         self._lock = threading.RLock()
         self._reset_group_commit()
         self._db: Optional[sqlite3.Connection] = None
         self._closed = False
-        if path != ":memory:" and not path.startswith("file:"):
-            directory = os.path.dirname(os.path.abspath(path))
-            os.makedirs(directory, exist_ok=True)
+        self._created_dirs: List[str] = []
+        if self._is_file():
+            self._created_dirs = _integrity.make_directories(os.path.dirname(os.path.abspath(path)), path)
         self._connect()
         _ALL_QUEUES.add(self)
 
     # -- connection -------------------------------------------------------------------
 
+    def _is_file(self) -> bool:
+        return self._path != ":memory:" and not self._path.startswith("file:")
+
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(
-                self._path,
-                timeout=self._busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-                cached_statements=256,
-                uri=self._path.startswith("file:"),
+            conn = self._open()
+        except CorruptDatabaseError as exc:
+            if self._on_corrupt != "quarantine" or not self._is_file():
+                raise
+            aside = _integrity.quarantine(self._path, self._wall())
+            logger.error(
+                "queue database %r is damaged (%s); moved it to %r and started an empty queue", self._path, exc, aside
             )
-        except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot open queue database {self._path!r}: {exc}") from exc
+            conn = self._open()
+            with _storage.write_transaction(conn):
+                conn.execute(_storage.ADD_COUNTER_SQL, (_integrity.QUARANTINED_KEY, 1))
+        self._db = conn
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = _integrity.open_database(
+            self._path,
+            self._durability,
+            self._busy_timeout,
+            thorough=self._on_corrupt == "quarantine",
+            created_dirs=self._created_dirs,
+        )
+        self._created_dirs = []
         try:
-            _schema.configure(conn, self._durability, self._busy_timeout)
-            _schema.migrate(conn, self._path)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise DatabaseError(f"cannot use {self._path!r} as a queue database: {exc}") from exc
+            self._time.start(_clock.read_high_water(conn))
         except BaseException:
             conn.close()
             raise
-        self._db = conn
         return conn
+
+    def _translate_error(self, exc: sqlite3.Error) -> Optional[Exception]:
+        error = _integrity.translate_error(exc, self._path)
+        if isinstance(error, CorruptDatabaseError) and self._on_corrupt == "quarantine" and self._db is not None:
+            # The next call reopens, finds the damage and moves the file aside.
+            _INHERITED.append(self._db)
+            self._db = None
+        return error
+
+    # -- time -------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        """The queue's time (see ``_clock``); moves stored timestamps after a forward step."""
+        now = self._time.now()
+        if self._time.pending_jump is not None:
+            with self._lock:
+                _clock.apply_jump(self._conn(), self._time)
+        return now
+
+    def _admit(self, conn: sqlite3.Connection, texts: Sequence[str], now: float) -> None:
+        """Make room for ``texts`` or raise ``QueueFullError``; call inside the insert's
+        write transaction (see ``_storage.StorageGuard.admit``)."""
+        self._storage.admit(conn, texts, now)
+        _clock.persist_high_water(conn, self._time)
 
     def _conn(self) -> sqlite3.Connection:
         conn = self._db
@@ -215,6 +318,7 @@ class CloudSyncQueue:
         # The locks may have been held, and a group commit led, by threads that do not
         # exist in the child.
         self._lock = threading.RLock()
+        self._time.after_fork()
         self._reset_group_commit()
         if self._db is not None:
             _INHERITED.append(self._db)
@@ -225,8 +329,10 @@ class CloudSyncQueue:
         with self._lock:
             self._closed = True
             if self._db is not None:
-                self._db.close()
-                self._db = None
+                try:
+                    self._db.close()
+                finally:
+                    self._db = None
 
     def __enter__(self) -> "CloudSyncQueue":
         return self
@@ -244,6 +350,7 @@ class CloudSyncQueue:
 
     # -- writing ----------------------------------------------------------------------
 
+    @_sqlite_errors
     def enqueue(
         self,
         payload: Dict[str, Any],
@@ -254,6 +361,8 @@ class CloudSyncQueue:
 
         Concurrent calls from several threads share one transaction and one fsync (group
         commit); each still returns only after its own item is committed.
+
+        Raises ``QueueFullError`` (nothing written) when a storage limit cannot be met.
         """
         text = _codec.encode_payload(payload)
         level = _validate.priority_value(priority)
@@ -370,21 +479,18 @@ class CloudSyncQueue:
         """
         with self._lock:
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._storage.transaction(conn):
+                self._admit(conn, [row[0] for row in rows], rows[0][2])
                 if len(rows) == 1:
                     last: int = conn.execute(INSERT_SQL, rows[0]).lastrowid  # type: ignore[assignment]
                 else:
                     conn.executemany(INSERT_SQL, rows)
                     last = conn.execute(LAST_ROWID_SQL).fetchone()[0]
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            self._storage.maintain(conn)
         # AUTOINCREMENT under the write lock hands out consecutive ids.
         return list(range(last - len(rows) + 1, last + 1))
 
+    @_sqlite_errors
     def enqueue_many(
         self,
         payloads: Sequence[Dict[str, Any]],
@@ -398,6 +504,7 @@ class CloudSyncQueue:
         """
         level = _validate.priority_value(priority)
         ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
+        _validate.iterable("payloads", payloads)
         rows = _codec.encode_rows(payloads, level, self._clock(), ttl)
         if not rows:
             return []
@@ -406,12 +513,16 @@ class CloudSyncQueue:
             self._wake()
         return ids
 
+    @_sqlite_errors
     def ack(self, ids: Sequence[int]) -> int:
         """Delete the given items; return how many rows were deleted. Unknown ids are ignored."""
         chunks = _codec.id_chunks(ids)
         with self._lock:
-            return self._run_chunks(ACK_SQL, (), chunks)
+            deleted = self._run_chunks(ACK_SQL, (), chunks)
+            self._storage.maintain(self._conn())
+            return deleted
 
+    @_sqlite_errors
     def nack(self, ids: Sequence[int], retry_delay_seconds: float = 60.0) -> int:
         """Count a failed attempt on the given items and hide them for ``retry_delay_seconds``.
 
@@ -434,12 +545,14 @@ class CloudSyncQueue:
             changed = sum(conn.execute(statements[len(chunk)], prefix + chunk).rowcount for chunk in chunks)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                conn.execute("ROLLBACK")
             raise
         return changed
 
     # -- reading ----------------------------------------------------------------------
 
+    @_sqlite_errors
     def dequeue(self, batch_size: int = 10) -> List[QueueItem]:
         """Return up to ``batch_size`` eligible items in priority order without removing them.
 
@@ -449,6 +562,7 @@ class CloudSyncQueue:
         limit = _validate.integer("batch_size", batch_size, 1)
         return self._eligible(limit)
 
+    @_sqlite_errors
     def peek(self, n: int = 5, *, priority: Optional[Priority] = None) -> List[QueueItem]:
         """Return up to ``n`` eligible items, exactly as ``dequeue`` would, for inspection;
         ``priority`` keeps only that level."""
@@ -472,11 +586,13 @@ class CloudSyncQueue:
             rows = self._select_eligible(SELECT_ELIGIBLE_SQL, limit, self._clock(), levels)
         return _codec.decode_rows(rows)
 
+    @_sqlite_errors
     def pending_count(self) -> int:
         """Return the number of stored items, whatever their TTL or retry state."""
         with self._lock:
             return int(self._conn().execute(COUNT_SQL).fetchone()[0])
 
+    @_sqlite_errors
     def get_stats(self) -> Dict[str, Any]:
         """Return queue statistics.
 
@@ -485,7 +601,9 @@ class CloudSyncQueue:
         to count), ``expired`` (stored but past their TTL), ``in_flight`` (leased by a
         flush in progress), ``dead_lettered`` (in the dead-letter table); and the
         persisted counters ``messages_sent_total``, ``failed_batches``,
-        ``dead_lettered_total``, ``last_success_at``, ``last_error`` and ``last_error_at``.
+        ``dead_lettered_total``, ``last_success_at``, ``last_error`` and ``last_error_at``;
+        the storage figures ``evicted_total``, ``expired_purged_total``, ``quarantined_total``,
+        ``clock_jumps_total`` and ``storage_bytes`` (the file and its WAL).
         """
         with self._lock:
             conn = self._conn()
@@ -510,7 +628,47 @@ class CloudSyncQueue:
             for key in COUNTER_KEYS:
                 row = conn.execute(READ_COUNTER_SQL, (key,)).fetchone()
                 stats[key] = row[0] if row else (None if key.startswith("last_") else 0)
+            # Storage and durability (issue 4).
+            stats.update(_storage.counters(conn, self._path if self._is_file() else None))
         return stats
+
+    # -- storage and integrity --------------------------------------------------------
+
+    @_sqlite_errors
+    def purge_expired(self) -> int:
+        """Delete the items whose TTL has run out and return how many; counted in
+        ``get_stats()["expired_purged_total"]``."""
+        with self._lock:
+            conn = self._conn()
+            now = self._clock()
+            with _storage.write_transaction(conn):
+                deleted = self._storage.purge_expired(conn, now)
+            self._storage.maintain(conn, force=True)
+        return deleted
+
+    @staticmethod
+    def verify_file(db_path: "str | os.PathLike[str]") -> IntegrityReport:
+        """Check a queue file without opening it as a queue: read-only, never creates or
+        changes anything, and reports a damaged or unreadable file instead of raising."""
+        return _integrity.verify_file(os.fspath(db_path))
+
+    def verify(self) -> IntegrityReport:
+        """Check the whole file with SQLite's ``integrity_check``; writes nothing.
+
+        Returns an ``IntegrityReport`` (``ok``, ``messages``, ``schema_version``, ``path``).
+        """
+        with self._lock:
+            return _integrity.verify(self._conn(), self._path)
+
+    @_sqlite_errors
+    def compact(self) -> None:
+        """Rewrite the file to its smallest size (SQLite ``VACUUM``) and switch a file made by
+        an earlier release to incremental auto-vacuum, so that it shrinks by itself from
+        then on. Needs free disk space about the size of the stored items."""
+        with self._lock:
+            conn = self._conn()
+            _storage.convert_to_incremental(conn)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     # -- counters ---------------------------------------------------------------------
 
@@ -524,6 +682,7 @@ class CloudSyncQueue:
         with self._lock:
             return self._counter("messages_sent_today")
 
+    @_sqlite_errors
     def reset_daily_counters(self) -> None:
         """Reset ``messages_sent_today`` to 0; call it from a job at midnight."""
         with self._lock:
@@ -531,6 +690,7 @@ class CloudSyncQueue:
 
     # -- flushing ---------------------------------------------------------------------
 
+    @_sqlite_errors
     def maybe_flush(self, uploader: Any = None) -> int:
         """Send eligible items through ``uploader.post_batch`` in priority order; return how
         many were acked.
@@ -544,7 +704,20 @@ class CloudSyncQueue:
         """
         if uploader is None:
             return 0
-        return _flush.Flusher(self, uploader).run()
+        flusher = _flush.Flusher(self, uploader)  # checks the uploader before anything is written
+        self._housekeeping()
+        return flusher.run()
+
+    def _housekeeping(self) -> None:
+        """On the way of a flush: purge expired items (every ``purge_interval``) and give
+        space back (see ``_storage.StorageGuard.maintain``)."""
+        with self._lock:
+            conn = self._conn()
+            if self._storage.purge_due():
+                now = self._clock()
+                with _storage.write_transaction(conn):
+                    self._storage.purge_expired(conn, now)
+            self._storage.maintain(conn)
 
     @property
     def backoff_seconds(self) -> float:
@@ -599,7 +772,8 @@ class CloudSyncQueue:
             result = work(conn)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                conn.execute("ROLLBACK")
             raise
         return result
 

@@ -51,3 +51,11 @@ def choice(name: str, value: Any, allowed: "tuple[str, ...]") -> str:
     if value not in allowed or not isinstance(value, str):
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r:.100}")
     return value
+
+
+def iterable(name: str, value: Any) -> None:
+    """Raise ``TypeError`` naming ``name`` unless ``value`` can be iterated over."""
+    try:
+        iter(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence, got {type(value).__name__}: {value!r:.100}") from None

@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import orjson
 
@@ -75,6 +75,15 @@ class _Secret:
         return "'***'"
 
     __str__ = __repr__
+
+
+def _split_endpoint(endpoint: str) -> SplitResult:
+    """``urlsplit``, whose own error for a malformed host ("Invalid IPv6 URL") names nothing."""
+    try:
+        return urlsplit(endpoint)
+    except ValueError:
+        # Not shown: a URL that does not parse cannot have its credentials redacted.
+        raise ValueError("endpoint must be an http:// or https:// URL with a host, got a malformed URL") from None
 
 
 def _redact_url(url: str) -> str:
@@ -166,7 +175,7 @@ class HTTPCloudUploader:
     ) -> None:
         if not isinstance(endpoint, str):
             raise TypeError(f"endpoint must be a str URL, got {type(endpoint).__name__}")
-        parts = urlsplit(endpoint)
+        parts = _split_endpoint(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"endpoint must be an http:// or https:// URL with a host, got {_redact_url(endpoint)!r}")
         if not isinstance(allow_insecure_http, bool):

@@ -1,0 +1,315 @@
+"""Opening a queue file safely, telling corruption from other failures, and ``verify()``.
+
+Nothing here writes to a database it has doubts about: the header is read and checked
+before SQLite opens the file, a damaged file is either refused (the default) or renamed
+aside whole with its ``-wal`` and ``-shm`` (``on_corrupt="quarantine"``), and errors name
+the path and say what is wrong with it.
+"""
+
+import errno
+import os
+import sqlite3
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from . import _schema, _storage
+from ._errors import CorruptDatabaseError, DatabaseError
+
+HEADER_MAGIC = b"SQLite format 3\x00"
+HEADER_SIZE = 100
+WAL_MAGICS = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
+SIDE_FILES = ("-wal", "-shm")
+ON_CORRUPT_CHOICES = ("raise", "quarantine")
+QUARANTINED_KEY = "quarantined_total"
+
+# Result codes (the low byte of an extended code) that mean the file itself is damaged.
+_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+_CORRUPT_MESSAGES = ("database disk image is malformed", "file is not a database")
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    """The result of ``CloudSyncQueue.verify()``.
+
+    :param ok: True when SQLite's ``integrity_check`` found nothing wrong.
+    :param messages: what ``integrity_check`` reported (``["ok"]`` when sound).
+    :param schema_version: ``PRAGMA user_version`` of the file (None if unreadable).
+    :param path: the database file.
+    """
+
+    ok: bool
+    path: str
+    schema_version: Optional[int]
+    messages: Tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def message(self) -> str:
+        """The messages as one line."""
+        return "; ".join(self.messages)
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """True when a SQLite error says the file is damaged or not a database."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES
+    return isinstance(exc, sqlite3.DatabaseError) and any(text in str(exc) for text in _CORRUPT_MESSAGES)
+
+
+def check_header(path: str) -> None:
+    """Read the file's header and raise ``CorruptDatabaseError`` if it is clearly damaged.
+
+    A missing or empty file passes: SQLite creates the database there.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatabaseError(f"cannot use {path!r} as a queue database: {exc.strerror}") from exc
+    if not os.path.isfile(path):
+        raise DatabaseError(f"cannot use {path!r} as a queue database: it is not a regular file")
+    if info.st_size == 0:
+        return
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(HEADER_SIZE)
+    except OSError as exc:
+        raise DatabaseError(f"cannot read queue database {path!r}: {exc.strerror}") from exc
+    if not (header.startswith(HEADER_MAGIC) or HEADER_MAGIC.startswith(header)):
+        raise CorruptDatabaseError(f"{path!r} is not a SQLite database (its first bytes are {header[:16]!r})")
+    if len(header) < HEADER_SIZE:
+        raise CorruptDatabaseError(f"{path!r} is truncated: {info.st_size} bytes, shorter than a SQLite header")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        raise CorruptDatabaseError(f"{path!r} is damaged: its header gives an impossible page size {page_size}")
+    pages = int.from_bytes(header[28:32], "big")
+    # The in-header size is valid only when the two change counters agree. A WAL with
+    # content may legitimately hold pages the main file does not have yet.
+    if header[24:28] == header[92:96] and info.st_size < pages * page_size and not _has_wal(path):
+        raise CorruptDatabaseError(
+            f"{path!r} is truncated: its header says {pages} pages of {page_size} bytes "
+            f"({pages * page_size} bytes) but the file has {info.st_size}"
+        )
+
+
+def _has_wal(path: str) -> bool:
+    try:
+        with open(path + "-wal", "rb") as handle:
+            return handle.read(4) in WAL_MAGICS
+    except OSError:
+        return False
+
+
+def precheck(path: str, busy_timeout: float, *, thorough: bool) -> None:
+    """Check an existing file before the queue opens it for writing.
+
+    The checks run on a read-only connection: closing a read-write connection checkpoints
+    the WAL into the file and deletes the WAL, which must not happen to a damaged file.
+    ``thorough`` adds SQLite's ``quick_check``, which reads the whole file.
+    """
+    check_header(path)
+    if not os.path.isfile(path):
+        return
+    # SQLite would quietly open a file it cannot write read-only, and fail on the first write.
+    if not os.access(path, os.R_OK | os.W_OK) or _read_only_fs(os.path.dirname(os.path.abspath(path))):
+        raise DatabaseError(f"cannot open queue database {path!r} for writing: {describe_access_problem(path)}")
+    if os.path.getsize(path) == 0:
+        return
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+    except sqlite3.Error as exc:
+        raise open_error(path, exc) from exc
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        if thorough:
+            quick_check(conn, path)
+    except sqlite3.Error as exc:
+        raise open_error(path, exc) from exc
+    finally:
+        conn.close()
+
+
+def describe_access_problem(path: str) -> str:
+    """Say why ``path`` cannot be opened for writing, as far as the file system tells."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"its directory {directory!r} does not exist (is its file system mounted?)"
+    if _read_only_fs(directory):
+        return f"its file system at {directory!r} is mounted read-only"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"its directory {directory!r} is not writable (the queue creates -wal and -shm files beside it)"
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        return "the file is not readable and writable by this user"
+    for suffix in SIDE_FILES:
+        side = path + suffix
+        if os.path.exists(side) and not os.access(side, os.R_OK | os.W_OK):
+            return f"{side!r} is not readable and writable by this user"
+    return "the file system refused access"
+
+
+def _read_only_fs(directory: str) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def open_error(path: str, exc: sqlite3.Error) -> DatabaseError:
+    """Turn an error from opening or setting up ``path`` into one that names it and says why."""
+    if is_corruption(exc):
+        return CorruptDatabaseError(f"{path!r} is not a usable queue database (damaged or not SQLite): {exc}")
+    return DatabaseError(f"cannot open queue database {path!r}: {exc}; {describe_access_problem(path)}")
+
+
+def quick_check(conn: sqlite3.Connection, path: str) -> None:
+    """Raise ``CorruptDatabaseError`` unless SQLite's ``quick_check`` passes (reads the whole file)."""
+    rows = [row[0] for row in conn.execute("PRAGMA quick_check(5)").fetchall()]
+    if rows != ["ok"]:
+        raise CorruptDatabaseError(f"{path!r} is damaged: {'; '.join(map(str, rows))}")
+
+
+def quarantine(path: str, wall_time: float) -> str:
+    """Rename a damaged database and its side files aside; return the new path of the file.
+
+    The side files go first: a stale WAL left beside a fresh database could be replayed
+    into it. Nothing is deleted.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall_time))
+    target = f"{path}.corrupt-{stamp}"
+    serial = 1
+    while any(os.path.exists(target + suffix) for suffix in ("",) + SIDE_FILES):
+        serial += 1
+        target = f"{path}.corrupt-{stamp}-{serial}"
+    for suffix in SIDE_FILES + ("",):
+        try:
+            os.rename(path + suffix, target + suffix)
+        except FileNotFoundError:
+            continue
+    fsync_directory(os.path.dirname(os.path.abspath(path)))
+    return target
+
+
+def fsync_directory(directory: str) -> None:
+    """Make the directory's entries (a new or renamed file) durable across power loss."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some file systems cannot sync a directory; their entries are as durable as they get.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def make_directories(directory: str, path: str) -> List[str]:
+    """Create ``directory`` and its missing parents; return the directories created."""
+    missing: List[str] = []
+    current = directory
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise type(exc)(
+            exc.errno,
+            f"cannot create directory {directory!r} for queue database {path!r}: {exc.strerror}"
+            f" ({describe_access_problem(os.path.join(current, '_'))})",
+        ) from exc
+    return missing
+
+
+def verify(conn: sqlite3.Connection, path: str) -> IntegrityReport:
+    """Run ``PRAGMA integrity_check`` (reads the whole file, writes nothing)."""
+    version: Optional[int] = None
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        messages = tuple(str(row[0]) for row in conn.execute("PRAGMA integrity_check(20)").fetchall())
+    except sqlite3.DatabaseError as exc:
+        return IntegrityReport(ok=False, path=path, schema_version=version, messages=(str(exc),))
+    return IntegrityReport(ok=messages == ("ok",), path=path, schema_version=version, messages=messages)
+
+
+def open_database(
+    path: str, durability: str, busy_timeout: float, *, thorough: bool, created_dirs: Sequence[str] = ()
+) -> sqlite3.Connection:
+    """Open and set up the queue file; nothing is written to a file that fails a check.
+
+    :param thorough: run SQLite's ``quick_check`` on an existing file first.
+    :param created_dirs: directories just created for the file, to be made durable with it.
+    """
+    is_file = path != ":memory:" and not path.startswith("file:")
+    created = False
+    if is_file:
+        precheck(path, busy_timeout, thorough=thorough)
+        created = not os.path.exists(path)
+    try:
+        conn = sqlite3.connect(
+            path,
+            timeout=busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=256,
+            uri=path.startswith("file:"),
+        )
+    except sqlite3.Error as exc:
+        raise open_error(path, exc) from exc
+    try:
+        _storage.configure(conn)
+        _schema.configure(conn, durability, busy_timeout)
+        _schema.migrate(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise open_error(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+    if created:
+        # SQLite syncs a new WAL's directory entry but not a new database file's: without
+        # this a power cut soon after creation could lose the file and every id in it.
+        # The same holds for directories created for it: their parents get synced too.
+        for entry in [path, *created_dirs]:
+            fsync_directory(os.path.dirname(os.path.abspath(entry)))
+    return conn
+
+
+def translate_error(exc: sqlite3.Error, path: str) -> Optional[Exception]:
+    """The package's error for a SQLite error met while using ``path``, or None to let it be."""
+    if _storage.is_disk_full(exc):
+        return _storage.disk_full_error(path, exc)
+    if is_corruption(exc):
+        return CorruptDatabaseError(f"queue database {path!r} is damaged: {exc}")
+    if isinstance(exc, sqlite3.OperationalError) and "disk I/O error" in str(exc):
+        return DatabaseError(f"queue database {path!r}: {exc}; {describe_access_problem(path)}")
+    return None
+
+
+def verify_file(path: str) -> IntegrityReport:
+    """``verify`` through a read-only connection, for a file that may not open as a queue."""
+    if not os.path.isfile(path):
+        return IntegrityReport(ok=False, path=path, schema_version=None, messages=("no such file",))
+    try:
+        check_header(path)
+    except DatabaseError as exc:
+        return IntegrityReport(ok=False, path=path, schema_version=None, messages=(str(exc),))
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        return IntegrityReport(ok=False, path=path, schema_version=None, messages=(str(exc),))
+    try:
+        return verify(conn, path)
+    finally:
+        conn.close()

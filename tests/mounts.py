@@ -1,0 +1,18 @@
+"""Small real file systems for the storage tests: a tmpfs of a given size (needs root)."""
+
+import os
+import shutil
+import subprocess
+
+
+def mount_tmpfs(mount_point: str, size: int) -> bool:
+    """Mount a tmpfs of ``size`` bytes at ``mount_point``; False when not permitted."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mount_point], capture_output=True)
+    return result.returncode == 0
+
+
+def remount_read_only(mount_point: str) -> None:
+    """Switch a mounted tmpfs to read-only, as a failing SD card gets remounted."""
+    subprocess.run(["mount", "-o", "remount,ro", mount_point], check=True)

@@ -1,0 +1,199 @@
+"""Faults survived with real processes, real signals and a real file: SIGKILL at random
+points, many processes and threads on one file, fork after use, and the settings that make
+a returned id survive power loss. Figures go to the run's summary (see reliability.py)."""
+
+import os
+import random
+import signal
+import sqlite3
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+import faultload
+import pytest
+import reliability
+
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority
+from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+
+
+@pytest.fixture
+def fault_server() -> Any:
+    with IngestServer(api_key=faultload.KEY) as server:
+        yield server
+
+
+def _integrity(path: str) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _kill_rounds(
+    db_path: str, url: str, tmp_path: Any, rounds: int, options: Optional[Dict[str, Any]] = None
+) -> Dict[int, str]:
+    """Run ``rounds`` of two workers each SIGKILLed in an operation; return the ids handed out."""
+    rng = random.Random(4)
+    journals: List[str] = []
+    for round_number in range(rounds):
+        pids, doings = [], []
+        for worker in range(2):
+            journals.append(os.path.join(tmp_path, f"journal-{round_number}-{worker}"))
+            doings.append(os.path.join(tmp_path, f"doing-{round_number}-{worker}"))
+            seed = round_number * 10 + worker
+            pids.append(
+                faultload.fork(faultload.run_killable_worker, db_path, url, journals[-1], doings[-1], seed, options)
+            )
+        for worker, (pid, doing) in enumerate(zip(pids, doings)):
+            # Each kill aims at one operation in turn: wait until the worker is in it (a
+            # random moment in it, as the worker's own pace varies), then up to 2 ms more.
+            target = faultload.OPERATIONS[1 + (round_number * 2 + worker) % 4]
+            time.sleep(rng.uniform(0.02, 0.1))
+            deadline = time.monotonic() + 5.0
+            while faultload.read_doing(doing) != target and time.monotonic() < deadline:
+                time.sleep(0.0002)
+            time.sleep(rng.uniform(0.0, 0.002))
+            os.kill(pid, signal.SIGKILL)
+            reliability.add(f"killed during {faultload.read_doing(doing)}", 1)
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "a worker died on its own"
+            reliability.add("kills survived", 1)
+        assert _integrity(db_path) == "ok"
+    handed_out: Dict[int, str] = {}
+    for journal in journals:
+        handed_out.update(faultload.read_journal(journal))
+    assert len(handed_out) > 10 * rounds  # the workers did real work before dying
+    return handed_out
+
+
+def test_sigkill_at_random_points_loses_nothing(db_path: str, fault_server: IngestServer, tmp_path: Any) -> None:
+    CloudSyncQueue(db_path).close()
+    handed_out = _kill_rounds(db_path, fault_server.url, tmp_path, reliability.KILL_ROUNDS)
+    received_before_drain = {item["key"] for item in fault_server.items}
+    conn = sqlite3.connect(db_path)
+    stored = faultload.stored_keys(conn)
+    # Leased by a flusher that was killed (never nacked, hidden until the lease runs out).
+    in_flight = conn.execute(
+        "SELECT COUNT(*) FROM sync_queue WHERE retry_count = 0 AND next_retry_at > ?", (time.time(),)
+    ).fetchone()[0]
+    conn.close()
+    # Every id handed out is stored with its own payload, or was delivered before the kill.
+    for row_id, key in handed_out.items():
+        assert stored.get(row_id) == key or (row_id not in stored and key in received_before_drain), (row_id, key)
+
+    faultload.drain(db_path, fault_server.url, ahead=3600.0)
+    lost, duplicates, lost_keys = faultload.check_delivery(handed_out, fault_server.items)
+    assert lost == 0, sorted(lost_keys)[:10]
+    assert _integrity(db_path) == "ok"
+    reliability.add("in flight at a kill, sent again", in_flight)
+    reliability.add("items checked", len(handed_out))
+    reliability.add("lost", lost)
+    reliability.add("duplicates (re-sent after a kill, at-least-once)", duplicates)
+
+
+def test_sigkill_while_evicting_keeps_the_file_and_the_counts_consistent(
+    db_path: str, fault_server: IngestServer, tmp_path: Any
+) -> None:
+    # With a small limit nearly every enqueue evicts: eviction, its counter and the insert
+    # commit together or not at all, whatever the moment of the kill.
+    limit = 150
+    CloudSyncQueue(db_path).close()
+    handed_out = _kill_rounds(db_path, fault_server.url, tmp_path, 8, {"max_queue_items": limit})
+    received = {item["key"] for item in fault_server.items}
+    with CloudSyncQueue(db_path) as queue:
+        stored = faultload.stored_keys(queue._conn())
+        evicted = queue.get_stats()["evicted_total"]
+    assert len(stored) <= limit and evicted > 0
+    missing = 0
+    for row_id, key in handed_out.items():
+        if row_id in stored:
+            assert stored[row_id] == key
+        elif key not in received:
+            missing += 1
+    assert missing <= evicted  # every item gone without delivery was counted as evicted
+    reliability.add("items checked", len(handed_out))
+
+
+def test_processes_and_threads_contend_on_one_file(db_path: str, fault_server: IngestServer, tmp_path: Any) -> None:
+    CloudSyncQueue(db_path).close()
+    seconds = reliability.CONTENTION_SECONDS
+    processes = 2
+    pids, journals, results = [], [], []
+    for worker in range(processes):
+        journals.append(os.path.join(tmp_path, f"journal-{worker}"))
+        results.append(os.path.join(tmp_path, f"result-{worker}"))
+        pids.append(
+            faultload.fork(
+                faultload.run_contention_worker, db_path, fault_server.url, journals[-1], results[-1], worker, seconds
+            )
+        )
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+    operations = 0
+    for result in results:
+        with open(result) as handle:
+            count, *errors = handle.read().split("\n")
+        assert not [e for e in errors if e], errors  # no "database is locked", nothing at all
+        operations += int(count)
+    handed_out = {}
+    for journal in journals:
+        handed_out.update(faultload.read_journal(journal))
+    faultload.drain(db_path, fault_server.url, ahead=3600.0)
+    lost, duplicates, lost_keys = faultload.check_delivery(handed_out, fault_server.items)
+    assert lost == 0, sorted(lost_keys)[:10]
+    assert duplicates == 0
+    assert _integrity(db_path) == "ok"
+    reliability.add("items checked", len(handed_out))
+    reliability.add("lost", lost)
+    reliability.add("duplicates without a kill", duplicates)
+    reliability.LOAD_OPS_PER_SECOND.append(operations / seconds)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_after_use_parent_and_child_work_at_once(queue: CloudSyncQueue) -> None:
+    queue.enqueue_many([{"parent": i} for i in range(10)])
+    queue.dequeue()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            ids = queue.enqueue_many([{"child": i} for i in range(200)])
+            queue.nack(ids[:50], retry_delay_seconds=0)
+            queue.ack(ids[50:100])
+            code = 0 if queue.verify().ok else 2
+        finally:
+            os._exit(code)
+    parent_ids = [queue.enqueue({"parent": "during"}, priority=Priority.ANOMALY) for _ in range(100)]
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert queue.pending_count() == 10 + 150 + 100
+    assert {item.id for item in queue.dequeue(batch_size=100)} == set(parent_ids)
+    assert queue.verify().ok
+
+
+def test_power_loss_settings_and_directory_fsync(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: List[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    top = os.path.realpath(tempfile.mkdtemp(dir=tmp_path))
+    path = os.path.join(top, "new", "sync.db")
+    with CloudSyncQueue(path) as queue:
+        conn = queue._conn()
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: the WAL is synced per commit
+    # The new file's entry in its directory and the new directory's entry in its parent.
+    assert os.path.dirname(path) in synced and top in synced
+    synced.clear()
+    CloudSyncQueue(path).close()
+    assert synced == []  # an existing file needs nothing more
+    CloudSyncQueue(os.path.join(top, "fast.db"), durability="fast").close()
+    assert synced == [top]  # the fast mode may lose the last transactions, never the file
