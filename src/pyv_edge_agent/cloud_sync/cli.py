@@ -186,7 +186,8 @@ def _cmd_check(args: argparse.Namespace, out: Output) -> int:
     else:
         verdict = "ok" if report.ok else "DAMAGED"
         out.line(
-            f"{report.path}: integrity {verdict}; schema version {report.schema_version} (this release: {SCHEMA_VERSION})"
+            f"{report.path}: integrity {verdict}; "
+            f"schema version {report.schema_version} (this release: {SCHEMA_VERSION})"
         )
         if not report.ok:
             for message in report.messages:
