@@ -51,7 +51,7 @@ def filled(db_path: str) -> str:
 def test_every_subcommand_has_help(backend: str) -> None:
     top = run(backend, "--help")
     assert top.returncode == 0
-    for command in ("demo", "stats", "peek", "flush", "dead-letters", "ingest-server", "bench"):
+    for command in ("demo", "stats", "peek", "flush", "purge", "check", "dead-letters", "ingest-server", "bench"):
         assert command in top.stdout
         done = run(backend, command, "--help")
         assert done.returncode == 0 and "usage: cloud-sync" in done.stdout, command
@@ -205,6 +205,35 @@ def test_dead_letters_list_requeue_and_drop(backend: str, db_path: str) -> None:
     with CloudSyncQueue(db_path) as queue:
         assert [item.payload for item in queue.peek(n=10)] == [{"i": 1}]
         assert queue.dead_letters() == []
+
+
+def test_purge_expired(backend: str, db_path: str) -> None:
+    with CloudSyncQueue(db_path) as queue:
+        queue.enqueue_many([{"short": i} for i in range(4)], ttl_seconds=0)
+        queue.enqueue({"keep": True})
+    assert run(backend, "purge", db_path).returncode == 2  # nothing named to purge
+    done = run(backend, "purge", db_path, "--expired", "--json")
+    assert done.returncode == 0 and orjson.loads(done.stdout) == {"purged_expired": 4}
+    assert "purged 0 expired items" in run(backend, "purge", db_path, "--expired").stdout
+    with CloudSyncQueue(db_path) as queue:
+        assert queue.pending_count() == 1 and queue.get_stats()["expired_purged_total"] == 4
+
+
+def test_check_reports_integrity_without_writing(backend: str, filled: str, tmp_path: Any) -> None:
+    done = run(backend, "check", filled)
+    assert done.returncode == 0 and "integrity ok" in done.stdout
+    report = orjson.loads(run(backend, "check", filled, "--json").stdout)
+    assert report["ok"] is True and report["schema_version"] == report["supported_schema_version"]
+    truncated = os.path.join(tmp_path, "truncated.db")
+    with open(filled, "rb") as source, open(truncated, "wb") as target:
+        target.write(source.read(4096))
+    before = open(truncated, "rb").read()
+    damaged = run(backend, "check", truncated, "--json")
+    assert damaged.returncode == 1
+    assert orjson.loads(damaged.stdout)["ok"] is False and "truncated" in damaged.stdout
+    assert open(truncated, "rb").read() == before
+    assert not any(name.startswith("truncated.db-") for name in os.listdir(tmp_path))
+    assert run(backend, "check", os.path.join(tmp_path, "missing.db")).returncode == 2
 
 
 def test_errors_have_distinct_exit_codes(backend: str, tmp_path: Any) -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Callable, Optional, Tuple
 
-from ._storage import write_transaction
+from ._sql import write_transaction
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 

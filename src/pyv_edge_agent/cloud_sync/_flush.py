@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Set, 
 
 from . import _codec
 from ._errors import UploadError
-from ._sql import ACK_SQL, NACK_SQL, by_id_chunk_shape
+from ._sql import ACK_SQL, NACK_SQL, by_id_chunk_shape, write_transaction
 from .uploader import UploadResult
 
 if TYPE_CHECKING:
@@ -259,8 +259,7 @@ class Flusher:
         with queue._lock:
             conn = queue._conn()
             now = queue._clock()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(conn):
                 rows = self._pick(conn, now)
                 claim = None
                 if rows:
@@ -269,11 +268,6 @@ class Flusher:
                     queue._run_chunks(RELEASE_SQL, (now + queue._lease,), _codec.id_chunks(ids))
                     conn.execute(DELETE_EXPIRED_LEASES_SQL, (now,))
                     conn.execute(INSERT_LEASE_SQL, (claim.token, len(rows), now + queue._lease))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
-                    conn.execute("ROLLBACK")
-                raise
         return claim
 
     def _pick(self, conn: sqlite3.Connection, now: float) -> List[Row]:
@@ -324,15 +318,9 @@ class Flusher:
         with queue._lock:
             conn = queue._conn()
             until = queue._clock() + queue._lease
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(conn):
                 queue._run_chunks(RELEASE_SQL, (until,), _codec.id_chunks(ids))
                 conn.execute(EXTEND_LEASE_SQL, (until, claim.token))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
-                    conn.execute("ROLLBACK")
-                raise
 
     # -- settling ---------------------------------------------------------------------
 
@@ -341,16 +329,10 @@ class Flusher:
         queue = self._queue
         with queue._lock:
             conn = queue._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(conn):
                 result = apply(conn, *args)
                 if not claim.pending:
                     conn.execute(DELETE_LEASE_SQL, (claim.token,))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
-                    conn.execute("ROLLBACK")
-                raise
         return result
 
     def _accept(self, conn: sqlite3.Connection, claim: _Claim, part: List[Row], outcome: Outcome) -> int:

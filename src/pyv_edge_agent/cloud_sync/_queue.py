@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from . import _clock, _codec, _deadletter, _integrity, _schema, _storage, _validate
 from ._errors import CloudSyncError, CorruptDatabaseError
 from ._integrity import IntegrityReport
-from ._sql import ACK_SQL, NACK_SQL
+from ._sql import ACK_SQL, NACK_SQL, write_transaction
 from ._types import DeadLetter, Priority, QueueItem
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -253,7 +253,7 @@ class CloudSyncQueue:
                 "queue database %r is damaged (%s); moved it to %r and started an empty queue", self._path, exc, aside
             )
             conn = self._open()
-            with _storage.write_transaction(conn):
+            with write_transaction(conn):
                 conn.execute(_storage.ADD_COUNTER_SQL, (_integrity.QUARANTINED_KEY, 1))
         self._db = conn
         return conn
@@ -540,14 +540,8 @@ class CloudSyncQueue:
         conn = self._conn()
         if len(chunks) == 1 or conn.in_transaction:
             return sum(conn.execute(statements[len(chunk)], prefix + chunk).rowcount for chunk in chunks)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             changed = sum(conn.execute(statements[len(chunk)], prefix + chunk).rowcount for chunk in chunks)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
-                conn.execute("ROLLBACK")
-            raise
         return changed
 
     # -- reading ----------------------------------------------------------------------
@@ -641,7 +635,7 @@ class CloudSyncQueue:
         with self._lock:
             conn = self._conn()
             now = self._clock()
-            with _storage.write_transaction(conn):
+            with write_transaction(conn):
                 deleted = self._storage.purge_expired(conn, now)
             self._storage.maintain(conn, force=True)
         return deleted
@@ -719,7 +713,7 @@ class CloudSyncQueue:
             conn = self._conn()
             if self._storage.purge_due():
                 now = self._clock()
-                with _storage.write_transaction(conn):
+                with write_transaction(conn):
                     self._storage.purge_expired(conn, now)
             self._storage.maintain(conn)
 
@@ -773,14 +767,8 @@ class CloudSyncQueue:
 
     def _in_transaction(self, work: Callable[[sqlite3.Connection], int]) -> int:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             result = work(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
-                conn.execute("ROLLBACK")
-            raise
         return result
 
     # -- construction from configuration ------------------------------------------------

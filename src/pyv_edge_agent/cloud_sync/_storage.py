@@ -18,6 +18,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _codec
 from ._errors import DiskFullError, QueueFullError
+from ._sql import write_transaction
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 
@@ -75,24 +76,6 @@ def disk_full_error(path: str, exc: BaseException) -> DiskFullError:
         f"no space left for the queue database (nothing of this call was written; stored items are kept): {exc}",
         path,
     )
-
-
-@contextlib.contextmanager
-def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error.
-
-    SQLite rolls a transaction back by itself on some errors (``SQLITE_FULL``), so the
-    rollback is only issued while one is open: a failing ``ROLLBACK`` must not hide the
-    original error.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def configure(conn: sqlite3.Connection) -> None:

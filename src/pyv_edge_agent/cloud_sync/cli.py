@@ -18,6 +18,7 @@ import orjson
 from . import BACKEND, CloudSyncError, CloudSyncQueue, DatabaseError, HTTPCloudUploader, Priority, __version__
 from ._metrics import BY_KEY, prometheus_text
 from ._render import Output, TrackingUploader, human_age, human_bytes, human_duration
+from ._schema import SCHEMA_VERSION
 from .ingest_server import IngestServer
 from .uploader import DEFAULT_GZIP_MIN_BYTES
 
@@ -150,6 +151,48 @@ def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
         status = "stopped at a failed batch; the rest stays queued" if counting.failed else "done"
         out.line(f"flushed {flushed} of {backlog} eligible items; {left} stored; {status}")
     return EXIT_INCOMPLETE if counting.failed else EXIT_OK
+
+
+# -- purge, check -------------------------------------------------------------------------
+
+
+def _cmd_purge(args: argparse.Namespace, out: Output) -> int:
+    if not args.expired:
+        raise UsageError("say what to purge: --expired")
+    with _open_queue(args.db) as queue:
+        purged = queue.purge_expired()
+    if args.json:
+        _print_json(out, {"purged_expired": purged})
+    else:
+        out.line(f"purged {purged} expired items")
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace, out: Output) -> int:
+    if not os.path.exists(args.db):
+        raise UsageError(f"no queue database at {args.db!r}")
+    report = CloudSyncQueue.verify_file(args.db)
+    if args.json:
+        _print_json(
+            out,
+            {
+                "ok": report.ok,
+                "path": report.path,
+                "schema_version": report.schema_version,
+                "supported_schema_version": SCHEMA_VERSION,
+                "messages": list(report.messages),
+            },
+        )
+    else:
+        verdict = "ok" if report.ok else "DAMAGED"
+        out.line(
+            f"{report.path}: integrity {verdict}; "
+            f"schema version {report.schema_version} (this release: {SCHEMA_VERSION})"
+        )
+        if not report.ok:
+            for message in report.messages:
+                out.line(f"  {message}")
+    return EXIT_OK if report.ok else EXIT_INCOMPLETE
 
 
 # -- dead-letters -------------------------------------------------------------------------
@@ -303,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("-n", type=_positive_int, default=50, help="how many to list (default 50)")
     dead.add_argument("--json", action="store_true", help="machine-readable JSON")
     dead.set_defaults(run=_cmd_dead_letters)
+
+    purge = commands.add_parser("purge", help="delete items that can no longer be sent")
+    purge.add_argument("db", help="the queue's SQLite file")
+    purge.add_argument("--expired", action="store_true", help="items past their TTL")
+    purge.add_argument("--json", action="store_true", help="machine-readable JSON")
+    purge.set_defaults(run=_cmd_purge)
+
+    check = commands.add_parser("check", help="integrity and schema version of a queue file (read-only)")
+    check.add_argument("db", help="the queue's SQLite file")
+    check.add_argument("--json", action="store_true", help="machine-readable JSON")
+    check.set_defaults(run=_cmd_check)
 
     server = commands.add_parser("ingest-server", help="run the reference ingest endpoint (demo and tests)")
     server.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
