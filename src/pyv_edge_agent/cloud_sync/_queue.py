@@ -9,7 +9,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, cast
 
-from . import _clock, _codec, _deadletter, _flush, _integrity, _schema, _storage, _validate
+from . import _clock, _codec, _deadletter, _integrity, _schema, _storage, _validate
 from ._errors import CloudSyncError, CorruptDatabaseError
 from ._integrity import IntegrityReport
 from ._sql import ACK_SQL, NACK_SQL, write_transaction
@@ -698,6 +698,10 @@ class CloudSyncQueue:
         """
         if uploader is None:
             return 0
+        # The flush machinery (and the uploader module it uses) loads on the first flush: a
+        # process that only enqueues never needs it, and it is a tenth of the import time.
+        from . import _flush
+
         flusher = _flush.Flusher(self, uploader)  # checks the uploader before anything is written
         self._housekeeping()
         return flusher.run()
@@ -725,6 +729,8 @@ class CloudSyncQueue:
         Counts the current backoff, and leaves out non-critical items once the daily
         message budget is spent. A sync loop sleeps this long instead of polling.
         """
+        from . import _flush  # see maybe_flush
+
         with self._lock:
             conn = self._conn()
             now = self._clock()
