@@ -7,9 +7,9 @@ the earlier release's pattern (``tests/legacy.py``): a connection opened per ope
 with the JSON serialiser (a bench-only dependency; scenarios skip without it).
 """
 
-import json
 import os
 import sqlite3
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -18,7 +18,15 @@ import pytest
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, QueueItem, _codec, _flush, _queue, _schema, _sql
 
+# The earlier release's pattern lives with the tests, which write legacy databases with it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+import legacy  # noqa: E402
+
 Row = Tuple[str, int, float, int]
+# The ``size`` fixture (full size when measuring, small in a plain run) and a
+# pytest-benchmark setup callable.
+Size = Callable[[int, int], int]
+Setup = Callable[[], Tuple[Tuple[Any, ...], Dict[str, Any]]]
 
 
 def run(
@@ -146,73 +154,29 @@ def floor_flush(conn: sqlite3.Connection, batch_items: int = 500, lease: float =
 
 # -- the reference implementation's pattern ---------------------------------------------
 
-REFERENCE_DDL = """
-CREATE TABLE IF NOT EXISTS sync_queue (
-id INTEGER PRIMARY KEY AUTOINCREMENT,
-payload TEXT NOT NULL,
-priority INTEGER NOT NULL,
-created_at REAL NOT NULL,
-ttl_seconds INTEGER NOT NULL,
-retry_count INTEGER NOT NULL DEFAULT 0,
-next_retry_at REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS idx_sync_queue_priority
-ON sync_queue(priority, next_retry_at);
-"""
-
 
 class ReferenceQueue:
-    """The earlier release's pattern: a connection per operation and ``json``."""
+    """The earlier release's pattern (``tests/legacy.py``), building ``QueueItem`` objects as
+    it did."""
 
     def __init__(self, path: str) -> None:
         remove_db(path)
         self.path = path
-        conn = sqlite3.connect(path)
-        conn.executescript(REFERENCE_DDL)
-        conn.commit()
-        conn.close()
+        legacy.create(path)
 
     def enqueue(self, payload: Dict[str, Any], priority: int = 3, ttl_seconds: int = 86400) -> int:
         """Insert one item on its own connection."""
-        conn = sqlite3.connect(self.path)
-        try:
-            cursor = conn.execute(
-                _queue.INSERT_SQL, (json.dumps(payload, default=str), priority, time.time(), ttl_seconds)
-            )
-            conn.commit()
-            return int(cursor.lastrowid)  # type: ignore[arg-type]
-        finally:
-            conn.close()
+        return legacy.enqueue(self.path, payload, priority, ttl_seconds)
 
     def dequeue(self, batch_size: int = 10) -> List[QueueItem]:
         """Select eligible items in order and decode them with ``json``."""
-        now = time.time()
-        conn = sqlite3.connect(self.path)
-        try:
-            found = conn.execute(
-                "SELECT id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at FROM sync_queue"
-                " WHERE next_retry_at <= ? AND created_at + ttl_seconds > ?"
-                " ORDER BY priority ASC, next_retry_at ASC LIMIT ?",
-                (now, now, batch_size),
-            ).fetchall()
-        finally:
-            conn.close()
-        return [QueueItem(r[0], json.loads(r[1]), Priority(r[2]), r[3], r[4], r[5], r[6]) for r in found]
+        return [
+            QueueItem(r[0], r[1], Priority(r[2]), r[3], r[4], r[5], r[6]) for r in legacy.dequeue(self.path, batch_size)
+        ]
 
     def ack(self, ids: Sequence[int]) -> int:
         """Delete the ids on a connection of its own."""
-        conn = sqlite3.connect(self.path)
-        try:
-            deleted = 0
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start : start + 500])
-                deleted += conn.execute(
-                    f"DELETE FROM sync_queue WHERE id IN ({','.join('?' * len(chunk))})", chunk
-                ).rowcount
-            conn.commit()
-            return deleted
-        finally:
-            conn.close()
+        return legacy.ack(self.path, ids)
 
 
 # -- persist-queue ----------------------------------------------------------------------

@@ -9,15 +9,14 @@ group. Enqueues use ``durability="fast"`` so that the fsync does not hide the B-
 import os
 import sqlite3
 import time
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import orjson
 import pytest
-from _support import payloads, run
+from _support import Size, payloads, run
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
 
-Size = Callable[[int, int], int]
 STATES = ["1k", "big", "1k+nacked", "1k+expired"]
 OPS = ["enqueue", "dequeue", "ack"]
 

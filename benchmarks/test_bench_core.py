@@ -8,11 +8,12 @@ when measuring and small under ``--benchmark-disable`` (see conftest.py).
 
 import os
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 from _support import (
     ReferenceQueue,
+    Size,
     floor_chunks,
     floor_connection,
     floor_insert_many,
@@ -27,8 +28,6 @@ from _support import (
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, QueueItem, _queue, _sql
 
-Size = Callable[[int, int], int]
-Setup = Callable[[], Tuple[Tuple[Any, ...], Dict[str, Any]]]
 PEERS = ["floor", "reference", "persist-queue"]
 
 

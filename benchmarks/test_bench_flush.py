@@ -8,6 +8,8 @@ import orjson
 import pytest
 from _support import (
     ReferenceQueue,
+    Setup,
+    Size,
     floor_connection,
     floor_flush,
     floor_insert_many,
@@ -20,9 +22,6 @@ from _support import (
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, _codec, _queue
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
-
-Size = Callable[[int, int], int]
-Setup = Callable[[], Tuple[Tuple[Any, ...], Dict[str, Any]]]
 
 
 class SplicingUploader:
