@@ -1,12 +1,11 @@
 """Fixtures for tests on real files and a real loopback server (backends: ../conftest.py)."""
 
 import os
-import subprocess
 from typing import Iterator
 
 import pytest
 import reliability
-from mounts import mount_tmpfs
+from mounts import tmpfs_dir
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
@@ -36,14 +35,8 @@ def server() -> Iterator[IngestServer]:
 @pytest.fixture
 def small_fs(tmp_path: "os.PathLike[str]") -> Iterator[str]:
     """A directory on a real 8 MiB tmpfs file system (needs root), unmounted afterwards."""
-    mount_point = os.path.join(os.fspath(tmp_path), "small-fs")
-    os.mkdir(mount_point)
-    if not mount_tmpfs(mount_point, 8 * 1024 * 1024):
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
+    with tmpfs_dir(os.fspath(tmp_path), "small-fs", 8 * 1024 * 1024) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", mount_point], check=False)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -12,7 +12,7 @@ import tempfile
 from typing import Any, Dict, Iterator
 
 import pytest
-from mounts import mount_tmpfs, remount_read_only
+from mounts import remount_read_only, tmpfs_dir
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, CorruptDatabaseError, DatabaseError
 from pyv_edge_agent.cloud_sync._schema import SCHEMA_VERSION
@@ -147,14 +147,8 @@ def test_a_directory_in_place_of_the_file(directory: str) -> None:
 
 @pytest.fixture
 def mount_point(tmp_path: Any) -> Iterator[str]:
-    point = os.path.join(os.fspath(tmp_path), "card")
-    os.mkdir(point)
-    if not mount_tmpfs(point, 4 * 1024 * 1024):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs_dir(os.fspath(tmp_path), "card", 4 * 1024 * 1024) as point:
         yield point
-    finally:
-        subprocess.run(["umount", "-l", point], check=False)
 
 
 def test_read_only_file_system(mount_point: str) -> None:
