@@ -94,10 +94,11 @@ class CrashFS:
 
     use_ns = True
 
-    def __init__(self, backing: str, lying_fsync: bool = False) -> None:
+    def __init__(self, backing: str, ignore_syncs: str = "") -> None:
         self.backing = os.path.abspath(backing)
-        # A disk that acknowledges fsync without storing anything: the self-test's broken setup.
-        self.lying_fsync = lying_fsync
+        # The self-tests' broken setups: a disk that acknowledges every fsync without storing
+        # anything ("all"), or only those of directories ("directories").
+        self.ignore_syncs = ignore_syncs
         self.lock = threading.Lock()
         self.frozen = False
         self.nodes: Dict[int, Node] = {1: Node(True, stat.S_IFDIR | 0o755)}
@@ -171,7 +172,7 @@ class CrashFS:
 
     def _sync_file(self, node: Node) -> None:
         self.stats["file_syncs"] += 1
-        if self.lying_fsync:
+        if self.ignore_syncs == "all":
             return
         self.stats["synced_bytes"] += len(node.dirty) * PAGE
         for _, offset, piece in node.pending:
@@ -182,7 +183,7 @@ class CrashFS:
 
     def _sync_dir(self, path: str) -> None:
         self.stats["dir_syncs"] += 1
-        if self.lying_fsync:
+        if self.ignore_syncs:
             return
         for _, child, node_id in self.dir_pending.pop(path, []):
             self._set_durable_entry(child, node_id)
@@ -470,7 +471,7 @@ def _serve(fs: CrashFS, mountpoint: str, control: socket.socket) -> None:
 class Mount:
     """``CrashFS`` over ``backing`` mounted at ``mountpoint`` by a forked daemon."""
 
-    def __init__(self, backing: str, mountpoint: str, lying_fsync: bool = False) -> None:
+    def __init__(self, backing: str, mountpoint: str, ignore_syncs: str = "") -> None:
         self.backing = os.path.abspath(backing)
         self.mountpoint = os.path.abspath(mountpoint)
         os.makedirs(self.backing, exist_ok=True)
@@ -481,7 +482,7 @@ class Mount:
             code = 1
             try:
                 ours.close()
-                _serve(CrashFS(self.backing, lying_fsync), self.mountpoint, theirs)
+                _serve(CrashFS(self.backing, ignore_syncs), self.mountpoint, theirs)
                 code = 0
             finally:
                 os._exit(code)
@@ -553,10 +554,10 @@ class Mount:
 
 
 @contextlib.contextmanager
-def mounted(backing: str, mountpoint: str, lying_fsync: bool = False) -> Iterator[Mount]:
+def mounted(backing: str, mountpoint: str, ignore_syncs: str = "") -> Iterator[Mount]:
     """A ``Mount`` that is cleaned up whatever happens; the body ends it with ``power_cut``
     or ``unmount``."""
-    mount = Mount(backing, mountpoint, lying_fsync)
+    mount = Mount(backing, mountpoint, ignore_syncs)
     try:
         yield mount
     finally:

@@ -161,6 +161,9 @@ def stored(path: str) -> Tuple[Dict[int, str], int]:
     conn = sqlite3.connect(path)
     try:
         rows: Dict[int, str] = {}
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "sync_queue" not in tables:
+            return rows, 0  # the file survived, the transaction that made the schema did not
         for table in ("sync_queue", "sync_dead_letters"):
             for row_id, text in conn.execute(f"SELECT id, payload FROM {table}"):
                 rows[row_id] = orjson.loads(text)["key"]
