@@ -42,7 +42,10 @@ def small_fs(tmp_path: "os.PathLike[str]") -> Iterator[str]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Write the reliability figures (kills, items checked, lost, ...) and the power-cut
     figures at the end of the run."""
-    sections = (("reliability figures", reliability.summary_lines()), ("power-cut figures", reliability.power_cut_lines()))
+    sections = (
+        ("reliability figures", reliability.summary_lines()),
+        ("power-cut figures", reliability.power_cut_lines()),
+    )
     for title, lines in sections:
         if lines:
             terminalreporter.write_sep("=", title)

@@ -20,6 +20,7 @@ hard or symbolic links are not supported (SQLite and the queue use none).
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import posixpath
@@ -118,7 +119,7 @@ class CrashFS:
 
     def _load(self) -> None:
         for top, dirs, files in os.walk(self.backing):
-            rel = "/" + os.path.relpath(top, self.backing).lstrip(".")
+            rel = "/" if top == self.backing else "/" + os.path.relpath(top, self.backing)
             for name in dirs + files:
                 full = os.path.join(top, name)
                 path = posixpath.join(rel, name)
@@ -201,14 +202,14 @@ class CrashFS:
         for node in self.nodes.values():
             for sequence, offset, data in node.pending:
                 if offset < 0:
-                    pieces.append((sequence, lambda n=node, s=data: _apply(n.durable, -1, s)))
+                    pieces.append((sequence, functools.partial(_apply, node.durable, -1, data)))
                     continue
                 for start, part in _pieces(offset, data):
-                    pieces.append((sequence, lambda n=node, o=start, p=part: _apply(n.durable, o, p)))
+                    pieces.append((sequence, functools.partial(_apply, node.durable, start, part)))
             node.changed = node.changed or bool(node.pending)
         for entries in self.dir_pending.values():
             for sequence, path, node_id in entries:
-                pieces.append((sequence, lambda p=path, i=node_id: self._set_durable_entry(p, i)))
+                pieces.append((sequence, functools.partial(self._set_durable_entry, path, node_id)))
         pieces.sort(key=lambda piece: piece[0])
         if mode == "drop":
             chosen: List[Tuple[int, Callable[[], None]]] = []
@@ -408,7 +409,8 @@ class CrashFS:
 def _error(code: int) -> OSError:
     import mfusepy
 
-    return mfusepy.FuseOSError(code)
+    error: OSError = mfusepy.FuseOSError(code)
+    return error
 
 
 OPERATIONS = (
@@ -464,6 +466,7 @@ def _serve(fs: CrashFS, mountpoint: str, control: socket.socket) -> None:
         attr_timeout=0,
         entry_timeout=0,
         negative_timeout=0,
+        max_threads=4,
         fsname="crashfs",
     )
 
@@ -499,7 +502,10 @@ class Mount:
 
     def _ask(self, command: str) -> Dict[str, int]:
         self._control.sendall((command + "\n").encode())
-        reply: Dict[str, int] = json.loads(self._replies.readline())
+        line = self._replies.readline()
+        if not line:
+            raise RuntimeError(f"the crash file system daemon at {self.mountpoint} stopped answering")
+        reply: Dict[str, int] = json.loads(line)
         return reply
 
     def stats(self) -> Dict[str, int]:

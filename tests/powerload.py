@@ -284,4 +284,3 @@ class Ledger:
                 problems.append(f"{name} went back from {self.floors[name]} to {value}")
             self.floors[name] = value if self.durability == "fast" else max(value, self.floors[name])
         return problems
-

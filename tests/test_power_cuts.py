@@ -60,7 +60,9 @@ def _cuts(
     for cycle in range(cuts):
         journal = os.path.join(tmp_path, f"journal-{cycle}")
         with crashfs.mounted(backing, mountpoint, ignore_syncs) as mount:
-            pid = faultload.fork(powerload.run_load, mountpoint, journal, server.url, seed * 10_000 + cycle, durability, cycle)
+            pid = faultload.fork(
+                powerload.run_load, mountpoint, journal, server.url, seed * 10_000 + cycle, durability, cycle
+            )
             try:
                 _wait_for_start(journal, pid)
                 time.sleep(rng.uniform(0.0, 0.15))
@@ -97,9 +99,7 @@ def test_power_cuts_in_full_mode_lose_nothing(tmp_path: Any, power_server: Inges
     assert ledger.figures["items checked"] > 10 * reliability.POWER_CUTS_FULL  # the load did real work
 
 
-def test_power_cuts_in_fast_mode_keep_the_file_intact(
-    tmp_path: Any, power_server: IngestServer, backend: str
-) -> None:
+def test_power_cuts_in_fast_mode_keep_the_file_intact(tmp_path: Any, power_server: IngestServer, backend: str) -> None:
     ledger, _ = _cuts(tmp_path, power_server, "fast", max(1, reliability.POWER_CUTS_FULL // 2), seed=2)
     _add_figures(ledger)
     assert ledger.figures["integrity failures"] == 0
