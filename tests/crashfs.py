@@ -254,6 +254,7 @@ class CrashFS:
         return handle
 
     def getattr(self, path: Optional[str], fh: Optional[int] = None) -> Dict[str, Any]:
+        """stat(2) of a path, or of an open file (``fh``), as the volatile layer has it."""
         node = self._node(path, fh)
         size = len(node.data)
         return {
@@ -270,28 +271,34 @@ class CrashFS:
         }
 
     def access(self, path: str, amode: int) -> int:
+        """Every existing path is accessible (the tests run as root)."""
         self._node(path)
         return 0
 
     def readdir(self, path: str, fh: int) -> List[str]:
+        """The entries of a directory as the volatile layer has them."""
         prefix = path.rstrip("/") + "/"
         return [".", ".."] + [p[len(prefix) :] for p in self.tree if p != "/" and posixpath.dirname(p) == path]
 
     def opendir(self, path: str) -> int:
+        """Open a directory (for ``fsync`` on it, as SQLite and the queue do)."""
         if not self._node(path).is_dir:
             raise _error(errno.ENOTDIR)
         return 0
 
     def releasedir(self, path: Optional[str], fh: int) -> int:
+        """Close a directory."""
         return 0
 
     def fsyncdir(self, path: Optional[str], datasync: int, fh: int) -> int:
+        """Make the directory's changes since its last sync survive a cut."""
         if path is None:
             raise _error(errno.ENOENT)
         self._sync_dir(path)
         return 0
 
     def mkdir(self, path: str, mode: int) -> int:
+        """Make a directory; its entry is volatile until the parent is synced."""
         if path in self.tree:
             raise _error(errno.EEXIST)
         self._parent(path)
@@ -300,6 +307,7 @@ class CrashFS:
         return 0
 
     def rmdir(self, path: str) -> int:
+        """Remove an empty directory; volatile until the parent is synced."""
         node = self._node(path)
         if not node.is_dir:
             raise _error(errno.ENOTDIR)
@@ -315,6 +323,7 @@ class CrashFS:
             raise _error(errno.ENOENT)
 
     def create(self, path: str, mode: int, fi: Any = None) -> int:
+        """Create (or open) a file; its entry is volatile until the parent is synced."""
         if path not in self.tree:
             self._parent(path)
             self.tree[path] = self._add(Node(False, stat.S_IFREG | (mode & 0o7777)))
@@ -322,20 +331,25 @@ class CrashFS:
         return self._open_handle(self.tree[path])
 
     def open(self, path: str, flags: int) -> int:
+        """Open a file; the handle outlives an unlink (``hard_remove``)."""
         self._node(path)
         return self._open_handle(self.tree[path])
 
     def release(self, path: Optional[str], fh: int) -> int:
+        """Close a file handle."""
         self.handles.pop(fh, None)
         return 0
 
     def flush(self, path: Optional[str], fh: int) -> int:
+        """close(2) on a handle: nothing to do, closing syncs nothing."""
         return 0
 
     def read(self, path: Optional[str], size: int, offset: int, fh: int) -> bytes:
+        """Read what the volatile layer has, as a page cache would."""
         return bytes(self._node(path, fh).data[offset : offset + size])
 
     def write(self, path: Optional[str], data: bytes, offset: int, fh: int) -> int:
+        """Write to the volatile layer; it survives a cut only once the file is synced."""
         node = self._node(path, fh)
         data = bytes(data)
         _apply(node.data, offset, data)
@@ -347,6 +361,7 @@ class CrashFS:
         return len(data)
 
     def truncate(self, path: Optional[str], length: int, fh: Optional[int] = None) -> int:
+        """Set a file's size in the volatile layer (ordered with its writes)."""
         node = self._node(path, fh)
         _apply(node.data, -1, length)
         node.pending.append((self._next(), -1, length))
@@ -356,10 +371,12 @@ class CrashFS:
         return 0
 
     def fsync(self, path: Optional[str], datasync: int, fh: int) -> int:
+        """Make the file's writes since its last sync survive a cut (fsync and fdatasync)."""
         self._sync_file(self._node(path, fh))
         return 0
 
     def unlink(self, path: str) -> int:
+        """Remove a file's entry; volatile until the parent is synced."""
         if self._node(path).is_dir:
             raise _error(errno.EISDIR)
         del self.tree[path]
@@ -367,6 +384,7 @@ class CrashFS:
         return 0
 
     def rename(self, old: str, new: str) -> int:
+        """Move a file's entry; volatile until both directories are synced."""
         node_id = self.tree.get(old)
         if node_id is None:
             raise _error(errno.ENOENT)
@@ -380,20 +398,24 @@ class CrashFS:
         return 0
 
     def chmod(self, path: Optional[str], mode: int) -> int:
+        """Change the permission bits (not subject to cuts)."""
         node = self._node(path)
         node.mode = (node.mode & ~0o7777) | (mode & 0o7777)
         return 0
 
     def chown(self, path: Optional[str], uid: int, gid: int) -> int:
+        """Accepted and ignored: ownership plays no part here."""
         self._node(path)
         return 0
 
     def utimens(self, path: Optional[str], times: Optional[Tuple[int, int]] = None) -> int:
+        """Set the modification time (not subject to cuts)."""
         self._node(path).mtime_ns = times[1] if times else time.time_ns()
         return 0
 
     def statfs(self, path: str) -> Dict[str, int]:
-        blocks = 1 << 22  # 16 GiB: the queue's free-space guard never trips here
+        """A roomy file system (16 GiB free): the queue's free-space guard never trips here."""
+        blocks = 1 << 22
         return {
             "f_bsize": PAGE,
             "f_frsize": PAGE,

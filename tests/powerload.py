@@ -4,8 +4,8 @@ A forked child works on a queue on the mount until it is SIGKILLed: single enque
 ``enqueue_many``, acks, nacks, flushes to a loopback ingest server, group commits from
 several threads and, now and then, a fresh queue file. It writes what each call returned
 to a journal outside the mount (an ``O_APPEND`` file, one line per event, written in one
-``write``), so the journal holds everything a returned call promised; it is never subject
-to the cut. Lines:
+``write``), so the journal holds everything a returned call promised. It is never subject
+to the cut, and a SIGKILL loses no completed ``write``: no fsync of its own is needed. Lines:
 
 - ``O`` the queue opened; ``E id key`` an enqueue returned that id;
 - ``a id`` an ack is about to run, ``A id`` it returned;
@@ -35,6 +35,7 @@ class Journal:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, lines: List[str]) -> None:
+        """Append ``lines`` in one ``write``."""
         if lines:
             os.write(self._fd, "".join(line + "\n" for line in lines).encode())
 
@@ -47,6 +48,7 @@ class RecordingUploader:
         self._journal = journal
 
     def post_batch(self, payloads: List[Dict[str, Any]]) -> Any:
+        """Post through HTTP; on acceptance journal the batch's keys (the ack follows)."""
         result = self._http.post_batch(payloads)
         if result is True:
             self._journal.write([f"S {payload['key']}" for payload in payloads])
