@@ -92,6 +92,7 @@ def _add_figures(ledger: powerload.Ledger) -> None:
         reliability.POWER_CUTS["lost in fast mode (last transactions)"] += figures["lost"]
 
 
+@pytest.mark.slow
 def test_power_cuts_in_full_mode_lose_nothing(tmp_path: Any, power_server: IngestServer, backend: str) -> None:
     ledger, _ = _cuts(tmp_path, power_server, "full", reliability.POWER_CUTS_FULL, seed=1)
     _add_figures(ledger)
@@ -99,6 +100,7 @@ def test_power_cuts_in_full_mode_lose_nothing(tmp_path: Any, power_server: Inges
     assert ledger.figures["items checked"] > 10 * reliability.POWER_CUTS_FULL  # the load did real work
 
 
+@pytest.mark.slow
 def test_power_cuts_in_fast_mode_keep_the_file_intact(tmp_path: Any, power_server: IngestServer, backend: str) -> None:
     ledger, _ = _cuts(tmp_path, power_server, "fast", max(1, reliability.POWER_CUTS_FULL // 2), seed=2)
     _add_figures(ledger)
