@@ -488,7 +488,6 @@ def _serve(fs: CrashFS, mountpoint: str, control: socket.socket) -> None:
         attr_timeout=0,
         entry_timeout=0,
         negative_timeout=0,
-        max_threads=4,
         fsname="crashfs",
     )
 

@@ -8,7 +8,7 @@ import os
 import random
 import signal
 import time
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List
 
 import crashfs
 import faultload
@@ -33,7 +33,7 @@ def _wait_for_start(journal: str, pid: int) -> None:
     while time.monotonic() < deadline:
         if os.path.exists(journal) and os.path.getsize(journal) > 0:
             return
-        if os.waitpid(pid, os.WNOHANG)[0]:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:  # left for waitpid
             raise AssertionError(f"the load died on its own: {_error(journal)}")
         time.sleep(0.002)
     raise AssertionError("the load did not open its queue")
@@ -48,13 +48,13 @@ def _error(journal: str) -> str:
 
 
 def _cuts(
-    tmp_path: Any, server: IngestServer, durability: str, cuts: int, seed: int, ignore_syncs: str = ""
-) -> Tuple[powerload.Ledger, List[str]]:
+    tmp_path: Any, server: IngestServer, ledger: powerload.Ledger, cuts: int, seed: int, ignore_syncs: str = ""
+) -> List[str]:
     """Run ``cuts`` rounds of load, SIGKILL and power cut on one backing directory, checking
-    after each; return the ledger (its figures) and what the checks found wrong. On an
-    honest disk (``ignore_syncs`` empty) anything wrong fails the test at once."""
+    after each into ``ledger``; return what the checks found wrong. On an honest disk
+    (``ignore_syncs`` empty) anything wrong fails the test at once."""
+    durability = ledger.durability
     backing, mountpoint = os.path.join(tmp_path, "backing"), os.path.join(tmp_path, "mnt")
-    ledger = powerload.Ledger(durability)
     rng = random.Random(seed)
     problems: List[str] = []
     for cycle in range(cuts):
@@ -77,7 +77,7 @@ def _cuts(
         delivered = {item["key"] for item in server.items}
         problems += [f"cut {cycle}: {problem}" for problem in ledger.check(backing, journal, cycle, delivered)]
         assert ignore_syncs or not problems, problems[:10]
-    return ledger, problems
+    return problems
 
 
 def _add_figures(ledger: powerload.Ledger) -> None:
@@ -94,23 +94,30 @@ def _add_figures(ledger: powerload.Ledger) -> None:
 
 @pytest.mark.slow
 def test_power_cuts_in_full_mode_lose_nothing(tmp_path: Any, power_server: IngestServer, backend: str) -> None:
-    ledger, _ = _cuts(tmp_path, power_server, "full", reliability.POWER_CUTS_FULL, seed=1)
-    _add_figures(ledger)
+    ledger = powerload.Ledger("full")
+    try:
+        _cuts(tmp_path, power_server, ledger, reliability.POWER_CUTS_FULL, seed=1)
+    finally:
+        _add_figures(ledger)  # a failure shows in the summary too
     assert ledger.figures["lost"] == 0 and ledger.figures["integrity failures"] == 0
     assert ledger.figures["items checked"] > 10 * reliability.POWER_CUTS_FULL  # the load did real work
 
 
 @pytest.mark.slow
 def test_power_cuts_in_fast_mode_keep_the_file_intact(tmp_path: Any, power_server: IngestServer, backend: str) -> None:
-    ledger, _ = _cuts(tmp_path, power_server, "fast", max(1, reliability.POWER_CUTS_FULL // 2), seed=2)
-    _add_figures(ledger)
+    ledger = powerload.Ledger("fast")
+    try:
+        _cuts(tmp_path, power_server, ledger, max(1, reliability.POWER_CUTS_FULL // 2), seed=2)
+    finally:
+        _add_figures(ledger)
     assert ledger.figures["integrity failures"] == 0
 
 
 def test_the_checks_see_loss_when_fsync_is_ignored(tmp_path: Any, power_server: IngestServer, backend: str) -> None:
     # A disk that acknowledges every fsync and stores nothing: "full" cannot keep its
     # promise there, and the checks must say so, or they could not catch a real loss.
-    ledger, problems = _cuts(tmp_path, power_server, "full", 6, seed=3, ignore_syncs="all")
+    ledger = powerload.Ledger("full")
+    problems = _cuts(tmp_path, power_server, ledger, 6, seed=3, ignore_syncs="all")
     reliability.POWER_CUTS["self-test, fsync ignored: cuts"] += ledger.figures["cuts"]
     reliability.POWER_CUTS["self-test, fsync ignored: lost (must be > 0)"] += ledger.figures["lost"]
     assert ledger.figures["lost"] > 0 and any("items lost" in problem for problem in problems)
@@ -121,7 +128,7 @@ def test_the_checks_see_a_lost_file_when_directory_syncs_are_ignored(
 ) -> None:
     # Files synced, directories not: in fast mode nothing syncs the new file's entry but
     # the queue's own directory fsync, so the file itself is lost, and the checks say so.
-    _, problems = _cuts(tmp_path, power_server, "fast", 3, seed=4, ignore_syncs="directories")
+    problems = _cuts(tmp_path, power_server, powerload.Ledger("fast"), 3, seed=4, ignore_syncs="directories")
     assert any("is gone" in problem for problem in problems), problems
 
 
