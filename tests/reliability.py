@@ -59,6 +59,7 @@ POWER_CUTS: Dict[str, int] = {
     "lost in fast mode (last transactions)": 0,
     "unsynced 4 KiB pieces at the cuts": 0,
     "  of them written anyway (torn, reordered)": 0,
+    "full-mode cuts amid a commit (unsynced WAL or database writes)": 0,
     "self-test, fsync ignored: cuts": 0,
     "self-test, fsync ignored: lost (must be > 0)": 0,
 }

@@ -74,6 +74,10 @@ def _cuts(
         if not ignore_syncs:
             reliability.POWER_CUTS["unsynced 4 KiB pieces at the cuts"] += outcome["pieces"]
             reliability.POWER_CUTS["  of them written anyway (torn, reordered)"] += outcome["applied"]
+            if durability == "full":  # in fast mode nearly every cut does
+                reliability.POWER_CUTS["full-mode cuts amid a commit (unsynced WAL or database writes)"] += (
+                    outcome["files_unsynced"] > 0
+                )
         delivered = {item["key"] for item in server.items}
         problems += [f"cut {cycle}: {problem}" for problem in ledger.check(backing, journal, cycle, delivered)]
         assert ignore_syncs or not problems, problems[:10]
