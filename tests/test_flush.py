@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 
 import orjson
 import pytest
+import rawsql
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, UploadError
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
@@ -53,7 +54,7 @@ def test_flush_sends_in_priority_order_and_acks(queue: CloudSyncQueue, server: I
 
 def test_body_is_the_stored_text_spliced(queue: CloudSyncQueue, server: IngestServer) -> None:
     queue.enqueue({"b": 2, "a": [1.5, "x"]})
-    stored = queue._conn().execute("SELECT payload FROM sync_queue").fetchone()[0]
+    stored = rawsql.execute(queue, "SELECT payload FROM sync_queue").fetchone()[0]
     queue.maybe_flush(HTTPCloudUploader(server.url, KEY, timeout=5))
     assert server.requests[0].body == b"[" + stored.encode() + b"]"
 
