@@ -266,7 +266,7 @@ class Flusher:
         """The next batch: the group of a batch being retried, or fresh items, whichever
         comes first in priority order."""
         limit = self._policy.max_batch_items
-        budget = self._policy.budget_left(self._store_sent_today)
+        budget = self._policy.budget_left(self._store.sent_today)
         levels = (1,) if budget == 0 else (1, 2, 3, 4)
         first = next((rows[0] for level in levels for rows in [self._select(conn, now, level, 1)] if rows), None)
         if first is None:
@@ -424,9 +424,6 @@ class Flusher:
         conn.execute(SET_COUNTER_SQL, ("last_error", error))
         conn.execute(SET_COUNTER_SQL, ("last_error_at", now))
         self._link.failed(kind, f"{error}; keeping {count} items, next try in {delay:.1f} s", now + delay)
-
-    def _store_sent_today(self) -> int:
-        return int(self._store.counter("messages_sent_today"))
 
 
 def _short(text: str) -> str:

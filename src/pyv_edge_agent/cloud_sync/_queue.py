@@ -301,20 +301,14 @@ class CloudSyncQueue:
         """Rewrite the file to its smallest size (SQLite ``VACUUM``) and switch a file made by
         an earlier release to incremental auto-vacuum, so that it shrinks by itself from
         then on. Needs free disk space about the size of the stored items."""
-        with self._store.lock:
-            conn = self._store.conn()
-            _storage.convert_to_incremental(conn)
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        self._store.compact()
 
     # -- counters ---------------------------------------------------------------------
-
-    def _sent_today(self) -> int:
-        return int(self._store.counter("messages_sent_today"))
 
     @property
     def messages_sent_today(self) -> int:
         """Items acked by ``maybe_flush`` since the last ``reset_daily_counters()``; persisted."""
-        return self._sent_today()
+        return self._store.sent_today()
 
     @_sqlite_errors
     def reset_daily_counters(self) -> None:
@@ -363,7 +357,7 @@ class CloudSyncQueue:
         """
         with self._store.lock:
             now = self._clock()
-            due = self._store.earliest_due(self._policy.levels(self._sent_today), now)
+            due = self._store.earliest_due(self._policy.levels(self._store.sent_today), now)
         return None if due is None else max(0.0, due - now, self._link.backoff_until - now)
 
     @contextlib.contextmanager

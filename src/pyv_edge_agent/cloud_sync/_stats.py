@@ -33,7 +33,7 @@ def collect(store: Store, now: float) -> Dict[str, Any]:
             "oldest_item_timestamp": oldest,
             "total_retries": retries,
             "retrying_items": retrying,
-            "messages_sent_today": int(store.counter("messages_sent_today")),
+            "messages_sent_today": store.sent_today(),
             "depth_by_priority": by_priority,
             "expired": expired,
             "in_flight": int(conn.execute(IN_FLIGHT_SQL, (now,)).fetchone()[0]),

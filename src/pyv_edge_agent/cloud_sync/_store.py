@@ -222,6 +222,17 @@ class Store:
             row = self.conn().execute(READ_COUNTER_SQL, (key,)).fetchone()
         return default if row is None else row[0]
 
+    def sent_today(self) -> int:
+        """The persisted ``messages_sent_today`` counter."""
+        return int(self.counter("messages_sent_today"))
+
+    def compact(self) -> None:
+        """Rewrite the file to its smallest size, switching it to incremental auto-vacuum."""
+        with self.lock:
+            conn = self.conn()
+            _storage.convert_to_incremental(conn)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def counters(self, keys: Sequence[str]) -> Dict[str, Any]:
         """The values of ``keys`` that ``sync_meta`` holds."""
         with self.lock:
