@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyv_edge_agent.cloud_sync import Priority, QueueItem
+from pyv_edge_agent.cloud_sync import BACKEND, Priority, QueueItem
 from pyv_edge_agent.cloud_sync._env import no_extensions
 
 PURE = importlib.import_module("pyv_edge_agent.cloud_sync._codec_py")
@@ -147,6 +147,10 @@ def test_id_chunks_accept_index_types(codec: ModuleType) -> None:
     assert codec.id_chunks((x for x in [Id(), 3])) == [(9, 3)]
 
 
+# The tests below call both twins themselves: one run is enough (see ../conftest.py).
+BOTH_TWINS_AT_ONCE = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
+
+
 def _outcome(function: Any, *args: Any) -> Any:
     """What a call gives: its result, or the type and message of what it raised."""
     try:
@@ -174,6 +178,7 @@ BAD_ROWS = {
 }
 
 
+@BOTH_TWINS_AT_ONCE
 @pytest.mark.parametrize("case", sorted(BAD_ROWS))
 def test_bad_rows_raise_the_same_error_in_both_twins(case: str) -> None:
     row, error = BAD_ROWS[case]
@@ -194,6 +199,7 @@ EDGE_ROWS = [
 ]
 
 
+@BOTH_TWINS_AT_ONCE
 @pytest.mark.parametrize("index", range(len(EDGE_ROWS)))
 def test_edge_rows_decode_alike(index: int) -> None:
     assert _same_in_both_twins("decode_rows", EDGE_ROWS[index])[0] == "returned"
@@ -220,6 +226,7 @@ EDGE_IDS: List[Any] = [
 ]
 
 
+@BOTH_TWINS_AT_ONCE
 @pytest.mark.parametrize("index", range(len(EDGE_IDS)))
 def test_edge_id_lists_chunk_or_fail_alike(index: int) -> None:
     ids = EDGE_IDS[index]
@@ -241,6 +248,7 @@ EDGE_PAYLOADS: List[Any] = [
 ]
 
 
+@BOTH_TWINS_AT_ONCE
 @pytest.mark.parametrize("index", range(len(EDGE_PAYLOADS)))
 def test_edge_payloads_encode_or_fail_alike(index: int) -> None:
     payloads = EDGE_PAYLOADS[index]
