@@ -216,3 +216,14 @@ def test_ingest_server_accepts_gzip_bodies(server: IngestServer) -> None:
         "POST", server.url, body=body, headers={"Authorization": f"Bearer {KEY}", "Content-Encoding": "gzip"}
     )
     assert response.status == 200 and server.items == [{"z": 1}]
+
+
+def test_a_set_stop_event_sends_nothing_and_a_bad_one_is_refused(queue: CloudSyncQueue, server: IngestServer) -> None:
+    queue.enqueue_many([{"i": i} for i in range(3)])
+    uploader = HTTPCloudUploader(server.url, "test-key", timeout=5)
+    stop = threading.Event()
+    stop.set()
+    assert queue.maybe_flush(uploader, stop=stop) == 0 and server.items == []
+    with pytest.raises(TypeError, match="stop must be a threading.Event"):
+        queue.maybe_flush(uploader, stop=True)  # type: ignore[arg-type]
+    assert queue.maybe_flush(uploader, stop=threading.Event()) == 3

@@ -181,6 +181,8 @@ class Flusher:
         self._policy = policy
         self._link = link
         self._post = poster(uploader)
+        if stop is not None and not callable(getattr(stop, "is_set", None)):
+            raise TypeError(f"stop must be a threading.Event (or None), got {type(stop).__name__}: {stop!r:.100}")
         self._stop = stop
         # Items rejected during this call wait for the next one, even with a zero backoff.
         self._rejected: Set[int] = set()
