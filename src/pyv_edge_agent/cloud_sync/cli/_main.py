@@ -57,6 +57,8 @@ def _human_value(key: str, value: Any) -> str:
         return human_age(value)
     if unit == "bytes":
         return human_bytes(value)
+    if unit == "bytes_per_second":
+        return "-" if value is None else human_bytes(value) + "/s"
     if unit == "seconds":
         return human_duration(value)
     return "-" if value is None else str(value)
