@@ -312,7 +312,6 @@ class Flusher:
     def _pick(self, conn: sqlite3.Connection, now: float) -> List[Row]:
         """The next batch: the group of a batch being retried, or fresh items, whichever
         comes first in priority order."""
-        limit = self._max_items
         budget = self._policy.budget_left(self._store.sent_today)
         levels = (1,) if budget == 0 else (1, 2, 3, 4)
         first = next((rows[0] for level in levels for rows in [self._select(conn, now, level, 1)] if rows), None)
@@ -320,10 +319,13 @@ class Flusher:
             return []
         rows: List[Row] = []
         if first[4] > 0:
+            # A retried batch goes whole: under the fixed bounds, which it was formed within.
+            limit, size = self._policy.max_batch_items, self._policy.max_batch_bytes
             for level in levels:
                 rows += conn.execute(SELECT_GROUP_SQL, (level, first[4], now, limit)).fetchall()
             rows = [row for row in rows if row[0] not in self._rejected]
         else:
+            limit, size = self._max_items, self._max_bytes
             for level in levels:
                 room = limit - len(rows)
                 found = self._select(conn, now, level, room) if room > 0 else []
@@ -331,10 +333,13 @@ class Flusher:
                 rows += fresh
                 if len(fresh) < len(found) or len(rows) >= limit:
                     break  # a retried group comes next in priority order: it goes alone
+            if self._policy.max_batch_seconds is not None and rows[0][3] == 1:
+                # Critical items go alone, in one round trip, not behind a batch's worth.
+                rows = [row for row in rows if row[3] == 1]
         if budget is not None:
             critical = [row for row in rows if row[3] == 1]
             rows = critical + [row for row in rows if row[3] != 1][: max(0, budget - len(critical))]
-        return self._bounded(rows[:limit])
+        return self._bounded(rows[:limit], size)
 
     def _select(self, conn: sqlite3.Connection, now: float, level: int, limit: int) -> List[Row]:
         rows = conn.execute(SELECT_CLAIM_SQL, (level, now, now, limit + len(self._rejected))).fetchall()
@@ -342,11 +347,12 @@ class Flusher:
             rows = [row for row in rows if row[0] not in self._rejected]
         return rows[:limit]
 
-    def _bounded(self, rows: List[Row]) -> List[Row]:
+    @staticmethod
+    def _bounded(rows: List[Row], limit: int) -> List[Row]:
         size = 0
         for count, row in enumerate(rows):
             size += len(row[1])
-            if size > self._max_bytes and count:
+            if size > limit and count:
                 return rows[:count]
         return rows
 
