@@ -203,13 +203,13 @@ class Flusher:
         """Send batches until none is left, one fails, or ``stop`` is set; return items acked."""
         acked = 0
         queue_id = ""
+        self._seed_meter()
         while self._stop is None or not self._stop.is_set():
             claim = self._claim()
             if claim is None:
                 break
             if not queue_id:
                 queue_id = str(self._store.counter("queue_id", ""))
-                self._seed_meter()
             done, count = self._deliver(claim, queue_id)
             acked += count
             if not done:
@@ -260,8 +260,9 @@ class Flusher:
     # -- sizing and pacing ------------------------------------------------------------
 
     def _seed_meter(self) -> None:
-        """Start from the throughput an earlier process measured, when this one has none."""
-        if self._link.meter.bytes_per_second is None:
+        """Start from the throughput an earlier process measured, when this one has none
+        and sizes batches by it."""
+        if self._policy.max_batch_seconds is not None and self._link.meter.bytes_per_second is None:
             found = self._store.counters(THROUGHPUT_KEYS)
             self._link.meter.seed(*(found.get(key) for key in THROUGHPUT_KEYS))
 

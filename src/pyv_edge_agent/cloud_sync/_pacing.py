@@ -13,6 +13,8 @@ FIRST_BATCH_BYTES = 16 * 1024
 # Weight of the newest batch in the throughput average: the link's rate changes (a modem
 # switching cells), so a few batches should be enough to follow it.
 _NEWEST_WEIGHT = 0.5
+# A wait shorter than this is rounding, not pacing: the clock may not even move that much.
+_NO_WAIT = 1e-6
 
 
 class TokenBucket:
@@ -97,7 +99,7 @@ class Pacer:
                 wait = 0.0
                 if not (critical and self._exempt_critical):
                     wait = max(self._wait(self._items, items), self._wait(self._bytes, size))
-                if wait <= 0.0:
+                if wait <= _NO_WAIT:
                     for bucket, amount in ((self._items, items), (self._bytes, size)):
                         if bucket is not None:
                             bucket.take(amount)
