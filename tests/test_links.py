@@ -132,12 +132,20 @@ def test_critical_batches_skip_the_wait_unless_configured() -> None:
 def test_meter_sizes_batches_from_what_it_measured() -> None:
     meter = ThroughputMeter()
     assert meter.batch_bytes(2.0) == FIRST_BATCH_BYTES
+    meter.record(8_000, 25, 0.25)
+    # A batch grows at most fourfold on the largest measured: a small first batch's figure
+    # (it fits in the link's buffers) is too good to size a large one by.
+    assert meter.batch_bytes(2.0) == 32_000
+    meter = ThroughputMeter()
     meter.record(32_000, 100, 1.0)
     assert meter.batch_bytes(2.0) == 64_000
     meter.record(16_000, 50, 1.0)
-    assert meter.bytes_per_second == pytest.approx(24_000) and meter.items_per_second == pytest.approx(75)
+    # (32,000 / 2 + 16,000) / (1 / 2 + 1) bytes over seconds, older batches weighing half.
+    assert meter.bytes_per_second == pytest.approx(64_000 / 3) and meter.items_per_second == pytest.approx(200 / 3)
+    meter.record(10, 1, 0.05)  # a lone small item is mostly round trip: it hardly moves the rate
+    assert meter.bytes_per_second == pytest.approx(20_012.5)
     meter.seed(1.0, 1.0)  # a seed never replaces a measurement
-    assert meter.bytes_per_second == pytest.approx(24_000)
+    assert meter.bytes_per_second == pytest.approx(20_012.5)
 
 
 # -- options -----------------------------------------------------------------------------

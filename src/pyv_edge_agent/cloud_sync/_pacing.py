@@ -10,9 +10,10 @@ from typing import Callable, Optional, Tuple
 # A batch sized to ``max_batch_seconds`` before anything was measured: small enough to go
 # in about a second on a 128 kbit/s link, and one round trip on anything faster.
 FIRST_BATCH_BYTES = 16 * 1024
-# Weight of the newest batch in the throughput average: the link's rate changes (a modem
-# switching cells), so a few batches should be enough to follow it.
-_NEWEST_WEIGHT = 0.5
+# What the earlier batches weigh against the newest in the throughput: the link's rate
+# changes (a modem switching cells), so a few batches should be enough to follow it.
+_OLDER_WEIGHT = 0.5
+_GROWTH = 4
 # A wait shorter than this is rounding, not pacing: the clock may not even move that much.
 _NO_WAIT = 1e-6
 
@@ -114,35 +115,52 @@ class Pacer:
 
 
 class ThroughputMeter:
-    """What uploads achieved lately: a moving average of payload bytes and items a second,
-    timed from handing a batch to the uploader until its answer."""
+    """What uploads achieved lately: payload bytes and items a second, timed from handing a
+    batch to the uploader until its answer.
+
+    Bytes, items and seconds are summed with older batches weighing less and less, and the
+    rates are their ratios: a batch counts by its size, so that one lone critical item (all
+    round trip, hardly any bytes) does not make the link look slow.
+    """
 
     def __init__(self) -> None:
-        self.bytes_per_second: Optional[float] = None
-        self.items_per_second: Optional[float] = None
+        self._bytes = 0.0
+        self._items = 0.0
+        self._seconds = 0.0
+        self._largest = 0
         self._lock = threading.Lock()
 
+    @property
+    def bytes_per_second(self) -> Optional[float]:
+        """Payload bytes a second (None before anything was measured)."""
+        return self._bytes / self._seconds if self._seconds > 0.0 else None
+
+    @property
+    def items_per_second(self) -> Optional[float]:
+        """Items a second (None before anything was measured)."""
+        return self._items / self._seconds if self._seconds > 0.0 else None
+
     def seed(self, bytes_per_second: Optional[float], items_per_second: Optional[float]) -> None:
-        """Start from figures measured earlier (a restart keeps sizing batches well)."""
+        """Start from figures measured earlier (a restart keeps sizing batches well); they
+        weigh as one second of uploading."""
         with self._lock:
-            if self.bytes_per_second is None and bytes_per_second:
-                self.bytes_per_second = float(bytes_per_second)
-                self.items_per_second = float(items_per_second) if items_per_second else None
+            if self._seconds == 0.0 and bytes_per_second:
+                self._bytes, self._items, self._seconds = float(bytes_per_second), float(items_per_second or 0.0), 1.0
 
     def record(self, size: int, items: int, seconds: float) -> None:
         """Add one accepted upload of ``size`` payload bytes and ``items`` items."""
-        seconds = max(seconds, 1e-6)
         with self._lock:
-            self.bytes_per_second = _average(self.bytes_per_second, size / seconds)
-            self.items_per_second = _average(self.items_per_second, items / seconds)
+            self._bytes = self._bytes * _OLDER_WEIGHT + size
+            self._items = self._items * _OLDER_WEIGHT + items
+            self._seconds = self._seconds * _OLDER_WEIGHT + max(seconds, 1e-6)
+            self._largest = max(self._largest, size)
 
     def batch_bytes(self, max_batch_seconds: float) -> int:
         """The payload bytes that should take about ``max_batch_seconds`` to upload."""
         rate = self.bytes_per_second
         if rate is None:
             return FIRST_BATCH_BYTES
-        return max(1, int(rate * max_batch_seconds))
-
-
-def _average(old: Optional[float], sample: float) -> float:
-    return sample if old is None else old + _NEWEST_WEIGHT * (sample - old)
+        # A small batch fits in the link's buffers and looks faster than the link: grow at
+        # most fourfold on the largest batch measured, like TCP's slow start.
+        ceiling = _GROWTH * max(self._largest, FIRST_BATCH_BYTES // _GROWTH)
+        return max(1, min(int(rate * max_batch_seconds), ceiling))
