@@ -42,7 +42,13 @@ def unshare_error() -> Optional[str]:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (iproute2, util-linux)"
     probe = subprocess.run(
-        ["unshare", "-n", "sh", "-c", "ip link set lo up && tc qdisc add dev lo root tbf rate 1mbit burst 4kb latency 50ms"],
+        [
+            "unshare",
+            "-n",
+            "sh",
+            "-c",
+            "ip link set lo up && tc qdisc add dev lo root tbf rate 1mbit burst 4kb latency 50ms",
+        ],
         capture_output=True,
         text=True,
         timeout=30,

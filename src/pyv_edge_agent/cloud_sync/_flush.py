@@ -334,7 +334,7 @@ class Flusher:
                 rows += fresh
                 if len(fresh) < len(found) or len(rows) >= limit:
                     break  # a retried group comes next in priority order: it goes alone
-            if self._policy.max_batch_seconds is not None and rows[0][3] == 1:
+            if self._policy.max_batch_seconds is not None and rows and rows[0][3] == 1:
                 # Critical items go alone, in one round trip, not behind a batch's worth.
                 rows = [row for row in rows if row[3] == 1]
         if budget is not None:

@@ -348,8 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     flush.add_argument("--no-gzip", action="store_true", help="never compress request bodies")
     flush.add_argument("--max-items-per-second", type=float, help="pace the upload to this many items a second")
     flush.add_argument("--max-bytes-per-second", type=float, help="pace the upload to this many payload bytes a second")
-    flush.add_argument("--pacing-burst-seconds", type=float, help="seconds of either rate that may go at once (default 1)")
-    flush.add_argument("--pace-critical", action="store_true", help="pace critical items too (default: they skip the wait)")
+    flush.add_argument(
+        "--pacing-burst-seconds", type=float, help="seconds of either rate that may go at once (default 1)"
+    )
+    flush.add_argument(
+        "--pace-critical", action="store_true", help="pace critical items too (default: they skip the wait)"
+    )
     flush.add_argument("--max-batch-seconds", type=float, help="size batches to take about this long on the link")
     flush.add_argument("--json", action="store_true", help="machine-readable JSON")
     flush.set_defaults(run=_cmd_flush)
