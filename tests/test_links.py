@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 import orjson
 import pytest
 import rawsql
+from waiting import wait_for as _wait_for
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, SyncWorker, UploadError
 from pyv_edge_agent.cloud_sync._metrics import BY_KEY, prometheus_text
@@ -26,8 +27,6 @@ from pyv_edge_agent.cloud_sync._resume import prober
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 
 KEY = "test-key"
-# A guard against hanging, never a measure of speed; far below the backoffs the tests end.
-PATIENCE = 30.0
 LONG_BACKOFF = {"retry_base_seconds": 3000.0, "retry_max_seconds": 3000.0}
 
 
@@ -36,15 +35,6 @@ def longest_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
     """Full jitter drawn at its top: every backoff here is as long as configured, so that
     only a probe, a kick or an accepted upload can end it before the test's patience."""
     monkeypatch.setattr(random, "uniform", lambda low, high: high)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = PATIENCE) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 class FakeTime:
