@@ -685,7 +685,7 @@ class CloudSyncQueue:
     # -- flushing ---------------------------------------------------------------------
 
     @_sqlite_errors
-    def maybe_flush(self, uploader: Any = None) -> int:
+    def maybe_flush(self, uploader: Any = None, *, stop: Optional[threading.Event] = None) -> int:
         """Send eligible items through ``uploader.post_batch`` in priority order; return how
         many were acked.
 
@@ -694,7 +694,8 @@ class CloudSyncQueue:
         one nacks the batch with backoff and ends the call, a 413 splits the batch, a
         rejection isolates the bad items and in the end dead-letters them, refused
         credentials keep every item and back off long. Without an uploader nothing is
-        sent and nothing is removed.
+        sent and nothing is removed. Once ``stop`` is set (from any thread) no further
+        batch starts; the one in flight is still acked or nacked.
         """
         if uploader is None:
             return 0
@@ -702,7 +703,7 @@ class CloudSyncQueue:
         # process that only enqueues never needs it, and it is a tenth of the import time.
         from . import _flush
 
-        flusher = _flush.Flusher(self, uploader)  # checks the uploader before anything is written
+        flusher = _flush.Flusher(self, uploader, stop)  # checks the uploader before anything is written
         self._housekeeping()
         return flusher.run()
 
