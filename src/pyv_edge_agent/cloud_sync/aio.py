@@ -208,8 +208,8 @@ class AsyncCloudSyncQueue:
     async def _flush(self, uploader: Any, stop: threading.Event) -> int:
         """``flush``, ending after the batch in flight once ``stop`` is set (by the caller,
         a cancellation or ``close()``)."""
-        loop = asyncio.get_running_loop()
-        bridged = LoopUploader(uploader, loop)
+        _check_uploader(uploader)
+        bridged = LoopUploader(uploader, asyncio.get_running_loop())
         future = self._call(lambda: self._queue.maybe_flush(bridged, stop=stop))
         self._flush_stops.add(stop)
         try:
@@ -269,8 +269,7 @@ class AsyncSyncWorker:
     ) -> None:
         if not isinstance(queue, AsyncCloudSyncQueue):
             raise TypeError(f"queue must be an AsyncCloudSyncQueue, got {type(queue).__name__}")
-        if not callable(getattr(uploader, "post_batch", None)):
-            raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
+        _check_uploader(uploader)
         self._queue = queue
         self._uploader = uploader
         self._interval = _validate.number("interval", interval, 0.0, allow_equal=False)
@@ -341,6 +340,12 @@ class AsyncSyncWorker:
                     await _wait(wake, min(self._interval, IDLE_FLOOR_SECONDS))
         finally:
             unwatch()
+
+
+def _check_uploader(uploader: Any) -> None:
+    """Refuse, on the loop, an object that is no uploader (as ``maybe_flush`` would)."""
+    if not callable(getattr(uploader, "post_batch", None)):
+        raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
 
 
 def _sleep_time(queue: CloudSyncQueue, interval: float) -> float:
