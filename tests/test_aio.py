@@ -2,17 +2,15 @@
 asyncio streams, and no SQLite statement ever run on the event loop's thread."""
 
 import asyncio
-import os
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Awaitable, Callable, Dict, List, Set, TypeVar
+from typing import Any, Awaitable, Callable, Dict, List, Set
 
-import orjson
 import pytest
-from stream_uploader import StreamPayloadUploader, StreamUploader
+from aio_support import PATIENCE, StreamPayloadUploader, StreamUploader, eventually, run
 
 from pyv_edge_agent.cloud_sync import (
     CloudSyncError,
@@ -25,25 +23,6 @@ from pyv_edge_agent.cloud_sync.aio import AsyncCloudSyncQueue, AsyncSyncWorker
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 
 KEY = "test-key"
-# A guard against hanging, never a measure of speed: the machine is shared and noisy.
-PATIENCE = 30.0
-
-T = TypeVar("T")
-
-
-def run(main: Callable[[], Awaitable[T]]) -> T:
-    """Run a test's coroutine on a fresh event loop."""
-    return asyncio.run(asyncio.wait_for(main(), 120))  # type: ignore[arg-type]
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = PATIENCE) -> bool:
-    """Poll ``condition`` without blocking the loop."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        await asyncio.sleep(0.01)
-    return condition()
 
 
 def stored_payloads(db_path: str) -> Dict[int, Any]:
@@ -79,7 +58,9 @@ class SqlThreads:
 def test_every_call_works_like_the_sync_queue(db_path: str) -> None:
     async def main() -> None:
         async with AsyncCloudSyncQueue(db_path, durability="full") as queue:
-            first = await queue.enqueue({"sensor": "boiler", "value": 85.0}, priority=Priority.CRITICAL, ttl_seconds=3600)
+            first = await queue.enqueue(
+                {"sensor": "boiler", "value": 85.0}, priority=Priority.CRITICAL, ttl_seconds=3600
+            )
             many = await queue.enqueue_many([{"i": i} for i in range(5)], Priority.LOGS)
             expired = await queue.enqueue({"old": True}, ttl_seconds=0)
             assert many == list(range(first + 1, first + 6)) and expired == first + 6
@@ -252,7 +233,9 @@ def test_flush_awaits_an_async_uploader_on_the_loop(db_path: str, server: Ingest
             sql = SqlThreads(queue.queue)
             for priority in Priority:
                 await queue.enqueue_many([p for p in sent if p["p"] == priority.value], priority)
-            uploader: Any = StreamUploader(server.url, KEY) if form == "encoded" else StreamPayloadUploader(server.url, KEY)
+            uploader: Any = (
+                StreamUploader(server.url, KEY) if form == "encoded" else StreamPayloadUploader(server.url, KEY)
+            )
             assert await queue.flush(uploader) == 230
             assert await queue.pending_count() == 0
             stream = uploader if form == "encoded" else uploader.stream
@@ -356,3 +339,122 @@ def test_an_upload_cut_short_by_the_loop_ending_keeps_its_batch(db_path: str, se
     assert sync_queue.maybe_flush(HTTPCloudUploader(server.url, KEY, timeout=5)) == 10
     assert [item["i"] for item in server.items] == list(range(10)) and server.duplicates == 1
     sync_queue.close()
+
+
+# -- the worker -------------------------------------------------------------------------
+
+
+def test_worker_drains_the_queue_and_stops(db_path: str, server: IngestServer) -> None:
+    async def main() -> None:
+        async with AsyncCloudSyncQueue(db_path, max_batch_items=20) as queue:
+            await queue.enqueue_many([{"i": i} for i in range(100)])
+            worker = AsyncSyncWorker(queue, StreamUploader(server.url, KEY), interval=0.05).start()
+            assert await eventually(lambda: len(server.items) == 100)
+            await queue.enqueue({"i": 100})
+            assert await eventually(lambda: len(server.items) == 101)
+            await worker.stop()
+            assert not worker.is_alive() and worker.flushed == 101 and queue.queue._wakers == []
+            assert "stopped" in repr(worker)
+
+    run(main)
+    assert sorted(item["i"] for item in server.items) == list(range(101))
+
+
+def test_a_critical_item_wakes_the_worker_from_a_coroutine_or_a_thread(db_path: str, server: IngestServer) -> None:
+    async def main() -> None:
+        async with AsyncCloudSyncQueue(db_path) as queue:
+            async with AsyncSyncWorker(queue, StreamUploader(server.url, KEY), interval=3600) as worker:
+                assert worker.is_alive()
+                await asyncio.sleep(0.2)  # the first look found nothing: it sleeps for the hour
+                await queue.enqueue({"t": 1})  # not critical: waits for the interval
+                await queue.enqueue({"alarm": 1}, priority=Priority.CRITICAL)
+                assert await eventually(lambda: len(server.items) == 2)
+                # Sync code in another thread, through the queue underneath.
+                thread = threading.Thread(target=queue.queue.enqueue, args=({"alarm": 2}, Priority.CRITICAL))
+                thread.start()
+                assert await eventually(lambda: len(server.items) == 3)
+                thread.join()
+
+    run(main)
+    assert server.items == [{"alarm": 1}, {"t": 1}, {"alarm": 2}]
+
+
+def test_stopping_the_worker_settles_the_batch_in_flight(db_path: str, server: IngestServer) -> None:
+    server.set_delay(0.5)
+
+    async def main() -> None:
+        async with AsyncCloudSyncQueue(db_path, max_batch_items=10) as queue:
+            await queue.enqueue_many([{"i": i} for i in range(100)])
+            uploader = StreamUploader(server.url, KEY)
+            worker = AsyncSyncWorker(queue, uploader, interval=0.05).start()
+            assert await eventually(lambda: uploader.started == 1)
+            await worker.stop()
+            assert uploader.finished == 1 and worker.flushed == 10
+            stats = await queue.get_stats()
+            assert stats["depth"] == 90 and stats["in_flight"] == 0
+
+    run(main)
+    assert [item["i"] for item in server.items] == list(range(10))
+
+
+def test_the_worker_sleeps_through_a_backoff_and_ends_with_the_queue(db_path: str, server: IngestServer) -> None:
+    server.set_outage(503)
+
+    async def main() -> None:
+        queue = AsyncCloudSyncQueue(db_path, retry_base_seconds=0.4, retry_max_seconds=1.0)
+        await queue.enqueue({"a": 1})
+        worker = AsyncSyncWorker(queue, StreamUploader(server.url, KEY), interval=0.01).start()
+        await asyncio.sleep(2.0)
+        # Polling every 10 ms would have made about 200 attempts; the backoff allows a few.
+        assert 1 <= len(server.requests) <= 15
+        await queue.close()
+        assert await eventually(lambda: not worker.is_alive())
+        await worker.stop()
+
+    run(main)
+
+
+def test_worker_arguments_are_checked(db_path: str) -> None:
+    async def main() -> None:
+        async with AsyncCloudSyncQueue(db_path) as queue:
+            with pytest.raises(TypeError, match="post_batch"):
+                AsyncSyncWorker(queue, object())
+            with pytest.raises(ValueError, match="interval"):
+                AsyncSyncWorker(queue, StreamUploader("http://127.0.0.1:9/x", KEY), interval=0)
+            with pytest.raises(TypeError, match="AsyncCloudSyncQueue"):
+                AsyncSyncWorker(queue.queue, StreamUploader("http://127.0.0.1:9/x", KEY))  # type: ignore[arg-type]
+
+    run(main)
+
+
+# -- sharing the file -------------------------------------------------------------------
+
+WRITER_SCRIPT = """
+import sys
+from pyv_edge_agent.cloud_sync import CloudSyncQueue
+with CloudSyncQueue(sys.argv[1]) as queue:
+    for i in range(int(sys.argv[2])):
+        queue.enqueue({"process": i})
+"""
+
+
+def test_the_file_is_shared_with_sync_threads_and_processes(db_path: str) -> None:
+    async def main() -> Dict[int, Any]:
+        async with AsyncCloudSyncQueue(db_path) as queue:
+            other = CloudSyncQueue(db_path)
+            thread = threading.Thread(target=lambda: [other.enqueue({"thread": i}) for i in range(200)])
+            process = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, db_path, "200"])
+            thread.start()
+            payloads = [{"coroutine": i} for i in range(500)]
+            ids: List[int] = []
+            for start in range(0, 500, 100):
+                ids += await asyncio.gather(*(queue.enqueue(p) for p in payloads[start : start + 100]))
+            thread.join(PATIENCE)
+            other.close()
+            assert await asyncio.get_running_loop().run_in_executor(None, process.wait, PATIENCE) == 0
+            return dict(zip(ids, payloads))
+
+    returned = run(main)
+    stored = stored_payloads(db_path)
+    assert len(stored) == 900 and all(stored[row_id] == payload for row_id, payload in returned.items())
+    assert CloudSyncQueue.verify_file(db_path).ok

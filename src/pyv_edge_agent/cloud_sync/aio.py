@@ -214,9 +214,10 @@ class AsyncCloudSyncQueue:
         self._flush_stops.add(stop)
         try:
             return await future
-        finally:
-            # Set when the flush ended too: harmless, and it covers the cancelled await.
+        except asyncio.CancelledError:
             stop.set()
+            raise
+        finally:
             self._flush_stops.discard(stop)
 
     # -- closing ----------------------------------------------------------------------

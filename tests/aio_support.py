@@ -1,15 +1,41 @@
-"""An asynchronous uploader written on asyncio streams, as a user of the asyncio API would
-write one: plain HTTP/1.1 over a fresh loopback connection per batch."""
+"""Helpers of the asyncio tests: an asynchronous uploader written on asyncio streams, as a
+user of the asyncio API would write one (plain HTTP/1.1 over a fresh loopback connection
+per batch), and a runner for test coroutines."""
 
 import asyncio
 import threading
+import time
 import uuid
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
 
 from pyv_edge_agent.cloud_sync import UploadError, UploadResult
+
+# A guard against hanging, never a measure of speed: the machine is shared and noisy.
+PATIENCE = 30.0
+
+T = TypeVar("T")
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    """Run a test's coroutine on a fresh event loop, failing it rather than hanging."""
+
+    async def guarded() -> T:
+        return await asyncio.wait_for(main(), 120)
+
+    return asyncio.run(guarded())
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = PATIENCE) -> bool:
+    """Poll ``condition`` without blocking the loop."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
 
 
 class StreamUploader:
@@ -45,7 +71,9 @@ class StreamUploader:
         if not 200 <= status < 300:
             retry_after = headers.get("retry-after")
             raise UploadError(
-                f"the endpoint answered {status}", status=status, retry_after=float(retry_after) if retry_after else None
+                f"the endpoint answered {status}",
+                status=status,
+                retry_after=float(retry_after) if retry_after else None,
             )
         answer = orjson.loads(reply or b"{}")
         rejected = answer.get("rejected") if isinstance(answer, dict) else None
