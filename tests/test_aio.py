@@ -414,6 +414,19 @@ def test_the_worker_sleeps_through_a_backoff_and_ends_with_the_queue(db_path: st
     run(main)
 
 
+def test_closing_the_queue_ends_a_sleeping_worker(db_path: str) -> None:
+    async def main() -> None:
+        queue = AsyncCloudSyncQueue(db_path)
+        worker = AsyncSyncWorker(queue, StreamUploader("http://127.0.0.1:9/x", KEY), interval=3600).start()
+        await asyncio.sleep(0.2)  # asleep for the hour
+        await queue.close()
+        assert await eventually(lambda: not worker.is_alive())
+        await worker.stop()
+        assert queue.queue._wakers == []
+
+    run(main)
+
+
 def test_worker_arguments_are_checked(db_path: str) -> None:
     async def main() -> None:
         async with AsyncCloudSyncQueue(db_path) as queue:

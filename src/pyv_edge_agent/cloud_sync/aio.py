@@ -90,6 +90,8 @@ class AsyncCloudSyncQueue:
         self._calls = concurrent.futures.ThreadPoolExecutor(CALL_THREADS, "cloud-sync-call")
         self._writer = GroupWriter(queue, self._writer_thread)
         self._flush_stops: Set[threading.Event] = set()
+        # Workers' wake-up events, set by close() so that a sleeping worker ends at once.
+        self._close_wakers: Set[asyncio.Event] = set()
         self._closing = False
         self._closed: Optional["asyncio.Future[None]"] = None
 
@@ -230,6 +232,8 @@ class AsyncCloudSyncQueue:
             self._closing = True
             for stop in list(self._flush_stops):
                 stop.set()
+            for wake in list(self._close_wakers):
+                wake.set()
             barrier = self._writer.barrier()
             self._closed = asyncio.ensure_future(self._finish(barrier))
         # Shielded: a cancelled close() still closes, and a second close() waits as well.
@@ -301,7 +305,7 @@ class AsyncSyncWorker:
         if self._wake is not None:
             self._wake.set()
         if self._task is not None:
-            await asyncio.shield(self._task)
+            await asyncio.wait([self._task])  # cancelling this wait leaves the task be
 
     def is_alive(self) -> bool:
         """True while the loop runs."""
@@ -316,6 +320,7 @@ class AsyncSyncWorker:
     async def _run(self, critical: LoopWake) -> None:
         wake = critical.event
         unwatch = _watch_critical(self._queue.queue, critical)
+        self._queue._close_wakers.add(wake)
         failing = False
         try:
             while not self._stop.is_set() and not self._queue.closed:
@@ -327,8 +332,10 @@ class AsyncSyncWorker:
                         await _wait(wake, sleep)
                         continue
                     flushed = await self._queue._flush(self._uploader, self._stop)
-                except Exception as exc:  # a full disk or a closed queue must not end the loop silently
-                    if not self._queue.closed and not failing:
+                except Exception as exc:  # a full disk must not end the loop silently
+                    if self._queue.closed:
+                        break
+                    if not failing:
                         logger.error("the sync worker cannot flush: %s: %s", type(exc).__name__, exc)
                         failing = True
                     await _wait(wake, self._interval)
@@ -341,6 +348,7 @@ class AsyncSyncWorker:
                     await _wait(wake, min(self._interval, IDLE_FLOOR_SECONDS))
         finally:
             unwatch()
+            self._queue._close_wakers.discard(wake)
 
 
 def _check_uploader(uploader: Any) -> None:
