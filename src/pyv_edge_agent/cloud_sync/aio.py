@@ -2,9 +2,9 @@
 
 No call blocks the event loop for I/O: SQLite work runs in the queue's own threads, and
 ``enqueue`` calls made by many coroutines at once are committed together (one transaction
-and one fsync for all that are waiting), each caller getting its own id once its item is
-durable. Underneath is an ordinary ``CloudSyncQueue``, so the same file can be shared with
-sync users in other threads and processes.
+and one fsync for all that are waiting, per priority and TTL among them), each caller
+getting its own id once its item is durable. Underneath is an ordinary ``CloudSyncQueue``,
+so the same file can be shared with sync users in other threads and processes.
 
 Cancellation stops the waiting, never the work. A call has been handed to the queue's
 threads as soon as its coroutine starts (at once, for ``await queue.enqueue(...)``); it
@@ -44,8 +44,7 @@ T = TypeVar("T")
 # uploader leave room for the others.
 CALL_THREADS = 4
 # After a flush that sent nothing although items were due, the worker waits at least this
-# long (or its interval, if shorter): a safety net against spinning on an uploader that
-# neither accepts nor fails.
+# long (or its interval, if shorter).
 IDLE_FLOOR_SECONDS = 1.0
 
 
@@ -282,6 +281,7 @@ class AsyncSyncWorker:
         self._stop = threading.Event()
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional["asyncio.Task[None]"] = None
+        self._error: Optional[Exception] = None
         self.flushed = 0
 
     def __repr__(self) -> str:
@@ -321,7 +321,6 @@ class AsyncSyncWorker:
         wake = critical.event
         unwatch = _watch_critical(self._queue.queue, critical)
         self._queue._close_wakers.add(wake)
-        failing = False
         try:
             while not self._stop.is_set() and not self._queue.closed:
                 woken = wake.is_set()
@@ -335,20 +334,24 @@ class AsyncSyncWorker:
                 except Exception as exc:  # a full disk must not end the loop silently
                     if self._queue.closed:
                         break
-                    if not failing:
-                        logger.error("the sync worker cannot flush: %s: %s", type(exc).__name__, exc)
-                        failing = True
+                    self._failing(exc)
                     await _wait(wake, self._interval)
                     continue
-                if failing:
-                    logger.info("the sync worker flushes again")
-                    failing = False
+                self._failing(None)
                 self.flushed += flushed
-                if not flushed:
+                if not flushed:  # items were due, yet none went: never spin on such an uploader
                     await _wait(wake, min(self._interval, IDLE_FLOOR_SECONDS))
         finally:
             unwatch()
             self._queue._close_wakers.discard(wake)
+
+    def _failing(self, error: Optional[Exception]) -> None:
+        """Log the start and the end of a run of failed looks at the queue, once each."""
+        if error is not None and self._error is None:
+            logger.error("the sync worker cannot flush: %s: %s", type(error).__name__, error)
+        elif error is None and self._error is not None:
+            logger.info("the sync worker flushes again")
+        self._error = error
 
 
 def _check_uploader(uploader: Any) -> None:
