@@ -81,21 +81,22 @@ class GroupWriter:
         return entry.future
 
     def _drain(self) -> None:
-        """Writer thread: commit what is waiting, again and again, until nothing is left."""
-        while True:
-            with self._mutex:
-                batch, self._pending = self._pending, []
-                if not batch:
-                    self._draining = False
-                    return
-            items = [entry for entry in batch if entry.text != BARRIER]
-            try:
-                self._commit(items)
-            except BaseException as exc:  # noqa: B036 - handed to every caller; the writer must go on
-                for entry in items:
-                    if not entry.row_id and entry.error is None:
-                        entry.error = exc
-            self._report(batch)
+        """Writer thread: commit everything waiting, then come back for what arrived
+        meanwhile as a new job, after any ``enqueue_many`` queued in between."""
+        with self._mutex:
+            batch, self._pending = self._pending, []
+        items = [entry for entry in batch if entry.text != BARRIER]
+        try:
+            self._commit(items)
+        except BaseException as exc:  # noqa: B036 - handed to every caller; the writer must go on
+            for entry in items:
+                if not entry.row_id and entry.error is None:
+                    entry.error = exc
+        self._report(batch)
+        with self._mutex:
+            more = self._draining = bool(self._pending)
+        if more:
+            self._executor.submit(self._drain)
 
     def _commit(self, entries: List[_Entry]) -> None:
         groups: Dict[Tuple[int, int], List[_Entry]] = {}
