@@ -194,6 +194,8 @@ def test_a_failed_item_fails_only_its_own_caller(db_path: str) -> None:
             wrapped = AsyncCloudSyncQueue.wrap(queue)
             calls = [wrapped.enqueue({"new": i}, Priority.CRITICAL) for i in range(3)]
             outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            with pytest.raises(QueueFullError):  # all or nothing, as in the sync queue
+                await wrapped.enqueue_many([{"many": i} for i in range(2)], Priority.CRITICAL)
             await wrapped.close()
             return outcomes
 
@@ -247,6 +249,32 @@ def test_flush_awaits_an_async_uploader_on_the_loop(db_path: str, server: Ingest
     assert len(server.batches) == 5 and server.duplicates == 0
     keys = [request.headers.get("idempotency-key") for request in server.requests]
     assert all(keys) and len(set(keys)) == 5
+
+
+def test_an_async_uploader_with_the_older_encoded_signature(db_path: str, server: IngestServer) -> None:
+    """``post_encoded_batch(body, count)`` without the key: the flush sees the uploader's own
+    signature through the bridge and leaves the key out."""
+
+    class Older:
+        def __init__(self) -> None:
+            self.stream = StreamUploader(server.url, KEY)
+            self.counts: List[int] = []
+
+        async def post_batch(self, payloads: List[Any]) -> None:
+            raise AssertionError("the encoded form is used when there is one")
+
+        async def post_encoded_batch(self, body: bytes, count: int) -> None:
+            self.counts.append(count)
+            await self.stream.post_encoded_batch(body, count, f"older-{len(self.counts)}")
+
+    async def main() -> None:
+        async with AsyncCloudSyncQueue(db_path, max_batch_items=4) as queue:
+            await queue.enqueue_many([{"i": i} for i in range(10)])
+            uploader = Older()
+            assert await queue.flush(uploader) == 10 and uploader.counts == [4, 4, 2]
+
+    run(main)
+    assert [item["i"] for item in server.items] == list(range(10))
 
 
 def test_flush_runs_a_sync_uploader_off_the_loop(db_path: str, server: IngestServer) -> None:
