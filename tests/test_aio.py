@@ -499,3 +499,33 @@ def test_the_file_is_shared_with_sync_threads_and_processes(db_path: str) -> Non
     stored = stored_payloads(db_path)
     assert len(stored) == 900 and all(stored[row_id] == payload for row_id, payload in returned.items())
     assert CloudSyncQueue.verify_file(db_path).ok
+
+
+def test_a_loop_that_stops_under_an_upload_does_not_hold_the_flush(db_path: str, server: IngestServer) -> None:
+    """A loop stopped (not closed) with the upload coroutine pending: the flush thread
+    notices, counts a failed batch and keeps it, instead of waiting for ever."""
+    server.set_delay(1.0)
+    loop = asyncio.new_event_loop()
+    queue = AsyncCloudSyncQueue(db_path)
+    uploader = StreamUploader(server.url, KEY)
+
+    async def start() -> None:
+        await queue.enqueue_many([{"i": i} for i in range(10)])
+        asyncio.ensure_future(queue.flush(uploader))
+        assert await eventually(lambda: uploader.started == 1)
+
+    try:
+        loop.run_until_complete(start())  # returns with the flush and its upload pending
+        deadline = time.monotonic() + PATIENCE
+        while queue.queue.get_stats()["failed_batches"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stats = queue.queue.get_stats()
+        assert stats["failed_batches"] == 1 and stats["depth"] == 10 and stats["in_flight"] == 0
+        assert "stopped" in str(stats["last_error"])
+    finally:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(queue.close())
+        loop.close()
