@@ -18,6 +18,7 @@ from pyv_edge_agent.cloud_sync import (
     HTTPCloudUploader,
     Priority,
     QueueFullError,
+    SyncWorker,
 )
 from pyv_edge_agent.cloud_sync.aio import AsyncCloudSyncQueue, AsyncSyncWorker
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
@@ -275,6 +276,27 @@ def test_an_async_uploader_with_the_older_encoded_signature(db_path: str, server
 
     run(main)
     assert [item["i"] for item in server.items] == list(range(10))
+
+
+def test_the_sync_flush_refuses_an_async_uploader(db_path: str, server: IngestServer) -> None:
+    """Never taken as accepting (the coroutine would not even have run): refused up front,
+    or, for a plain method that returns an awaitable, a failed batch that is kept."""
+
+    class Sneaky:
+        def post_batch(self, payloads: List[Any]) -> Any:
+            return asyncio.sleep(0)
+
+    with CloudSyncQueue(db_path) as queue:
+        queue.enqueue_many([{"i": i} for i in range(3)])
+        with pytest.raises(TypeError, match="post_batch is a coroutine function.*AsyncCloudSyncQueue"):
+            queue.maybe_flush(StreamUploader(server.url, KEY))
+        with pytest.raises(TypeError, match="coroutine function"):
+            SyncWorker(queue, StreamPayloadUploader(server.url, KEY))
+        assert queue.get_stats()["retrying_items"] == 0
+        assert queue.maybe_flush(Sneaky()) == 0
+        stats = queue.get_stats()
+        assert stats["depth"] == 3 and stats["retrying_items"] == 3 and "awaitable" in stats["last_error"]
+    assert server.requests == []
 
 
 def test_flush_runs_a_sync_uploader_off_the_loop(db_path: str, server: IngestServer) -> None:
