@@ -1,5 +1,6 @@
 """Group commit for coroutines: ``AsyncCloudSyncQueue.enqueue`` calls made while a commit is
-under way are stored together, off the event loop, in one transaction and one fsync.
+under way are stored together, off the event loop, in one transaction and one fsync (per
+priority and TTL among them).
 
 Each call is checked and encoded on the loop (so bad input raises in its caller before
 anything is written) and appended to a list; one writer thread takes everything waiting,
@@ -23,8 +24,6 @@ logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 # A commit wakes at most this many waiting coroutines per turn of the event loop, so that a
 # thousand callers resuming at once do not hold up everything else on the loop.
 WAKE_CHUNK = 64
-
-
 # The text of a barrier entry: no encoded payload is empty.
 BARRIER = ""
 
