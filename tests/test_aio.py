@@ -299,6 +299,24 @@ def test_the_sync_flush_refuses_an_async_uploader(db_path: str, server: IngestSe
     assert server.requests == []
 
 
+def test_the_sync_flush_stops_between_batches_when_asked(db_path: str, server: IngestServer) -> None:
+    stop = threading.Event()
+
+    class StopAfterFirst(HTTPCloudUploader):
+        def post_encoded_batch(self, body: bytes, count: int, idempotency_key: str = "") -> Any:
+            stop.set()  # as another thread would, while this batch is in flight
+            return super().post_encoded_batch(body, count, idempotency_key=idempotency_key)
+
+    with CloudSyncQueue(db_path, max_batch_items=10) as queue:
+        queue.enqueue_many([{"i": i} for i in range(30)])
+        with pytest.raises(TypeError, match="stop must be a threading.Event"):
+            queue.maybe_flush(StopAfterFirst(server.url, KEY, timeout=5), stop=True)  # type: ignore[arg-type]
+        assert queue.maybe_flush(StopAfterFirst(server.url, KEY, timeout=5), stop=stop) == 10
+        assert queue.pending_count() == 20 and queue.get_stats()["in_flight"] == 0
+        assert queue.maybe_flush(StopAfterFirst(server.url, KEY, timeout=5), stop=stop) == 0  # set: nothing starts
+    assert [item["i"] for item in server.items] == list(range(10))
+
+
 def test_flush_runs_a_sync_uploader_off_the_loop(db_path: str, server: IngestServer) -> None:
     class Recording(HTTPCloudUploader):
         threads: Set[int] = set()

@@ -697,6 +697,8 @@ class CloudSyncQueue:
         sent and nothing is removed. Once ``stop`` is set (from any thread) no further
         batch starts; the one in flight is still acked or nacked.
         """
+        if stop is not None and not isinstance(stop, threading.Event):
+            raise TypeError(f"stop must be a threading.Event or None, got {type(stop).__name__}: {stop!r:.100}")
         if uploader is None:
             return 0
         # The flush machinery (and the uploader module it uses) loads on the first flush: a
