@@ -132,6 +132,10 @@ def test_constructor_options_and_wrap(db_path: str) -> None:
         AsyncCloudSyncQueue(db_path, durability="sometimes")
     with pytest.raises(TypeError, match="CloudSyncQueue"):
         AsyncCloudSyncQueue.wrap(db_path)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="durabilty"):
+        AsyncCloudSyncQueue.from_dict({"db_path": db_path, "durabilty": "fast"})
+    configured = AsyncCloudSyncQueue.from_dict({"db_path": db_path, "durability": "fast"})
+    asyncio.run(configured.close())
 
     async def main() -> None:
         queue = await AsyncCloudSyncQueue.open(db_path, max_queue_items=10, durability="fast")

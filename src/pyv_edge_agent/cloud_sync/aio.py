@@ -24,7 +24,7 @@ import concurrent.futures
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, TypeVar
 
 from . import _validate
 from ._aio_commit import GroupWriter
@@ -67,6 +67,12 @@ class AsyncCloudSyncQueue:
         """Open the queue file in a thread (it may create, check or migrate the file)."""
         queue = await in_thread(lambda: CloudSyncQueue(db_path, **options), "cloud-sync-open")
         return cls._around(queue, owned=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AsyncCloudSyncQueue":
+        """Build the queue from a configuration mapping, as ``CloudSyncQueue.from_dict`` does
+        (unknown keys are a ``ValueError``)."""
+        return cls._around(CloudSyncQueue.from_dict(d), owned=True)
 
     @classmethod
     def wrap(cls, queue: CloudSyncQueue) -> "AsyncCloudSyncQueue":
