@@ -46,7 +46,7 @@ class SqlThreads:
     def __init__(self, queue: CloudSyncQueue) -> None:
         self.threads: Set[int] = set()
         self.statements = 0
-        queue._conn().set_trace_callback(self._trace)
+        queue._store.conn().set_trace_callback(self._trace)
 
     def _trace(self, statement: str) -> None:
         self.threads.add(threading.get_ident())
@@ -425,7 +425,7 @@ def test_worker_drains_the_queue_and_stops(db_path: str, server: IngestServer) -
             await queue.enqueue({"i": 100})
             assert await eventually(lambda: len(server.items) == 101)
             await worker.stop()
-            assert not worker.is_alive() and worker.flushed == 101 and queue.queue._wakers == []
+            assert not worker.is_alive() and worker.flushed == 101 and queue.queue._link.wakers == []
             assert "stopped" in repr(worker)
 
     run(main)
@@ -496,7 +496,7 @@ def test_closing_the_queue_ends_a_sleeping_worker(db_path: str) -> None:
         await queue.close()
         assert await eventually(lambda: not worker.is_alive())
         await worker.stop()
-        assert queue.queue._wakers == []
+        assert queue.queue._link.wakers == []
 
     run(main)
 

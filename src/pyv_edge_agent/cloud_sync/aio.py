@@ -21,10 +21,11 @@ then runs to completion whatever happens to the awaiting task:
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, TypeVar
 
 from . import _validate
 from ._aio_commit import GroupWriter
@@ -85,7 +86,7 @@ class AsyncCloudSyncQueue:
     @classmethod
     def _around(cls, queue: CloudSyncQueue, owned: bool) -> "AsyncCloudSyncQueue":
         instance = cls.__new__(cls)
-        instance._setup(queue, owned)
+        cls._setup(instance, queue, owned)
         return instance
 
     def _setup(self, queue: CloudSyncQueue, owned: bool) -> None:
@@ -201,21 +202,19 @@ class AsyncCloudSyncQueue:
 
     # -- flushing ---------------------------------------------------------------------
 
-    async def flush(self, uploader: Any) -> int:
+    async def flush(self, uploader: Any, *, stop: Optional[threading.Event] = None) -> int:
         """Send eligible items through ``uploader`` as ``CloudSyncQueue.maybe_flush`` does and
         return how many were acked.
 
         The flush runs in a thread. Uploader methods that are coroutine functions (an
         ``async def post_batch`` or ``post_encoded_batch``) are awaited on this loop;
-        plain ones run in the flush thread. Cancelled, the flush starts no further batch
-        but settles the one in flight.
+        plain ones run in the flush thread. Once ``stop`` is set no further batch starts;
+        the one in flight is still acked or nacked. Cancelling this call and closing the
+        queue set ``stop`` (a new event when none is given).
         """
-        return await self._flush(uploader, threading.Event())
-
-    async def _flush(self, uploader: Any, stop: threading.Event) -> int:
-        """``flush``, ending after the batch in flight once ``stop`` is set (by the caller,
-        a cancellation or ``close()``)."""
         _check_uploader(uploader)
+        if stop is None:
+            stop = threading.Event()
         bridged = LoopUploader(uploader, asyncio.get_running_loop())
         future = self._call(lambda: self._queue.maybe_flush(bridged, stop=stop))
         self._flush_stops.add(stop)
@@ -226,6 +225,22 @@ class AsyncCloudSyncQueue:
             raise
         finally:
             self._flush_stops.discard(stop)
+
+    @contextlib.contextmanager
+    def waking(self, event: asyncio.Event) -> Iterator[asyncio.Event]:
+        """While the block runs, set ``event`` whenever a critical item is enqueued through
+        this queue (by a coroutine, or by sync code in any thread through ``queue``), and
+        when the queue is closed; an async sync loop waits on it (``AsyncSyncWorker`` does)."""
+        self._close_wakers.add(event)
+        try:
+            with self._queue.waking(LoopWake(asyncio.get_running_loop(), event)):
+                yield event
+        finally:
+            self._close_wakers.discard(event)
+
+    async def backoff_seconds(self) -> float:
+        """Seconds left of the backoff that the last failed upload set (0 if none)."""
+        return await self._call(lambda: self._queue.backoff_seconds)
 
     # -- closing ----------------------------------------------------------------------
 
@@ -302,7 +317,7 @@ class AsyncSyncWorker:
             raise RuntimeError("an AsyncSyncWorker can be started once")
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._task = loop.create_task(self._run(LoopWake(loop, self._wake)), name=self._name)
+        self._task = loop.create_task(self._run(self._wake), name=self._name)
         return self
 
     async def stop(self) -> None:
@@ -323,20 +338,17 @@ class AsyncSyncWorker:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    async def _run(self, critical: LoopWake) -> None:
-        wake = critical.event
-        unwatch = _watch_critical(self._queue.queue, critical)
-        self._queue._close_wakers.add(wake)
-        try:
+    async def _run(self, wake: asyncio.Event) -> None:
+        with self._queue.waking(wake):
             while not self._stop.is_set() and not self._queue.closed:
                 woken = wake.is_set()
                 wake.clear()
                 try:
-                    sleep = await self._queue._call(_sleep_time, self._queue.queue, self._interval)
+                    sleep = await self._sleep_time()
                     if not woken and sleep > 0:
                         await _wait(wake, sleep)
                         continue
-                    flushed = await self._queue._flush(self._uploader, self._stop)
+                    flushed = await self._queue.flush(self._uploader, stop=self._stop)
                 except Exception as exc:  # a full disk must not end the loop silently
                     if self._queue.closed:
                         break
@@ -347,9 +359,17 @@ class AsyncSyncWorker:
                 self.flushed += flushed
                 if not flushed:  # items were due, yet none went: never spin on such an uploader
                     await _wait(wake, min(self._interval, IDLE_FLOOR_SECONDS))
-        finally:
-            unwatch()
-            self._queue._close_wakers.discard(wake)
+
+    async def _sleep_time(self) -> float:
+        """How long the loop may sleep (0: flush now): through a backoff the whole way, else
+        until the next item is due, looking again at least every ``interval``."""
+        due = await self._queue.next_due_in()
+        if due == 0:
+            return 0.0
+        backoff = await self._queue.backoff_seconds()
+        if backoff > 0:
+            return backoff
+        return self._interval if due is None else min(due, self._interval)
 
     def _failing(self, error: Optional[Exception]) -> None:
         """Log the start and the end of a run of failed looks at the queue, once each."""
@@ -366,33 +386,9 @@ def _check_uploader(uploader: Any) -> None:
         raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
 
 
-def _sleep_time(queue: CloudSyncQueue, interval: float) -> float:
-    """How long the worker may sleep (0: flush now): through a backoff the whole way, else
-    until the next item is due, looking again at least every ``interval``."""
-    due = queue.next_due_in()
-    if due == 0:
-        return 0.0
-    backoff = queue.backoff_seconds
-    if backoff > 0:
-        return backoff
-    return interval if due is None else min(due, interval)
-
-
 async def _wait(event: asyncio.Event, timeout: float) -> None:
     """Sleep until ``event`` is set or ``timeout`` seconds have passed."""
     try:
         await asyncio.wait_for(event.wait(), timeout)
     except asyncio.TimeoutError:
         pass
-
-
-def _watch_critical(queue: CloudSyncQueue, wake: threading.Event) -> Callable[[], None]:
-    """Have ``queue`` set ``wake`` when a critical item is enqueued, as it does for a
-    ``SyncWorker``; returns the function that undoes it."""
-    queue._wakers.append(wake)
-
-    def unwatch() -> None:
-        if wake in queue._wakers:
-            queue._wakers.remove(wake)
-
-    return unwatch
