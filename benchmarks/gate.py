@@ -1,0 +1,320 @@
+"""The benchmark gate: a short measured pass that fails when the queue gets slower.
+
+    python benchmarks/gate.py                       # measure, print the table, exit 1 on a breach
+    python benchmarks/gate.py --markdown FILE       # also append the table to FILE (CI job summary)
+    python benchmarks/gate.py --json run1.json      # also keep the measured ratios
+    python benchmarks/gate.py --propose run*.json   # thresholds from several kept runs
+
+Each scenario (``SCENARIOS``, built from ``_cases``: the same work as the pytest-benchmark
+scenarios) runs on the compiled backend, the pure one and its floor (the same SQL through
+the stdlib ``sqlite3``), taking turns call by call so that a neighbour's burst lands on all
+three alike. After one warm-up call each, ``ROUNDS`` calls each are timed. A ratio is the
+median over the rounds of time(backend) / time(floor) within the round, and compiled/pure
+the median of time(compiled) / time(pure): above 1 is slower. Each must stay at or under
+its threshold in ``thresholds.json``. A scenario that breaches one is measured again once,
+after the others, and only a second breach fails the gate: one noisy neighbour does not
+fail a run, a real regression does.
+"""
+
+import argparse
+import gc
+import importlib.util
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+
+import _cases
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+THRESHOLDS = os.path.join(HERE, "thresholds.json")
+ROUNDS = 21
+IMPLS = ("floor", "compiled", "pure")
+BACKENDS = {"compiled": "cython", "pure": "python"}
+CHECKS = ("compiled", "pure", "compiled/pure")
+# --propose: a threshold is the median over the kept runs plus this many times the widest
+# run-to-run deviation from it (at least MIN_MARGIN of the median), rounded up to 0.05.
+SPREAD_FACTOR = 2.0
+MIN_MARGIN = 0.10
+
+
+def _load_routing() -> Callable[[str], None]:
+    # The backend switch of the test suite (the root conftest.py), loaded by path: inside
+    # benchmarks/ the name ``conftest`` is this directory's own.
+    spec = importlib.util.spec_from_file_location("_root_conftest", os.path.join(os.path.dirname(HERE), "conftest.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.route_backend  # type: ignore[no-any-return]
+
+
+@dataclass
+class Scenario:
+    """One gated piece of work: ``build(directory, impl)`` makes its ``_cases.Case``."""
+
+    name: str
+    build: Callable[[str, str], _cases.Case]
+
+
+def _read(directory: str, impl: str) -> _cases.Case:
+    return _cases.read(_cases.fill(os.path.join(directory, "filled.db"), 10_000), impl, "dequeue", 1000)
+
+
+def _file(directory: str) -> str:
+    return os.path.join(directory, "q.db")
+
+
+SCENARIOS = [
+    Scenario("enqueue x1 (full)", lambda d, impl: _cases.enqueue_single(_file(d), impl, "full", 300)),
+    Scenario("enqueue x1 (fast)", lambda d, impl: _cases.enqueue_single(_file(d), impl, "fast", 1000)),
+    Scenario("enqueue_many 10,000", lambda d, impl: _cases.enqueue_many(_file(d), impl, 10_000)),
+    Scenario("dequeue 1,000", _read),
+    Scenario("ack 10,000 ids", lambda d, impl: _cases.ack_nack(_file(d), impl, "ack", 10_000)),
+    Scenario("nack 10,000 ids", lambda d, impl: _cases.ack_nack(_file(d), impl, "nack", 10_000)),
+    Scenario("flush 20,000", lambda d, impl: _cases.flush(_file(d), impl, 20_000)),
+    Scenario("enqueue x1 from 8 threads (full)", lambda d, impl: _cases.threads(_file(d), impl, "full", 150)),
+    Scenario("enqueue x1 from 8 threads (fast)", lambda d, impl: _cases.threads(_file(d), impl, "fast", 150)),
+]
+
+
+@dataclass
+class Measurement:
+    """Seconds per call of each implementation, round by round, for ``items`` items a call."""
+
+    items: int
+    times: Dict[str, List[float]]
+
+    def rate(self, impl: str) -> float:
+        """Items per second at the median time."""
+        return self.items / statistics.median(self.times[impl])
+
+    def ratio(self, impl: str, base: str = "floor") -> float:
+        """Median over the rounds of time(impl) / time(base) within each round."""
+        return statistics.median(t / b for t, b in zip(self.times[impl], self.times[base]))
+
+    def checks(self) -> Dict[str, float]:
+        """The gated figures: each backend's time vs the floor, and compiled vs pure."""
+        return {"compiled": self.ratio("compiled"), "pure": self.ratio("pure"), "compiled/pure": self.ratio("compiled", "pure")}
+
+
+@dataclass
+class Outcome:
+    """A scenario's first measurement and, after a breach, its one re-measurement."""
+
+    name: str
+    first: Measurement
+    limits: Dict[str, float]
+    second: Optional[Measurement] = None
+    breached: List[str] = field(default_factory=list)
+
+    @property
+    def final(self) -> Measurement:
+        """The measurement the verdict stands on."""
+        return self.second or self.first
+
+    @property
+    def failed(self) -> bool:
+        """True when the re-measurement breached a threshold too."""
+        return bool(self.breached) and bool(breaches(self.final, self.limits))
+
+
+def breaches(measurement: Measurement, limits: Dict[str, float]) -> List[str]:
+    """The checks whose ratio is above its threshold."""
+    return [check for check, value in measurement.checks().items() if value > limits[check]]
+
+
+def _time_call(case: _cases.Case) -> float:
+    args, kwargs = case.setup() if case.setup else ((), {})
+    # Earlier calls' garbage and dirty pages are not this call's cost.
+    gc.collect()
+    os.sync()
+    started = time.perf_counter()
+    case.work(*args, **kwargs)
+    return time.perf_counter() - started
+
+
+def measure(scenario: Scenario, rounds: int = ROUNDS) -> Measurement:
+    """Time ``rounds`` calls of each implementation, taking turns, after a warm-up call each."""
+    route = _load_routing()
+    with tempfile.TemporaryDirectory(prefix="pyv-gate-") as tmp:
+        cases: Dict[str, _cases.Case] = {}
+        for impl in IMPLS:
+            directory = os.path.join(tmp, impl)
+            os.mkdir(directory)
+            if impl in BACKENDS:
+                route(BACKENDS[impl])
+            cases[impl] = scenario.build(directory, "queue" if impl in BACKENDS else "floor")
+        times: Dict[str, List[float]] = {impl: [] for impl in IMPLS}
+        for round_ in range(rounds + 1):
+            shift = round_ % len(IMPLS)
+            for impl in IMPLS[shift:] + IMPLS[:shift]:
+                if impl in BACKENDS:
+                    route(BACKENDS[impl])
+                elapsed = _time_call(cases[impl])
+                if round_:
+                    times[impl].append(elapsed)
+        items = cases["floor"].items
+    return Measurement(items, times)
+
+
+def run_gate(
+    scenarios: Sequence[Scenario],
+    thresholds: Dict[str, Dict[str, float]],
+    measure_one: Callable[[Scenario], Measurement] = measure,
+    progress: Optional[TextIO] = None,
+) -> List[Outcome]:
+    """Measure every scenario, then re-measure once each one that breached a threshold."""
+    outcomes = []
+    for scenario in scenarios:
+        if progress:
+            progress.write(f"gate: {scenario.name}\n")
+        outcome = Outcome(scenario.name, measure_one(scenario), thresholds[scenario.name])
+        outcome.breached = breaches(outcome.first, outcome.limits)
+        outcomes.append(outcome)
+    for scenario, outcome in zip(scenarios, outcomes):
+        if outcome.breached:
+            if progress:
+                progress.write(f"gate: {scenario.name} breached {', '.join(outcome.breached)}: measuring again\n")
+            outcome.second = measure_one(scenario)
+    return outcomes
+
+
+def _fmt_rate(rate: float) -> str:
+    if rate >= 1e6:
+        return f"{rate / 1e6:.2f}M"
+    if rate >= 1e3:
+        return f"{rate / 1e3:.1f}k"
+    return f"{rate:.0f}"
+
+
+def _verdict(outcome: Outcome, check: str) -> str:
+    value = outcome.final.checks()[check]
+    limit = outcome.limits[check]
+    if check not in outcome.breached:
+        return "ok"
+    first = outcome.first.checks()[check]
+    if value > limit:
+        return f"**FAIL** ({first:.2f}, then {value:.2f})"
+    return f"ok on re-measure (first {first:.2f})"
+
+
+def table(outcomes: Sequence[Outcome]) -> str:
+    """The Markdown table: one row per implementation and one for compiled/pure per scenario."""
+    lines = [
+        "| scenario | backend | items/s | time ratio | threshold | verdict |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for outcome in outcomes:
+        final = outcome.final
+        checks = final.checks()
+        lines.append(f"| {outcome.name} | sqlite3 floor | {_fmt_rate(final.rate('floor'))} | 1.00 | | |")
+        for impl in ("compiled", "pure"):
+            lines.append(
+                f"| {outcome.name} | {impl} | {_fmt_rate(final.rate(impl))} | {checks[impl]:.2f} vs floor"
+                f" | {outcome.limits[impl]:.2f} | {_verdict(outcome, impl)} |"
+            )
+        lines.append(
+            f"| {outcome.name} | compiled / pure | | {checks['compiled/pure']:.2f}"
+            f" | {outcome.limits['compiled/pure']:.2f} | {_verdict(outcome, 'compiled/pure')} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(outcomes: Sequence[Outcome], seconds: float) -> str:
+    """The table under a one-line verdict."""
+    failed = [outcome.name for outcome in outcomes if outcome.failed]
+    verdict = f"FAILED: {', '.join(failed)}" if failed else "passed"
+    return (
+        f"### Benchmark gate {verdict}\n\n{len(outcomes)} scenarios, median of {ROUNDS} rounds each against the"
+        f" floor measured in the same rounds, {seconds:.0f} s. Time ratios: above 1 is slower.\n\n"
+        f"{table(outcomes)}\n"
+    )
+
+
+def load_thresholds(path: str, scenarios: Sequence[Scenario]) -> Dict[str, Dict[str, float]]:
+    """Read ``thresholds.json``; every scenario needs every check, and no other name is allowed."""
+    with open(path) as source:
+        limits: Dict[str, Dict[str, float]] = json.load(source)["thresholds"]
+    names = {scenario.name for scenario in SCENARIOS}
+    unknown = sorted(set(limits) - names)
+    if unknown:
+        raise ValueError(f"{path}: thresholds for scenarios the gate does not run: {unknown}")
+    for scenario in scenarios:
+        missing = [check for check in CHECKS if check not in limits.get(scenario.name, {})]
+        if missing:
+            raise ValueError(f"{path}: scenario {scenario.name!r} has no threshold for {missing}")
+    return limits
+
+
+def record(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
+    """The first measurement of each scenario (a re-measurement would bias the spread low)."""
+    return {
+        "rounds": ROUNDS,
+        "scenarios": {
+            o.name: {
+                "items": o.first.items,
+                "rates": {impl: round(o.first.rate(impl)) for impl in IMPLS},
+                "ratios": {check: round(value, 4) for check, value in o.first.checks().items()},
+            }
+            for o in outcomes
+        },
+    }
+
+
+def propose(runs: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+    """Thresholds from several recorded runs: the median plus a margin from the spread."""
+    proposal: Dict[str, Dict[str, float]] = {}
+    for name in runs[0]["scenarios"]:
+        proposal[name] = {}
+        for check in CHECKS:
+            values = [run["scenarios"][name]["ratios"][check] for run in runs]
+            middle = statistics.median(values)
+            spread = max(abs(value - middle) for value in values)
+            margin = max(SPREAD_FACTOR * spread, MIN_MARGIN * middle)
+            proposal[name][check] = math.ceil((middle + margin) * 20) / 20
+    return proposal
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point; returns the exit status (0 passed, 1 a threshold breached twice, 2 bad use)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--thresholds", default=THRESHOLDS, help="the thresholds file (default: %(default)s)")
+    parser.add_argument("--only", default="", help="run only the scenarios whose name contains this text")
+    parser.add_argument("--markdown", help="append the table to this file (for $GITHUB_STEP_SUMMARY)")
+    parser.add_argument("--json", help="write the measured ratios of this run to this file")
+    parser.add_argument("--propose", nargs="+", metavar="RUN.json", help="print thresholds from recorded runs")
+    args = parser.parse_args(argv)
+    if args.propose:
+        runs = []
+        for name in args.propose:
+            with open(name) as source:
+                runs.append(json.load(source))
+        print(json.dumps(propose(runs), indent=2))
+        return 0
+    scenarios = [scenario for scenario in SCENARIOS if args.only in scenario.name]
+    if not scenarios:
+        parser.error(f"no scenario name contains {args.only!r}")
+    try:
+        thresholds = load_thresholds(args.thresholds, scenarios)
+    except (OSError, ValueError, KeyError) as exc:
+        sys.stderr.write(f"gate: cannot use the thresholds: {exc}\n")
+        return 2
+    started = time.perf_counter()
+    outcomes = run_gate(scenarios, thresholds, progress=sys.stderr)
+    text = summary(outcomes, time.perf_counter() - started)
+    sys.stdout.write(text)
+    if args.markdown:
+        with open(args.markdown, "a") as out:
+            out.write(text)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(record(outcomes), out, indent=2)
+    return 1 if any(outcome.failed for outcome in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
