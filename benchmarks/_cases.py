@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from _support import (
+    Row,
     Setup,
     floor_chunks,
     floor_connection,
@@ -81,28 +82,47 @@ def enqueue_single(path: str, impl: str, durability: str, count: int) -> Case:
     return Case(enqueue, count, queue.pending_count)
 
 
-def enqueue_many(path: str, impl: str, count: int) -> Case:
-    """One ``enqueue_many`` of ``count`` items into a new, empty file per call."""
-    if impl == "floor":
-        prepared = rows(count)
-        conns: List[sqlite3.Connection] = []
+def _fresh_floors(path: str, prepared: Sequence[Row] = ()) -> Tuple[List[sqlite3.Connection], Setup]:
+    """A setup that gives each call a new floor file holding ``prepared``, and the list of
+    connections it opened (the last is the current call's)."""
+    conns: List[sqlite3.Connection] = []
 
-        def setup_floor() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-            if conns:
-                conns[-1].close()
-            conns.append(floor_connection(path))
-            return (), {}
+    def setup() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+        if conns:
+            conns[-1].close()
+        conns.append(floor_connection(path))
+        if prepared:
+            floor_insert_many(conns[-1], prepared)
+        return (), {}
 
-        return Case(lambda: floor_insert_many(conns[-1], prepared), count, lambda: _count(conns[-1]), setup_floor)
-    items = payloads(count)
+    return conns, setup
+
+
+def _fresh_queues(
+    path: str, prepared: Sequence[Row] = (), args: Tuple[Any, ...] = ()
+) -> Tuple[List[CloudSyncQueue], Setup]:
+    """A setup that gives each call a new queue file holding ``prepared`` and the call
+    arguments ``args``, and the list of queues it opened (the last is the current call's)."""
     queues: List[CloudSyncQueue] = []
 
     def setup() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
         if queues:
             queues[-1].close()
         queues.append(fresh_queue(path))
-        return (items,), {}
+        if prepared:
+            queues[-1]._insert_rows(list(prepared))
+        return args, {}
 
+    return queues, setup
+
+
+def enqueue_many(path: str, impl: str, count: int) -> Case:
+    """One ``enqueue_many`` of ``count`` items into a new, empty file per call."""
+    if impl == "floor":
+        prepared = rows(count)
+        conns, setup_floor = _fresh_floors(path)
+        return Case(lambda: floor_insert_many(conns[-1], prepared), count, lambda: _count(conns[-1]), setup_floor)
+    queues, setup = _fresh_queues(path, args=(payloads(count),))
     return Case(lambda batch: queues[-1].enqueue_many(batch), count, lambda: queues[-1].pending_count(), setup)
 
 
@@ -130,14 +150,7 @@ def ack_nack(path: str, impl: str, operation: str, count: int) -> Case:
     ids = list(range(1, count + 1))
     if impl == "floor":
         chunks = id_chunk_params(ids)
-        conns: List[sqlite3.Connection] = []
-
-        def setup_floor() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-            if conns:
-                conns[-1].close()
-            conns.append(floor_connection(path))
-            floor_insert_many(conns[-1], prepared)
-            return (), {}
+        conns, setup_floor = _fresh_floors(path, prepared)
 
         def change() -> int:
             if operation == "ack":
@@ -145,15 +158,7 @@ def ack_nack(path: str, impl: str, operation: str, count: int) -> Case:
             return floor_chunks(conns[-1], _sql.NACK_SQL, (time.time() + 60.0,), chunks)
 
         return Case(change, count, lambda: _count(conns[-1]), setup_floor)
-    queues: List[CloudSyncQueue] = []
-
-    def setup() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-        if queues:
-            queues[-1].close()
-        queue = fresh_queue(path)
-        queue._insert_rows(prepared)
-        queues.append(queue)
-        return (list(ids),), {}
+    queues, setup = _fresh_queues(path, prepared, (ids,))
 
     def target(batch: List[int]) -> int:
         return queues[-1].ack(batch) if operation == "ack" else queues[-1].nack(batch)
@@ -166,26 +171,10 @@ def flush(path: str, impl: str, count: int, uploader: Any = None) -> Case:
     ``SplicingUploader``), from a new file per call."""
     prepared = rows(count)
     if impl == "floor":
-        conns: List[sqlite3.Connection] = []
-
-        def setup_floor() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-            if conns:
-                conns[-1].close()
-            conns.append(floor_connection(path))
-            floor_insert_many(conns[-1], prepared)
-            return (), {}
-
+        conns, setup_floor = _fresh_floors(path, prepared)
         return Case(lambda: floor_flush(conns[-1]), count, lambda: _count(conns[-1]), setup_floor)
     target = SplicingUploader() if uploader is None else uploader
-    queues: List[CloudSyncQueue] = []
-
-    def setup() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-        if queues:
-            queues[-1].close()
-        queues.append(fresh_queue(path))
-        queues[-1]._insert_rows(prepared)
-        return (), {}
-
+    queues, setup = _fresh_queues(path, prepared)
     return Case(lambda: queues[-1].maybe_flush(target), count, lambda: queues[-1].pending_count(), setup)
 
 

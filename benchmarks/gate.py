@@ -17,6 +17,7 @@ fail a run, a real regression does.
 """
 
 import argparse
+import functools
 import gc
 import importlib.util
 import json
@@ -27,9 +28,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import _cases
+from report import fmt_rate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 THRESHOLDS = os.path.join(HERE, "thresholds.json")
@@ -46,6 +48,7 @@ MIN_MARGIN = 0.10
 MIN_MARGIN_COMPILED = 0.05
 
 
+@functools.lru_cache(maxsize=None)
 def _load_routing() -> Callable[[str], None]:
     # The backend switch of the test suite (the root conftest.py), loaded by path: inside
     # benchmarks/ the name ``conftest`` is this directory's own.
@@ -131,7 +134,8 @@ class Outcome:
 
 def breaches(measurement: Measurement, limits: Dict[str, float]) -> List[str]:
     """The checks whose ratio is above its threshold."""
-    return [check for check, value in measurement.checks().items() if value > limits[check]]
+    # Compared at the precision of the limits and of the table.
+    return [check for check, value in measurement.checks().items() if round(value, 2) > limits[check]]
 
 
 def _time_call(case: _cases.Case) -> float:
@@ -192,21 +196,13 @@ def run_gate(
     return outcomes
 
 
-def _fmt_rate(rate: float) -> str:
-    if rate >= 1e6:
-        return f"{rate / 1e6:.2f}M"
-    if rate >= 1e3:
-        return f"{rate / 1e3:.1f}k"
-    return f"{rate:.0f}"
-
-
 def _verdict(outcome: Outcome, check: str) -> str:
     value = outcome.final.checks()[check]
     limit = outcome.limits[check]
     if check not in outcome.breached:
         return "ok"
     first = outcome.first.checks()[check]
-    if value > limit:
+    if round(value, 2) > limit:
         return f"**FAIL** ({first:.2f}, then {value:.2f})"
     return f"ok on re-measure (first {first:.2f})"
 
@@ -220,10 +216,10 @@ def table(outcomes: Sequence[Outcome]) -> str:
     for outcome in outcomes:
         final = outcome.final
         checks = final.checks()
-        lines.append(f"| {outcome.name} | sqlite3 floor | {_fmt_rate(final.rate('floor'))} | 1.00 | | |")
+        lines.append(f"| {outcome.name} | sqlite3 floor | {fmt_rate(final.rate('floor'))} | 1.00 | | |")
         for impl in ("compiled", "pure"):
             lines.append(
-                f"| {outcome.name} | {impl} | {_fmt_rate(final.rate(impl))} | {checks[impl]:.2f} vs floor"
+                f"| {outcome.name} | {impl} | {fmt_rate(final.rate(impl))} | {checks[impl]:.2f} vs floor"
                 f" | {outcome.limits[impl]:.2f} | {_verdict(outcome, impl)} |"
             )
         lines.append(
@@ -233,35 +229,60 @@ def table(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def summary(outcomes: Sequence[Outcome], seconds: float) -> str:
-    """The table under a one-line verdict."""
+def summary(outcomes: Sequence[Outcome], seconds: float, limits_of: str) -> str:
+    """The table under a one-line verdict; ``limits_of`` is the Python version whose limits applied."""
     failed = [outcome.name for outcome in outcomes if outcome.failed]
     verdict = f"FAILED: {', '.join(failed)}" if failed else "passed"
+    running = python_version()
+    limits = (
+        f"Python {running}'s limits" if limits_of == running else f"Python {limits_of}'s limits (none for {running})"
+    )
     return (
         f"### Benchmark gate {verdict}\n\n{len(outcomes)} scenarios, median of {ROUNDS} rounds each against the"
-        f" floor measured in the same rounds, {seconds:.0f} s. Time ratios: above 1 is slower.\n\n"
+        f" floor measured in the same rounds, {seconds:.0f} s, {limits}. Time ratios: above 1 is slower.\n\n"
         f"{table(outcomes)}\n"
     )
 
 
-def load_thresholds(path: str, scenarios: Sequence[Scenario]) -> Dict[str, Dict[str, float]]:
-    """Read ``thresholds.json``; every scenario needs every check, and no other name is allowed."""
+def python_version() -> str:
+    """This interpreter's ``major.minor``: the limits are kept per Python version, whose
+    interpreter speed moves the Python-level share of each scenario."""
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def _nearest(versions: Sequence[str], wanted: str) -> str:
+    def distance(version: str) -> Tuple[int, int]:
+        minor = int(version.split(".")[1])
+        return (abs(minor - int(wanted.split(".")[1])), minor)
+
+    return min(versions, key=distance)
+
+
+def load_thresholds(path: str, scenarios: Sequence[Scenario], version: str) -> Tuple[str, Dict[str, Dict[str, float]]]:
+    """Read the limits recorded for Python ``version`` (or the nearest version recorded) from
+    ``thresholds.json``; every scenario needs every check, and no other name is allowed.
+    Returns the version used and its limits."""
     with open(path) as source:
-        limits: Dict[str, Dict[str, float]] = json.load(source)["thresholds"]
+        by_version: Dict[str, Dict[str, Dict[str, float]]] = json.load(source)["thresholds"]
+    if not by_version:
+        raise ValueError(f"{path}: no thresholds")
+    used = version if version in by_version else _nearest(sorted(by_version), version)
+    limits = by_version[used]
     names = {scenario.name for scenario in SCENARIOS}
     unknown = sorted(set(limits) - names)
     if unknown:
-        raise ValueError(f"{path}: thresholds for scenarios the gate does not run: {unknown}")
+        raise ValueError(f"{path}: Python {used} has thresholds for scenarios the gate does not run: {unknown}")
     for scenario in scenarios:
         missing = [check for check in CHECKS if check not in limits.get(scenario.name, {})]
         if missing:
-            raise ValueError(f"{path}: scenario {scenario.name!r} has no threshold for {missing}")
-    return limits
+            raise ValueError(f"{path}: Python {used}: scenario {scenario.name!r} has no threshold for {missing}")
+    return used, limits
 
 
 def record(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
     """The first measurement of each scenario (a re-measurement would bias the spread low)."""
     return {
+        "python": python_version(),
         "rounds": ROUNDS,
         "scenarios": {
             o.name: {
@@ -274,20 +295,24 @@ def record(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
     }
 
 
-def propose(runs: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
-    """Thresholds from several recorded runs (``--json``): the median plus a margin from the spread."""
-    proposal: Dict[str, Dict[str, float]] = {}
-    for name in runs[0]["scenarios"]:
-        proposal[name] = {}
-        for check in CHECKS:
-            values = [run["scenarios"][name]["ratios"][check] for run in runs]
-            middle = statistics.median(values)
-            spread = SPREAD_FACTOR * (max(values) - middle)
-            if check == "compiled/pure":
-                limit = max(middle, 1.0) + max(spread, MIN_MARGIN_COMPILED)
-            else:
-                limit = middle + max(spread, MIN_MARGIN * middle)
-            proposal[name][check] = math.ceil(round(limit * 100, 6)) / 100
+def propose(runs: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Thresholds from recorded runs (``--json``), per Python version: the median over that
+    version's runs plus a margin from their spread."""
+    proposal: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for version in sorted({run["python"] for run in runs}):
+        same = [run for run in runs if run["python"] == version]
+        limits = proposal[version] = {}
+        for name in same[0]["scenarios"]:
+            limits[name] = {}
+            for check in CHECKS:
+                values = [run["scenarios"][name]["ratios"][check] for run in same]
+                middle = statistics.median(values)
+                spread = SPREAD_FACTOR * (max(values) - middle)
+                if check == "compiled/pure":
+                    limit = max(middle, 1.0) + max(spread, MIN_MARGIN_COMPILED)
+                else:
+                    limit = middle + max(spread, MIN_MARGIN * middle)
+                limits[name][check] = math.ceil(round(limit * 100, 6)) / 100
     return proposal
 
 
@@ -311,13 +336,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not scenarios:
         parser.error(f"no scenario name contains {args.only!r}")
     try:
-        thresholds = load_thresholds(args.thresholds, scenarios)
+        version, thresholds = load_thresholds(args.thresholds, scenarios, python_version())
     except (OSError, ValueError, KeyError) as exc:
         sys.stderr.write(f"gate: cannot use the thresholds: {exc}\n")
         return 2
     started = time.perf_counter()
     outcomes = run_gate(scenarios, thresholds, progress=sys.stderr)
-    text = summary(outcomes, time.perf_counter() - started)
+    text = summary(outcomes, time.perf_counter() - started, version)
     sys.stdout.write(text)
     if args.markdown:
         with open(args.markdown, "a") as out:

@@ -54,7 +54,7 @@ def test_within_thresholds_passes_without_remeasuring(backend: str) -> None:
     outcomes = gate.run_gate([_scenario()], {"enqueue x1 (full)": LIMITS}, measure_one)
     assert measure_one.calls == ["enqueue x1 (full)"]
     assert not outcomes[0].failed and outcomes[0].breached == []
-    assert "Benchmark gate passed" in gate.summary(outcomes, 1.0)
+    assert "Benchmark gate passed" in gate.summary(outcomes, 1.0, gate.python_version())
 
 
 def test_a_breach_that_does_not_repeat_passes(backend: str) -> None:
@@ -82,7 +82,7 @@ def test_a_repeated_breach_fails(backend: str, slow: Dict[str, float], check: st
     # Re-measured once, after the other scenarios.
     assert measure_one.calls == ["enqueue x1 (full)", "dequeue 1,000", "enqueue x1 (full)"]
     assert outcomes[0].failed and not outcomes[1].failed and check in outcomes[0].breached
-    assert "Benchmark gate FAILED: enqueue x1 (full)" in gate.summary(outcomes, 1.0)
+    assert "Benchmark gate FAILED: enqueue x1 (full)" in gate.summary(outcomes, 1.0, gate.python_version())
     assert "**FAIL**" in gate.table(outcomes)
 
 
@@ -95,31 +95,50 @@ def test_main_exits_1_on_a_repeated_breach(backend: str, monkeypatch: pytest.Mon
 
 def test_main_refuses_a_thresholds_file_missing_a_scenario(backend: str, tmp_path: Any) -> None:
     broken = tmp_path / "thresholds.json"
-    broken.write_text(json.dumps({"thresholds": {"dequeue 1,000": {"compiled": 2.0, "pure": 2.0}}}))
+    limits = {"dequeue 1,000": {"compiled": 2.0, "pure": 2.0}}
+    broken.write_text(json.dumps({"thresholds": {gate.python_version(): limits}}))
     assert gate.main(["--thresholds", str(broken), "--only", "dequeue"]) == 2
 
 
+def test_limits_of_the_nearest_python_version_apply_when_this_one_has_none(backend: str, tmp_path: Any) -> None:
+    path = tmp_path / "thresholds.json"
+    limits = {scenario.name: LIMITS for scenario in gate.SCENARIOS}
+    path.write_text(json.dumps({"thresholds": {"3.9": limits, "3.11": dict(limits), "3.13": limits}}))
+    assert gate.load_thresholds(str(path), gate.SCENARIOS, "3.11")[0] == "3.11"
+    assert gate.load_thresholds(str(path), gate.SCENARIOS, "3.12")[0] == "3.11"
+    assert gate.load_thresholds(str(path), gate.SCENARIOS, "3.14")[0] == "3.13"
+    assert gate.load_thresholds(str(path), gate.SCENARIOS, "3.8")[0] == "3.9"
+
+
 def test_committed_thresholds_cover_exactly_the_gated_scenarios(backend: str) -> None:
-    limits = gate.load_thresholds(gate.THRESHOLDS, gate.SCENARIOS)
-    assert set(limits) == {scenario.name for scenario in gate.SCENARIOS}
-    for name, checks in limits.items():
-        # Compiled never slower than pure beyond noise: a limit near 1, never a loophole.
-        assert 1.0 <= checks["compiled/pure"] <= 1.25, name
-        assert checks["compiled"] > 0 and checks["pure"] > 0, name
+    with open(gate.THRESHOLDS) as source:
+        versions = json.load(source)["thresholds"]
+    # The interpreters .ci/run and the bench workflow run the gate on.
+    assert {"3.9", "3.11", "3.13"} <= set(versions)
+    for version in versions:
+        used, limits = gate.load_thresholds(gate.THRESHOLDS, gate.SCENARIOS, version)
+        assert used == version and set(limits) == {scenario.name for scenario in gate.SCENARIOS}
+        for name, checks in limits.items():
+            # Compiled never slower than pure beyond noise: a limit near 1, never a loophole.
+            assert 1.0 <= checks["compiled/pure"] <= 1.25, (version, name)
+            assert checks["compiled"] > 0 and checks["pure"] > 0, (version, name)
 
 
 def test_propose_adds_a_margin_from_the_spread(backend: str, tmp_path: Any) -> None:
     runs = []
     for compiled, faster in ((1.10, 0.90), (1.20, 0.91), (1.30, 0.92), (1.16, 0.88)):
         ratios = {"compiled": compiled, "pure": 2.0, "compiled/pure": 1.0}
-        runs.append(
-            {"scenarios": {"s": {"ratios": ratios}, "t": {"ratios": dict(ratios, **{"compiled/pure": faster})}}}
-        )
+        scenarios = {"s": {"ratios": ratios}, "t": {"ratios": dict(ratios, **{"compiled/pure": faster})}}
+        runs.append({"python": "3.11", "scenarios": scenarios})
+    # Another interpreter's runs make limits of their own.
+    runs.append({"python": "3.9", "scenarios": {"s": {"ratios": {"compiled": 9.0, "pure": 9.0, "compiled/pure": 1.0}}}})
     proposal = gate.propose(runs)
-    assert proposal["s"]["compiled"] == pytest.approx(1.18 + 2 * 0.12)  # median + twice the upward spread
-    assert proposal["s"]["pure"] == pytest.approx(2.20)  # no spread: 10 % of the median
-    assert proposal["s"]["compiled/pure"] == pytest.approx(1.05)  # noise allowance above parity
-    assert proposal["t"]["compiled/pure"] == pytest.approx(1.05)  # never below parity + 0.05
+    assert set(proposal) == {"3.9", "3.11"} and proposal["3.9"]["s"]["compiled"] == pytest.approx(9.9)
+    limits = proposal["3.11"]
+    assert limits["s"]["compiled"] == pytest.approx(1.18 + 2 * 0.12)  # median + twice the upward spread
+    assert limits["s"]["pure"] == pytest.approx(2.20)  # no spread: 10 % of the median
+    assert limits["s"]["compiled/pure"] == pytest.approx(1.05)  # noise allowance above parity
+    assert limits["t"]["compiled/pure"] == pytest.approx(1.05)  # never below parity + 0.05
     names = []
     for index, run in enumerate(runs):
         path = os.path.join(os.fspath(tmp_path), f"run{index}.json")
