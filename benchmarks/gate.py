@@ -39,13 +39,15 @@ ROUNDS = 21
 IMPLS = ("floor", "compiled", "pure")
 BACKENDS = {"compiled": "cython", "pure": "python"}
 CHECKS = ("compiled", "pure", "compiled/pure")
-# --propose: a threshold is the median over the recorded runs plus a margin of twice the
-# widest upward deviation from it, and at least MIN_MARGIN of the median (a ratio to the
-# floor) or MIN_MARGIN_COMPILED (compiled/pure, which starts from at least 1: compiled may
-# lose to pure by noise, never by more). Rounded up to 0.01.
+# --propose: a limit is the median over the recorded runs plus a margin of twice the widest
+# upward deviation from it, and at least MIN_MARGIN of the median. Compiled/pure: the same
+# with a margin of at least MIN_MARGIN_COMPILED, never under 1 + MIN_MARGIN_COMPILED (the
+# compiled backend may lose to the pure one by noise) and never over MAX_COMPILED (a quarter
+# slower is a regression, however noisy the runs were). Rounded up to 0.01.
 SPREAD_FACTOR = 2.0
 MIN_MARGIN = 0.10
 MIN_MARGIN_COMPILED = 0.05
+MAX_COMPILED = 1.25
 
 
 @functools.lru_cache(maxsize=None)
@@ -309,7 +311,8 @@ def propose(runs: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, flo
                 middle = statistics.median(values)
                 spread = SPREAD_FACTOR * (max(values) - middle)
                 if check == "compiled/pure":
-                    limit = max(middle, 1.0) + max(spread, MIN_MARGIN_COMPILED)
+                    limit = middle + max(spread, MIN_MARGIN_COMPILED)
+                    limit = min(MAX_COMPILED, max(1.0 + MIN_MARGIN_COMPILED, limit))
                 else:
                     limit = middle + max(spread, MIN_MARGIN * middle)
                 limits[name][check] = math.ceil(round(limit * 100, 6)) / 100

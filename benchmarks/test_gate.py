@@ -126,9 +126,13 @@ def test_committed_thresholds_cover_exactly_the_gated_scenarios(backend: str) ->
 
 def test_propose_adds_a_margin_from_the_spread(backend: str, tmp_path: Any) -> None:
     runs = []
-    for compiled, faster in ((1.10, 0.90), (1.20, 0.91), (1.30, 0.92), (1.16, 0.88)):
+    for compiled, faster, noisy in ((1.10, 0.80, 1.0), (1.20, 0.81, 1.1), (1.30, 0.92, 1.4), (1.16, 0.78, 1.0)):
         ratios = {"compiled": compiled, "pure": 2.0, "compiled/pure": 1.0}
-        scenarios = {"s": {"ratios": ratios}, "t": {"ratios": dict(ratios, **{"compiled/pure": faster})}}
+        scenarios = {
+            "s": {"ratios": ratios},
+            "t": {"ratios": dict(ratios, **{"compiled/pure": faster})},
+            "u": {"ratios": dict(ratios, **{"compiled/pure": noisy})},
+        }
         runs.append({"python": "3.11", "scenarios": scenarios})
     # Another interpreter's runs make limits of their own.
     runs.append({"python": "3.9", "scenarios": {"s": {"ratios": {"compiled": 9.0, "pure": 9.0, "compiled/pure": 1.0}}}})
@@ -138,7 +142,8 @@ def test_propose_adds_a_margin_from_the_spread(backend: str, tmp_path: Any) -> N
     assert limits["s"]["compiled"] == pytest.approx(1.18 + 2 * 0.12)  # median + twice the upward spread
     assert limits["s"]["pure"] == pytest.approx(2.20)  # no spread: 10 % of the median
     assert limits["s"]["compiled/pure"] == pytest.approx(1.05)  # noise allowance above parity
-    assert limits["t"]["compiled/pure"] == pytest.approx(1.05)  # never below parity + 0.05
+    assert limits["t"]["compiled/pure"] == pytest.approx(1.05)  # 0.805 + 2 x 0.115, but never below 1.05
+    assert limits["u"]["compiled/pure"] == pytest.approx(1.25)  # 1.05 + 2 x 0.35, but never above 1.25
     names = []
     for index, run in enumerate(runs):
         path = os.path.join(os.fspath(tmp_path), f"run{index}.json")
