@@ -180,10 +180,10 @@ def flush(path: str, impl: str, count: int, uploader: Any = None) -> Case:
 
 def in_threads(work: Callable[[int], None]) -> None:
     """Run ``work(worker)`` in ``THREADS`` threads at once and wait for all of them."""
-    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(THREADS)]
-    for thread in threads:
+    workers = [threading.Thread(target=work, args=(worker,)) for worker in range(THREADS)]
+    for thread in workers:
         thread.start()
-    for thread in threads:
+    for thread in workers:
         thread.join()
 
 
