@@ -199,14 +199,13 @@ def run_gate(
 
 
 def _verdict(outcome: Outcome, check: str) -> str:
-    value = outcome.final.checks()[check]
-    limit = outcome.limits[check]
-    if check not in outcome.breached:
+    if outcome.second is None:
         return "ok"
     first = outcome.first.checks()[check]
-    if round(value, 2) > limit:
+    value = outcome.second.checks()[check]
+    if check in breaches(outcome.second, outcome.limits):
         return f"**FAIL** ({first:.2f}, then {value:.2f})"
-    return f"ok on re-measure (first {first:.2f})"
+    return f"ok on re-measure (first {first:.2f})" if check in outcome.breached else "ok"
 
 
 def table(outcomes: Sequence[Outcome]) -> str:
