@@ -40,12 +40,14 @@ IMPLS = ("floor", "compiled", "pure")
 BACKENDS = {"compiled": "cython", "pure": "python"}
 CHECKS = ("compiled", "pure", "compiled/pure")
 # --propose: a limit is the median over the recorded runs plus a margin of twice the widest
-# upward deviation from it, and at least MIN_MARGIN of the median. Compiled/pure: the same
+# upward deviation from it, and at least MIN_MARGIN of the median: on this shared machine a
+# ratio to the C floor also climbs with the load (dequeue's by 5 % at a load average of 8,
+# 15 % at 10), because the queue's Python suffers more from a neighbour. Compiled/pure: the same
 # with a margin of at least MIN_MARGIN_COMPILED, never under 1 + MIN_MARGIN_COMPILED (the
 # compiled backend may lose to the pure one by noise) and never over MAX_COMPILED (a quarter
 # slower is a regression, however noisy the runs were). Rounded up to 0.01.
 SPREAD_FACTOR = 2.0
-MIN_MARGIN = 0.10
+MIN_MARGIN = 0.15
 MIN_MARGIN_COMPILED = 0.05
 MAX_COMPILED = 1.25
 
