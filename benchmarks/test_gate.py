@@ -86,13 +86,13 @@ def test_a_repeated_breach_fails(backend: str, slow: Dict[str, float], check: st
     assert "**FAIL**" in gate.table(outcomes)
 
 
-def test_a_check_that_breaches_only_on_the_re_measurement_fails(backend: str) -> None:
-    # First the pure backend is over its limit, then the compiled one: two breaches in a row.
+def test_a_check_over_its_limit_in_only_one_of_the_two_measurements_passes(backend: str) -> None:
+    # First the pure backend is over its limit, then the compiled one: neither is over twice.
     measure_one = _replay(_timings(compiled=1.2, pure=1.5), _timings(compiled=1.35, pure=1.3))
     outcomes = gate.run_gate([_scenario()], {"enqueue x1 (full)": LIMITS}, measure_one)
-    assert outcomes[0].failed
+    assert not outcomes[0].failed and outcomes[0].breached == ["pure"]
     rows = {line.split(" | ")[1]: line for line in gate.table(outcomes).splitlines()[2:]}
-    assert "**FAIL** (1.20, then 1.35)" in rows["compiled"]
+    assert "ok, over only once (1.20, then 1.35)" in rows["compiled"]
     assert "ok on re-measure (first 1.50)" in rows["pure"]
     assert rows["compiled / pure"].endswith("| ok |")
 
