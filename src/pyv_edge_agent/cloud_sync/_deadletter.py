@@ -7,7 +7,7 @@ back in the queue, or drop them, on the queue's ``Store``.
 import sqlite3
 from typing import Any, List, Optional, Sequence, Tuple
 
-from . import _codec, _validate
+from . import _codec, _seal, _validate
 from ._sql import by_id_chunk_shape
 from ._store import Store
 from ._types import DeadLetter, Priority
@@ -33,7 +33,16 @@ def list_dead(store: Store, limit: Any) -> List[DeadLetter]:
     """Return up to ``limit`` dead letters, oldest first."""
     count = _validate.integer("limit", limit, 1)
     with store.lock:
-        return [_decode(row) for row in store.conn().execute(SELECT_DEAD_SQL, (count,))]
+        rows = store.conn().execute(SELECT_DEAD_SQL, (count,)).fetchall()
+        queue_id = store.queue_id
+    if store.sealer is not None:
+        # Dead letters stay sealed in the file; only the copies handed out are opened.
+        return [_decode(row) for row in store.sealer.open_rows(rows, queue_id, 2, "sync_dead_letters")]
+    try:
+        return [_decode(row) for row in rows]
+    except ValueError:
+        _seal.refuse_sealed(rows, "sync_dead_letters")
+        raise
 
 
 def count_dead(conn: sqlite3.Connection) -> int:
