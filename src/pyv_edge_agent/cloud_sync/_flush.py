@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
 from . import _codec, _seal
+from ._errors import DecryptionError
 from ._policy import FlushPolicy, LinkState
 from ._sql import (
     ACK_SQL,
@@ -51,7 +52,6 @@ from ._sql import (
     SET_COUNTER_SQL,
     write_transaction,
 )
-from ._errors import DecryptionError
 from ._store import Store
 from ._upload_types import OutcomeKind, UploadError, UploadResult
 

@@ -164,12 +164,20 @@ class CloudSyncQueue:
         durability = self._store.durability
         sealer = self._store.sealer
         sealed = "" if sealer is None else f", cipher={sealer.cipher!r}, key_id={sealer.key_id!r}"
-        return f"CloudSyncQueue(db_path={self.db_path!r}, durability={durability!r}{sealed}, backend={_codec.BACKEND!r})"
+        return (
+            f"CloudSyncQueue(db_path={self.db_path!r}, durability={durability!r}{sealed}, backend={_codec.BACKEND!r})"
+        )
 
     @property
     def db_path(self) -> str:
         """The path of the SQLite file."""
         return self._store.path
+
+    @property
+    def encryption_key_id(self) -> Optional[str]:
+        """The key id new items are sealed under (None: the queue has no ``encryption_key``)."""
+        sealer = self._store.sealer
+        return None if sealer is None else sealer.key_id
 
     # -- writing ----------------------------------------------------------------------
 

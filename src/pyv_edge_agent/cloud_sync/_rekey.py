@@ -69,5 +69,7 @@ def rekey(store: Store) -> int:
         store.compact()
         busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
     if busy:
-        logger.warning("rekey of %r: another connection holds the WAL; old texts stay in it until it is reset", store.path)
+        logger.warning(
+            "rekey of %r: another connection holds the WAL; old texts stay in it until it is reset", store.path
+        )
     return count

@@ -176,8 +176,7 @@ class Sealer:
             raise ValueError(f"encryption_key(None) failed: {type(exc).__name__}") from exc
         if not (isinstance(current, tuple) and len(current) == 2):
             raise TypeError(
-                "encryption_key(None) must return the newest (key_id, key) pair,"
-                f" got {type(current).__name__}"
+                f"encryption_key(None) must return the newest (key_id, key) pair, got {type(current).__name__}"
             )
         key_id, key = current
         if not isinstance(key_id, str) or not KEY_ID_PATTERN.fullmatch(key_id):
@@ -238,7 +237,9 @@ class Sealer:
             row_id = first_id + index
             nonce = nonces[index * _NONCE_BYTES : (index + 1) * _NONCE_BYTES]
             box = nonce + encrypt(nonce, text.encode(), b"%b%d:%d" % (prefix, row_id, priority))
-            sealed.append((header + binascii.b2a_base64(box, newline=False).decode(), priority, created_at, ttl, row_id))
+            sealed.append(
+                (header + binascii.b2a_base64(box, newline=False).decode(), priority, created_at, ttl, row_id)
+            )
         return sealed
 
     def reseal(self, text: str, row_id: int, priority: int, queue_id: str, table: str) -> str:
