@@ -169,7 +169,8 @@ class Sealer:
         return f"Sealer(cipher={self.cipher!r}, key_id={self.key_id!r})"
 
     def refresh(self) -> None:
-        """Ask the key source again for the newest key (new items and ``rekey`` use it)."""
+        """Ask the key source again for the newest key (new items and ``rekey`` use it);
+        older keys are asked for again when next needed."""
         try:
             current = self._source(None)
         except Exception as exc:  # the user's key source: name it, keep its message out
@@ -181,7 +182,8 @@ class Sealer:
         key_id, key = current
         if not isinstance(key_id, str) or not KEY_ID_PATTERN.fullmatch(key_id):
             raise ValueError(f"encryption_key(None) returned the key id {key_id!r:.60}: use 1-32 of A-Z a-z 0-9 _ . -")
-        self._keys[key_id] = _key_bytes(key, f"the key of key id {key_id!r}")
+        self._keys = {key_id: _key_bytes(key, f"the key of key id {key_id!r}")}
+        self._aeads = {}
         self.key_id = key_id
         self._header = f"{MARK}{_FORMAT}{self._letter}{key_id}:"
 
