@@ -5,7 +5,6 @@ nothing; rotation and ``rekey``."""
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -120,8 +119,14 @@ _TEXT = st.characters(blacklist_categories=("Cs",))
         st.dictionaries(
             st.text(_TEXT, min_size=1, max_size=12),
             st.recursive(
-                st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(_TEXT) | st.floats(allow_nan=False),
-                lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(_TEXT, max_size=6), inner, max_size=4),
+                st.none()
+                | st.booleans()
+                | st.integers(-(2**63), 2**63 - 1)
+                | st.text(_TEXT)
+                | st.floats(allow_nan=False),
+                lambda inner: (
+                    st.lists(inner, max_size=4) | st.dictionaries(st.text(_TEXT, max_size=6), inner, max_size=4)
+                ),
                 max_leaves=10,
             ),
             max_size=6,
