@@ -226,8 +226,9 @@ def _sealed_queue(db_path: str, count: int = 3) -> CloudSyncQueue:
         "UPDATE sync_queue SET priority = 1 WHERE id = 2",
         "UPDATE sync_queue SET payload = substr(payload, 1, length(payload) - 8) WHERE id = 2",
         "UPDATE sync_queue SET payload = replace(payload, '~1c', '~1a') WHERE id = 2",
+        "UPDATE sync_queue SET payload = replace(payload, '~1c', '~9c') WHERE id = 2",
     ],
-    ids=["flipped-byte", "moved-from-another-row", "priority-changed", "truncated", "cipher-swapped"],
+    ids=["flipped-byte", "moved-from-another-row", "priority-changed", "truncated", "cipher-swapped", "unknown-format"],
 )
 def test_tampering_or_moving_a_ciphertext_is_an_error_and_changes_nothing(db_path: str, change: str) -> None:
     with _sealed_queue(db_path) as queue:

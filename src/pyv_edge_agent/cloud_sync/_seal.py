@@ -160,7 +160,7 @@ class Sealer:
         self._letter = _LETTER[cipher]
         _aead_class(cipher)  # the ImportError comes now, before anything is opened
         self._keys: Dict[str, bytes] = {}
-        self._aeads: Dict[Tuple[str, str, str], Any] = {}
+        self._aeads: Dict[Tuple[bytes, str], Any] = {}
         self.key_id = ""
         self._header = ""
         self.refresh()
@@ -215,13 +215,22 @@ class Sealer:
         self._keys[key_id] = key
         return key
 
-    def _aead(self, letter: str, key_id: str, queue_id: str, row_id: int, table: str) -> Any:
-        aead = self._aeads.get((letter, key_id, queue_id))
+    def _aead(self, header: bytes, queue_id: str, row_id: int, table: str) -> Any:
+        """The cipher object for items with this header in this queue file (cached)."""
+        aead = self._aeads.get((header, queue_id))
         if aead is None:
-            key = self._key(key_id, row_id, table)
+            head = _HEADER.fullmatch(header.decode("ascii", "replace"))
+            if head is None:
+                raise DecryptionError(
+                    f"item {row_id} in {table} is sealed in an unknown format ({header[:3].decode('ascii', 'replace')!r});"
+                    " a newer release may have written it",
+                    row_id,
+                    None,
+                )
+            key = self._key(head.group(2), row_id, table)
             item_key = hmac.new(key, _ITEM_KEY_INFO + queue_id.encode() + b"\x01", hashlib.sha256).digest()
-            aead = _aead_class(_CIPHER_OF[letter])(item_key)
-            self._aeads[(letter, key_id, queue_id)] = aead
+            aead = _aead_class(_CIPHER_OF[head.group(1)])(item_key)
+            self._aeads[(header, queue_id)] = aead
         return aead
 
     def seal_rows(
@@ -230,9 +239,8 @@ class Sealer:
         """Insert parameters ``(sealed text, priority, created_at, ttl, id)`` for ``rows``,
         which will get the ids ``first_id``, ``first_id + 1``, ..."""
         header = self._header
-        aead = self._aead(self._letter, self.key_id, queue_id, first_id, "sync_queue")
-        encrypt = aead.encrypt
         prefix = header.encode()
+        encrypt = self._aead(prefix, queue_id, first_id, "sync_queue").encrypt
         nonces = os.urandom(_NONCE_BYTES * len(rows))
         sealed = []
         for index, (text, priority, created_at, ttl) in enumerate(rows):
@@ -255,27 +263,19 @@ class Sealer:
         raw = text.encode() if isinstance(text, str) else text
         if raw[:1] != MARK_BYTE:
             return raw
-        head = _HEADER.match(raw[:40].decode("ascii", "replace"))
-        if head is None:
-            raise DecryptionError(
-                f"item {row_id} in {table} is sealed in an unknown format ({raw[:3].decode('ascii', 'replace')!r});"
-                " a newer release may have written it",
-                row_id,
-                None,
-            )
-        letter, key_id = head.group(1), head.group(2)
-        aead = self._aead(letter, key_id, queue_id, row_id, table)
-        end = head.end()
+        end = raw.find(b":", 3, 40) + 1
+        header = raw[:end] if end else raw[:3]
+        aead = self._aead(header, queue_id, row_id, table)
         try:
             box = binascii.a2b_base64(raw[end:])
-            return aead.decrypt(box[:_NONCE_BYTES], box[_NONCE_BYTES:], b"%b%d:%d" % (raw[:end], row_id, priority))  # type: ignore[no-any-return]
+            return aead.decrypt(box[:_NONCE_BYTES], box[_NONCE_BYTES:], b"%b%d:%d" % (header, row_id, priority))  # type: ignore[no-any-return]
         except Exception:  # InvalidTag, a bad base64 or a short box: all the same to the caller
             raise DecryptionError(
-                f"item {row_id} in {table} (key id {key_id!r}) does not authenticate: its stored text was"
-                " changed or moved from another row or queue file, or the key under this id is wrong;"
+                f"item {row_id} in {table} (key id {header[3:-1].decode()!r}) does not authenticate: its stored"
+                " text was changed or moved from another row or queue file, or the key under this id is wrong;"
                 " nothing was changed",
                 row_id,
-                key_id,
+                header[3:-1].decode(),
             ) from None
 
     def open_rows(self, rows: Sequence[_Row], queue_id: str, priority_at: int, table: str) -> List[_Row]:
