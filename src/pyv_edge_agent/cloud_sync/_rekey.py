@@ -13,6 +13,7 @@ import sqlite3
 from typing import Any, Iterator, List, Tuple
 
 from ._errors import CloudSyncError
+from ._seal import Sealer
 from ._sql import write_transaction
 from ._store import Store
 
@@ -22,16 +23,37 @@ TABLES = ("sync_queue", "sync_dead_letters")
 CHUNK = 500
 _SELECT = "SELECT id, payload, priority FROM {table} WHERE id > ? ORDER BY id LIMIT ?"
 _UPDATE = "UPDATE {table} SET payload = ? WHERE id = ?"
+# Ids are 64-bit: below the first, and a mark for "no chunk left" (SQLite never hands out 2**63).
+FIRST = -(2**63)
+STOP = 2**63
 
 
-def _chunks(conn: sqlite3.Connection, table: str) -> Iterator[List[Tuple[Any, ...]]]:
-    last = -(2**63)
+def _after(conn: sqlite3.Connection, table: str, last: int) -> List[Tuple[Any, ...]]:
+    """The next chunk of ``table``'s ``(id, payload, priority)`` rows with ids above ``last``."""
+    return conn.execute(_SELECT.format(table=table), (last, CHUNK)).fetchall()
+
+
+def _each_chunk(conn: sqlite3.Connection, table: str) -> Iterator[List[Tuple[Any, ...]]]:
+    last = FIRST
     while True:
-        rows = conn.execute(_SELECT.format(table=table), (last, CHUNK)).fetchall()
+        rows = _after(conn, table, last)
         if not rows:
             return
         yield rows
         last = rows[-1][0]
+
+
+def _reseal_chunk(conn: sqlite3.Connection, sealer: Sealer, queue_id: str, table: str, last: int) -> Tuple[int, int]:
+    """Re-seal the chunk after ``last`` in one transaction; return (re-sealed, last id, or ``STOP``)."""
+    with write_transaction(conn):
+        rows = _after(conn, table, last)
+        changed = [
+            (sealer.reseal(text, row_id, priority, queue_id, table), row_id)
+            for row_id, text, priority in rows
+            if not sealer.is_current(text)
+        ]
+        conn.executemany(_UPDATE.format(table=table), changed)
+    return len(changed), rows[-1][0] if rows else STOP
 
 
 def rekey(store: Store) -> int:
@@ -45,31 +67,21 @@ def rekey(store: Store) -> int:
         conn = store.conn()
         queue_id = store.queue_id
         for table in TABLES:
-            for rows in _chunks(conn, table):
+            for rows in _each_chunk(conn, table):
                 sealer.open_rows(rows, queue_id, 2, table)
         conn.execute("PRAGMA secure_delete = ON")
         try:
             for table in TABLES:
-                last = -(2**63)
-                while True:
-                    with write_transaction(conn):
-                        rows = conn.execute(_SELECT.format(table=table), (last, CHUNK)).fetchall()
-                        changed = [
-                            (sealer.reseal(text, row_id, priority, queue_id, table), row_id)
-                            for row_id, text, priority in rows
-                            if not sealer.is_current(text)
-                        ]
-                        conn.executemany(_UPDATE.format(table=table), changed)
-                    count += len(changed)
-                    if not rows:
-                        break
-                    last = rows[-1][0]
+                last = FIRST
+                while last != STOP:
+                    changed, last = _reseal_chunk(conn, sealer, queue_id, table, last)
+                    count += changed
         finally:
             conn.execute("PRAGMA secure_delete = FAST")
         store.compact()
         busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
     if busy:
         logger.warning(
-            "rekey of %r: another connection holds the WAL; old texts stay in it until it is reset", store.path
+            "rekey of %r: another connection holds the WAL; old texts stay in it until it resets", store.path
         )
     return count

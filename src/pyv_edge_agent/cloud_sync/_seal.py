@@ -221,9 +221,10 @@ class Sealer:
         if aead is None:
             head = _HEADER.fullmatch(header.decode("ascii", "replace"))
             if head is None:
+                shown = header[:3].decode("ascii", "replace")
                 raise DecryptionError(
-                    f"item {row_id} in {table} is sealed in an unknown format ({header[:3].decode('ascii', 'replace')!r});"
-                    " a newer release may have written it",
+                    f"item {row_id} in {table} is sealed in an unknown format ({shown!r}); a newer release may"
+                    " have written it",
                     row_id,
                     None,
                 )
