@@ -242,16 +242,25 @@ class Sealer:
         header = self._header
         prefix = header.encode()
         encrypt = self._aead(prefix, queue_id, first_id, "sync_queue").encrypt
-        nonces = os.urandom(_NONCE_BYTES * len(rows))
-        sealed = []
-        for index, (text, priority, created_at, ttl) in enumerate(rows):
-            row_id = first_id + index
-            nonce = nonces[index * _NONCE_BYTES : (index + 1) * _NONCE_BYTES]
-            box = nonce + encrypt(nonce, text.encode(), b"%b%d:%d" % (prefix, row_id, priority))
-            sealed.append(
-                (header + binascii.b2a_base64(box, newline=False).decode(), priority, created_at, ttl, row_id)
+        size = _NONCE_BYTES * len(rows)
+        random = os.urandom(size)
+        nonces = [random[start : start + _NONCE_BYTES] for start in range(0, size, _NONCE_BYTES)]
+        b2a = binascii.b2a_base64
+        return [
+            (
+                header
+                + b2a(
+                    nonce + encrypt(nonce, text.encode(), prefix + b"%d:%d" % (row_id, priority)), newline=False
+                ).decode(),
+                priority,
+                created_at,
+                ttl,
+                row_id,
             )
-        return sealed
+            for row_id, nonce, (text, priority, created_at, ttl) in zip(
+                range(first_id, first_id + len(rows)), nonces, rows
+            )
+        ]
 
     def reseal(self, text: str, row_id: int, priority: int, queue_id: str, table: str) -> str:
         """``text`` (sealed or plain) sealed under the newest key and the configured cipher."""
