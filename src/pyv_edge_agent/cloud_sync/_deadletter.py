@@ -35,14 +35,8 @@ def list_dead(store: Store, limit: Any) -> List[DeadLetter]:
     with store.lock:
         rows = store.conn().execute(SELECT_DEAD_SQL, (count,)).fetchall()
         queue_id = store.queue_id
-    if store.sealer is not None:
-        # Dead letters stay sealed in the file; only the copies handed out are opened.
-        return [_decode(row) for row in store.sealer.open_rows(rows, queue_id, 2, "sync_dead_letters")]
-    try:
-        return [_decode(row) for row in rows]
-    except ValueError:
-        _seal.refuse_sealed(rows, "sync_dead_letters")
-        raise
+    # Dead letters stay sealed in the file; only the copies handed out are opened.
+    return _seal.decoded(store.sealer, rows, queue_id, "sync_dead_letters", lambda found: [_decode(r) for r in found])
 
 
 def count_dead(conn: sqlite3.Connection) -> int:

@@ -280,14 +280,7 @@ class CloudSyncQueue:
                 if len(rows) >= limit:
                     break
             queue_id = self._store.queue_id
-        sealer = self._store.sealer
-        if sealer is not None:
-            return _codec.decode_rows(sealer.open_rows(rows, queue_id, 2, "sync_queue"))
-        try:
-            return _codec.decode_rows(rows)
-        except ValueError:
-            _seal.refuse_sealed(rows, "sync_queue")
-            raise
+        return _seal.decoded(self._store.sealer, rows, queue_id, "sync_queue", _codec.decode_rows)
 
     @_sqlite_errors
     def pending_count(self) -> int:

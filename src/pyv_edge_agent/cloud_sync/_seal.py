@@ -46,6 +46,7 @@ EXTRA_HINT = "pip install 'pyv-edge-agent[crypto]'"
 
 KeySource = Callable[[Optional[str]], Any]
 _Row = TypeVar("_Row", bound=Tuple[Any, ...])
+_Decoded = TypeVar("_Decoded")
 
 
 def key_id_of(key: bytes) -> str:
@@ -327,6 +328,25 @@ def refuse_sealed(rows: Sequence[Tuple[Any, ...]], table: str) -> None:
                 row[0],
                 key_id,
             )
+
+
+def decoded(
+    sealer: Optional[Sealer],
+    rows: List[_Row],
+    queue_id: str,
+    table: str,
+    decode: Callable[[List[_Row]], _Decoded],
+) -> _Decoded:
+    """``decode(rows)`` after opening their texts (id, text, priority first). Without a
+    sealer the rows go to ``decode`` as they are, and a sealed one among them that fails
+    to parse becomes a ``MissingKeyError``: no cost while every text is plain."""
+    if sealer is not None:
+        return decode(sealer.open_rows(rows, queue_id, 2, table))
+    try:
+        return decode(rows)
+    except ValueError:
+        refuse_sealed(rows, table)
+        raise
 
 
 def split_readable(
