@@ -5,6 +5,7 @@ nothing; rotation and ``rekey``."""
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -505,8 +506,15 @@ def test_cli_reads_with_key_files_and_rekeys(tmp_path: Any, db_path: str, capsys
     assert "--key-file" in capsys.readouterr().err
     assert cli_main(["--plain", "peek", db_path, "--json", "--key-file", old]) == 0
     assert json.loads(capsys.readouterr().out)[0]["payload"] == {"secret": CANARY}
-    assert cli_main(["--plain", "rekey", db_path, "--key-file", old, "--key-file", new, "--json"]) == 0
+    rekey = ["--plain", "rekey", db_path, "--key-file", old, "--key-file", new, "--cipher", "aes-256-gcm", "--json"]
+    assert cli_main(rekey) == 0
     assert json.loads(capsys.readouterr().out) == {"resealed": 1}
+    conn = sqlite3.connect(db_path)
+    try:
+        stored = conn.execute("SELECT payload FROM sync_queue").fetchone()[0]
+    finally:
+        conn.close()
+    assert stored.startswith("~1a" + _seal.key_id_of(OTHER_KEY) + ":")
     assert cli_main(["--plain", "dead-letters", db_path, "--json", "--key-file", new]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert cli_main(["--plain", "peek", db_path, "--json", "--key-file", new]) == 0

@@ -55,7 +55,8 @@ def _open_queue(path: str, args: Optional[argparse.Namespace] = None) -> CloudSy
     key_files = getattr(args, "key_file", None)
     if args is None or not key_files:
         return CloudSyncQueue(path)
-    return CloudSyncQueue(path, encryption_key=KeyRing.from_files(key_files), encryption_cipher=args.cipher)
+    cipher = getattr(args, "cipher", DEFAULT_CIPHER)
+    return CloudSyncQueue(path, encryption_key=KeyRing.from_files(key_files), encryption_cipher=cipher)
 
 
 def _print_json(out: Output, value: Any) -> None:
@@ -379,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     rekey.add_argument("db", help="the queue's SQLite file")
     rekey.add_argument("--json", action="store_true", help="machine-readable JSON")
     rekey.set_defaults(run=_cmd_rekey)
+    rekey.add_argument(
+        "--cipher", choices=CIPHERS, default=DEFAULT_CIPHER, help=f"the cipher to seal with (default {DEFAULT_CIPHER})"
+    )
     for reader in (peek, flush, dead, rekey):
         reader.add_argument(
             "--key-file",
@@ -386,12 +390,6 @@ def build_parser() -> argparse.ArgumentParser:
             required=reader is rekey,
             metavar="PATH",
             help="a key for sealed payloads (32 bytes, hex or base64); repeat for old keys, the last one is the newest",
-        )
-        reader.add_argument(
-            "--cipher",
-            choices=CIPHERS,
-            default=DEFAULT_CIPHER,
-            help=f"for items sealed anew (default {DEFAULT_CIPHER})",
         )
 
     purge = commands.add_parser("purge", help="delete items that can no longer be sent")
