@@ -520,3 +520,23 @@ def test_cli_reads_with_key_files_and_rekeys(tmp_path: Any, db_path: str, capsys
     assert cli_main(["--plain", "peek", db_path, "--json", "--key-file", new]) == 0
     assert json.loads(capsys.readouterr().out)[0]["payload"] == {"secret": CANARY}
     _assert_no_canary(db_path)
+
+
+def test_the_asyncio_api_seals_and_opens_alike(db_path: str) -> None:
+    import asyncio
+
+    from pyv_edge_agent.cloud_sync.aio import AsyncCloudSyncQueue
+
+    async def main() -> List[Any]:
+        queue = AsyncCloudSyncQueue.from_dict({"db_path": db_path, "encryption_key": KEY})
+        try:
+            await asyncio.gather(*(queue.enqueue({"secret": CANARY, "i": i}) for i in range(20)))
+            await queue.enqueue_many(_payloads(5))
+            return [item.payload for item in await queue.dequeue(100)]
+        finally:
+            await queue.close()
+
+    found = asyncio.run(main())
+    assert sorted(p["i"] for p in found if "i" in p) == list(range(20))
+    assert [p for p in found if "seq" in p] == _payloads(5)
+    _assert_no_canary(db_path)
