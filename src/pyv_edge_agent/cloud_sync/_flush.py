@@ -232,8 +232,9 @@ class Flusher:
     def _deliver(self, claim: _Claim, queue_id: str) -> Tuple[bool, int]:
         """Send a claimed batch, splitting it where the endpoint asks; return (go on, acked)."""
         acked = 0
-        claim.pending = [self._readable(claim)]
-        while claim.pending and claim.pending[-1]:
+        readable = self._readable(claim)
+        claim.pending = [readable] if readable else []
+        while claim.pending:
             part = claim.pending.pop()
             ids = [row[0] for row in part]
             outcome = send(self._post, [row[1] for row in part], idempotency_key(queue_id, ids))
