@@ -411,6 +411,46 @@ def test_kill_9_mid_batch_leaves_no_plaintext(tmp_path: Any, db_path: str, durab
         assert queue.verify().ok
 
 
+_FLUSHER = textwrap.dedent(
+    """
+    import sys, time
+    from pyv_edge_agent.cloud_sync import CloudSyncQueue
+
+    class Stalling:
+        def post_batch(self, payloads):
+            raise AssertionError("the flush must splice")
+
+        def post_encoded_batch(self, body, count):
+            assert sys.argv[3].encode() in body  # what an uploader gets is opened
+            print("sending", count, flush=True)
+            time.sleep(3600)
+
+    queue = CloudSyncQueue(sys.argv[1], encryption_key=sys.argv[2], max_batch_items=100)
+    queue.enqueue_many([{"secret": sys.argv[3], "i": i} for i in range(300)])
+    queue.maybe_flush(Stalling())
+    """
+)
+
+
+def test_kill_9_mid_upload_leaves_no_plaintext_and_every_item_sealed(tmp_path: Any, db_path: str) -> None:
+    key_file = os.path.join(os.fspath(tmp_path), "queue.key")
+    with open(key_file, "wb") as handle:
+        handle.write(KEY)
+    os.makedirs(os.path.dirname(db_path), exist_ok=True)
+    flusher = subprocess.Popen([sys.executable, "-c", _FLUSHER, db_path, key_file, CANARY], stdout=subprocess.PIPE)
+    try:
+        assert flusher.stdout is not None
+        assert flusher.stdout.readline().split() == [b"sending", b"100"]
+    finally:
+        os.kill(flusher.pid, signal.SIGKILL)
+        flusher.wait()
+    _assert_no_canary(db_path)
+    # An hour on, the lease of the killed flusher has run out and every item is due again.
+    with CloudSyncQueue(db_path, encryption_key=KEY, clock=lambda: time.time() + 3600) as queue:
+        assert queue.get_stats()["in_flight"] == 0
+        assert sorted(item.payload["i"] for item in queue.dequeue(1000)) == list(range(300))
+
+
 def test_a_quarantined_sealed_file_holds_no_plaintext(tmp_path: Any) -> None:
     directory = os.path.join(os.fspath(tmp_path), "q")
     path = os.path.join(directory, "q.db")
