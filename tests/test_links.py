@@ -6,6 +6,7 @@ far below the backoff they end. The figures on a real shaped link are in
 ``test_shaped_link.py``.
 """
 
+import asyncio
 import logging
 import os
 import random
@@ -18,12 +19,15 @@ from typing import Any, Callable, Dict, List, Optional
 import orjson
 import pytest
 import rawsql
+from aio_support import eventually
+from aio_support import run as aio_run
 from waiting import wait_for as _wait_for
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, SyncWorker, UploadError
 from pyv_edge_agent.cloud_sync._metrics import BY_KEY, prometheus_text
 from pyv_edge_agent.cloud_sync._pacing import FIRST_BATCH_BYTES, Pacer, ThroughputMeter, TokenBucket
 from pyv_edge_agent.cloud_sync._resume import prober
+from pyv_edge_agent.cloud_sync.aio import AsyncCloudSyncQueue, AsyncSyncWorker
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 
 KEY = "test-key"
@@ -385,6 +389,52 @@ def test_kick_does_not_end_an_endpoints_backoff(db_path: str) -> None:
             worker.kick()
             time.sleep(0.3)
         assert len(uploader.keys) == 1 and queue.backoff_seconds > 0
+
+
+def test_async_worker_probes_with_an_async_probe_and_takes_a_kick(db_path: str) -> None:
+    link = asyncio.Event()
+    asked: List[int] = []
+
+    class AsyncRecording(Recording):
+        async def probe(self) -> bool:
+            asked.append(1)
+            return link.is_set()
+
+    async def main() -> None:
+        uploader = AsyncRecording(fail=1)
+        async with AsyncCloudSyncQueue(db_path, probe_interval=0.05, **LONG_BACKOFF) as queue:
+            await queue.enqueue_many([{"i": i} for i in range(3)])
+            async with AsyncSyncWorker(queue, uploader, interval=3600):
+                assert await eventually(lambda: len(asked) >= 3)
+                assert uploader.batches == [] and queue.queue.link_down
+                link.set()
+                assert await eventually(lambda: len(uploader.batches) == 1)
+            assert uploader.keys[0] == uploader.keys[1]
+            unprobed = Recording(fail=1)
+            await queue.enqueue({"i": 3})
+            async with AsyncSyncWorker(queue, unprobed, interval=3600) as worker:
+                assert await eventually(lambda: queue.queue.link_down)
+                worker.kick()
+                assert await eventually(lambda: unprobed.batches == [[{"i": 3}]])
+
+    aio_run(main)
+
+
+def test_async_worker_probes_an_http_endpoint_in_a_thread(db_path: str) -> None:
+    server = IngestServer(api_key=KEY).start()
+    port = server.port
+    server.stop()
+
+    async def main() -> None:
+        async with AsyncCloudSyncQueue(db_path, probe_interval=0.1, **LONG_BACKOFF) as queue:
+            await queue.enqueue_many([{"i": i} for i in range(4)])
+            uploader = HTTPCloudUploader(f"http://127.0.0.1:{port}/v1/ingest", KEY, timeout=5)
+            async with AsyncSyncWorker(queue, uploader, interval=3600):
+                assert await eventually(lambda: queue.queue.link_down)
+                with IngestServer(port=port, api_key=KEY) as back:
+                    assert await eventually(lambda: len(back.items) == 4)
+
+    aio_run(main)
 
 
 # -- the command line ----------------------------------------------------------------------------
