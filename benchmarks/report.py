@@ -100,7 +100,8 @@ def _floor(members: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 def _is_figure(bench: Dict[str, Any]) -> bool:
     info = bench.get("extra_info", {})
-    return any(key in info for key in ("bytes_per_item", "peak_rss_growth_mb", "import_open_ms", "lag_p99_ms"))
+    figures = ("bytes_per_item", "peak_rss_growth_mb", "import_open_ms", "lag_p99_ms", "shaped_link")
+    return any(key in info for key in figures)
 
 
 def figures_table(benchmarks: List[Dict[str, Any]]) -> str:
@@ -118,7 +119,32 @@ def figures_table(benchmarks: List[Dict[str, Any]]) -> str:
         if "lag_p99_ms" in info:
             lag = f"{info['lag_p50_ms']} / {info['lag_p99_ms']} / {info['lag_max_ms']} ms"
             lines.append(f"| event-loop lag p50 / p99 / max, {info['variant']} | {backend} | {lag} |")
+        if "shaped_link" in info:
+            figures = info["shaped_link"]
+            lines.append(f"| {_shaped_link_figure(figures)} | {backend} | {_shaped_link_value(figures)} |")
     return "\n".join(lines)
+
+
+def _shaped_link_figure(figures: Dict[str, Any]) -> str:
+    scenario = figures["scenario"]
+    if scenario == "drain":
+        return (
+            f"drain {figures['items']:,} items at {figures['rate']} (max_batch_seconds {figures['max_batch_seconds']})"
+        )
+    if scenario == "rate":
+        return f"max_items_per_second 50 at {figures['rate']}, over {figures['window']:.0f} s"
+    return f"link cut and restored at {figures['rate']} (probe_interval {figures['probe_interval']} s)"
+
+
+def _shaped_link_value(figures: Dict[str, Any]) -> str:
+    scenario = figures["scenario"]
+    if scenario == "drain":
+        seconds, ratio, critical = figures["seconds"], figures["ratio"], figures["critical_delay"]
+        return f"{seconds:.1f} s, {ratio:.3f}x the limit; critical item {critical:.2f} s"
+    if scenario == "rate":
+        return f"{figures['items_per_second']:.1f} items/s"
+    delay, left = figures["resume_delay"], figures["backoff_left_at_restore"]
+    return f"first batch {delay:.2f} s after restore ({left:.0f} s of backoff left)"
 
 
 def report(runs: List[Dict[str, Any]], out: TextIO) -> None:

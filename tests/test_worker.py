@@ -5,25 +5,16 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, List
+from typing import Any, List
 
 import pytest
+from waiting import PATIENCE
+from waiting import wait_for as _wait_for
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, SyncWorker
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 
 KEY = "test-key"
-# A guard against hanging, never a measure of speed: the machine is shared and noisy.
-PATIENCE = 30.0
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = PATIENCE) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def test_worker_drains_the_queue_and_stops(db_path: str, server: IngestServer) -> None:

@@ -26,6 +26,7 @@ import logging
 import math
 import sqlite3
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
@@ -33,6 +34,7 @@ from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 from . import _codec, _seal
 from ._errors import DecryptionError
 from ._policy import FlushPolicy, LinkState
+from ._resume import release_held
 from ._sql import (
     ACK_SQL,
     ADD_COUNTER_SQL,
@@ -75,6 +77,10 @@ MAX_ERROR_CHARS = 500
 
 # (id, stored text as bytes, retry_count, priority, next_retry_at)
 Row = Tuple[int, bytes, int, int, float]
+
+# The measured throughput, kept in sync_meta so that a restarted agent sizes its first
+# batches from it and ``cloud-sync stats`` shows it.
+THROUGHPUT_KEYS = ("link_bytes_per_second", "link_items_per_second")
 
 
 def classify(status: Optional[int]) -> OutcomeKind:
@@ -202,6 +208,8 @@ class Flusher:
         self._unreadable: List[DecryptionError] = []
         self._dead_count = 0
         self._dead_error = ""
+        self._max_items = policy.max_batch_items
+        self._max_bytes = policy.max_batch_bytes
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -209,6 +217,7 @@ class Flusher:
         """Send batches until none is left, one fails, or ``stop`` is set; return items acked."""
         acked = 0
         queue_id = ""
+        self._seed_meter()
         while self._stop is None or not self._stop.is_set():
             claim = self._claim()
             if claim is None:
@@ -233,11 +242,17 @@ class Flusher:
         """Send a claimed batch, splitting it where the endpoint asks; return (go on, acked)."""
         acked = 0
         readable = self._readable(claim)
+        if readable:
+            self._pace(readable)
         claim.pending = [readable] if readable else []
         while claim.pending:
             part = claim.pending.pop()
             ids = [row[0] for row in part]
-            outcome = send(self._post, [row[1] for row in part], idempotency_key(queue_id, ids))
+            texts = [row[1] for row in part]
+            started = time.monotonic()
+            outcome = send(self._post, texts, idempotency_key(queue_id, ids))
+            if outcome.kind == ACCEPTED:
+                self._link.meter.record(_body_size(texts), len(texts), time.monotonic() - started)
             if outcome.kind in (TOO_LARGE, REJECTED) and len(part) > 1:
                 middle = len(part) // 2
                 claim.pending += [part[middle:], part[:middle]]  # first half goes first
@@ -278,12 +293,44 @@ class Flusher:
             self._unreadable += errors
         return rows
 
+    # -- sizing and pacing ------------------------------------------------------------
+
+    def _seed_meter(self) -> None:
+        """Start from the throughput an earlier process measured, when this one has none
+        and sizes batches by it."""
+        if self._policy.max_batch_seconds is not None and self._link.meter.bytes_per_second is None:
+            found = self._store.counters(THROUGHPUT_KEYS)
+            self._link.meter.seed(*(found.get(key) for key in THROUGHPUT_KEYS))
+
+    def _size_batch(self) -> None:
+        """Bound the next batch: the item and byte limits, no more than a full token bucket,
+        and with ``max_batch_seconds`` what the measured link carries in that time."""
+        items, size = self._policy.max_batch_items, self._policy.max_batch_bytes
+        pacer = self._link.pacer
+        if pacer is not None and pacer.active:
+            paced_items, paced_bytes = pacer.batch_bounds()
+            items = min(items, paced_items if paced_items is not None else items)
+            size = min(size, paced_bytes if paced_bytes is not None else size)
+        if self._policy.max_batch_seconds is not None:
+            size = min(size, self._link.meter.batch_bytes(self._policy.max_batch_seconds))
+        self._max_items, self._max_bytes = max(1, items), max(1, size)
+
+    def _pace(self, rows: List[Row]) -> None:
+        """Wait until the token buckets let this batch go (a critical item may skip the wait)."""
+        pacer = self._link.pacer
+        if pacer is None or not pacer.active:
+            return
+        waited = pacer.admit(len(rows), _body_size([row[1] for row in rows]), any(row[3] == 1 for row in rows))
+        if waited > 0.0:
+            logger.debug("paced: waited %.3f s before a batch of %d items", waited, len(rows))
+
     # -- claiming ---------------------------------------------------------------------
 
     def _claim(self) -> Optional[_Claim]:
         """Pick the next batch and lease it in one transaction (push ``next_retry_at`` ahead),
         so that a concurrent flusher, thread or process, does not send the same items."""
         store = self._store
+        self._size_batch()
         with store.lock:
             conn = store.conn()
             now = store.now()
@@ -302,7 +349,6 @@ class Flusher:
     def _pick(self, conn: sqlite3.Connection, now: float) -> List[Row]:
         """The next batch: the group of a batch being retried, or fresh items, whichever
         comes first in priority order."""
-        limit = self._policy.max_batch_items
         budget = self._policy.budget_left(self._store.sent_today)
         levels = (1,) if budget == 0 else (1, 2, 3, 4)
         first = next((rows[0] for level in levels for rows in [self._select(conn, now, level, 1)] if rows), None)
@@ -310,10 +356,13 @@ class Flusher:
             return []
         rows: List[Row] = []
         if first[4] > 0:
+            # A retried batch goes whole: under the fixed bounds, which it was formed within.
+            limit, size = self._policy.max_batch_items, self._policy.max_batch_bytes
             for level in levels:
                 rows += conn.execute(SELECT_GROUP_SQL, (level, first[4], now, limit)).fetchall()
             rows = [row for row in rows if row[0] not in self._rejected]
         else:
+            limit, size = self._max_items, self._max_bytes
             for level in levels:
                 room = limit - len(rows)
                 found = self._select(conn, now, level, room) if room > 0 else []
@@ -321,10 +370,13 @@ class Flusher:
                 rows += fresh
                 if len(fresh) < len(found) or len(rows) >= limit:
                     break  # a retried group comes next in priority order: it goes alone
+            if self._policy.max_batch_seconds is not None and rows and rows[0][3] == 1:
+                # Critical items go alone, in one round trip, not behind a batch's worth.
+                rows = [row for row in rows if row[3] == 1]
         if budget is not None:
             critical = [row for row in rows if row[3] == 1]
             rows = critical + [row for row in rows if row[3] != 1][: max(0, budget - len(critical))]
-        return self._bounded(rows[:limit])
+        return self._bounded(rows[:limit], size)
 
     def _select(self, conn: sqlite3.Connection, now: float, level: int, limit: int) -> List[Row]:
         rows = conn.execute(SELECT_CLAIM_SQL, (level, now, now, limit + len(self._rejected))).fetchall()
@@ -332,11 +384,12 @@ class Flusher:
             rows = [row for row in rows if row[0] not in self._rejected]
         return rows[:limit]
 
-    def _bounded(self, rows: List[Row]) -> List[Row]:
+    @staticmethod
+    def _bounded(rows: List[Row], limit: int) -> List[Row]:
         size = 0
         for count, row in enumerate(rows):
             size += len(row[1])
-            if size > self._policy.max_batch_bytes and count:
+            if size > limit and count:
                 return rows[:count]
         return rows
 
@@ -370,7 +423,11 @@ class Flusher:
         store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
         if acked:
             self._count_sent(conn, acked)
-        self._link.accepted()
+        release_held(conn, self._link.accepted(store.now()))
+        meter = self._link.meter
+        for key, value in zip(THROUGHPUT_KEYS, (meter.bytes_per_second, meter.items_per_second)):
+            if value is not None:
+                conn.execute(SET_COUNTER_SQL, (key, value))
         if outcome.rejected:
             status = outcome.status
             error = outcome.error or f"the endpoint rejected {len(outcome.rejected)} of {len(part)} items"
@@ -428,8 +485,11 @@ class Flusher:
         until = self._store.now() + delay
         ids = [row[0] for row in part]
         self._store.run_chunks(NACK_SQL, (until,), _codec.id_chunks(ids))
-        self._hold_rest(claim, until)
-        self._record_failure(conn, TRANSIENT, _short(outcome.error or "upload failed"), delay, len(part))
+        held = [until, self._hold_rest(claim, until)]
+        # No answer at all: the link itself may be down, and a probe may end the wait.
+        link_down = outcome.status is None and outcome.retry_after is None
+        error = _short(outcome.error or "upload failed")
+        self._record_failure(conn, TRANSIENT, error, delay, len(part), held if link_down else ())
         return 0
 
     def _keep_for_credentials(self, conn: sqlite3.Connection, claim: _Claim, part: List[Row], outcome: Outcome) -> int:
@@ -441,12 +501,15 @@ class Flusher:
         self._record_failure(conn, CREDENTIALS, _short(outcome.error or "credentials refused"), delay, len(part))
         return 0
 
-    def _hold_rest(self, claim: _Claim, until: float) -> None:
-        """Hold back the parts not sent yet just as long, as a group of their own."""
+    def _hold_rest(self, claim: _Claim, until: float) -> float:
+        """Hold back the parts not sent yet just as long, as a group of their own; return
+        the stamp they got."""
         rest = [row[0] for part in claim.pending for row in part]
         claim.pending = []
+        stamp = math.nextafter(until, math.inf)
         if rest:
-            self._store.run_chunks(RELEASE_SQL, (math.nextafter(until, math.inf),), _codec.id_chunks(rest))
+            self._store.run_chunks(RELEASE_SQL, (stamp,), _codec.id_chunks(rest))
+        return stamp
 
     def _count_sent(self, conn: sqlite3.Connection, count: int) -> None:
         conn.execute(ADD_COUNTER_SQL, ("messages_sent_today", count))
@@ -454,13 +517,24 @@ class Flusher:
         conn.execute(SET_COUNTER_SQL, ("last_success_at", self._store.now()))
 
     def _record_failure(
-        self, conn: sqlite3.Connection, kind: OutcomeKind, error: str, delay: float, count: int
+        self,
+        conn: sqlite3.Connection,
+        kind: OutcomeKind,
+        error: str,
+        delay: float,
+        count: int,
+        held: Sequence[float] = (),
     ) -> None:
         now = self._store.now()
         conn.execute(ADD_COUNTER_SQL, ("failed_batches", 1))
         conn.execute(SET_COUNTER_SQL, ("last_error", error))
         conn.execute(SET_COUNTER_SQL, ("last_error_at", now))
-        self._link.failed(kind, f"{error}; keeping {count} items, next try in {delay:.1f} s", now + delay)
+        self._link.failed(kind, f"{error}; keeping {count} items, next try in {delay:.1f} s", now + delay, held)
+
+
+def _body_size(texts: List[bytes]) -> int:
+    """Bytes of the JSON array body these stored texts make (brackets and commas too)."""
+    return sum(map(len, texts)) + len(texts) + 1
 
 
 def _short(text: str) -> str:

@@ -48,6 +48,14 @@ METRICS: List[Metric] = [
     Metric("quarantined_total", "counter", "Damaged queue files moved aside (on_corrupt=quarantine)."),
     Metric("clock_jumps_total", "counter", "Forward steps of the wall clock that stored timestamps were moved with."),
     Metric("storage_bytes", "gauge", "Size of the queue file and its WAL.", "bytes"),
+    # Links that come and go (issue 15).
+    Metric(
+        "link_bytes_per_second",
+        "gauge",
+        "Payload bytes a second that recent uploads carried (before compression), a moving average.",
+        "bytes_per_second",
+    ),
+    Metric("link_items_per_second", "gauge", "Items a second that recent uploads carried, a moving average."),
 ]
 BY_KEY: Dict[str, Metric] = {metric.key: metric for metric in METRICS}
 

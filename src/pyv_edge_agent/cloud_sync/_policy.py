@@ -5,9 +5,10 @@ import logging
 import random
 import threading
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import _validate
+from ._pacing import Pacer, ThroughputMeter
 from ._upload_types import OutcomeKind
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -24,6 +25,12 @@ class FlushPolicy:
     lease_seconds: float = 300.0
     max_attempts: int = 5
     daily_message_limit: Optional[int] = None
+    max_items_per_second: Optional[float] = None
+    max_bytes_per_second: Optional[float] = None
+    pacing_burst_seconds: float = 1.0
+    critical_bypasses_pacing: bool = True
+    max_batch_seconds: Optional[float] = None
+    probe_interval: Optional[float] = 10.0
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -44,6 +51,24 @@ class FlushPolicy:
         put("max_attempts", _validate.integer("max_attempts", self.max_attempts, 1))
         if self.daily_message_limit is not None:
             put("daily_message_limit", _validate.integer("daily_message_limit", self.daily_message_limit, 0))
+        for name in ("max_items_per_second", "max_bytes_per_second", "max_batch_seconds", "probe_interval"):
+            value = getattr(self, name)
+            if value is not None:
+                put(name, _validate.number(name, value, 0.0, allow_equal=False))
+        put(
+            "pacing_burst_seconds",
+            _validate.number("pacing_burst_seconds", self.pacing_burst_seconds, 0.0, allow_equal=False),
+        )
+        put("critical_bypasses_pacing", _validate.boolean("critical_bypasses_pacing", self.critical_bypasses_pacing))
+
+    def pacer(self) -> Pacer:
+        """A fresh pair of token buckets for ``max_items_per_second`` and ``max_bytes_per_second``."""
+        return Pacer(
+            self.max_items_per_second,
+            self.max_bytes_per_second,
+            self.pacing_burst_seconds,
+            self.critical_bypasses_pacing,
+        )
 
     def backoff_delay(self, attempts: int) -> float:
         """Exponential backoff with full jitter: uniform in [0, min(max, base * 2**attempts)].
@@ -78,27 +103,67 @@ _STATE_LOG = {
 
 class LinkState:
     """The link of one queue object as this process sees it: when it may be tried again,
-    whether it works, fails or refuses the key (each change logged once), and the events of
-    the sync loops to wake when a critical item arrives."""
+    whether it works, fails or refuses the key (each change logged once), the batches a
+    failure with no answer held back (a probe or ``kick`` may release them), the token
+    buckets that pace its flushes, the throughput they measured, and the events of the
+    sync loops to wake when a critical item arrives."""
 
-    def __init__(self) -> None:
+    def __init__(self, pacer: Optional[Pacer] = None) -> None:
         self.backoff_until = 0.0
         self.state: Optional[OutcomeKind] = None
+        self.link_down = False
         self.wakers: List[threading.Event] = []
+        self.pacer = pacer
+        self.meter = ThroughputMeter()
+        self._held: List[float] = []
 
     def backoff_seconds(self, now: float) -> float:
         """Seconds left of the backoff at ``now`` (0 if none)."""
         return max(0.0, self.backoff_until - now)
 
-    def accepted(self) -> None:
-        """An upload went through: no backoff, and the link works."""
+    def accepted(self, now: float) -> List[Tuple[float, float]]:
+        """An upload went through: no backoff, and the link works. Returns the stamps that
+        make the batches a failure with no answer held back due now (see ``resume``)."""
         self.backoff_until = 0.0
+        self.link_down = False
         self._change(OutcomeKind.ACCEPTED, "")
+        return self._take_held(now)
 
-    def failed(self, kind: OutcomeKind, detail: str, until: float) -> None:
-        """An upload failed with ``kind``: back off until ``until`` at least."""
+    def failed(self, kind: OutcomeKind, detail: str, until: float, held: Sequence[float] = ()) -> None:
+        """An upload failed with ``kind``: back off until ``until`` at least.
+
+        ``held``: the ``next_retry_at`` stamps of the batches held back, given when the
+        failure got no answer at all (refused, unreachable, timed out), so that the link
+        itself may be down and a probe may end the backoff.
+        """
         self.backoff_until = max(self.backoff_until, until)
+        self.link_down = bool(held)
+        self._held = self._held + list(held) if held else []
         self._change(kind, detail)
+
+    def resume(self, now: float) -> Optional[List[Tuple[float, float]]]:
+        """End a backoff after a failure that got no answer (the link is back): return the
+        ``(old, new)`` ``next_retry_at`` stamps that make the held batches due now.
+
+        None when there is no such backoff: none at all, or one after refused credentials
+        or an answer of the endpoint (5xx, 429, ``Retry-After``), which a working link
+        does not end.
+        """
+        if not self.link_down:
+            return None
+        self.backoff_until = 0.0
+        self.link_down = False
+        return self._take_held(now)
+
+    def _take_held(self, now: float) -> List[Tuple[float, float]]:
+        # One shift for all: each batch keeps its own stamp (so its retry sends the same
+        # items under the same key) and the batches keep their order.
+        stamps = sorted(stamp for stamp in set(self._held) if stamp > now)
+        self._held = []
+        if not stamps:
+            return []
+        shift = stamps[-1] - now
+        return [(stamp, stamp - shift) for stamp in stamps]
 
     def _change(self, state: OutcomeKind, detail: str) -> None:
         """Log one line when the link changes between working, failing and refusing the key."""

@@ -23,7 +23,8 @@ from ._types import DeadLetter, Priority, QueueItem
 CONFIG_KEYS = tuple(
     "db_path durability busy_timeout max_batch_items max_batch_bytes retry_base_seconds retry_max_seconds"
     " lease_seconds max_queue_items max_queue_bytes min_free_disk_bytes purge_interval on_corrupt max_attempts"
-    " daily_message_limit encryption_key encryption_cipher".split()
+    " daily_message_limit encryption_key encryption_cipher max_items_per_second max_bytes_per_second"
+    " pacing_burst_seconds critical_bypasses_pacing max_batch_seconds probe_interval".split()
 )
 _ALL_LEVELS = (1, 2, 3, 4)
 
@@ -91,6 +92,21 @@ class CloudSyncQueue:
         ``rekey()`` re-seals them under the newest. None (default): stored as plain JSON.
     :param encryption_cipher: ``"chacha20-poly1305"`` (default; the faster one without
         AES instructions, as on a Raspberry Pi) or ``"aes-256-gcm"``, for new items.
+    :param max_items_per_second: pace uploads to at most this many items a second over
+        time (None: no pacing), across the batches of a flush and across flushes of this
+        queue object; a token bucket of ``pacing_burst_seconds`` lets a burst go at once.
+    :param max_bytes_per_second: the same for stored payload bytes (before compression).
+    :param pacing_burst_seconds: each bucket holds this many seconds of its rate; no
+        batch is larger than a full bucket.
+    :param critical_bypasses_pacing: a batch holding a critical item goes without waiting
+        for the bucket (its items still count).
+    :param max_batch_seconds: size batches so that each takes about this long to upload,
+        from the throughput measured so far (never above ``max_batch_items`` or
+        ``max_batch_bytes``), so that a critical item enqueued during a long drain waits
+        about one batch (None: batches are bounded by items and bytes only).
+    :param probe_interval: while a ``SyncWorker`` backs off after an upload that got no
+        answer (refused, unreachable, timed out), it probes the link this often and ends
+        the backoff when the probe succeeds (None: never probe).
     """
 
     def __init__(
@@ -114,6 +130,12 @@ class CloudSyncQueue:
         daily_message_limit: Optional[int] = None,
         encryption_key: Any = None,
         encryption_cipher: str = _seal.DEFAULT_CIPHER,
+        max_items_per_second: Optional[float] = None,
+        max_bytes_per_second: Optional[float] = None,
+        pacing_burst_seconds: float = 1.0,
+        critical_bypasses_pacing: bool = True,
+        max_batch_seconds: Optional[float] = None,
+        probe_interval: Optional[float] = 10.0,
     ) -> None:
         if not isinstance(db_path, (str, os.PathLike)):
             raise TypeError(f"db_path must be a str or os.PathLike, got {type(db_path).__name__}: {db_path!r:.100}")
@@ -130,8 +152,14 @@ class CloudSyncQueue:
             lease_seconds,
             max_attempts,
             daily_message_limit,
+            max_items_per_second,
+            max_bytes_per_second,
+            pacing_burst_seconds,
+            critical_bypasses_pacing,
+            max_batch_seconds,
+            probe_interval,
         )
-        self._link = LinkState()
+        self._link = LinkState(self._policy.pacer())
         on_corrupt = _validate.choice("on_corrupt", on_corrupt, _integrity.ON_CORRUPT_CHOICES)
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds since the epoch, got {clock!r:.100}")
@@ -392,6 +420,35 @@ class CloudSyncQueue:
     def backoff_seconds(self) -> float:
         """Seconds left of the backoff that the last failed upload of this queue object set (0 if none)."""
         return self._link.backoff_seconds(self._clock())
+
+    @property
+    def probe_interval(self) -> Optional[float]:
+        """How often a sync loop probes the link while backing off after an upload that got
+        no answer (None: it does not)."""
+        return self._policy.probe_interval
+
+    @property
+    def link_down(self) -> bool:
+        """True while this queue object backs off after an upload that got no answer at
+        all (refused, unreachable, timed out): the kind of backoff a probe may end."""
+        return self._link.link_down
+
+    @_sqlite_errors
+    def end_backoff(self) -> bool:
+        """End a backoff after an upload that got no answer, because the link is back (a
+        probe succeeded, a network-up hook ran): the batches it held are due now, each
+        still whole, so its retry carries the same idempotency key. Returns whether a
+        backoff ended. A backoff after refused credentials (401/403) or an answer of the
+        endpoint (5xx, 429, ``Retry-After``) stays: a working link does not end those."""
+        from ._resume import release_held
+
+        with self._store.lock:
+            stamps = self._link.resume(self._clock())
+            if stamps is None:
+                return False
+            with self._store.write() as conn:
+                release_held(conn, stamps)
+        return True
 
     def next_due_in(self) -> Optional[float]:
         """Seconds until ``maybe_flush`` has something to send: 0 when an item is due now,

@@ -100,6 +100,9 @@ SELECT_GROUP_SQL = (
 )
 # Gives an item that cannot be opened back as it was claimed.
 RESTORE_RETRY_SQL = "UPDATE sync_queue SET next_retry_at = ? WHERE id = ?"
+# A batch held back by a failure with no answer becomes due now, its items still together
+# (they share one stamp); priority IN lets the (priority, next_retry_at) index find them.
+RESUME_HELD_SQL = "UPDATE sync_queue SET next_retry_at = ? WHERE priority IN (1, 2, 3, 4) AND next_retry_at = ?"
 RELEASE_SQL = by_id_chunk_shape("UPDATE sync_queue SET next_retry_at = ? WHERE id IN {ids}")
 FORGET_REJECTIONS_SQL = by_id_chunk_shape("DELETE FROM sync_rejections WHERE id IN {ids}")
 COUNT_REJECTION_SQL = (

@@ -15,7 +15,11 @@ COUNTER_KEYS = (
     "last_success_at",
     "last_error",
     "last_error_at",
+    "link_bytes_per_second",
+    "link_items_per_second",
 )
+# Counters with no value until something happened (the others start at 0).
+_UNSET_KEYS = ("last_success_at", "last_error", "last_error_at", "link_bytes_per_second", "link_items_per_second")
 
 
 def collect(store: Store, now: float) -> Dict[str, Any]:
@@ -41,7 +45,7 @@ def collect(store: Store, now: float) -> Dict[str, Any]:
         }
         counters = store.counters(COUNTER_KEYS)
         for key in COUNTER_KEYS:
-            stats[key] = counters.get(key, None if key.startswith("last_") else 0)
+            stats[key] = counters.get(key, None if key in _UNSET_KEYS else 0)
         # Storage and durability (issue 4).
         stats.update(_storage.counters(conn, store.path if store.is_file else None))
     return stats

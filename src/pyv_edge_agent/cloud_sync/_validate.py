@@ -59,3 +59,11 @@ def iterable(name: str, value: Any) -> None:
         iter(value)
     except TypeError:
         raise TypeError(f"{name} must be a sequence, got {type(value).__name__}: {value!r:.100}") from None
+
+
+def boolean(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool (not merely truthy: ``"false"`` from a configuration
+    file would be)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}: {value!r:.100}")
+    return value

@@ -22,10 +22,11 @@ then runs to completion whatever happens to the awaiting task:
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, TypeVar
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, TypeVar
 
 from . import _validate
 from ._aio_commit import GroupWriter
@@ -33,6 +34,7 @@ from ._aio_threads import LoopWake, in_thread, off_loop
 from ._aio_uploader import LoopUploader
 from ._errors import CloudSyncError
 from ._queue import CloudSyncQueue
+from ._resume import prober
 from ._types import Priority, QueueItem
 
 __all__ = ["AsyncCloudSyncQueue", "AsyncSyncWorker"]
@@ -242,6 +244,11 @@ class AsyncCloudSyncQueue:
         """Seconds left of the backoff that the last failed upload set (0 if none)."""
         return await self._call(lambda: self._queue.backoff_seconds)
 
+    async def end_backoff(self) -> bool:
+        """End a backoff after an upload that got no answer, because the link is back; see
+        ``CloudSyncQueue.end_backoff``. Returns whether a backoff ended."""
+        return await self._call(self._queue.end_backoff)
+
     # -- closing ----------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -279,7 +286,11 @@ class AsyncSyncWorker:
     a critical item enqueued through the same queue (by a coroutine, or by sync code
     through ``queue.queue`` in another thread) wakes it at once, backoff or not. ``await
     stop()`` lets the batch in flight finish and be acked or nacked: nothing is lost or
-    sent twice. The loop also ends when the queue is closed.
+    sent twice. The loop also ends when the queue is closed. While it backs off after an
+    upload that got no answer it probes the link every ``probe_interval`` of the queue (the
+    uploader's ``probe()``, awaited when it is a coroutine function, or a TCP connect to its
+    endpoint in a thread) and ends the backoff when the link answers; ``kick()`` ends a
+    wait from outside.
 
     :param interval: the longest sleep between two looks at the queue, in seconds.
     """
@@ -303,6 +314,8 @@ class AsyncSyncWorker:
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional["asyncio.Task[None]"] = None
         self._error: Optional[Exception] = None
+        self._kicked = False
+        self._probe = _async_prober(uploader)
         self.flushed = 0
 
     def __repr__(self) -> str:
@@ -332,6 +345,15 @@ class AsyncSyncWorker:
         """True while the loop runs."""
         return self._task is not None and not self._task.done()
 
+    def kick(self) -> None:
+        """End the loop's wait now: the link is back (a network-up hook; call it on the
+        loop's thread, or through ``loop.call_soon_threadsafe``). As ``SyncWorker.kick``: a
+        backoff after an upload that got no answer ends, one after refused credentials or
+        an answer of the endpoint stays."""
+        self._kicked = True
+        if self._wake is not None:
+            self._wake.set()
+
     async def __aenter__(self) -> "AsyncSyncWorker":
         return self.start()
 
@@ -344,9 +366,12 @@ class AsyncSyncWorker:
                 woken = wake.is_set()
                 wake.clear()
                 try:
+                    if self._kicked:
+                        self._kicked = False
+                        await self._queue.end_backoff()
                     sleep = await self._sleep_time()
                     if not woken and sleep > 0:
-                        await _wait(wake, sleep)
+                        await self._sleep(wake, sleep)
                         continue
                     flushed = await self._queue.flush(self._uploader, stop=self._stop)
                 except Exception as exc:  # a full disk must not end the loop silently
@@ -359,6 +384,28 @@ class AsyncSyncWorker:
                 self.flushed += flushed
                 if not flushed:  # items were due, yet none went: never spin on such an uploader
                     await _wait(wake, min(self._interval, IDLE_FLOOR_SECONDS))
+
+    async def _sleep(self, wake: asyncio.Event, seconds: float) -> None:
+        """Sleep ``seconds`` or until woken; while the queue backs off after an upload that
+        got no answer, probe the link every ``probe_interval`` and end the backoff (and the
+        sleep) when it answers."""
+        underneath = self._queue.queue
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            left = deadline - loop.time()
+            interval = underneath.probe_interval
+            if self._probe is None or interval is None or not underneath.link_down:
+                await _wait(wake, max(0.0, left))
+                return
+            if left <= 0.0:
+                return
+            await _wait(wake, min(left, interval))
+            if wake.is_set():
+                return
+            if underneath.link_down and await self._probe(interval) and await self._queue.end_backoff():
+                logger.info("the link answers again: ending the backoff early")
+                return
 
     async def _sleep_time(self) -> float:
         """How long the loop may sleep (0: flush now): through a backoff the whole way, else
@@ -384,6 +431,26 @@ def _check_uploader(uploader: Any) -> None:
     """Refuse, on the loop, an object that is no uploader (as ``maybe_flush`` would)."""
     if not callable(getattr(uploader, "post_batch", None)):
         raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
+
+
+def _async_prober(uploader: Any) -> Optional[Callable[[float], Awaitable[bool]]]:
+    """How to probe the link of ``uploader`` from the loop (None: it cannot be probed): an
+    ``async def probe()`` is awaited, anything else runs in a thread (see ``_resume``)."""
+    own = getattr(uploader, "probe", None)
+    if inspect.iscoroutinefunction(own):
+
+        async def probe_own(timeout: float) -> bool:
+            try:
+                return (await own()) is True
+            except Exception as exc:  # a probe that fails says the link is down, nothing more
+                logger.debug("the uploader's probe failed: %s: %s", type(exc).__name__, exc)
+                return False
+
+        return probe_own
+    blocking = prober(uploader)
+    if blocking is None:
+        return None
+    return lambda timeout: in_thread(lambda: blocking(timeout), "cloud-sync-probe")
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

@@ -3,10 +3,11 @@
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any, Optional
 
-from . import _flush, _validate
+from . import _flush, _resume, _validate
 from ._queue import CloudSyncQueue
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -21,8 +22,13 @@ class SyncWorker:
     """Flushes ``queue`` through ``uploader`` from a daemon thread.
 
     The loop sleeps until an item is due (at most ``interval`` seconds), so a dead link
-    costs no CPU: it sleeps through the backoff that the last failure set. Enqueueing a
-    critical item through the same queue object wakes it at once, backoff or not.
+    costs no CPU: it sleeps through the backoff that the last failure set. When that
+    failure got no answer at all (refused, unreachable, timed out), it probes the link
+    every ``probe_interval`` of the queue (the uploader's ``probe()``, or a TCP connect to
+    its endpoint) and ends the backoff as soon as the link answers; a backoff after refused
+    credentials or an answer of the endpoint (5xx, 429) runs its course. Enqueueing a
+    critical item through the same queue object wakes it at once, backoff or not, and
+    ``kick()`` (a network-up hook) ends a wait from outside.
     ``stop()`` (or SIGTERM, see ``handle_sigterm``) lets the batch in flight finish and be
     acked or nacked, then ends the loop: no item is lost and none is acked twice.
 
@@ -52,6 +58,8 @@ class SyncWorker:
         self._name = str(name)
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._kicked = threading.Event()
+        self._probe = _resume.prober(uploader)
         self._thread: Optional[threading.Thread] = None
         self._previous_handler: Any = None
         self.flushed = 0
@@ -76,6 +84,16 @@ class SyncWorker:
         self._stop.set()
         self._wake.set()
         return self.join(timeout)
+
+    def kick(self) -> None:
+        """End the loop's wait now: the link is back (call it from a network-up hook).
+
+        A backoff after an upload that got no answer ends (the batches it held are due
+        now) and the loop flushes at once; a backoff after refused credentials or an answer
+        of the endpoint stays, and only what is due goes.
+        """
+        self._kicked.set()
+        self._wake.set()
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait for the loop to end (after ``stop()`` or SIGTERM); return True when it has."""
@@ -112,6 +130,23 @@ class SyncWorker:
             return backoff
         return self._interval if due is None else min(due, self._interval)
 
+    def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` or until woken; while the queue backs off after an upload that
+        got no answer, probe the link every ``probe_interval`` and end the backoff (and the
+        sleep) when it answers."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            interval = self._queue.probe_interval
+            if self._probe is None or interval is None or not self._queue.link_down:
+                self._wake.wait(max(0.0, left))
+                return
+            if left <= 0.0 or self._wake.wait(min(left, interval)):
+                return
+            if self._queue.link_down and self._probe(interval) and self._queue.end_backoff():
+                logger.info("the link answers again: ending the backoff early")
+                return
+
     def _run(self) -> None:
         with self._queue.waking(self._wake):
             self._loop()
@@ -122,9 +157,12 @@ class SyncWorker:
             woken = self._wake.is_set()
             self._wake.clear()
             try:
+                if self._kicked.is_set():
+                    self._kicked.clear()
+                    self._queue.end_backoff()
                 due = self._queue.next_due_in()
                 if not woken and due is not None and due > 0:
-                    self._wake.wait(self._sleep_time(due))
+                    self._wait(self._sleep_time(due))
                     continue
                 # The queue's own entry point, so that housekeeping (the purge of expired
                 # items) and error translation run; with nothing due it is all it does.
@@ -140,6 +178,6 @@ class SyncWorker:
                 failing = False
             self.flushed += flushed
             if due is None and not woken:
-                self._wake.wait(self._sleep_time(due))
+                self._wait(self._sleep_time(due))
             elif not flushed:
                 self._wake.wait(min(self._interval, _IDLE_FLOOR_SECONDS))

@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import orjson
 
@@ -47,16 +47,28 @@ class UsageError(Exception):
     """A problem with how the command was called; exits 2."""
 
 
-def _open_queue(path: str, args: Optional[argparse.Namespace] = None) -> CloudSyncQueue:
+def _open_queue(path: str, args: Optional[argparse.Namespace] = None, **options: Any) -> CloudSyncQueue:
     """Open an existing queue file; an operator command never creates one by mistake. The
-    ``--key-file``s of a command that reads payloads open sealed ones (the last is the newest)."""
+    ``--key-file``s of a command that reads payloads open sealed ones (the last is the newest);
+    ``options`` are more constructor arguments (the flush's pacing), a bad one a ``ValueError``
+    or ``TypeError`` (exit 2) raised before the file is opened."""
     if not os.path.exists(path):
         raise UsageError(f"no queue database at {path!r}")
     key_files = getattr(args, "key_file", None)
-    if args is None or not key_files:
-        return CloudSyncQueue(path)
-    cipher = getattr(args, "cipher", DEFAULT_CIPHER)
-    return CloudSyncQueue(path, encryption_key=KeyRing.from_files(key_files), encryption_cipher=cipher)
+    if args is not None and key_files:
+        options.update(
+            encryption_key=KeyRing.from_files(key_files), encryption_cipher=getattr(args, "cipher", DEFAULT_CIPHER)
+        )
+    return CloudSyncQueue(path, **options)
+
+
+def _flush_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The queue options that the flush's pacing and batch flags set (the others keep their defaults)."""
+    options: Dict[str, Any] = {"critical_bypasses_pacing": not args.pace_critical}
+    for name in ("max_items_per_second", "max_bytes_per_second", "pacing_burst_seconds", "max_batch_seconds"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    return options
 
 
 def _print_json(out: Output, value: Any) -> None:
@@ -72,6 +84,8 @@ def _human_value(key: str, value: Any) -> str:
         return human_age(value)
     if unit == "bytes":
         return human_bytes(value)
+    if unit == "bytes_per_second":
+        return "-" if value is None else human_bytes(value) + "/s"
     if unit == "seconds":
         return human_duration(value)
     return "-" if value is None else str(value)
@@ -152,7 +166,7 @@ def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
         ca_certs=args.ca_certs,
         gzip_min_bytes=None if args.no_gzip else DEFAULT_GZIP_MIN_BYTES,
     )
-    with _open_queue(args.db, args) as queue:
+    with _open_queue(args.db, args, **_flush_options(args)) as queue:
         backlog = len(queue.peek(n=1_000_000))
         with out.progress("flushing", total=backlog) as advance:
             counting = TrackingUploader(uploader, advance)
@@ -362,6 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     flush.add_argument("--auth-header", default="Authorization", help="e.g. X-API-Key (default: Authorization: Bearer)")
     flush.add_argument("--ca-certs", help="a CA bundle for an endpoint with a private certificate authority")
     flush.add_argument("--no-gzip", action="store_true", help="never compress request bodies")
+    flush.add_argument("--max-items-per-second", type=float, help="pace the upload to this many items a second")
+    flush.add_argument("--max-bytes-per-second", type=float, help="pace the upload to this many payload bytes a second")
+    flush.add_argument(
+        "--pacing-burst-seconds", type=float, help="seconds of either rate that may go at once (default 1)"
+    )
+    flush.add_argument(
+        "--pace-critical", action="store_true", help="pace critical items too (default: they skip the wait)"
+    )
+    flush.add_argument("--max-batch-seconds", type=float, help="size batches to take about this long on the link")
     flush.add_argument("--json", action="store_true", help="machine-readable JSON")
     flush.set_defaults(run=_cmd_flush)
 
