@@ -4,6 +4,7 @@ Each raises ``TypeError`` or ``ValueError`` naming the argument and the value, b
 anything is written.
 """
 
+import ipaddress
 import math
 from typing import Any
 
@@ -59,3 +60,13 @@ def iterable(name: str, value: Any) -> None:
         iter(value)
     except TypeError:
         raise TypeError(f"{name} must be a sequence, got {type(value).__name__}: {value!r:.100}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
