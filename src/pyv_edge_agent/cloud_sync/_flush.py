@@ -167,6 +167,17 @@ def poster(uploader: Any) -> Callable[[List[bytes], str], Any]:
     return lambda texts, key: post_encoded(_codec.splice_body(texts), len(texts))
 
 
+def check_deadline(queue: "CloudSyncQueue", uploader: Any) -> None:
+    """Refuse an uploader whose requests may outlast the lease: another flusher would take
+    the batch back and send it again while the first request is still running."""
+    timeout = getattr(uploader, "timeout", None)
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and not timeout < queue._lease:
+        raise ValueError(
+            f"the uploader's timeout ({timeout!r} s) must be below the queue's lease_seconds ({queue._lease!r} s): "
+            "a request still running when its lease ends would be sent again by another flusher"
+        )
+
+
 def _takes_idempotency_key(method: Callable[..., Any]) -> bool:
     """Whether ``post_encoded_batch`` accepts the key: wrappers written against the older
     ``(body, count)`` form keep working, without it."""
@@ -190,6 +201,7 @@ class Flusher:
     def __init__(self, queue: "CloudSyncQueue", uploader: Any, stop: Optional[threading.Event] = None) -> None:
         self._queue = queue
         self._post = poster(uploader)
+        check_deadline(queue, uploader)
         self._stop = stop
         # Items rejected during this call wait for the next one, even with a zero backoff.
         self._rejected: Set[int] = set()
