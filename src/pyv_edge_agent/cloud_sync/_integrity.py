@@ -103,7 +103,7 @@ def _has_wal(path: str) -> bool:
         return False
 
 
-def _read_only_uri(path: str) -> str:
+def read_only_uri(path: str) -> str:
     """A read-only SQLite URI for ``path``.
 
     In a URI SQLite reads ``%`` as an escape and ``?`` and ``#`` as the start of the query
@@ -129,7 +129,7 @@ def precheck(path: str, busy_timeout: float, *, thorough: bool) -> None:
         raise DatabaseError(f"cannot open queue database {path!r} for writing: {describe_access_problem(path)}")
     if os.path.getsize(path) == 0:
         return
-    uri = _read_only_uri(path)
+    uri = read_only_uri(path)
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
     except sqlite3.Error as exc:
@@ -314,7 +314,7 @@ def verify_file(path: str) -> IntegrityReport:
         check_header(path)
     except DatabaseError as exc:
         return IntegrityReport(ok=False, path=path, schema_version=None, messages=(str(exc),))
-    uri = _read_only_uri(path)
+    uri = read_only_uri(path)
     try:
         conn = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as exc:
