@@ -243,19 +243,25 @@ class CloudSyncQueue:
         return self._path != ":memory:" and not self._path.startswith("file:")
 
     def _connect(self) -> sqlite3.Connection:
-        try:
+        if self._on_corrupt == "quarantine" and self._is_file():
+            with _integrity.quarantine_lock(self._path):
+                conn = self._open_or_quarantine()
+        else:
             conn = self._open()
+        self._db = conn
+        return conn
+
+    def _open_or_quarantine(self) -> sqlite3.Connection:
+        try:
+            return self._open()
         except CorruptDatabaseError as exc:
-            if self._on_corrupt != "quarantine" or not self._is_file():
-                raise
             aside = _integrity.quarantine(self._path, self._wall())
             logger.error(
                 "queue database %r is damaged (%s); moved it to %r and started an empty queue", self._path, exc, aside
             )
-            conn = self._open()
-            with write_transaction(conn):
-                conn.execute(_storage.ADD_COUNTER_SQL, (_integrity.QUARANTINED_KEY, 1))
-        self._db = conn
+        conn = self._open()
+        with write_transaction(conn):
+            conn.execute(_storage.ADD_COUNTER_SQL, (_integrity.QUARANTINED_KEY, 1))
         return conn
 
     def _open(self) -> sqlite3.Connection:
