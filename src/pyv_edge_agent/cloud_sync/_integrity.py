@@ -320,7 +320,7 @@ def open_database(
     :param thorough: run SQLite's ``quick_check`` on an existing file first.
     :param created_dirs: directories just created for the file, to be made durable with it.
     """
-    is_file = path != ":memory:" and not path.startswith("file:")
+    is_file = path != ":memory:"
     created = False
     if is_file:
         precheck(path, busy_timeout, thorough=thorough)
@@ -334,7 +334,6 @@ def open_database(
             isolation_level=None,
             check_same_thread=False,
             cached_statements=256,
-            uri=path.startswith("file:"),
         )
     except sqlite3.Error as exc:
         raise open_error(path, exc) from exc

@@ -183,14 +183,9 @@ class CloudSyncQueue:
         max_attempts: int = 5,
         daily_message_limit: Optional[int] = None,
     ) -> None:
-        if not isinstance(db_path, (str, os.PathLike)):
-            raise TypeError(f"db_path must be a str or os.PathLike, got {type(db_path).__name__}: {db_path!r:.100}")
-        path = os.fspath(db_path)
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"db_path must be a non-empty text path, got {db_path!r:.100}")
-        self._path = path
+        path = self._path = _validate.db_path(db_path)
         self._durability = _validate.choice("durability", durability, tuple(_schema.SYNCHRONOUS))
-        self._busy_timeout = _validate.number("busy_timeout", busy_timeout, 0.0)
+        self._busy_timeout = _validate.number("busy_timeout", busy_timeout, 0.0, maximum=_schema.MAX_BUSY_TIMEOUT)
         self._max_batch_items = _validate.integer("max_batch_items", max_batch_items, 1)
         self._max_batch_bytes = _validate.integer("max_batch_bytes", max_batch_bytes, 1)
         self._retry_base = _validate.number("retry_base_seconds", retry_base_seconds, 0.0)
@@ -240,7 +235,7 @@ class CloudSyncQueue:
     # -- connection -------------------------------------------------------------------
 
     def _is_file(self) -> bool:
-        return self._path != ":memory:" and not self._path.startswith("file:")
+        return self._path != ":memory:"
 
     def _connect(self) -> sqlite3.Connection:
         if self._on_corrupt == "quarantine" and self._is_file():

@@ -11,6 +11,8 @@ from ._errors import DatabaseError
 
 SCHEMA_VERSION = 2
 MIN_SQLITE_VERSION = (3, 31, 0)
+# SQLite keeps its busy timeout in milliseconds in a C int; beyond it the value wraps.
+MAX_BUSY_TIMEOUT = (2**31 - 1) / 1000.0
 
 QUEUE_DDL = """\
 CREATE TABLE IF NOT EXISTS sync_queue (
