@@ -48,7 +48,8 @@ class Deadline:
 
     def _attach(self, connection: Any) -> None:
         with self._lock:
-            self._connections.append(connection)
+            if connection not in self._connections:
+                self._connections.append(connection)
             if self.expired:
                 _shut_down(connection)
 
@@ -75,8 +76,9 @@ def _watched(base: type) -> type:
 
     class Watched(base):  # type: ignore[misc]
         def connect(self) -> None:
+            _attach(self)  # a TLS handshake can trickle too
             super().connect()
-            _attach(self)
+            _attach(self)  # the deadline may have passed while connecting
 
         def request(self, *args: Any, **kwargs: Any) -> Any:
             _attach(self)
