@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, List
 
 import pytest
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, UploadError
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, UploadError, UploadResult
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 from pyv_edge_agent.cloud_sync.uploader import parse_retry_after
 
@@ -335,3 +335,20 @@ def _raw_post(port: int, content_length: str) -> bytes:
 def test_the_ingest_server_answers_a_bad_content_length(server: IngestServer, length: str, status: bytes) -> None:
     answer = _raw_post(server.port, length)
     assert answer.split(b" ")[1] == status and server.items == []
+
+
+@once
+@pytest.mark.parametrize("how", ["raise", "result"])
+def test_a_custom_uploader_passing_on_server_text_stores_it_inert(db_path: str, how: str) -> None:
+    class PassesOn:
+        def post_batch(self, payloads: List[Any]) -> Any:
+            if how == "raise":
+                raise UploadError("broker said: " + ESC + "no", status=422)
+            return UploadResult(rejected=[0], error="broker said: " + ESC + "no")
+
+    with CloudSyncQueue(db_path, max_attempts=1) as queue:
+        queue.enqueue({"a": 1})
+        queue.maybe_flush(PassesOn())
+        (letter,) = queue.dead_letters()
+    assert letter.last_error is not None and "broker said" in letter.last_error
+    assert "\x1b" not in letter.last_error and "\x07" not in letter.last_error

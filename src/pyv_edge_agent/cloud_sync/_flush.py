@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Set, 
 
 from . import _codec
 from ._errors import UploadError
+from ._redact import clean
 from ._sql import ACK_SQL, NACK_SQL, by_id_chunk_shape, write_transaction
 from .uploader import UploadResult
 
@@ -492,4 +493,7 @@ def set_link_state(queue: "CloudSyncQueue", state: str, detail: str) -> None:
 
 
 def _short(text: str) -> str:
+    """Error text as it is stored and logged: without control characters (a custom
+    uploader may pass on a server's text as it came), and short."""
+    text = clean(text)
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
