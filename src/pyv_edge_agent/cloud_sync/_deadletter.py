@@ -7,7 +7,7 @@ back in the queue, or drop them.
 import sqlite3
 from typing import Any, List, Optional, Tuple
 
-from . import _codec, _validate
+from . import _batchkeys, _codec, _validate
 from ._sql import by_id_chunk_shape
 from ._types import DeadLetter, Priority
 
@@ -45,7 +45,11 @@ def id_chunks(ids: Any) -> Optional[List[Tuple[int, ...]]]:
 
 
 def requeue(conn: sqlite3.Connection, chunks: Optional[List[Tuple[int, ...]]], now: float) -> int:
-    """Move dead letters back into the queue, in the caller's transaction; return how many."""
+    """Move dead letters back into the queue, in the caller's transaction; return how many.
+
+    A requeued item goes out under a new Idempotency-Key: a server may have cached its
+    answer to the old one (a rejection, say) and would replay it forever."""
+    _batchkeys.forget_requeued(conn, chunks)
     if chunks is None:
         moved = conn.execute(REQUEUE_ALL_SQL, (now,)).rowcount
         conn.execute(DELETE_ALL_SQL)

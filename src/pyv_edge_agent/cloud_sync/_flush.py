@@ -14,13 +14,12 @@ them meanwhile), hands each to the uploader and settles the outcome in one trans
 - credentials (401, 403): every item is kept and the flush backs off long.
 
 Retried batches keep their composition, so that a retry carries the same
-``Idempotency-Key`` and a server can drop the duplicate a lost response causes: the items
-of a batch get one shared ``next_retry_at`` (the lease, then the backoff), unique to that
-batch, and a claim never mixes such a group with other items. Items never tried
-(``next_retry_at`` 0) are batched freely.
+``Idempotency-Key`` (see ``_batchkeys``) and a server can drop the duplicate a lost
+response causes: the items of a batch get one shared ``next_retry_at`` (the lease, then the
+backoff), unique to that batch, and a claim never mixes such a group with other items.
+Items never tried (``next_retry_at`` 0) are batched freely.
 """
 
-import hashlib
 import inspect
 import logging
 import math
@@ -29,9 +28,9 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from . import _codec
+from . import _batchkeys, _codec
 from ._errors import UploadError
 from ._redact import clean
 from ._sql import ACK_SQL, NACK_SQL, by_id_chunk_shape, write_transaction
@@ -113,12 +112,6 @@ def classify(status: Optional[int]) -> str:
     return TRANSIENT
 
 
-def idempotency_key(queue_id: str, ids: Sequence[int]) -> str:
-    """The ``Idempotency-Key`` of a batch: the same items from the same queue file give the same key."""
-    digest = hashlib.sha256(queue_id.encode() + b":" + ",".join(map(str, ids)).encode())
-    return digest.hexdigest()[:40]
-
-
 @dataclass
 class Outcome:
     """What became of one upload attempt, by index into the part that was sent."""
@@ -194,6 +187,8 @@ class _Claim:
     rows: List[Row]
     token: str
     pending: List[List[Row]] = field(default_factory=list)
+    # The Idempotency-Key of each part, by its ids.
+    keys: Dict[Tuple[int, ...], str] = field(default_factory=dict)
 
 
 class Flusher:
@@ -214,14 +209,11 @@ class Flusher:
     def run(self) -> int:
         """Send batches until none is left, one fails, or ``stop`` is set; return items acked."""
         acked = 0
-        queue_id = ""
         while self._stop is None or not self._stop.is_set():
             claim = self._claim()
             if claim is None:
                 break
-            if not queue_id:
-                queue_id = str(self._meta("queue_id", ""))
-            done, count = self._deliver(claim, queue_id)
+            done, count = self._deliver(claim)
             acked += count
             if not done:
                 break
@@ -232,18 +224,18 @@ class Flusher:
             )
         return acked
 
-    def _deliver(self, claim: _Claim, queue_id: str) -> Tuple[bool, int]:
+    def _deliver(self, claim: _Claim) -> Tuple[bool, int]:
         """Send a claimed batch, splitting it where the endpoint asks; return (go on, acked)."""
         acked = 0
         claim.pending = [claim.rows]
         while claim.pending:
             part = claim.pending.pop()
             ids = [row[0] for row in part]
-            outcome = send(self._post, [row[1] for row in part], idempotency_key(queue_id, ids))
+            outcome = send(self._post, [row[1] for row in part], claim.keys[tuple(ids)])
             if outcome.kind in (TOO_LARGE, REJECTED) and len(part) > 1:
                 middle = len(part) // 2
                 claim.pending += [part[middle:], part[:middle]]  # first half goes first
-                self._extend_lease(claim)
+                self._split(claim, ids)
                 continue
             if outcome.kind == TOO_LARGE:
                 self._settle(claim, self._dead_letter, ids, outcome.status, outcome.error)
@@ -278,6 +270,8 @@ class Flusher:
                 if rows:
                     ids = [row[0] for row in rows]
                     claim = _Claim(rows, uuid.uuid4().hex)
+                    # Stored with the lease: a retry in any process finds it.
+                    claim.keys[tuple(ids)] = _batchkeys.key_for(conn, ids)
                     queue._run_chunks(RELEASE_SQL, (now + queue._lease,), _codec.id_chunks(ids))
                     conn.execute(DELETE_EXPIRED_LEASES_SQL, (now,))
                     conn.execute(INSERT_LEASE_SQL, (claim.token, len(rows), now + queue._lease))
@@ -324,8 +318,9 @@ class Flusher:
                 return rows[:count]
         return rows
 
-    def _extend_lease(self, claim: _Claim) -> None:
-        """A split sends more requests than planned: keep the rest hidden for a full lease."""
+    def _split(self, claim: _Claim, parent: List[int]) -> None:
+        """A split sends more requests than planned: keep the rest hidden for a full lease,
+        and give each new part a key of its own (the parent's is not used again)."""
         queue = self._queue
         ids = [row[0] for part in claim.pending for row in part]
         with queue._lock:
@@ -334,6 +329,10 @@ class Flusher:
             with write_transaction(conn):
                 queue._run_chunks(RELEASE_SQL, (until,), _codec.id_chunks(ids))
                 conn.execute(EXTEND_LEASE_SQL, (until, claim.token))
+                _batchkeys.forget(conn, parent)
+                for part in claim.pending[-2:]:
+                    part_ids = [row[0] for row in part]
+                    claim.keys[tuple(part_ids)] = _batchkeys.key_for(conn, part_ids)
 
     # -- settling ---------------------------------------------------------------------
 
@@ -351,6 +350,7 @@ class Flusher:
     def _accept(self, conn: sqlite3.Connection, claim: _Claim, part: List[Row], outcome: Outcome) -> int:
         """Ack what the endpoint took; reject and retry the indices it named."""
         queue = self._queue
+        _batchkeys.forget(conn, [row[0] for row in part])
         refused = set(outcome.rejected) | set(outcome.retry)
         ids = [row[0] for index, row in enumerate(part) if index not in refused]
         chunks = _codec.id_chunks(ids)
@@ -376,6 +376,8 @@ class Flusher:
         queue = self._queue
         error = _short(error or "rejected by the endpoint")
         ids = [row[0] for row in rows]
+        # A rejected batch is not retried as it was: a server may have cached its answer.
+        _batchkeys.forget(conn, ids)
         conn.executemany(COUNT_REJECTION_SQL, [(row_id, status, error) for row_id in ids])
         exhausted: List[int] = []
         for chunk in _codec.id_chunks(ids):
@@ -397,6 +399,7 @@ class Flusher:
         """Move items to ``sync_dead_letters`` with the last status and error."""
         queue = self._queue
         error = _short(error or "rejected by the endpoint")
+        _batchkeys.forget(conn, ids)
         chunks = _codec.id_chunks(ids)
         queue._run_chunks(MOVE_TO_DEAD_SQL, (status, error, queue._clock()), chunks)
         moved = queue._run_chunks(ACK_SQL, (), chunks)
@@ -432,7 +435,11 @@ class Flusher:
         return 0
 
     def _hold_rest(self, claim: _Claim, until: float) -> None:
-        """Hold back the parts not sent yet just as long, as a group of their own."""
+        """Hold back the parts not sent yet just as long, as a group of their own (a new
+        batch: the keys of its parts are not used again)."""
+        conn = self._queue._conn()
+        for part in claim.pending:
+            _batchkeys.forget(conn, [row[0] for row in part])
         rest = [row[0] for part in claim.pending for row in part]
         claim.pending = []
         if rest:

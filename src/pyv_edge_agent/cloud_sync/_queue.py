@@ -9,7 +9,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, cast
 
-from . import _clock, _codec, _deadletter, _integrity, _schema, _storage, _validate
+from . import _batchkeys, _clock, _codec, _deadletter, _integrity, _schema, _storage, _validate
 from ._errors import CloudSyncError, CorruptDatabaseError
 from ._integrity import IntegrityReport
 from ._sql import ACK_SQL, NACK_SQL, write_transaction
@@ -716,6 +716,7 @@ class CloudSyncQueue:
                 now = self._clock()
                 with write_transaction(conn):
                     self._storage.purge_expired(conn, now)
+                    _batchkeys.collect(conn)
             self._storage.maintain(conn)
 
     @property
