@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, List
 
@@ -352,3 +353,21 @@ def test_a_custom_uploader_passing_on_server_text_stores_it_inert(db_path: str, 
         (letter,) = queue.dead_letters()
     assert letter.last_error is not None and "broker said" in letter.last_error
     assert "\x1b" not in letter.last_error and "\x07" not in letter.last_error
+
+
+@once
+def test_the_ingest_server_bounds_a_decompressed_body(server: IngestServer) -> None:
+    """A gzip body that decodes to more than the server takes is refused with 413 (it was
+    inflated whole, then refused as not JSON)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    chunk = bytes(1024 * 1024)
+    bomb = b"".join(compressor.compress(chunk) for _ in range(65))  # 65 MiB, over the 64 MiB limit
+    bomb += compressor.flush()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(
+            f"POST /v1/ingest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer test-key\r\nContent-Encoding: gzip\r\n"
+            f"Content-Length: {len(bomb)}\r\n\r\n".encode()
+            + bomb
+        )
+        assert sock.recv(4096).split(b" ")[1] == b"413"
+    assert server.items == []
