@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"environment variable holding the key (default {DEFAULT_KEY_ENV})",
     )
     flush.add_argument("--api-key-file", help="a file holding the key (instead of the environment)")
-    flush.add_argument("--timeout", type=float, default=30.0, help="seconds per connect and read (default 30)")
+    flush.add_argument("--timeout", type=float, default=30.0, help="seconds a whole request may take (default 30)")
     flush.add_argument("--auth-header", default="Authorization", help="e.g. X-API-Key (default: Authorization: Bearer)")
     flush.add_argument("--ca-certs", help="a CA bundle for an endpoint with a private certificate authority")
     flush.add_argument("--no-gzip", action="store_true", help="never compress request bodies")

@@ -142,7 +142,8 @@ class HTTPCloudUploader:
     :param endpoint: the ingest URL. ``https://`` with certificate verification; plain
         ``http://`` only to a loopback host, or anywhere with ``allow_insecure_http=True``.
     :param api_key: the credential; never shown in a repr, a log line or an exception.
-    :param timeout: seconds allowed for connecting and for each read.
+    :param timeout: seconds a whole request may take, from connecting to the last byte of the
+        answer; it must be below the queue's ``lease_seconds``.
     :param auth_header: the header that carries the key: ``"Authorization"`` (default)
         sends ``Bearer <api_key>``, any other name (e.g. ``"X-API-Key"``) sends the key as is.
     :param gzip_min_bytes: bodies of at least this many bytes are sent gzip-compressed
