@@ -256,3 +256,24 @@ def test_fuzzed_content_length_at_the_ingest_server() -> None:
             reliability.add("bad inputs tried", 1)
 
         run()
+
+
+@pytest.mark.parametrize("backend", ["python"], indirect=True)
+def test_fuzzed_retry_after_never_breaks_classification() -> None:
+    """Any Retry-After a server sends reads as seconds (ASCII digits or an HTTP date) or as
+    nothing: it never raises, which once turned a 413 into a transient failure."""
+    from pyv_edge_agent.cloud_sync.uploader import parse_retry_after
+
+    dates = st.datetimes().map(lambda when: when.strftime("%a, %d %b %Y %H:%M:%S GMT"))
+
+    @FUZZ
+    @given(value=st.one_of(st.text(max_size=40), KEYISH, dates, st.integers(min_value=-(2**70)).map(str)))
+    @example(value="²")
+    @example(value="Mon, 01 Jan 99999 00:00:00 GMT")
+    def run(value: str) -> None:
+        seconds = parse_retry_after(value)
+        assert seconds is None or (seconds >= 0 and not math.isnan(seconds))
+        if seconds is not None and not value.strip().isascii():
+            raise AssertionError(f"non-ASCII {value!r} read as {seconds}")
+
+    run()

@@ -106,11 +106,11 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
 
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when is None:
+            return None
+        return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _rejected_indices(body: bytes, count: int) -> Tuple[List[int], Optional[str]]:
@@ -257,7 +257,8 @@ class HTTPCloudUploader:
         """Post a ready JSON array body of ``count`` payloads (the flush's no-parse path).
 
         ``idempotency_key`` goes in the ``Idempotency-Key`` header; ``maybe_flush`` gives
-        the same key whenever it retries the same items. Without one, a random key is sent.
+        the same key whenever it retries exactly the same batch. Without one, a random key
+        is sent.
         """
         try:
             return self._post(body, count, idempotency_key or uuid.uuid4().hex)
