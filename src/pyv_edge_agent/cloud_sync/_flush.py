@@ -459,11 +459,6 @@ class Flusher:
         queue._backoff_until = max(queue._backoff_until, now + delay)
         set_link_state(queue, kind, f"{error}; keeping {count} items, next try in {delay:.1f} s")
 
-    def _meta(self, key: str, default: Any, conn: Optional[sqlite3.Connection] = None) -> Any:
-        with self._queue._lock:
-            row = (conn or self._queue._conn()).execute(READ_META_SQL, (key,)).fetchone()
-        return default if row is None else row[0]
-
 
 def budget_left(queue: "CloudSyncQueue", conn: sqlite3.Connection) -> Optional[int]:
     """Non-critical items that may still go today under ``daily_message_limit`` (None: no limit)."""
