@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, List
 
 import pytest
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, UploadError, UploadResult
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, SyncWorker, UploadError, UploadResult
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 from pyv_edge_agent.cloud_sync.uploader import parse_retry_after
 
@@ -252,6 +252,8 @@ def test_an_uploader_slower_than_the_lease_is_refused(db_path: str, server: Inge
         assert "timeout" in str(excinfo.value)
         assert queue.pending_count() == 1 and queue.get_stats()["in_flight"] == 0 and server.requests == []
         assert queue.maybe_flush(HTTPCloudUploader(server.url, "test-key", timeout=29.0)) == 1
+        with pytest.raises(ValueError, match="lease_seconds"):  # refused before its thread starts
+            SyncWorker(queue, HTTPCloudUploader(server.url, "test-key", timeout=45.0))
 
 
 # -- answers read within a bound --------------------------------------------------------------
