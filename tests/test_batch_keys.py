@@ -8,6 +8,8 @@ import os
 import shutil
 from typing import Any, List
 
+import rawsql
+
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 
@@ -108,7 +110,7 @@ def test_a_split_batch_sends_each_part_under_a_new_key(db_path: str, server: Ing
     with CloudSyncQueue(db_path) as queue:
         queue.enqueue_many([{"i": i} for i in range(4)])
         assert queue.maybe_flush(_uploader(server)) == 4
-        assert queue._conn().execute("SELECT COUNT(*) FROM sync_batch_keys").fetchone()[0] == 0
+        assert rawsql.execute(queue, "SELECT COUNT(*) FROM sync_batch_keys").fetchone()[0] == 0
     whole, first_half, second_half = _keys(server)
     assert len({whole, first_half, second_half}) == 3
     assert server.batches == [[{"i": 0}, {"i": 1}], [{"i": 2}, {"i": 3}]]

@@ -46,7 +46,8 @@ class Deadline:
         self._timer.cancel()
         _current.deadline = None
 
-    def _attach(self, connection: Any) -> None:
+    def attach(self, connection: Any) -> None:
+        """Put ``connection`` under this deadline (shut down at once if it has passed)."""
         with self._lock:
             if connection not in self._connections:
                 self._connections.append(connection)
@@ -91,7 +92,7 @@ def _watched(base: type) -> type:
 def _attach(connection: Any) -> None:
     deadline: Optional[Deadline] = getattr(_current, "deadline", None)
     if deadline is not None:
-        deadline._attach(connection)
+        deadline.attach(connection)
 
 
 _POOL_CLASSES: Dict[str, type] = {}

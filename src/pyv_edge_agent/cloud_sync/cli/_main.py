@@ -16,13 +16,13 @@ from typing import Any, List, Optional
 
 import orjson
 
-from . import BACKEND, CloudSyncError, CloudSyncQueue, DatabaseError, HTTPCloudUploader, Priority, __version__
-from ._integrity import read_only_uri
-from ._metrics import BY_KEY, prometheus_text
+from .. import BACKEND, CloudSyncError, CloudSyncQueue, DatabaseError, HTTPCloudUploader, Priority, __version__
+from .._integrity import read_only_uri
+from .._metrics import BY_KEY, prometheus_text
+from .._schema import SCHEMA_VERSION
+from ..ingest_server import IngestServer
+from ..uploader import DEFAULT_GZIP_MIN_BYTES
 from ._render import Output, TrackingUploader, human_age, human_bytes, human_duration
-from ._schema import SCHEMA_VERSION
-from .ingest_server import IngestServer
-from .uploader import DEFAULT_GZIP_MIN_BYTES
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
 COUNT_ELIGIBLE_SQL = "SELECT COUNT(*) FROM sync_queue WHERE next_retry_at <= ? AND created_at + ttl_seconds > ?"
