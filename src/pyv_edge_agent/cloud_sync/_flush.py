@@ -66,6 +66,8 @@ REJECTED_STATUSES = frozenset({400, 422})
 CREDENTIAL_STATUSES = frozenset({401, 403})
 # A server asking for more than a day is more likely misconfigured than serious.
 MAX_RETRY_AFTER = 86400.0
+# An async uploader given to the sync flush is refused, never taken as accepting.
+ASYNC_HINT = "an async uploader is flushed by pyv_edge_agent.cloud_sync.aio.AsyncCloudSyncQueue.flush"
 # Error text stored with items and counters stays short.
 MAX_ERROR_CHARS = 500
 
@@ -103,6 +105,11 @@ class Outcome:
 
 
 def _outcome_of_result(result: Any, count: int) -> Outcome:
+    if inspect.isawaitable(result):
+        # Never awaited, so nothing was sent: counting it as accepted would drop the batch.
+        if inspect.iscoroutine(result):
+            result.close()
+        return Outcome(TRANSIENT, error=f"the uploader returned an awaitable; {ASYNC_HINT}")
     if result is False:
         return Outcome(TRANSIENT, error="the uploader returned False")
     if not isinstance(result, UploadResult):
@@ -132,6 +139,9 @@ def poster(uploader: Any) -> Callable[[List[bytes], str], Any]:
     if not callable(post_batch):
         raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
     post_encoded = getattr(uploader, "post_encoded_batch", None)
+    for name, method in (("post_batch", post_batch), ("post_encoded_batch", post_encoded)):
+        if inspect.iscoroutinefunction(method):
+            raise TypeError(f"uploader.{name} is a coroutine function; {ASYNC_HINT}")
     if not callable(post_encoded):
         return lambda texts, key: post_batch([_codec.decode_payload(text) for text in texts])
     if _takes_idempotency_key(post_encoded):

@@ -333,6 +333,8 @@ class CloudSyncQueue:
         sent and nothing is removed. Once ``stop`` is set, the call returns after the
         batch in flight (``SyncWorker`` stops this way).
         """
+        if stop is not None and not isinstance(stop, threading.Event):
+            raise TypeError(f"stop must be a threading.Event or None, got {type(stop).__name__}: {stop!r:.100}")
         if uploader is None:
             return 0
         # The flush machinery loads on the first flush: a process that only enqueues never
