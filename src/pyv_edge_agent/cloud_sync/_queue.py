@@ -137,13 +137,9 @@ class CloudSyncQueue:
         max_batch_seconds: Optional[float] = None,
         probe_interval: Optional[float] = 10.0,
     ) -> None:
-        if not isinstance(db_path, (str, os.PathLike)):
-            raise TypeError(f"db_path must be a str or os.PathLike, got {type(db_path).__name__}: {db_path!r:.100}")
-        path = os.fspath(db_path)
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"db_path must be a non-empty text path, got {db_path!r:.100}")
+        path = _validate.db_path(db_path)
         durability = _validate.choice("durability", durability, tuple(_schema.SYNCHRONOUS))
-        busy_timeout = _validate.number("busy_timeout", busy_timeout, 0.0)
+        busy_timeout = _validate.number("busy_timeout", busy_timeout, 0.0, maximum=_schema.MAX_BUSY_TIMEOUT)
         self._policy = FlushPolicy(
             max_batch_items,
             max_batch_bytes,
@@ -206,6 +202,12 @@ class CloudSyncQueue:
         """The key id new items are sealed under (None: the queue has no ``encryption_key``)."""
         sealer = self._store.sealer
         return None if sealer is None else sealer.key_id
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a batch being uploaded stays hidden from other flushers; an uploader's
+        ``timeout`` must be below it."""
+        return self._policy.lease_seconds
 
     # -- writing ----------------------------------------------------------------------
 

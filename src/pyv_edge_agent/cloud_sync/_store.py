@@ -13,7 +13,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import _clock, _integrity, _storage
+from . import _batchkeys, _clock, _integrity, _storage
 from ._errors import CloudSyncError, CorruptDatabaseError
 from ._sql import (
     ADD_COUNTER_SQL,
@@ -53,7 +53,7 @@ class Store:
     ``lock`` (reentrant) serialises this object's use of its one connection; ``conn()``
     opens it again after a quarantine and refuses once ``close()`` ran.
 
-    :param path: the database path (``:memory:`` and ``file:`` URIs are no file on disk).
+    :param path: the database path (``:memory:`` is no file on disk).
     :param clock: the wall clock; ``now()`` is the queue's time built on it (see ``_clock``).
     :param limits: the storage limits that every insert is admitted under (``storage``).
     :param sealer: seals payloads before they are stored (None: stored as they come); see
@@ -102,19 +102,25 @@ class Store:
         return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        try:
+        if self._on_corrupt == "quarantine" and self.is_file:
+            with _integrity.quarantine_lock(self.path):
+                conn = self._open_or_quarantine()
+        else:
             conn = self._open()
+        self._db = conn
+        return conn
+
+    def _open_or_quarantine(self) -> sqlite3.Connection:
+        try:
+            return self._open()
         except CorruptDatabaseError as exc:
-            if self._on_corrupt != "quarantine" or not self.is_file:
-                raise
             aside = _integrity.quarantine(self.path, self._wall())
             logger.error(
                 "queue database %r is damaged (%s); moved it to %r and started an empty queue", self.path, exc, aside
             )
-            conn = self._open()
-            with write_transaction(conn):
-                conn.execute(ADD_COUNTER_SQL, (_integrity.QUARANTINED_KEY, 1))
-        self._db = conn
+        conn = self._open()
+        with write_transaction(conn):
+            conn.execute(ADD_COUNTER_SQL, (_integrity.QUARANTINED_KEY, 1))
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -230,6 +236,7 @@ class Store:
                 now = self.now()
                 with write_transaction(conn):
                     deleted = self.storage.purge_expired(conn, now)
+                    _batchkeys.collect(conn)
             self.storage.maintain(conn, force=not when_due)
         return deleted
 

@@ -49,6 +49,7 @@ class SyncWorker:
         if not isinstance(queue, CloudSyncQueue):
             raise TypeError(f"queue must be a CloudSyncQueue, got {type(queue).__name__}")
         _flush.poster(uploader)  # refuses an object without post_batch now rather than in the thread
+        _flush.check_deadline(queue.lease_seconds, uploader)
         self._queue = queue
         self._uploader = uploader
         self._interval = _validate.number("interval", interval, 0.0, allow_equal=False)
