@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Set, 
 
 from . import _codec
 from ._errors import UploadError
+from ._outgoing import OutgoingItem
 from ._sql import ACK_SQL, NACK_SQL, by_id_chunk_shape, write_transaction
+from ._types import Priority
 from .uploader import UploadResult
 
 if TYPE_CHECKING:
@@ -55,11 +57,12 @@ MAX_RETRY_AFTER = 86400.0
 # Error text stored with items and counters stays short.
 MAX_ERROR_CHARS = 500
 
-# (id, stored text as bytes, retry_count, priority, next_retry_at)
-Row = Tuple[int, bytes, int, int, float]
+# (id, stored text as bytes, retry_count, priority, next_retry_at, expires_at)
+Row = Tuple[int, bytes, int, int, float, float]
+Post = Callable[[List[Row], str], Any]
 
 
-_ROW = "id, CAST(payload AS BLOB), retry_count, priority, next_retry_at"
+_ROW = "id, CAST(payload AS BLOB), retry_count, priority, next_retry_at, created_at + ttl_seconds"
 # The flush reads stored text as bytes so it can be spliced into a body without decoding.
 SELECT_CLAIM_SQL = (
     f"SELECT {_ROW} FROM sync_queue"
@@ -118,6 +121,12 @@ def idempotency_key(queue_id: str, ids: Sequence[int]) -> str:
     return digest.hexdigest()[:40]
 
 
+def item_key(queue_id: str, item_id: int) -> str:
+    """The idempotency key of one item: the same on every retry, unlike a batch's (which
+    changes when the batch is regrouped)."""
+    return hashlib.sha256(f"{queue_id}:item:{item_id}".encode()).hexdigest()[:40]
+
+
 @dataclass
 class Outcome:
     """What became of one upload attempt, by index into the part that was sent."""
@@ -128,6 +137,8 @@ class Outcome:
     status: Optional[int] = None
     error: Optional[str] = None
     retry_after: Optional[float] = None
+    too_large: Sequence[int] = ()
+    credentials: Sequence[int] = ()
 
 
 def _outcome_of_result(result: Any, count: int) -> Outcome:
@@ -136,35 +147,42 @@ def _outcome_of_result(result: Any, count: int) -> Outcome:
     if not isinstance(result, UploadResult):
         return Outcome(ACCEPTED)
     rejected, retry = list(result.rejected), list(result.retry)
-    indices = rejected + retry
+    too_large, credentials = list(result.too_large), list(result.credentials)
+    indices = rejected + retry + too_large + credentials
     if len(set(indices)) != len(indices) or not all(type(i) is int and 0 <= i < count for i in indices):
         return Outcome(TRANSIENT, error=f"the uploader returned an UploadResult with bad indices for {count} items")
-    return Outcome(ACCEPTED, rejected, retry, result.status, result.error, result.retry_after)
+    return Outcome(ACCEPTED, rejected, retry, result.status, result.error, result.retry_after, too_large, credentials)
 
 
-def send(post: Callable[[List[bytes], str], Any], texts: List[bytes], key: str) -> Outcome:
+def send(post: Post, part: List[Row], key: str) -> Outcome:
     """Upload one part and classify what happened; never raises an ``Exception``."""
     try:
-        result = post(texts, key)
+        result = post(part, key)
     except UploadError as exc:
         return Outcome(classify(exc.status), status=exc.status, error=str(exc), retry_after=exc.retry_after)
     except Exception as exc:  # any failure of a user-supplied uploader is a failed batch
         return Outcome(TRANSIENT, error=f"{type(exc).__name__}: {exc}")
-    return _outcome_of_result(result, len(texts))
+    return _outcome_of_result(result, len(part))
 
 
-def poster(uploader: Any) -> Callable[[List[bytes], str], Any]:
-    """Return how to hand stored texts to ``uploader``: spliced into a body when it takes
-    one (``post_encoded_batch``), else decoded for ``post_batch``."""
+def poster(uploader: Any, outgoing: Optional[Callable[[List[Row]], List[OutgoingItem]]] = None) -> Post:
+    """Return how to hand claimed rows to ``uploader``: as ``OutgoingItem``s when it sends
+    items one by one (``post_items``, given ``outgoing`` to build them), spliced into a
+    body when it takes one (``post_encoded_batch``), else decoded for ``post_batch``."""
     post_batch = getattr(uploader, "post_batch", None)
     if not callable(post_batch):
         raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
+    post_items = getattr(uploader, "post_items", None)
+    if callable(post_items) and outgoing is not None:
+        return lambda rows, key: post_items(outgoing(rows))
     post_encoded = getattr(uploader, "post_encoded_batch", None)
     if not callable(post_encoded):
-        return lambda texts, key: post_batch([_codec.decode_payload(text) for text in texts])
+        return lambda rows, key: post_batch([_codec.decode_payload(row[1]) for row in rows])
     if _takes_idempotency_key(post_encoded):
-        return lambda texts, key: post_encoded(_codec.splice_body(texts), len(texts), idempotency_key=key)
-    return lambda texts, key: post_encoded(_codec.splice_body(texts), len(texts))
+        return lambda rows, key: post_encoded(
+            _codec.splice_body([row[1] for row in rows]), len(rows), idempotency_key=key
+        )
+    return lambda rows, key: post_encoded(_codec.splice_body([row[1] for row in rows]), len(rows))
 
 
 def _takes_idempotency_key(method: Callable[..., Any]) -> bool:
@@ -189,8 +207,9 @@ class Flusher:
 
     def __init__(self, queue: "CloudSyncQueue", uploader: Any, stop: Optional[threading.Event] = None) -> None:
         self._queue = queue
-        self._post = poster(uploader)
+        self._post = poster(uploader, self._outgoing)
         self._stop = stop
+        self._queue_id = ""
         # Items rejected during this call wait for the next one, even with a zero backoff.
         self._rejected: Set[int] = set()
         self._dead_count = 0
@@ -201,14 +220,13 @@ class Flusher:
     def run(self) -> int:
         """Send batches until none is left, one fails, or ``stop`` is set; return items acked."""
         acked = 0
-        queue_id = ""
         while self._stop is None or not self._stop.is_set():
             claim = self._claim()
             if claim is None:
                 break
-            if not queue_id:
-                queue_id = str(self._meta("queue_id", ""))
-            done, count = self._deliver(claim, queue_id)
+            if not self._queue_id:
+                self._queue_id = str(self._meta("queue_id", ""))
+            done, count = self._deliver(claim, self._queue_id)
             acked += count
             if not done:
                 break
@@ -226,7 +244,7 @@ class Flusher:
         while claim.pending:
             part = claim.pending.pop()
             ids = [row[0] for row in part]
-            outcome = send(self._post, [row[1] for row in part], idempotency_key(queue_id, ids))
+            outcome = send(self._post, part, idempotency_key(queue_id, ids))
             if outcome.kind in (TOO_LARGE, REJECTED) and len(part) > 1:
                 middle = len(part) // 2
                 claim.pending += [part[middle:], part[:middle]]  # first half goes first
@@ -246,9 +264,17 @@ class Flusher:
                 return False, acked
             count = self._settle(claim, self._accept, claim, part, outcome)
             acked += count
-            if outcome.retry:
+            if outcome.retry or outcome.credentials:
                 return False, acked
         return True, acked
+
+    def _outgoing(self, rows: List[Row]) -> List[OutgoingItem]:
+        """The rows as ``post_items`` takes them, each with a key of its own that its retries share."""
+        now = self._queue._clock()
+        return [
+            OutgoingItem(row[0], row[1], Priority(row[3]), max(0.0, row[5] - now), item_key(self._queue_id, row[0]))
+            for row in rows
+        ]
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -346,12 +372,20 @@ class Flusher:
         if acked:
             self._count_sent(conn, acked)
         queue._backoff_until = 0.0
-        set_link_state(queue, ACCEPTED, "")
+        if not outcome.credentials:  # a refusal of part of a batch is not a recovered link
+            set_link_state(queue, ACCEPTED, "")
         if outcome.rejected:
             status = outcome.status
             error = outcome.error or f"the endpoint rejected {len(outcome.rejected)} of {len(part)} items"
             self._reject(conn, [part[i] for i in outcome.rejected], status, error)
-        if outcome.retry:
+        if outcome.too_large:
+            error = outcome.error or f"{len(outcome.too_large)} of {len(part)} items are too large for the endpoint"
+            self._dead_letter(conn, [part[i][0] for i in outcome.too_large], outcome.status, error)
+        if outcome.credentials:
+            error = outcome.error or f"the endpoint refused the credentials for {len(outcome.credentials)} items"
+            kept = Outcome(CREDENTIALS, status=outcome.status, error=error)
+            self._keep_for_credentials(conn, claim, [part[i] for i in [*outcome.credentials, *outcome.retry]], kept)
+        elif outcome.retry:
             error = outcome.error or f"the uploader asked to retry {len(outcome.retry)} of {len(part)} items"
             retry_outcome = Outcome(TRANSIENT, status=outcome.status, error=error, retry_after=outcome.retry_after)
             self._back_off(conn, claim, [part[i] for i in outcome.retry], retry_outcome)
