@@ -364,7 +364,7 @@ class Flusher:
     def _accept(self, conn: sqlite3.Connection, claim: _Claim, part: List[Row], outcome: Outcome) -> int:
         """Ack what the endpoint took; reject and retry the indices it named."""
         queue = self._queue
-        refused = set(outcome.rejected) | set(outcome.retry)
+        refused = {*outcome.rejected, *outcome.retry, *outcome.too_large, *outcome.credentials}
         ids = [row[0] for index, row in enumerate(part) if index not in refused]
         chunks = _codec.id_chunks(ids)
         acked = queue._run_chunks(ACK_SQL, (), chunks)

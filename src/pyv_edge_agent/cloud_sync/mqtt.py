@@ -18,12 +18,8 @@ from urllib.parse import quote
 
 from . import _codec, _validate
 from ._errors import UploadError
-from ._mqtt_topic import (
-    MESSAGE_EXPIRY_SIZE,
-    TopicTemplate,
-    publish_packet_size,
-    user_property_size,
-)
+from ._mqtt_session import NOT_AUTHORIZED, PACKET_TOO_LARGE, REJECTED, Message, Session, deliver
+from ._mqtt_topic import MESSAGE_EXPIRY_SIZE, TopicTemplate, publish_packet_size, user_property_size
 from ._outgoing import OutgoingItem
 from ._types import Priority
 from .uploader import UploadResult, _is_loopback, _Secret
@@ -31,11 +27,8 @@ from .uploader import UploadResult, _is_loopback, _Secret
 IDEMPOTENCY_PROPERTY = "idempotency-key"
 # Without a configured window, an MQTT 3.1.1 broker gets paho's and Mosquitto's default.
 DEFAULT_WINDOW = 20
-# PUBACK reasons (MQTT 5; paho maps 3.1.1 CONNACK codes onto the same numbers).
-_NOT_AUTHORIZED = frozenset({0x86, 0x87, 0x8A, 0x8C})  # bad password, not authorized, banned, bad auth
-_CONNECT_REFUSED_FOR_GOOD = _NOT_AUTHORIZED | {0x85}  # and a client id the broker will not take
-_PACKET_TOO_LARGE = 0x95
-_REJECTED = frozenset({0x90, 0x99})  # topic name invalid, payload format invalid
+# CONNACK refusals a person must fix: credentials, and a client id the broker will not take.
+_CONNECT_REFUSED_FOR_GOOD = NOT_AUTHORIZED | {0x85}
 _MAX_EXPIRY = 2**32 - 1
 
 Password = Union[None, str, Callable[[], str]]
@@ -81,45 +74,6 @@ def azure_iot_sas_token(resource_uri: str, key: str, *, ttl: float = 3600.0, pol
 
 class _Refused(Exception):
     """The broker refused the connection for good (credentials, client id): a person must act."""
-
-
-class _Session:
-    """One connection: the paho client, what CONNACK said, and the PUBACKs not yet read."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.pid = os.getpid()
-        self.connack: Optional[int] = None
-        self.receive_maximum: Optional[int] = None
-        self.maximum_packet_size: Optional[int] = None
-        self.acks: List[Tuple[int, int]] = []
-        self.used_at = time.monotonic()
-
-    def on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        self.connack = int(reason.value)
-        self.receive_maximum = getattr(properties, "ReceiveMaximum", None)
-        self.maximum_packet_size = getattr(properties, "MaximumPacketSize", None)
-
-    def on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        self.acks.append((mid, int(reason.value)))
-
-    def pump(self, timeout: float) -> bool:
-        """Read and write what is due for up to ``timeout`` seconds; False once the link is lost."""
-        try:
-            return bool(self.client.loop(timeout) == 0)
-        except (OSError, ValueError):
-            return False
-
-    def close(self) -> None:
-        """Close the socket; a DISCONNECT first when the link still works."""
-        try:
-            if self.client.is_connected():
-                self.client.disconnect()
-        except (OSError, ValueError):
-            pass
-        sock = self.client.socket()
-        if sock is not None:
-            sock.close()
 
 
 class MQTTUploader:
@@ -220,7 +174,7 @@ class MQTTUploader:
             None if max_packet_size is None else _validate.integer("max_packet_size", max_packet_size, 1)
         )
         self._paho = _paho()
-        self._session: Optional[_Session] = None
+        self._session: Optional[Session] = None
         self._lock = threading.Lock()
 
     @property
@@ -274,79 +228,47 @@ class MQTTUploader:
 
     # -- publishing -----------------------------------------------------------------------
 
-    def _publish_all(self, session: _Session, items: Sequence[OutgoingItem]) -> Union[bool, UploadResult]:
+    def _publish_all(self, session: Session, items: Sequence[OutgoingItem]) -> Union[bool, UploadResult]:
         verdicts: Dict[str, List[int]] = {"rejected": [], "too_large": [], "retry": [], "credentials": []}
         errors: Dict[str, str] = {}
 
-        def refuse(kind: str, index: int, why: str) -> None:
-            verdicts[kind].append(index)
-            errors.setdefault(kind, why)
+        def refuse(kind: str, indices: List[int], why: str) -> None:
+            verdicts[kind] += indices
+            if indices:
+                errors.setdefault(kind, why)
 
         limit = self._packet_limit(session)
-        todo: Deque[Tuple[int, str, bytes, Any]] = deque()
+        messages: Deque[Message] = deque()
         for index, item in enumerate(items):
             topic, why = self._topic.render(item)
             if why:
-                refuse("rejected", index, f"item {item.id} has no MQTT topic: {why}")
+                refuse("rejected", [index], f"item {item.id} has no MQTT topic: {why}")
                 continue
             properties, properties_size = self._properties(item)
             size = publish_packet_size(len(topic.encode()), len(item.text), self._qos, properties_size)
             if limit is not None and size > limit:
-                refuse("too_large", index, f"a message of {size} bytes is over the broker's packet limit of {limit}")
+                refuse("too_large", [index], f"a message of {size} bytes is over the broker's packet limit of {limit}")
                 continue
-            todo.append((index, topic, item.text, properties))
+            messages.append((index, topic, item.text, properties))
 
-        window = self._window(session)
-        inflight: Dict[int, int] = {}
-        stopped = False
-        lost = ""
-        deadline = time.monotonic() + self._timeout
-        while not lost and ((todo and not stopped) or inflight):
-            while todo and not stopped and len(inflight) < window:
-                index, topic, text, properties = todo.popleft()
-                try:
-                    info = session.client.publish(topic, text, qos=self._qos, properties=properties)
-                except (OSError, ValueError) as exc:
-                    info = None
-                    lost = f"{type(exc).__name__}: {exc}"
-                if info is None or info.rc != 0:
-                    todo.appendleft((index, topic, text, properties))
-                    lost = lost or f"the connection was lost (paho error {getattr(info, 'rc', '?')})"
-                    break
-                inflight[info.mid] = index
-            if not lost and inflight and not session.acks and not session.pump(min(1.0, self._timeout)):
-                lost = "the broker closed the connection"
-            for mid, reason in session.acks:
-                index = inflight.pop(mid, -1)
-                if index < 0:
-                    continue
-                deadline = time.monotonic() + self._timeout
-                if reason < 0x80:
-                    continue
-                name = self._paho.ReasonCode(self._paho.PacketTypes.PUBACK, identifier=reason).getName()
-                why = f"PUBACK 0x{reason:02X} {name} for topic {self.topic!r}"
-                if reason in _NOT_AUTHORIZED:
-                    refuse("credentials", index, f"the MQTT broker refused the publish: {why}")
-                    stopped = True
-                elif reason == _PACKET_TOO_LARGE:
-                    refuse("too_large", index, f"the MQTT broker refused the message size: {why}")
-                elif reason in _REJECTED:
-                    refuse("rejected", index, f"the MQTT broker rejected the message: {why}")
-                else:
-                    refuse("retry", index, f"the MQTT broker did not take the message: {why}")
-                    stopped = True
-            session.acks.clear()
-            if inflight and not lost and time.monotonic() > deadline:
-                lost = f"no PUBACK within {self._timeout:g} s"
-        session.used_at = time.monotonic()
-        unsent = [entry[0] for entry in todo]
-        if lost:
+        done = deliver(session, messages, self._window(session), self._qos, self._timeout)
+        for index, reason in done.reasons.items():
+            if reason < 0x80:
+                continue
+            name = self._paho.ReasonCode(self._paho.PacketTypes.PUBACK, identifier=reason).getName()
+            why = f"PUBACK 0x{reason:02X} {name} for topic {self.topic!r}"
+            if reason in NOT_AUTHORIZED:
+                refuse("credentials", [index], f"the MQTT broker refused the publish: {why}")
+            elif reason == PACKET_TOO_LARGE:
+                refuse("too_large", [index], f"the MQTT broker refused the message size: {why}")
+            elif reason in REJECTED:
+                refuse("rejected", [index], f"the MQTT broker rejected the message: {why}")
+            else:
+                refuse("retry", [index], f"the MQTT broker did not take the message: {why}")
+        if done.lost:
             self._drop_session()
-            for index in sorted(inflight.values()) + unsent:
-                refuse("retry", index, f"MQTT broker {self._host}:{self._port}: {lost}")
-        elif verdicts["credentials"] or unsent:
-            for index in unsent:
-                refuse("retry", index, "not sent: the broker refused an earlier message of the batch")
+            refuse("retry", done.in_flight, f"MQTT broker {self._host}:{self._port}: {done.lost}")
+        refuse("retry", done.unsent, "not sent: the broker refused an earlier message of the batch")
         if not any(verdicts.values()):
             return True
         return UploadResult(
@@ -369,18 +291,18 @@ class MQTTUploader:
             size += MESSAGE_EXPIRY_SIZE
         return properties, size
 
-    def _packet_limit(self, session: _Session) -> Optional[int]:
+    def _packet_limit(self, session: Session) -> Optional[int]:
         limits = [n for n in (session.maximum_packet_size, self._max_packet_size) if n]
         return min(limits) if limits else None
 
-    def _window(self, session: _Session) -> int:
+    def _window(self, session: Session) -> int:
         if self._protocol == "5" and session.receive_maximum:
             return min(session.receive_maximum, self._max_inflight or session.receive_maximum)
         return self._max_inflight or DEFAULT_WINDOW
 
     # -- the connection -------------------------------------------------------------------
 
-    def _ready_session(self) -> _Session:
+    def _ready_session(self) -> Session:
         """The working connection, made anew when missing, lost, idle past the keep-alive
         (a broker or NAT may have dropped it silently) or inherited through fork()."""
         session = self._session
@@ -400,7 +322,7 @@ class MQTTUploader:
         if session is not None:
             session.close()
 
-    def _connect(self) -> _Session:
+    def _connect(self) -> Session:
         paho = self._paho
         v5 = self._protocol == "5"
         client = paho.Client(
@@ -410,10 +332,12 @@ class MQTTUploader:
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             reconnect_on_failure=False,
         )
-        session = _Session(client)
-        client.on_connect = session.on_connect
-        client.on_publish = session.on_publish
+        session = Session(client)
         client.connect_timeout = self._timeout
+        # The window is ours (it is known only after CONNACK), so paho must never hold a
+        # message back; and a client whose link is lost is dropped, never reconnected, so
+        # paho never resends from its memory: the queue file is the store.
+        client.max_inflight_messages_set(65535)
         secret = self._password.reveal() if isinstance(self._password, _Secret) else None
         where = f"MQTT broker {self._host}:{self._port}"
         try:
@@ -431,8 +355,9 @@ class MQTTUploader:
             while session.connack is None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no CONNACK within {self._timeout:g} s")
-                if not session.pump(min(1.0, self._timeout)):
-                    raise ConnectionError("the broker closed the connection before CONNACK")
+                if not session.pump(min(1.0, self._timeout)) and session.connack is None:
+                    hint = " (as a TLS listener does without a client certificate it requires)" if self._tls else ""
+                    raise ConnectionError("the broker closed the connection before CONNACK" + hint)
         except (OSError, ValueError, TypeError) as exc:
             session.close()
             text = f"{type(exc).__name__}: {exc}"
@@ -444,10 +369,6 @@ class MQTTUploader:
             if session.connack in _CONNECT_REFUSED_FOR_GOOD:
                 raise _Refused(message + f" (username {self._username!r}, client id {self._client_id!r})")
             raise UploadError(message)
-        # The window is ours, so paho never holds a message back; and a client whose link
-        # is lost is dropped, never reconnected, so paho never resends from its memory:
-        # the queue file is the store.
-        client.max_inflight_messages_set(self._window(session))
         return session
 
     def _tls_context(self) -> ssl.SSLContext:

@@ -1,0 +1,136 @@
+"""One MQTT connection of ``MQTTUploader`` and the sliding window that sends a batch over it.
+
+paho's client is driven from the calling thread (no network thread of its own): a batch
+publishes up to the window, reads PUBACKs, and publishes more as they come back.
+"""
+
+import os
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+# PUBACK and CONNACK reason codes (MQTT 5; paho maps 3.1.1 CONNACK codes onto them).
+NOT_AUTHORIZED = frozenset({0x86, 0x87, 0x8A, 0x8C})  # bad password, not authorized, banned, bad auth
+PACKET_TOO_LARGE = 0x95
+REJECTED = frozenset({0x90, 0x99})  # topic name invalid, payload format invalid
+# Refusals that concern one message only: the batch goes on without it.
+_PER_MESSAGE = REJECTED | {PACKET_TOO_LARGE}
+
+# (index in the batch, topic, payload, MQTT 5 properties or None)
+Message = Tuple[int, str, bytes, Any]
+
+
+class Session:
+    """A paho client, what its CONNACK said, and the PUBACKs not yet read."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.pid = os.getpid()
+        self.connack: Optional[int] = None
+        self.receive_maximum: Optional[int] = None
+        self.maximum_packet_size: Optional[int] = None
+        self.acks: List[Tuple[int, int]] = []
+        self.used_at = time.monotonic()
+        client.on_connect = self._on_connect
+        client.on_publish = self._on_publish
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self.connack = int(reason.value)
+        self.receive_maximum = getattr(properties, "ReceiveMaximum", None)
+        self.maximum_packet_size = getattr(properties, "MaximumPacketSize", None)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        self.acks.append((mid, int(reason.value)))
+
+    def pump(self, timeout: float) -> bool:
+        """Read and write what is due for up to ``timeout`` seconds; False once the link is lost."""
+        try:
+            return bool(self.client.loop(timeout) == 0)
+        except (OSError, ValueError):
+            return False
+
+    def read_arrived(self) -> bool:
+        """Read whatever has arrived, without waiting; False once the link is lost.
+
+        Done before each publish: a broker that refuses a message and then closes the
+        connection (Mosquitto does, for an ACL denial) has its PUBACK read before a write
+        to the closed socket makes paho drop what was still unread.
+        """
+        sock = self.client.socket()
+        if sock is None:
+            return False
+        try:
+            pending = getattr(sock, "pending", None)
+            if (pending is not None and pending()) or select.select([sock], [], [], 0.0)[0]:
+                return bool(self.client.loop_read() == 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the socket, with a DISCONNECT first when the link still works."""
+        try:
+            if self.client.is_connected():
+                self.client.disconnect()
+        except (OSError, ValueError):
+            pass
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
+
+
+@dataclass
+class Delivery:
+    """What became of a batch's messages: ``reasons`` by index for those answered (a QoS 0
+    message counts as answered, 0, once written), ``unsent`` those never published, and
+    ``lost`` why the link broke with messages in flight ("" if it did not)."""
+
+    reasons: Dict[int, int] = field(default_factory=dict)
+    in_flight: List[int] = field(default_factory=list)
+    unsent: List[int] = field(default_factory=list)
+    lost: str = ""
+
+
+def deliver(session: Session, messages: Deque[Message], window: int, qos: int, timeout: float) -> Delivery:
+    """Publish ``messages`` in order with at most ``window`` unanswered; stop publishing at
+    the first refusal that is not about one message alone (credentials, quota...), and stop
+    waiting when the link breaks or no answer came for ``timeout`` seconds."""
+    client = session.client
+    done = Delivery()
+    inflight: Dict[int, int] = {}
+    halted = False
+    deadline = time.monotonic() + timeout
+    while not done.lost and ((messages and not halted) or inflight):
+        while messages and not halted and len(inflight) < window:
+            if inflight and not session.read_arrived():
+                done.lost = "the broker closed the connection"
+                break
+            if session.acks:
+                break  # answers first: one of them may halt the batch
+            index, topic, payload, properties = messages[0]
+            try:
+                info = client.publish(topic, payload, qos=qos, properties=properties)
+            except (OSError, ValueError) as exc:
+                done.lost = f"{type(exc).__name__}: {exc}"
+                break
+            if info.rc != 0:
+                done.lost = f"the connection was lost (paho error {info.rc})"
+                break
+            messages.popleft()
+            inflight[info.mid] = index
+        if not done.lost and inflight and not session.acks and not session.pump(min(1.0, timeout)):
+            done.lost = "the broker closed the connection"
+        for mid, reason in session.acks:
+            index = inflight.pop(mid, -1)
+            if index >= 0:
+                done.reasons[index] = reason
+                deadline = time.monotonic() + timeout
+                halted = halted or (reason >= 0x80 and reason not in _PER_MESSAGE)
+        session.acks.clear()
+        if inflight and not done.lost and time.monotonic() > deadline:
+            done.lost = f"no PUBACK within {timeout:g} s"
+    session.used_at = time.monotonic()
+    done.in_flight = sorted(inflight.values())
+    done.unsent = [message[0] for message in messages]
+    return done
