@@ -140,9 +140,7 @@ def test_mqtt_311_delivers_to_a_persistent_session(live_broker: Broker, db_path:
         sub.close()
 
 
-def test_broker_killed_mid_batch_loses_nothing_and_acks_only_pubacked_items(
-    live_broker: Broker, db_path: str
-) -> None:
+def test_broker_killed_mid_batch_loses_nothing_and_acks_only_pubacked_items(live_broker: Broker, db_path: str) -> None:
     total = 4000
     sub = Subscriber(live_broker, "sensors/kill/#")
     relay = PubackRelay(live_broker.port, hold_after=700)
@@ -231,9 +229,7 @@ def test_acl_denied_topic_keeps_items_logs_once_then_delivers(
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-def test_oversize_item_is_dead_lettered_and_the_rest_flow(
-    live_broker: Broker, db_path: str, protocol: str
-) -> None:
+def test_oversize_item_is_dead_lettered_and_the_rest_flow(live_broker: Broker, db_path: str, protocol: str) -> None:
     sub = Subscriber(live_broker, "sensors/big/#")
     try:
         with CloudSyncQueue(db_path) as queue:
@@ -253,3 +249,219 @@ def test_oversize_item_is_dead_lettered_and_the_rest_flow(
         assert sorted(sub.ids()) == list(range(100))
     finally:
         sub.close()
+
+
+def test_item_without_the_topic_field_is_rejected_to_dead_letters_and_the_rest_flow(
+    live_broker: Broker, db_path: str
+) -> None:
+    sub = Subscriber(live_broker, "sensors/fields/#")
+    try:
+        with CloudSyncQueue(db_path, max_attempts=1) as queue:
+            queue.enqueue_many([{"id": 0, "site": "a"}, {"id": 1}, {"id": 2, "site": "a/b"}, {"id": 3, "site": 7}])
+            up = uploader(live_broker, "sensors/fields/{site}")
+            assert queue.maybe_flush(up) == 2
+            dead = {d.payload["id"]: d.last_error or "" for d in queue.dead_letters()}
+            assert sorted(dead) == [1, 2]
+            assert "no field 'site'" in dead[1] and "cannot be a topic level" in dead[2]
+            up.close()
+        sub.wait_for(2)
+        assert sorted((topic, payload["id"]) for topic, payload, _ in sub.messages) == [
+            ("sensors/fields/7", 3),
+            ("sensors/fields/a", 0),
+        ]
+    finally:
+        sub.close()
+
+
+# -- once: what does not depend on the codec backend ------------------------------------------
+
+
+def test_tls_with_client_certificate_works_and_without_it_nothing_is_lost(
+    once: None, live_broker: Broker, db_path: str
+) -> None:
+    sub = Subscriber(live_broker, "sensors/tls/#")
+    tls = dict(port=live_broker.tls_port, tls=True, ca_certs=live_broker.ca_file, username=None, password=None)
+    try:
+        with CloudSyncQueue(db_path, retry_base_seconds=0.0, retry_max_seconds=0.0) as queue:
+            queue.enqueue_many([{"id": i} for i in range(20)])
+            without = uploader(live_broker, "sensors/tls/x", timeout=5.0, **tls)
+            assert queue.maybe_flush(without) == 0
+            assert queue.pending_count() == 20 and "client certificate" in queue.get_stats()["last_error"]
+            # Mutual TLS: the certificate alone identifies the device (its common name is the user).
+            mutual = uploader(
+                live_broker,
+                "sensors/tls/x",
+                client_cert=live_broker.client_cert,
+                client_key=live_broker.client_key,
+                **tls,
+            )
+            assert queue.maybe_flush(mutual) == 20
+            mutual.close()
+        sub.wait_for(20)
+        assert sorted(sub.ids()) == list(range(20))
+        # A broker whose certificate the client cannot verify (no ca_certs: the system CAs).
+        system_cas = uploader(live_broker, "sensors/tls/x", **dict(tls, ca_certs=None))
+        with pytest.raises(UploadError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            system_cas.post_batch([{"id": -1}])
+    finally:
+        sub.close()
+
+
+def test_wrong_password_takes_the_credentials_path_and_never_shows_it(
+    once: None, live_broker: Broker, db_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = "wrong-pw-Zq81x"
+    with CloudSyncQueue(db_path, retry_max_seconds=40.0) as queue, caplog.at_level(logging.DEBUG):
+        queue.enqueue_many([{"id": i} for i in range(5)])
+        up = uploader(live_broker, "sensors/pw/x", password=wrong)
+        assert queue.maybe_flush(up) == 0
+        assert queue.pending_count() == 5 and queue.next_due_in() >= 19
+        stats = repr(queue.get_stats())
+        assert "CONNACK 0x8" in stats
+    shown = [repr(up), str(up), stats] + [r.getMessage() for r in caplog.records]
+    records = [r for r in caplog.records if r.name == LOGGER]
+    assert [r.levelname for r in records] == ["ERROR"]
+    assert not any(wrong in text or PASSWORD in text for text in shown)
+
+
+def test_callable_password_is_called_at_each_connect(once: None, live_broker: Broker) -> None:
+    calls: List[float] = []
+
+    def token() -> str:
+        calls.append(time.time())
+        return PASSWORD
+
+    up = uploader(live_broker, "sensors/token/x", password=token)
+    assert up.post_batch([{"id": 1}]) is True
+    assert up.post_batch([{"id": 2}]) is True
+    assert len(calls) == 1  # one connection across batches
+    up.close()
+    assert up.post_batch([{"id": 3}]) is True
+    assert len(calls) == 2
+    live_broker.stop()  # a broker restart: the next batch notices and connects again
+    live_broker.start()
+    assert up.post_batch([{"id": 4}]) is True
+    assert len(calls) == 3
+    up.close()
+
+
+def test_fork_child_makes_its_own_connection(once: None, live_broker: Broker) -> None:
+    sub = Subscriber(live_broker, "sensors/fork/#")
+    try:
+        up = uploader(live_broker, "sensors/fork/x")
+        assert up.post_batch([{"id": 1}]) is True
+        pid = os.fork()
+        if pid == 0:  # the child: its own connection; the parent's socket stays untouched
+            ok = up.post_batch([{"id": 2}]) is True
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert up.post_batch([{"id": 3}]) is True  # the parent's connection still works
+        up.close()
+        sub.wait_for(3)
+        assert sorted(sub.ids()) == [1, 2, 3]
+    finally:
+        sub.close()
+
+
+def test_works_under_sync_worker_with_qos_0(once: None, live_broker: Broker, db_path: str) -> None:
+    sub = Subscriber(live_broker, "sensors/worker/#")
+    try:
+        with CloudSyncQueue(db_path) as queue:
+            up = uploader(live_broker, "sensors/worker/{priority}", qos=0)
+            with SyncWorker(queue, up, interval=0.05, handle_sigterm=False):
+                queue.enqueue_many([{"id": i} for i in range(200)])
+                deadline = time.monotonic() + 20
+                while queue.pending_count() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            assert queue.pending_count() == 0
+            up.close()
+        sub.wait_for(200)
+        assert sorted(sub.ids()) == list(range(200))  # fire and forget, on a healthy loopback
+    finally:
+        sub.close()
+
+
+def test_unreachable_broker_is_transient_and_names_no_secret(once: None, db_path: str) -> None:
+    from mqtt_broker import free_port
+
+    from pyv_edge_agent.cloud_sync import MQTTUploader
+
+    secret = "s3cret-never-shown"
+    up = MQTTUploader("127.0.0.1", free_port(), topic="t", tls=False, username="u", password=secret, timeout=2.0)
+    with CloudSyncQueue(db_path) as queue:
+        queue.enqueue_many([{"id": i} for i in range(3)])
+        assert queue.maybe_flush(up) == 0
+        assert queue.pending_count() == 3
+        stats = repr(queue.get_stats())
+    with pytest.raises(UploadError) as info:
+        up.post_batch([{"id": 1}])
+    assert "ConnectionRefusedError" in str(info.value)
+    assert not any(secret in text for text in (str(info.value), stats, repr(up)))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"host": "broker.example"}, "plain TCP to 'broker.example'"),
+        ({"topic": "a/+/b"}, "wildcard"),
+        ({"topic": "a/{x.y}"}, "plain names"),
+        ({"topic": "a/{x"}, "unbalanced"),
+        ({"topic": ""}, "topic must be a non-empty str"),
+        ({"qos": 2}, "qos must be 1, or 0"),
+        ({"protocol": "3"}, "protocol must be one of"),
+        ({"port": 0}, "port"),
+        ({"port": 70000}, "port"),
+        ({"timeout": 0}, "timeout"),
+        ({"max_inflight": 0}, "max_inflight"),
+        ({"ca_certs": "/nonexistent.pem", "tls": True}, "ca_certs must be the path of a PEM file"),
+        ({"client_key": __file__, "tls": True}, "client_key needs client_cert"),
+        ({"password": "x", "username": None}, "password needs a username"),
+        ({"password": 5}, "password must be"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_them(once: None, options: Dict[str, Any], message: str) -> None:
+    pytest.importorskip("paho.mqtt")
+    from pyv_edge_agent.cloud_sync import MQTTUploader
+
+    settings: Dict[str, Any] = dict(host="127.0.0.1", port=1883, topic="t/x", tls=False, username="u")
+    settings.update(options)
+    host, port = settings.pop("host"), settings.pop("port")
+    with pytest.raises((ValueError, TypeError), match=message.replace("+", r"\+")):
+        MQTTUploader(host, port, **settings)
+
+
+def test_plain_tcp_beyond_loopback_needs_allow_insecure(once: None) -> None:
+    pytest.importorskip("paho.mqtt")
+    from pyv_edge_agent.cloud_sync import MQTTUploader
+
+    up = MQTTUploader("broker.example", 1883, topic="t", tls=False, allow_insecure=True)  # nothing is sent yet
+    assert "broker.example" in repr(up) and up.topic == "t"
+
+
+def test_missing_paho_names_the_extra(once: None) -> None:
+    code = (
+        "import sys; sys.modules['paho'] = None\n"
+        "from pyv_edge_agent.cloud_sync import MQTTUploader\n"
+        "try:\n    MQTTUploader('127.0.0.1', 1883, topic='t', tls=False)\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "pyv-edge-agent[mqtt]" in out.stdout, out.stderr
+
+
+def test_azure_sas_token_is_signed_with_the_key(once: None) -> None:
+    from pyv_edge_agent.cloud_sync.mqtt import azure_iot_sas_token
+
+    key = base64.b64encode(b"device-key-bytes-0123456789abcdef").decode()
+    before = int(time.time())
+    token = azure_iot_sas_token("myhub.azure-devices.net/devices/dev-1", key, ttl=600)
+    assert token.startswith("SharedAccessSignature sr=myhub.azure-devices.net%2Fdevices%2Fdev-1&sig=")
+    fields = dict(part.split("=", 1) for part in token[len("SharedAccessSignature ") :].split("&"))
+    assert before + 600 <= int(fields["se"]) <= int(time.time()) + 600
+    expected = hmac.new(base64.b64decode(key), f"{fields['sr']}\n{fields['se']}".encode(), hashlib.sha256).digest()
+    assert base64.b64decode(unquote(fields["sig"])) == expected
+    assert "skn=" not in token
+    assert azure_iot_sas_token("h/devices/d", key, policy_name="device").endswith("&skn=device")
+    with pytest.raises(ValueError, match="base64"):
+        azure_iot_sas_token("h/devices/d", "not base64!")

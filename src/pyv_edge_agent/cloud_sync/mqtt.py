@@ -230,12 +230,13 @@ class MQTTUploader:
 
     def _publish_all(self, session: Session, items: Sequence[OutgoingItem]) -> Union[bool, UploadResult]:
         verdicts: Dict[str, List[int]] = {"rejected": [], "too_large": [], "retry": [], "credentials": []}
-        errors: Dict[str, str] = {}
+        # An UploadResult has one error text for all its items: it names each distinct reason.
+        errors: Dict[str, None] = {}
 
         def refuse(kind: str, indices: List[int], why: str) -> None:
             verdicts[kind] += indices
             if indices:
-                errors.setdefault(kind, why)
+                errors[why] = None
 
         limit = self._packet_limit(session)
         messages: Deque[Message] = deque()
@@ -274,7 +275,7 @@ class MQTTUploader:
         return UploadResult(
             rejected=sorted(verdicts["rejected"]),
             retry=sorted(verdicts["retry"]),
-            error="; ".join(errors.values()),
+            error="; ".join(errors),
             too_large=sorted(verdicts["too_large"]),
             credentials=sorted(verdicts["credentials"]),
         )
