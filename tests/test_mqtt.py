@@ -465,3 +465,45 @@ def test_azure_sas_token_is_signed_with_the_key(once: None) -> None:
     assert azure_iot_sas_token("h/devices/d", key, policy_name="device").endswith("&skn=device")
     with pytest.raises(ValueError, match="base64"):
         azure_iot_sas_token("h/devices/d", "not base64!")
+
+
+def test_cli_flush_to_mqtt_with_password_from_env_or_file(
+    once: None, live_broker: Broker, db_path: str, tmp_path: Any
+) -> None:
+    sub = Subscriber(live_broker, "sensors/cli/#")
+    try:
+        with CloudSyncQueue(db_path) as queue:
+            queue.enqueue_many([{"id": i} for i in range(30)])
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYV_EDGE_AGENT_", "CLOUD_SYNC_"))}
+        env["PYV_EDGE_AGENT_NO_EXTENSIONS"] = "1"
+        command = [sys.executable, "-m", "pyv_edge_agent.cloud_sync", "--plain", "flush", db_path]
+        target = ["--mqtt", f"mqtt://127.0.0.1:{live_broker.port}", "--topic", "sensors/cli/{priority}"]
+        refused_db = str(tmp_path / "refused.db")
+        with CloudSyncQueue(refused_db) as queue:
+            queue.enqueue_many([{"id": i} for i in range(3)])
+        wrong = subprocess.run(
+            command[:-1] + [refused_db] + target + ["--username", USER],
+            env=dict(env, CLOUD_SYNC_MQTT_PASSWORD="not-it-123"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert wrong.returncode == 1 and "stopped at a failed batch" in wrong.stdout
+        assert "not-it-123" not in wrong.stdout + wrong.stderr
+        password_file = tmp_path / "mqtt-password"
+        password_file.write_text(PASSWORD + "\n")
+        done = subprocess.run(
+            command + target + ["--username", USER, "--password-file", str(password_file), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert '"flushed": 30' in done.stdout and PASSWORD not in done.stdout + done.stderr
+        sub.wait_for(30)
+        assert sorted(sub.ids()) == list(range(30))
+        bad = subprocess.run(command + ["--mqtt", "http://x", "--topic", "t"], env=env, capture_output=True, text=True)
+        assert bad.returncode == 2 and "--mqtt must be" in bad.stderr
+    finally:
+        sub.close()

@@ -24,6 +24,7 @@ from .uploader import DEFAULT_GZIP_MIN_BYTES
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
 DEFAULT_KEY_ENV = "CLOUD_SYNC_API_KEY"
+DEFAULT_MQTT_PASSWORD_ENV = "CLOUD_SYNC_MQTT_PASSWORD"
 
 
 def _positive_int(text: str) -> int:
@@ -128,19 +129,69 @@ def _read_api_key(args: argparse.Namespace) -> str:
     return key
 
 
-def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
-    uploader = HTTPCloudUploader(
-        args.endpoint,
-        _read_api_key(args),
-        timeout=args.timeout,
-        auth_header=args.auth_header,
+def _read_mqtt_password(args: argparse.Namespace) -> Optional[str]:
+    """Like the API key: from a file or an environment variable; None when neither is set
+    (a broker that takes a client certificate alone)."""
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as handle:
+                return handle.read().strip() or None
+        except OSError as exc:
+            raise UsageError(f"cannot read the password file: {exc}") from None
+    return os.environ.get(args.password_env, "").strip() or None
+
+
+def _mqtt_uploader(args: argparse.Namespace) -> Any:
+    """An ``MQTTUploader`` from ``--mqtt mqtts://host:8883`` (TLS) or ``mqtt://host:1883``."""
+    from urllib.parse import urlsplit
+
+    from .mqtt import MQTTUploader
+
+    url = urlsplit(args.mqtt)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname or url.username or url.password:
+        raise UsageError(
+            f"--mqtt must be mqtts://HOST[:PORT] or mqtt://HOST[:PORT] without credentials, got {args.mqtt!r}"
+        )
+    if not args.topic:
+        raise UsageError("--mqtt needs --topic")
+    password = _read_mqtt_password(args)
+    return MQTTUploader(
+        url.hostname,
+        url.port or (8883 if url.scheme == "mqtts" else 1883),
+        topic=args.topic,
+        client_id=args.client_id,
+        username=args.username,
+        password=password if args.username else None,
+        tls=url.scheme == "mqtts",
         ca_certs=args.ca_certs,
-        gzip_min_bytes=None if args.no_gzip else DEFAULT_GZIP_MIN_BYTES,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        protocol=args.mqtt_protocol,
+        qos=args.qos,
+        timeout=args.timeout,
+        allow_insecure=args.allow_insecure,
     )
+
+
+def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
+    if args.mqtt:
+        try:
+            uploader = _mqtt_uploader(args)
+        except (ValueError, TypeError, ImportError) as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        uploader = HTTPCloudUploader(
+            args.endpoint,
+            _read_api_key(args),
+            timeout=args.timeout,
+            auth_header=args.auth_header,
+            ca_certs=args.ca_certs,
+            gzip_min_bytes=None if args.no_gzip else DEFAULT_GZIP_MIN_BYTES,
+        )
     with _open_queue(args.db) as queue:
         backlog = len(queue.peek(n=1_000_000))
         with out.progress("flushing", total=backlog) as advance:
-            counting = TrackingUploader(uploader, advance)
+            counting = TrackingUploader.around(uploader, advance)
             flushed = queue.maybe_flush(uploader=counting)
         left = queue.pending_count()
     uploader.close()
@@ -320,9 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     peek.add_argument("--json", action="store_true", help="machine-readable JSON")
     peek.set_defaults(run=_cmd_peek)
 
-    flush = commands.add_parser("flush", help="send the eligible items to an ingest endpoint now")
+    flush = commands.add_parser("flush", help="send the eligible items to an ingest endpoint or MQTT broker now")
     flush.add_argument("db", help="the queue's SQLite file")
-    flush.add_argument("--endpoint", required=True, help="the ingest URL")
+    target = flush.add_mutually_exclusive_group(required=True)
+    target.add_argument("--endpoint", help="the ingest URL")
+    target.add_argument("--mqtt", metavar="URL", help="an MQTT broker: mqtts://HOST:8883 (TLS) or mqtt://HOST:1883")
     flush.add_argument(
         "--api-key-env",
         default=DEFAULT_KEY_ENV,
@@ -333,6 +386,23 @@ def build_parser() -> argparse.ArgumentParser:
     flush.add_argument("--auth-header", default="Authorization", help="e.g. X-API-Key (default: Authorization: Bearer)")
     flush.add_argument("--ca-certs", help="a CA bundle for an endpoint with a private certificate authority")
     flush.add_argument("--no-gzip", action="store_true", help="never compress request bodies")
+    mqtt = flush.add_argument_group("MQTT (with --mqtt)")
+    mqtt.add_argument("--topic", help="topic, with optional {priority} and {field} placeholders")
+    mqtt.add_argument("--username", help="MQTT user name")
+    mqtt.add_argument(
+        "--password-env",
+        default=DEFAULT_MQTT_PASSWORD_ENV,
+        help=f"environment variable holding the password (default {DEFAULT_MQTT_PASSWORD_ENV})",
+    )
+    mqtt.add_argument("--password-file", help="a file holding the password (instead of the environment)")
+    mqtt.add_argument("--client-id", help="MQTT client id (default: a random one)")
+    mqtt.add_argument("--client-cert", help="PEM client certificate, for mutual TLS")
+    mqtt.add_argument("--client-key", help="PEM private key of the client certificate")
+    mqtt.add_argument("--mqtt-protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default 5)")
+    mqtt.add_argument(
+        "--qos", type=int, choices=[0, 1], default=1, help="1: acked on PUBACK (default); 0: fire and forget"
+    )
+    mqtt.add_argument("--allow-insecure", action="store_true", help="permit mqtt:// to a host that is not loopback")
     flush.add_argument("--json", action="store_true", help="machine-readable JSON")
     flush.set_defaults(run=_cmd_flush)
 
