@@ -44,29 +44,35 @@ class Session:
         self.acks.append((mid, int(reason.value)))
 
     def pump(self, timeout: float) -> bool:
-        """Read and write what is due for up to ``timeout`` seconds; False once the link is lost."""
-        try:
-            return bool(self.client.loop(timeout) == 0)
-        except (OSError, ValueError):
-            return False
+        """Read what has arrived, write what is due, waiting up to ``timeout`` seconds for
+        either; False once the link is lost.
 
-    def read_arrived(self) -> bool:
-        """Read whatever has arrived, without waiting; False once the link is lost.
+        paho's external-loop calls, not ``loop()``: that one opens a socket pair to wake a
+        network thread, and every publish then writes a byte to it, a system call as costly
+        as the publish's own, for a thread this client does not have.
 
-        Done before each publish: a broker that refuses a message and then closes the
-        connection (Mosquitto does, for an ACL denial) has its PUBACK read before a write
-        to the closed socket makes paho drop what was still unread.
+        Called with no wait before each publish: a broker that refuses a message and then
+        closes the connection (Mosquitto does, for an ACL denial) has its PUBACK read
+        before a write to the closed socket makes paho drop what was still unread.
         """
-        sock = self.client.socket()
+        client = self.client
+        sock = client.socket()
         if sock is None:
             return False
         try:
             pending = getattr(sock, "pending", None)
-            if (pending is not None and pending()) or select.select([sock], [], [], 0.0)[0]:
-                return bool(self.client.loop_read() == 0)
+            if pending is not None and pending():
+                readable = True  # TLS records already decrypted: select would not see them
+            else:
+                wanted = [sock] if client.want_write() else []
+                readable = bool(select.select([sock], wanted, [], timeout)[0])
+            if readable and client.loop_read() != 0:
+                return False
+            if client.want_write() and client.loop_write() != 0:
+                return False
+            return bool(client.loop_misc() == 0)
         except (OSError, ValueError):
             return False
-        return True
 
     def close(self) -> None:
         """Close the socket, with a DISCONNECT first when the link still works."""
@@ -103,7 +109,7 @@ def deliver(session: Session, messages: Deque[Message], window: int, qos: int, t
     deadline = time.monotonic() + timeout
     while not done.lost and ((messages and not halted) or inflight):
         while messages and not halted and len(inflight) < window:
-            if inflight and not session.read_arrived():
+            if inflight and not session.pump(0.0):
                 done.lost = "the broker closed the connection"
                 break
             if session.acks:

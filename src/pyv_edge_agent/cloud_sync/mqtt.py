@@ -13,23 +13,21 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
 from urllib.parse import quote
 
 from . import _codec, _validate
 from ._errors import UploadError
+from ._mqtt_message import PackedProperties, TopicTemplate, publish_packet_size
 from ._mqtt_session import NOT_AUTHORIZED, PACKET_TOO_LARGE, REJECTED, Message, Session, deliver
-from ._mqtt_topic import MESSAGE_EXPIRY_SIZE, TopicTemplate, publish_packet_size, user_property_size
 from ._outgoing import OutgoingItem
 from ._types import Priority
 from .uploader import UploadResult, _is_loopback, _Secret
 
-IDEMPOTENCY_PROPERTY = "idempotency-key"
 # Without a configured window, an MQTT 3.1.1 broker gets paho's and Mosquitto's default.
 DEFAULT_WINDOW = 20
 # CONNACK refusals a person must fix: credentials, and a client id the broker will not take.
 _CONNECT_REFUSED_FOR_GOOD = NOT_AUTHORIZED | {0x85}
-_MAX_EXPIRY = 2**32 - 1
 
 Password = Union[None, str, Callable[[], str]]
 
@@ -245,8 +243,10 @@ class MQTTUploader:
             if why:
                 refuse("rejected", [index], f"item {item.id} has no MQTT topic: {why}")
                 continue
-            properties, properties_size = self._properties(item)
-            size = publish_packet_size(len(topic.encode()), len(item.text), self._qos, properties_size)
+            properties = PackedProperties(item.key, item.ttl_left) if self._protocol == "5" else None
+            size = publish_packet_size(
+                len(topic.encode()), len(item.text), self._qos, None if properties is None else len(properties)
+            )
             if limit is not None and size > limit:
                 refuse("too_large", [index], f"a message of {size} bytes is over the broker's packet limit of {limit}")
                 continue
@@ -279,18 +279,6 @@ class MQTTUploader:
             too_large=sorted(verdicts["too_large"]),
             credentials=sorted(verdicts["credentials"]),
         )
-
-    def _properties(self, item: OutgoingItem) -> Tuple[Any, Optional[int]]:
-        """The MQTT 5 PUBLISH properties of an item and their size (None, None for 3.1.1)."""
-        if self._protocol != "5":
-            return None, None
-        properties = self._paho.Properties(self._paho.PacketTypes.PUBLISH)
-        size = user_property_size(IDEMPOTENCY_PROPERTY, item.key)
-        properties.UserProperty = (IDEMPOTENCY_PROPERTY, item.key)
-        if math.isfinite(item.ttl_left):
-            properties.MessageExpiryInterval = min(_MAX_EXPIRY, max(1, math.ceil(item.ttl_left)))
-            size += MESSAGE_EXPIRY_SIZE
-        return properties, size
 
     def _packet_limit(self, session: Session) -> Optional[int]:
         limits = [n for n in (session.maximum_packet_size, self._max_packet_size) if n]
