@@ -7,6 +7,7 @@ common name is the user name.
 """
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ import struct
 import subprocess
 import threading
 import time
+import uuid
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import orjson
@@ -26,9 +28,23 @@ ALLOWED_TOPICS = ("sensors/#", "bench/#")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range: while a test has the broker
+    down, no outgoing connection on the machine can be given it, so a restart gets it back."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low = int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def _wait_for_port(port: int, process: "subprocess.Popen[bytes]", log: str) -> None:
@@ -74,6 +90,7 @@ class Broker:
         self.log = self._path("mosquitto.log")
         self._write_config()
         self.process: Optional["subprocess.Popen[bytes]"] = None
+        self.started = False
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -109,6 +126,17 @@ use_identity_as_username true
             handle.write(config)
 
     def start(self) -> None:
+        """Start the broker; the first start moves to other ports if another process took these."""
+        for attempt in range(3):
+            try:
+                return self._start()
+            except RuntimeError:
+                if self.started or attempt == 2 or "Address already in use" not in self.log_text():
+                    raise
+                self.port, self.tls_port = free_port(), free_port()
+                self._write_config()
+
+    def _start(self) -> None:
         log = open(self.log, "ab")
         self.process = subprocess.Popen(
             ["mosquitto", "-c", self._path("mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT
@@ -116,6 +144,7 @@ use_identity_as_username true
         log.close()
         _wait_for_port(self.port, self.process, self.log)
         _wait_for_port(self.tls_port, self.process, self.log)
+        self.started = True
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -169,12 +198,13 @@ class Subscriber:
         self._lock = threading.Lock()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"reader-{os.getpid()}-{free_port()}",
+            client_id=f"reader-{uuid.uuid4().hex[:12]}",
             clean_session=None if self.v5 else False,
             protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
         )
         self.client.username_pw_set(READER, READER_PASSWORD)
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *args: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.on_disconnect = lambda *args: self.subscribed.clear()
         self.client.reconnect_delay_set(0, 1)
@@ -192,8 +222,7 @@ class Subscriber:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason == 0:
-            client.subscribe(self._topic, qos=1)
-            self.subscribed.set()
+            client.subscribe(self._topic, qos=1)  # SUBACK sets ``subscribed``
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         payload = orjson.loads(message.payload)
@@ -205,8 +234,15 @@ class Subscriber:
             return [payload["id"] for _, payload, _ in self.messages]
 
     def wait_for(self, count: int, timeout: float = 30) -> None:
+        """Wait until ``count`` messages have arrived (or ``timeout`` seconds)."""
         deadline = time.monotonic() + timeout
         while len(self.ids()) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def wait_for_ids(self, ids: Set[int], timeout: float = 30) -> None:
+        """Wait until every one of ``ids`` has arrived at least once (or ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        while not ids <= set(self.ids()) and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def close(self) -> None:
