@@ -6,6 +6,7 @@ publishes up to the window, reads PUBACKs, and publishes more as they come back.
 
 import os
 import select
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
@@ -16,6 +17,8 @@ PACKET_TOO_LARGE = 0x95
 REJECTED = frozenset({0x90, 0x99})  # topic name invalid, payload format invalid
 # Refusals that concern one message only: the batch goes on without it.
 _PER_MESSAGE = REJECTED | {PACKET_TOO_LARGE}
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
 
 # (index in the batch, topic, payload, MQTT 5 properties or None)
 Message = Tuple[int, str, bytes, Any]
@@ -60,6 +63,10 @@ class Session:
         if sock is None:
             return False
         try:
+            if timeout and _QUICKACK is not None:
+                # A PUBACK the broker holds back (Nagle) until this side ACKs the last one,
+                # while this side delays that ACK: 40 ms lost at the end of every batch.
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
             pending = getattr(sock, "pending", None)
             if pending is not None and pending():
                 readable = True  # TLS records already decrypted: select would not see them
@@ -70,7 +77,7 @@ class Session:
                 return False
             if client.want_write() and client.loop_write() != 0:
                 return False
-            return bool(client.loop_misc() == 0)
+            return bool(timeout == 0.0 or client.loop_misc() == 0)  # keep-alive: only when waiting
         except (OSError, ValueError):
             return False
 
@@ -107,35 +114,49 @@ def deliver(session: Session, messages: Deque[Message], window: int, qos: int, t
     inflight: Dict[int, int] = {}
     halted = False
     deadline = time.monotonic() + timeout
-    while not done.lost and ((messages and not halted) or inflight):
-        while messages and not halted and len(inflight) < window:
-            if inflight and not session.pump(0.0):
-                done.lost = "the broker closed the connection"
-                break
-            if session.acks:
-                break  # answers first: one of them may halt the batch
-            index, topic, payload, properties = messages[0]
-            try:
-                info = client.publish(topic, payload, qos=qos, properties=properties)
-            except (OSError, ValueError) as exc:
-                done.lost = f"{type(exc).__name__}: {exc}"
-                break
-            if info.rc != 0:
-                done.lost = f"the connection was lost (paho error {info.rc})"
-                break
-            messages.popleft()
-            inflight[info.mid] = index
-        if not done.lost and inflight and not session.acks and not session.pump(min(1.0, timeout)):
-            done.lost = "the broker closed the connection"
+
+    def settle() -> None:
+        nonlocal halted, deadline
         for mid, reason in session.acks:
             index = inflight.pop(mid, -1)
             if index >= 0:
                 done.reasons[index] = reason
-                deadline = time.monotonic() + timeout
                 halted = halted or (reason >= 0x80 and reason not in _PER_MESSAGE)
         session.acks.clear()
-        if inflight and not done.lost and time.monotonic() > deadline:
+        deadline = time.monotonic() + timeout
+
+    def wait() -> None:
+        """Block until an answer comes (or the link breaks, or ``timeout`` passes)."""
+        if not session.pump(min(1.0, timeout)):
+            done.lost = "the broker closed the connection"
+        if session.acks:
+            settle()
+        elif not done.lost and time.monotonic() > deadline:
             done.lost = f"no PUBACK within {timeout:g} s"
+
+    while messages and not halted and not done.lost:
+        if inflight:
+            if not session.pump(0.0):
+                done.lost = "the broker closed the connection"
+            if session.acks:
+                settle()
+            while len(inflight) >= window and not done.lost:
+                wait()
+            if halted or done.lost:
+                break
+        index, topic, payload, properties = messages[0]
+        try:
+            info = client.publish(topic, payload, qos=qos, properties=properties)
+        except (OSError, ValueError) as exc:
+            done.lost = f"{type(exc).__name__}: {exc}"
+            break
+        if info.rc != 0:
+            done.lost = f"the connection was lost (paho error {info.rc})"
+            break
+        messages.popleft()
+        inflight[info.mid] = index
+    while inflight and not done.lost:
+        wait()
     session.used_at = time.monotonic()
     done.in_flight = sorted(inflight.values())
     done.unsent = [message[0] for message in messages]
