@@ -508,3 +508,16 @@ def test_cli_flush_to_mqtt_with_password_from_env_or_file(
         assert bad.returncode == 2 and "--mqtt must be" in bad.stderr
     finally:
         sub.close()
+
+
+def test_acl_denial_with_a_full_window_in_flight_is_still_a_refusal(once: None, live_broker: Broker) -> None:
+    # Mosquitto answers a denied publish with 0x87 and closes the connection; the messages
+    # behind it in the window make the write fail before the answer is read. The uploader
+    # connects again and sends the first unanswered message alone, which gets its answer.
+    up = uploader(live_broker, f"denied-{uuid.uuid4().hex[:8]}/x")
+    for _ in range(10):
+        result = up.post_batch([{"id": i} for i in range(50)])
+        assert result is not True
+        assert list(result.credentials) == [0] and list(result.retry) == list(range(1, 50)), result.error
+        assert "0x87" in (result.error or "")
+    up.close()

@@ -18,6 +18,11 @@ REJECTED = frozenset({0x90, 0x99})  # topic name invalid, payload format invalid
 # Refusals that concern one message only: the batch goes on without it.
 _PER_MESSAGE = REJECTED | {PACKET_TOO_LARGE}
 
+
+def _halts(reason: int) -> bool:
+    return reason >= 0x80 and reason not in _PER_MESSAGE
+
+
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
 
 # (index in the batch, topic, payload, MQTT 5 properties or None)
@@ -104,6 +109,22 @@ class Delivery:
     unsent: List[int] = field(default_factory=list)
     lost: str = ""
 
+    @property
+    def halted(self) -> bool:
+        """Whether a refusal stopped the batch (credentials, quota...), not one message alone."""
+        return any(_halts(reason) for reason in self.reasons.values())
+
+
+def merged(*parts: Delivery) -> Delivery:
+    """One delivery of several attempts at consecutive parts of a batch."""
+    whole = Delivery()
+    for part in parts:
+        whole.reasons.update(part.reasons)
+        whole.in_flight += part.in_flight
+        whole.unsent += part.unsent
+        whole.lost = whole.lost or part.lost
+    return whole
+
 
 def deliver(session: Session, messages: Deque[Message], window: int, qos: int, timeout: float) -> Delivery:
     """Publish ``messages`` in order with at most ``window`` unanswered; stop publishing at
@@ -121,7 +142,7 @@ def deliver(session: Session, messages: Deque[Message], window: int, qos: int, t
             index = inflight.pop(mid, -1)
             if index >= 0:
                 done.reasons[index] = reason
-                halted = halted or (reason >= 0x80 and reason not in _PER_MESSAGE)
+                halted = halted or _halts(reason)
         session.acks.clear()
         deadline = time.monotonic() + timeout
 

@@ -13,13 +13,22 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import quote
 
 from . import _codec, _validate
 from ._errors import UploadError
 from ._mqtt_message import PackedProperties, TopicTemplate, publish_packet_size
-from ._mqtt_session import NOT_AUTHORIZED, PACKET_TOO_LARGE, REJECTED, Message, Session, deliver
+from ._mqtt_session import (
+    NOT_AUTHORIZED,
+    PACKET_TOO_LARGE,
+    REJECTED,
+    Delivery,
+    Message,
+    Session,
+    deliver,
+    merged,
+)
 from ._outgoing import OutgoingItem
 from ._types import Priority
 from .uploader import UploadResult, _is_loopback, _Secret
@@ -237,7 +246,7 @@ class MQTTUploader:
                 errors[why] = None
 
         limit = self._packet_limit(session)
-        messages: Deque[Message] = deque()
+        messages: List[Message] = []
         for index, item in enumerate(items):
             topic, why = self._topic.render(item)
             if why:
@@ -252,7 +261,10 @@ class MQTTUploader:
                 continue
             messages.append((index, topic, item.text, properties))
 
-        done = deliver(session, messages, self._window(session), self._qos, self._timeout)
+        done, refused = self._send(session, messages)
+        if refused:
+            refuse("credentials", done.unsent, refused)
+            done.unsent = []
         for index, reason in done.reasons.items():
             if reason < 0x80:
                 continue
@@ -268,8 +280,9 @@ class MQTTUploader:
                 refuse("retry", [index], f"the MQTT broker did not take the message: {why}")
         if done.lost:
             self._drop_session()
-            refuse("retry", done.in_flight, f"MQTT broker {self._host}:{self._port}: {done.lost}")
-        refuse("retry", done.unsent, "not sent: the broker refused an earlier message of the batch")
+            lost = f"MQTT broker {self._host}:{self._port}: {done.lost}"
+            refuse("retry", done.in_flight + done.unsent, lost)
+        refuse("retry", done.unsent if not done.lost else [], "not sent: the broker refused an earlier message")
         if not any(verdicts.values()):
             return True
         return UploadResult(
@@ -279,6 +292,33 @@ class MQTTUploader:
             too_large=sorted(verdicts["too_large"]),
             credentials=sorted(verdicts["credentials"]),
         )
+
+    def _send(self, session: Session, messages: List[Message]) -> Tuple[Delivery, str]:
+        """Deliver the messages; when the link breaks with messages unanswered and no
+        refusal seen, connect once more and send the first of them alone before the rest.
+
+        A broker may refuse a message and then close the connection (Mosquitto does, for an
+        ACL denial), and with more messages on the way the refusal is often lost in the
+        close; sent alone, the message gets its answer. Returns the delivery, and why the
+        broker refused a new connection for good ("" if it did not).
+        """
+        done = deliver(session, deque(messages), self._window(session), self._qos, self._timeout)
+        if not done.lost or done.halted or not done.in_flight:
+            return done, ""
+        self._drop_session()
+        again = set(done.in_flight + done.unsent)
+        rest = deque(message for message in messages if message[0] in again)
+        answered = Delivery(reasons=done.reasons)
+        try:
+            session = self._ready_session()
+        except _Refused as exc:
+            return merged(answered, Delivery(unsent=[m[0] for m in rest])), str(exc)
+        except UploadError as exc:
+            return merged(answered, Delivery(unsent=[m[0] for m in rest], lost=str(exc))), ""
+        first = deliver(session, deque([rest.popleft()]), 1, self._qos, self._timeout)
+        if first.lost or first.halted:
+            return merged(answered, first, Delivery(unsent=[m[0] for m in rest])), ""
+        return merged(answered, first, deliver(session, rest, self._window(session), self._qos, self._timeout)), ""
 
     def _packet_limit(self, session: Session) -> Optional[int]:
         limits = [n for n in (session.maximum_packet_size, self._max_packet_size) if n]
