@@ -57,6 +57,8 @@ MAX_RETRY_AFTER = 86400.0
 # Error text stored with items and counters stays short.
 MAX_ERROR_CHARS = 500
 
+_PRIORITIES = {priority.value: priority for priority in Priority}
+
 # (id, stored text as bytes, retry_count, priority, next_retry_at, expires_at)
 Row = Tuple[int, bytes, int, int, float, float]
 Post = Callable[[List[Row], str], Any]
@@ -272,7 +274,7 @@ class Flusher:
         """The rows as ``post_items`` takes them, each with a key of its own that its retries share."""
         now = self._queue._clock()
         return [
-            OutgoingItem(row[0], row[1], Priority(row[3]), max(0.0, row[5] - now), item_key(self._queue_id, row[0]))
+            OutgoingItem(row[0], row[1], _PRIORITIES[row[3]], max(0.0, row[5] - now), item_key(self._queue_id, row[0]))
             for row in rows
         ]
 

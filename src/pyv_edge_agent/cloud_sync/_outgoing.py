@@ -1,14 +1,13 @@
-"""``OutgoingItem``: one stored item as the flush hands it to an uploader that sends items
-one by one (an MQTT publish per item) rather than as one body."""
+"""``OutgoingItem``: one stored item as the flush hands it to an uploader that sends items one
+by one (an MQTT publish per item) rather than as one body."""
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._types import Priority
 
 
-@dataclass(frozen=True)
-class OutgoingItem:
-    """One item of a batch for ``post_items(items)``.
+class OutgoingItem(NamedTuple):
+    """One item of a batch for ``post_items(items)`` (a tuple: a flush makes one per item).
 
     :param id: the item's queue id.
     :param text: the stored JSON text of the payload, as stored (UTF-8).
