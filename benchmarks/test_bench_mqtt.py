@@ -140,6 +140,7 @@ def test_mqtt_flush_floor(benchmark: Any, size: Size, broker: Any, backend: str)
     ]
     packed = [PackedProperties(key, ttl_left) for _, ttl_left, key in messages]
     loop = _PahoLoop(broker, external=backend == "floor")
+    benchmark.extra_info["label"] = "bare paho loop (floor)" if backend == "floor" else "paho loop() and Properties"
     try:
         acked = run(benchmark, lambda: loop.publish_all(messages, packed), items=count, rounds=size(5, 1))
     finally:
