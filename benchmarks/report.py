@@ -101,11 +101,11 @@ def _floor(members: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 def _is_figure(bench: Dict[str, Any]) -> bool:
     info = bench.get("extra_info", {})
-    return any(key in info for key in ("bytes_per_item", "peak_rss_growth_mb", "import_open_ms"))
+    return any(key in info for key in ("bytes_per_item", "peak_rss_growth_mb", "import_open_ms", "lag_p99_ms"))
 
 
 def figures_table(benchmarks: List[Dict[str, Any]]) -> str:
-    """Figures that are not rates: bytes written per item, RSS growth, import time."""
+    """Figures that are not rates: bytes written per item, RSS growth, import time, loop lag."""
     lines = ["| figure | implementation | value |", "|---|---|---:|"]
     for bench in sorted((b for b in benchmarks if _is_figure(b)), key=_sort_key):
         info = bench["extra_info"]
@@ -116,6 +116,9 @@ def figures_table(benchmarks: List[Dict[str, Any]]) -> str:
             lines.append(f"| peak RSS growth, {info['variant']} | {backend} | {info['peak_rss_growth_mb']} MB |")
         if "import_open_ms" in info:
             lines.append(f"| import + open a queue | {backend} | {info['import_open_ms']} ms |")
+        if "lag_p99_ms" in info:
+            lag = f"{info['lag_p50_ms']} / {info['lag_p99_ms']} / {info['lag_max_ms']} ms"
+            lines.append(f"| event-loop lag p50 / p99 / max, {info['variant']} | {backend} | {lag} |")
     return "\n".join(lines)
 
 

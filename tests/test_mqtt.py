@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, List
 from urllib.parse import unquote
 
 import pytest
+import rawsql
 from mqtt_broker import (
     MAX_PACKET_SIZE,
     PASSWORD,
@@ -28,8 +29,8 @@ from mqtt_broker import (
     mosquitto_or_skip,
 )
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, SyncWorker, UploadError
-from pyv_edge_agent.cloud_sync._flush import item_key
+from pyv_edge_agent.cloud_sync import BACKEND, CloudSyncQueue, Priority, SyncWorker, UploadError
+from pyv_edge_agent.cloud_sync._outgoing import item_key
 
 LOGGER = "pyv_edge_agent.cloud_sync"
 
@@ -52,11 +53,8 @@ def live_broker(broker: Broker) -> Broker:
     return broker
 
 
-@pytest.fixture
-def once(backend: str) -> None:
-    """For tests that do not depend on the codec backend: run them on one of the two."""
-    if backend == "cython":
-        pytest.skip("does not depend on the backend: runs once, on the python one")
+# For the tests that do not depend on the codec: one run, on the backend in use.
+ONCE = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
 
 
 class Clock:
@@ -216,7 +214,7 @@ def test_acl_denied_topic_keeps_items_logs_once_then_delivers(
             live_broker.allow(topic.split("/")[0] + "/#")
             assert queue.maybe_flush(up) == 30
             up.close()
-            queue_id = queue._conn().execute("SELECT value FROM sync_meta WHERE key = 'queue_id'").fetchone()[0]
+            queue_id = rawsql.execute(queue, "SELECT value FROM sync_meta WHERE key = 'queue_id'").fetchone()[0]
         records = [r for r in caplog.records if r.name == LOGGER]
         assert [r.levelname for r in records] == ["ERROR", "INFO"]
         assert "0x87" in records[0].getMessage() and PASSWORD not in records[0].getMessage()
@@ -277,9 +275,8 @@ def test_item_without_the_topic_field_is_rejected_to_dead_letters_and_the_rest_f
 # -- once: what does not depend on the codec backend ------------------------------------------
 
 
-def test_tls_with_client_certificate_works_and_without_it_nothing_is_lost(
-    once: None, live_broker: Broker, db_path: str
-) -> None:
+@ONCE
+def test_tls_with_client_certificate_works_and_without_it_nothing_is_lost(live_broker: Broker, db_path: str) -> None:
     sub = Subscriber(live_broker, "sensors/tls/#")
     tls = dict(port=live_broker.tls_port, tls=True, ca_certs=live_broker.ca_file, username=None, password=None)
     try:
@@ -308,8 +305,9 @@ def test_tls_with_client_certificate_works_and_without_it_nothing_is_lost(
         sub.close()
 
 
+@ONCE
 def test_wrong_password_takes_the_credentials_path_and_never_shows_it(
-    once: None, live_broker: Broker, db_path: str, caplog: pytest.LogCaptureFixture
+    live_broker: Broker, db_path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     wrong = "wrong-pw-Zq81x"
     with CloudSyncQueue(db_path, retry_max_seconds=40.0) as queue, caplog.at_level(logging.DEBUG):
@@ -325,7 +323,8 @@ def test_wrong_password_takes_the_credentials_path_and_never_shows_it(
     assert not any(wrong in text or PASSWORD in text for text in shown)
 
 
-def test_callable_password_is_called_at_each_connect(once: None, live_broker: Broker) -> None:
+@ONCE
+def test_callable_password_is_called_at_each_connect(live_broker: Broker) -> None:
     calls: List[float] = []
 
     def token() -> str:
@@ -346,7 +345,8 @@ def test_callable_password_is_called_at_each_connect(once: None, live_broker: Br
     up.close()
 
 
-def test_fork_child_makes_its_own_connection(once: None, live_broker: Broker) -> None:
+@ONCE
+def test_fork_child_makes_its_own_connection(live_broker: Broker) -> None:
     sub = Subscriber(live_broker, "sensors/fork/#")
     try:
         up = uploader(live_broker, "sensors/fork/x")
@@ -365,7 +365,8 @@ def test_fork_child_makes_its_own_connection(once: None, live_broker: Broker) ->
         sub.close()
 
 
-def test_works_under_sync_worker_with_qos_0(once: None, live_broker: Broker, db_path: str) -> None:
+@ONCE
+def test_works_under_sync_worker_with_qos_0(live_broker: Broker, db_path: str) -> None:
     sub = Subscriber(live_broker, "sensors/worker/#")
     try:
         with CloudSyncQueue(db_path) as queue:
@@ -383,7 +384,8 @@ def test_works_under_sync_worker_with_qos_0(once: None, live_broker: Broker, db_
         sub.close()
 
 
-def test_unreachable_broker_is_transient_and_names_no_secret(once: None, db_path: str) -> None:
+@ONCE
+def test_unreachable_broker_is_transient_and_names_no_secret(db_path: str) -> None:
     from mqtt_broker import free_port
 
     from pyv_edge_agent.cloud_sync import MQTTUploader
@@ -401,6 +403,7 @@ def test_unreachable_broker_is_transient_and_names_no_secret(once: None, db_path
     assert not any(secret in text for text in (str(info.value), stats, repr(up)))
 
 
+@ONCE
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -421,7 +424,7 @@ def test_unreachable_broker_is_transient_and_names_no_secret(once: None, db_path
         ({"password": 5}, "password must be"),
     ],
 )
-def test_bad_arguments_are_refused_naming_them(once: None, options: Dict[str, Any], message: str) -> None:
+def test_bad_arguments_are_refused_naming_them(options: Dict[str, Any], message: str) -> None:
     pytest.importorskip("paho.mqtt")
     from pyv_edge_agent.cloud_sync import MQTTUploader
 
@@ -432,7 +435,8 @@ def test_bad_arguments_are_refused_naming_them(once: None, options: Dict[str, An
         MQTTUploader(host, port, **settings)
 
 
-def test_plain_tcp_beyond_loopback_needs_allow_insecure(once: None) -> None:
+@ONCE
+def test_plain_tcp_beyond_loopback_needs_allow_insecure() -> None:
     pytest.importorskip("paho.mqtt")
     from pyv_edge_agent.cloud_sync import MQTTUploader
 
@@ -440,7 +444,8 @@ def test_plain_tcp_beyond_loopback_needs_allow_insecure(once: None) -> None:
     assert "broker.example" in repr(up) and up.topic == "t"
 
 
-def test_missing_paho_names_the_extra(once: None) -> None:
+@ONCE
+def test_missing_paho_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['paho'] = None\n"
         "from pyv_edge_agent.cloud_sync import MQTTUploader\n"
@@ -451,7 +456,8 @@ def test_missing_paho_names_the_extra(once: None) -> None:
     assert "pyv-edge-agent[mqtt]" in out.stdout, out.stderr
 
 
-def test_azure_sas_token_is_signed_with_the_key(once: None) -> None:
+@ONCE
+def test_azure_sas_token_is_signed_with_the_key() -> None:
     from pyv_edge_agent.cloud_sync.mqtt import azure_iot_sas_token
 
     key = base64.b64encode(b"device-key-bytes-0123456789abcdef").decode()
@@ -468,9 +474,8 @@ def test_azure_sas_token_is_signed_with_the_key(once: None) -> None:
         azure_iot_sas_token("h/devices/d", "not base64!")
 
 
-def test_cli_flush_to_mqtt_with_password_from_env_or_file(
-    once: None, live_broker: Broker, db_path: str, tmp_path: Any
-) -> None:
+@ONCE
+def test_cli_flush_to_mqtt_with_password_from_env_or_file(live_broker: Broker, db_path: str, tmp_path: Any) -> None:
     sub = Subscriber(live_broker, "sensors/cli/#")
     try:
         with CloudSyncQueue(db_path) as queue:
@@ -510,7 +515,8 @@ def test_cli_flush_to_mqtt_with_password_from_env_or_file(
         sub.close()
 
 
-def test_acl_denial_with_a_full_window_in_flight_is_still_a_refusal(once: None, live_broker: Broker) -> None:
+@ONCE
+def test_acl_denial_with_a_full_window_in_flight_is_still_a_refusal(live_broker: Broker) -> None:
     # Mosquitto answers a denied publish with 0x87 and closes the connection; the messages
     # behind it in the window make the write fail before the answer is read. The uploader
     # connects again and sends the first unanswered message alone, which gets its answer.

@@ -25,8 +25,9 @@ from ._queue import CloudSyncQueue  # noqa: E402
 from ._types import DeadLetter, Priority, QueueItem  # noqa: E402
 
 if TYPE_CHECKING:
+    from ._upload_types import UploadResult
     from .mqtt import MQTTUploader
-    from .uploader import HTTPCloudUploader, UploadResult
+    from .uploader import HTTPCloudUploader
     from .worker import SyncWorker
 
 # Imported on first use (PEP 562): a process that only enqueues never needs the uploader,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "HTTPCloudUploader": "uploader",
     "MQTTUploader": "mqtt",
-    "UploadResult": "uploader",
+    "UploadResult": "_upload_types",
     "SyncWorker": "worker",
 }
 
