@@ -31,7 +31,8 @@ from ._mqtt_session import (
 )
 from ._outgoing import OutgoingItem
 from ._types import Priority
-from .uploader import UploadResult, _is_loopback, _Secret
+from ._upload_types import UploadResult
+from .uploader import _is_loopback, _Secret
 
 # Without a configured window, an MQTT 3.1.1 broker gets paho's and Mosquitto's default.
 DEFAULT_WINDOW = 20
@@ -65,7 +66,8 @@ def azure_iot_sas_token(resource_uri: str, key: str, *, ttl: float = 3600.0, pol
     :param policy_name: the shared access policy the key belongs to; None for a device key.
 
     Pass ``password=lambda: azure_iot_sas_token(...)`` to ``MQTTUploader``: it is called at
-    every (re)connect, so a token never outlives its connection's need.
+    every (re)connect. The hub closes a connection whose token has expired; the next batch
+    connects again, with a fresh token.
     """
     expiry = int(time.time() + _validate.number("ttl", ttl, 0.0, allow_equal=False))
     encoded_uri = quote(resource_uri, safe="")
@@ -183,6 +185,7 @@ class MQTTUploader:
         self._paho = _paho()
         self._session: Optional[Session] = None
         self._lock = threading.Lock()
+        self._lock_pid = os.getpid()
 
     @property
     def topic(self) -> str:
@@ -213,7 +216,9 @@ class MQTTUploader:
 
         Raises ``UploadError`` when the broker cannot be reached at all (nothing was sent).
         """
-        with self._lock:
+        if not items:
+            return True
+        with self._guard():
             try:
                 session = self._ready_session()
             except _Refused as exc:
@@ -222,10 +227,17 @@ class MQTTUploader:
 
     def close(self) -> None:
         """Disconnect from the broker; the next batch connects again."""
-        with self._lock:
+        with self._guard():
             session, self._session = self._session, None
             if session is not None and session.pid == os.getpid():
                 session.close()
+
+    def _guard(self) -> threading.Lock:
+        """The lock of this process: one inherited through fork() may be held by a thread
+        that does not exist in the child."""
+        if self._lock_pid != os.getpid():
+            self._lock, self._lock_pid = threading.Lock(), os.getpid()
+        return self._lock
 
     def __enter__(self) -> "MQTTUploader":
         return self
