@@ -40,7 +40,8 @@ def _rate(bench: Dict[str, Any]) -> float:
     return float(bench["extra_info"].get("items", 1)) / float(bench["stats"]["median"])
 
 
-def _fmt_rate(rate: float) -> str:
+def fmt_rate(rate: float) -> str:
+    """Items per second, short: 950, 12.3k, 1.25M."""
     if rate >= 1e6:
         return f"{rate / 1e6:.2f}M"
     if rate >= 1e3:
@@ -88,7 +89,7 @@ def timing_table(runs: List[List[Dict[str, Any]]]) -> str:
         for label, _bench in sorted(members.items(), key=lambda item: _sort_key(item[1])):
             key = (group, label)
             ratio = f"{statistics.median(ratios[key]):.2f}x" if key in ratios else ""
-            lines.append(f"| {group} | {label} | {_fmt_rate(statistics.median(rates[key]))} | {ratio} |")
+            lines.append(f"| {group} | {label} | {fmt_rate(statistics.median(rates[key]))} | {ratio} |")
     return "\n".join(lines)
 
 

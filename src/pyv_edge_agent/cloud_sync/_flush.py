@@ -30,7 +30,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
-from . import _codec
+from . import _codec, _seal
+from ._errors import DecryptionError
 from ._outgoing import ASYNC_HINT, OutgoingItem, Post, Row, outgoing_items, poster
 from ._policy import FlushPolicy, LinkState
 from ._sql import (
@@ -45,6 +46,7 @@ from ._sql import (
     MOVE_TO_DEAD_SQL,
     NACK_SQL,
     RELEASE_SQL,
+    RESTORE_RETRY_SQL,
     SELECT_CLAIM_SQL,
     SELECT_EXHAUSTED_SQL,
     SELECT_GROUP_SQL,
@@ -167,8 +169,10 @@ class Flusher:
         if stop is not None and not callable(getattr(stop, "is_set", None)):
             raise TypeError(f"stop must be a threading.Event (or None), got {type(stop).__name__}: {stop!r:.100}")
         self._stop = stop
-        # Items rejected during this call wait for the next one, even with a zero backoff.
+        # Items rejected during this call wait for the next one, even with a zero backoff;
+        # so do items that cannot be opened (``_readable``).
         self._rejected: Set[int] = set()
+        self._unreadable: List[DecryptionError] = []
         self._dead_count = 0
         self._dead_error = ""
 
@@ -192,12 +196,16 @@ class Flusher:
             logger.warning(
                 "moved %d items to the dead-letter table; last error: %s", self._dead_count, self._dead_error
             )
+        if self._unreadable:
+            logger.error("%d items cannot be opened and stay stored, unsent; acked %d", len(self._unreadable), acked)
+            raise self._unreadable[0]
         return acked
 
     def _deliver(self, claim: _Claim, queue_id: str) -> Tuple[bool, int]:
         """Send a claimed batch, splitting it where the endpoint asks; return (go on, acked)."""
         acked = 0
-        claim.pending = [claim.rows]
+        readable = self._readable(claim)
+        claim.pending = [readable] if readable else []
         while claim.pending:
             part = claim.pending.pop()
             ids = [row[0] for row in part]
@@ -224,6 +232,23 @@ class Flusher:
             if outcome.retry or outcome.credentials:
                 return False, acked
         return True, acked
+
+    def _readable(self, claim: _Claim) -> List[Row]:
+        """The claimed rows with their stored texts as they are sent: opened when sealed.
+        An item that cannot be opened (missing or wrong key, changed text) is given back as
+        it was claimed and left alone for the rest of the call: never sent, never
+        dead-lettered; ``run`` raises its error at the end."""
+        store = self._store
+        rows, errors = _seal.split_readable(store.sealer, claim.rows, store.queue_id, 3, "sync_queue")
+        if errors:
+            failed = {error.item_id for error in errors}
+            with store.write() as conn:
+                conn.executemany(RESTORE_RETRY_SQL, [(row[4], row[0]) for row in claim.rows if row[0] in failed])
+                if not rows:
+                    conn.execute(DELETE_LEASE_SQL, (claim.token,))
+            self._rejected.update(row[0] for row in claim.rows if row[0] in failed)
+            self._unreadable += errors
+        return rows
 
     def _outgoing(self, rows: List[Row]) -> List[OutgoingItem]:
         return outgoing_items(rows, self._store.now(), self._queue_id)
