@@ -527,3 +527,21 @@ def test_acl_denial_with_a_full_window_in_flight_is_still_a_refusal(live_broker:
         assert list(result.credentials) == [0] and list(result.retry) == list(range(1, 50)), result.error
         assert "0x87" in (result.error or "")
     up.close()
+
+
+@ONCE
+def test_sealed_queue_publishes_the_opened_json(live_broker: Broker, db_path: str) -> None:
+    pytest.importorskip("cryptography", reason="encryption at rest needs the 'crypto' extra")
+    sub = Subscriber(live_broker, "sensors/sealed/#")
+    try:
+        with CloudSyncQueue(db_path, encryption_key=os.urandom(32)) as queue:
+            queue.enqueue_many([{"id": i, "secret_reading": i * 2} for i in range(20)])
+            stored = rawsql.execute(queue, "SELECT payload FROM sync_queue LIMIT 1").fetchone()[0]
+            assert "secret_reading" not in stored  # sealed at rest
+            up = uploader(live_broker, "sensors/sealed/{priority}")
+            assert queue.maybe_flush(up) == 20
+            up.close()
+        sub.wait_for(20)
+        assert sorted((p["id"], p["secret_reading"]) for _, p, _ in sub.messages) == [(i, i * 2) for i in range(20)]
+    finally:
+        sub.close()
