@@ -28,6 +28,8 @@ NAMES = {
 
 
 def _label(bench: Dict[str, Any]) -> str:
+    if bench.get("extra_info", {}).get("label"):
+        return str(bench["extra_info"]["label"])  # a floor that is not SQL (the MQTT one)
     backend = str(bench.get("params", {}).get("backend", "?"))
     variant = bench.get("extra_info", {}).get("variant")
     name = NAMES.get(backend, backend)

@@ -28,16 +28,22 @@ from ._types import DeadLetter, Priority, QueueItem  # noqa: E402
 
 if TYPE_CHECKING:
     from ._upload_types import UploadResult
+    from .mqtt import MQTTUploader
     from .uploader import HTTPCloudUploader
     from .worker import SyncWorker
 
 # Imported on first use (PEP 562): a process that only enqueues never needs the uploader,
 # the sync worker or the flush machinery behind them, a tenth of the package's import time.
-_LAZY = {"HTTPCloudUploader": "uploader", "UploadResult": "_upload_types", "SyncWorker": "worker"}
+_LAZY = {
+    "HTTPCloudUploader": "uploader",
+    "MQTTUploader": "mqtt",
+    "UploadResult": "_upload_types",
+    "SyncWorker": "worker",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """Import ``HTTPCloudUploader``, ``UploadResult`` and ``SyncWorker`` when first asked for."""
+    """Import the uploaders, ``UploadResult`` and ``SyncWorker`` when first asked for."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -64,6 +70,7 @@ __all__ = [
     "DiskFullError",
     "HTTPCloudUploader",
     "IntegrityReport",
+    "MQTTUploader",
     "MissingKeyError",
     "Priority",
     "QueueFullError",

@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import _batchkeys, _codec, _seal
 from ._errors import DecryptionError
+from ._outgoing import ASYNC_HINT, OutgoingItem, Post, Row, outgoing_items, poster
 from ._policy import FlushPolicy, LinkState
 from ._redact import clean
 from ._resume import release_held
@@ -70,13 +71,8 @@ REJECTED_STATUSES = frozenset({400, 422})
 CREDENTIAL_STATUSES = frozenset({401, 403})
 # A server asking for more than a day is more likely misconfigured than serious.
 MAX_RETRY_AFTER = 86400.0
-# An async uploader given to the sync flush is refused, never taken as accepting.
-ASYNC_HINT = "an async uploader is flushed by pyv_edge_agent.cloud_sync.aio.AsyncCloudSyncQueue.flush"
 # Error text stored with items and counters stays short.
 MAX_ERROR_CHARS = 500
-
-# (id, stored text as bytes, retry_count, priority, next_retry_at)
-Row = Tuple[int, bytes, int, int, float]
 
 # The measured throughput, kept in sync_meta so that a restarted agent sizes its first
 # batches from it and ``cloud-sync stats`` shows it.
@@ -110,6 +106,8 @@ class Outcome:
     status: Optional[int] = None
     error: Optional[str] = None
     retry_after: Optional[float] = None
+    too_large: Sequence[int] = ()
+    credentials: Sequence[int] = ()
 
 
 def _outcome_of_result(result: Any, count: int) -> Outcome:
@@ -123,38 +121,22 @@ def _outcome_of_result(result: Any, count: int) -> Outcome:
     if not isinstance(result, UploadResult):
         return Outcome(ACCEPTED)
     rejected, retry = list(result.rejected), list(result.retry)
-    indices = rejected + retry
+    too_large, credentials = list(result.too_large), list(result.credentials)
+    indices = rejected + retry + too_large + credentials
     if len(set(indices)) != len(indices) or not all(type(i) is int and 0 <= i < count for i in indices):
         return Outcome(TRANSIENT, error=f"the uploader returned an UploadResult with bad indices for {count} items")
-    return Outcome(ACCEPTED, rejected, retry, result.status, result.error, result.retry_after)
+    return Outcome(ACCEPTED, rejected, retry, result.status, result.error, result.retry_after, too_large, credentials)
 
 
-def send(post: Callable[[List[bytes], str], Any], texts: List[bytes], key: str) -> Outcome:
+def send(post: Post, part: List[Row], key: str) -> Outcome:
     """Upload one part and classify what happened; never raises an ``Exception``."""
     try:
-        result = post(texts, key)
+        result = post(part, key)
     except UploadError as exc:
         return Outcome(classify(exc.status), status=exc.status, error=str(exc), retry_after=exc.retry_after)
     except Exception as exc:  # any failure of a user-supplied uploader is a failed batch
         return Outcome(TRANSIENT, error=f"{type(exc).__name__}: {exc}")
-    return _outcome_of_result(result, len(texts))
-
-
-def poster(uploader: Any) -> Callable[[List[bytes], str], Any]:
-    """Return how to hand stored texts to ``uploader``: spliced into a body when it takes
-    one (``post_encoded_batch``), else decoded for ``post_batch``."""
-    post_batch = getattr(uploader, "post_batch", None)
-    if not callable(post_batch):
-        raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
-    post_encoded = getattr(uploader, "post_encoded_batch", None)
-    for name, method in (("post_batch", post_batch), ("post_encoded_batch", post_encoded)):
-        if inspect.iscoroutinefunction(method):
-            raise TypeError(f"uploader.{name} is a coroutine function; {ASYNC_HINT}")
-    if not callable(post_encoded):
-        return lambda texts, key: post_batch([_codec.decode_payload(text) for text in texts])
-    if _takes_idempotency_key(post_encoded):
-        return lambda texts, key: post_encoded(_codec.splice_body(texts), len(texts), idempotency_key=key)
-    return lambda texts, key: post_encoded(_codec.splice_body(texts), len(texts))
+    return _outcome_of_result(result, len(part))
 
 
 def check_deadline(lease: float, uploader: Any) -> None:
@@ -166,16 +148,6 @@ def check_deadline(lease: float, uploader: Any) -> None:
             f"the uploader's timeout ({timeout!r} s) must be below the queue's lease_seconds ({lease!r} s): "
             "a request still running when its lease ends would be sent again by another flusher"
         )
-
-
-def _takes_idempotency_key(method: Callable[..., Any]) -> bool:
-    """Whether ``post_encoded_batch`` accepts the key: wrappers written against the older
-    ``(body, count)`` form keep working, without it."""
-    try:
-        parameters = inspect.signature(method).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "idempotency_key" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 @dataclass
@@ -205,7 +177,7 @@ class Flusher:
         self._store = store
         self._policy = policy
         self._link = link
-        self._post = poster(uploader)
+        self._post = poster(uploader, self._outgoing)
         check_deadline(policy.lease_seconds, uploader)
         if stop is not None and not callable(getattr(stop, "is_set", None)):
             raise TypeError(f"stop must be a threading.Event (or None), got {type(stop).__name__}: {stop!r:.100}")
@@ -253,11 +225,10 @@ class Flusher:
         while claim.pending:
             part = claim.pending.pop()
             ids = [row[0] for row in part]
-            texts = [row[1] for row in part]
             started = time.monotonic()
-            outcome = send(self._post, texts, claim.keys[tuple(ids)])
+            outcome = send(self._post, part, claim.keys[tuple(ids)])
             if outcome.kind == ACCEPTED:
-                self._link.meter.record(_body_size(texts), len(texts), time.monotonic() - started)
+                self._link.meter.record(_body_size([row[1] for row in part]), len(part), time.monotonic() - started)
             if outcome.kind in (TOO_LARGE, REJECTED) and len(part) > 1:
                 middle = len(part) // 2
                 claim.pending += [part[middle:], part[:middle]]  # first half goes first
@@ -277,7 +248,7 @@ class Flusher:
                 return False, acked
             count = self._settle(claim, self._accept, claim, part, outcome)
             acked += count
-            if outcome.retry:
+            if outcome.retry or outcome.credentials:
                 return False, acked
         return True, acked
 
@@ -332,6 +303,10 @@ class Flusher:
         waited = pacer.admit(len(rows), _body_size([row[1] for row in rows]), any(row[3] == 1 for row in rows))
         if waited > 0.0:
             logger.debug("paced: waited %.3f s before a batch of %d items", waited, len(rows))
+
+    def _outgoing(self, rows: List[Row]) -> List[OutgoingItem]:
+        """The rows as ``post_items`` takes them (opened, when sealed)."""
+        return outgoing_items(rows, self._store.now(), self._store.queue_id)
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -433,14 +408,15 @@ class Flusher:
         """Ack what the endpoint took; reject and retry the indices it named."""
         store = self._store
         _batchkeys.forget(conn, [row[0] for row in part])
-        refused = set(outcome.rejected) | set(outcome.retry)
+        refused = {*outcome.rejected, *outcome.retry, *outcome.too_large, *outcome.credentials}
         ids = [row[0] for index, row in enumerate(part) if index not in refused]
         chunks = _codec.id_chunks(ids)
         acked = store.run_chunks(ACK_SQL, (), chunks)
         store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
         if acked:
             self._count_sent(conn, acked)
-        release_held(conn, self._link.accepted(store.now()))
+        if not outcome.credentials:  # a refusal of part of a batch is not a recovered link
+            release_held(conn, self._link.accepted(store.now()))
         meter = self._link.meter
         for key, value in zip(THROUGHPUT_KEYS, (meter.bytes_per_second, meter.items_per_second)):
             if value is not None:
@@ -449,7 +425,14 @@ class Flusher:
             status = outcome.status
             error = outcome.error or f"the endpoint rejected {len(outcome.rejected)} of {len(part)} items"
             self._reject(conn, [part[i] for i in outcome.rejected], status, error)
-        if outcome.retry:
+        if outcome.too_large:
+            error = outcome.error or f"{len(outcome.too_large)} of {len(part)} items are too large for the endpoint"
+            self._dead_letter(conn, [part[i][0] for i in outcome.too_large], outcome.status, error)
+        if outcome.credentials:
+            error = outcome.error or f"the endpoint refused the credentials for {len(outcome.credentials)} items"
+            kept = Outcome(CREDENTIALS, status=outcome.status, error=error)
+            self._keep_for_credentials(conn, claim, [part[i] for i in [*outcome.credentials, *outcome.retry]], kept)
+        elif outcome.retry:
             error = outcome.error or f"the uploader asked to retry {len(outcome.retry)} of {len(part)} items"
             retry_outcome = Outcome(TRANSIENT, status=outcome.status, error=error, retry_after=outcome.retry_after)
             self._back_off(conn, claim, [part[i] for i in outcome.retry], retry_outcome)

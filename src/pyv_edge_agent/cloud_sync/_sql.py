@@ -87,7 +87,7 @@ RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_tod
 
 # -- the flush: claims, leases, rejections ------------------------------------------------
 
-_ROW = "id, CAST(payload AS BLOB), retry_count, priority, next_retry_at"
+_ROW = "id, CAST(payload AS BLOB), retry_count, priority, next_retry_at, created_at + ttl_seconds"
 # The flush reads stored text as bytes so it can be spliced into a body without decoding.
 SELECT_CLAIM_SQL = (
     f"SELECT {_ROW} FROM sync_queue"

@@ -28,10 +28,14 @@ class OutcomeKind(Enum):
 class UploadResult:
     """What an uploader returns when the endpoint accepted only part of a batch.
 
-    Indices refer to the ``payloads`` list given to ``post_batch``. Items in ``rejected``
-    were refused for good (they count towards the dead-letter table, see ``max_attempts``);
+    Indices refer to the ``payloads`` list given to ``post_batch`` (or the items given to
+    ``post_items``). Items in ``rejected`` were refused for good (they count towards the
+    dead-letter table, see ``max_attempts``); items in ``too_large`` can never be taken
+    (they move to the dead-letter table at once, like a single item answered with 413);
     items in ``retry`` failed transiently (the flush backs off, honouring ``retry_after``
-    seconds, and ends); every other item was accepted and is removed from the queue.
+    seconds, and ends); items in ``credentials`` were refused for want of rights (like 401
+    or 403: they are kept, together with any in ``retry``, and the flush backs off long and
+    ends); every other item was accepted and is removed from the queue.
 
     :param status: the HTTP status to record with rejected items, if any.
     :param error: why the items were rejected or failed, recorded with them.
@@ -42,3 +46,5 @@ class UploadResult:
     status: Optional[int] = None
     error: Optional[str] = None
     retry_after: Optional[float] = None
+    too_large: Sequence[int] = ()
+    credentials: Sequence[int] = ()

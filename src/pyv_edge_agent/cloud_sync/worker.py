@@ -7,7 +7,7 @@ import time
 from types import FrameType
 from typing import Any, Optional
 
-from . import _flush, _resume, _validate
+from . import _flush, _outgoing, _resume, _validate
 from ._queue import CloudSyncQueue
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -48,7 +48,7 @@ class SyncWorker:
     ) -> None:
         if not isinstance(queue, CloudSyncQueue):
             raise TypeError(f"queue must be a CloudSyncQueue, got {type(queue).__name__}")
-        _flush.poster(uploader)  # refuses an object without post_batch now rather than in the thread
+        _outgoing.poster(uploader)  # refuses an object without post_batch now rather than in the thread
         _flush.check_deadline(queue.lease_seconds, uploader)
         self._queue = queue
         self._uploader = uploader

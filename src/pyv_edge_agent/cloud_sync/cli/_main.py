@@ -37,6 +37,7 @@ from ._render import Output, TrackingUploader, human_age, human_bytes, human_dur
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
 COUNT_ELIGIBLE_SQL = "SELECT COUNT(*) FROM sync_queue WHERE next_retry_at <= ? AND created_at + ttl_seconds > ?"
 DEFAULT_KEY_ENV = "CLOUD_SYNC_API_KEY"
+DEFAULT_MQTT_PASSWORD_ENV = "CLOUD_SYNC_MQTT_PASSWORD"
 
 
 def _positive_int(text: str) -> int:
@@ -142,22 +143,27 @@ def _shorten(text: str, width: int) -> str:
 # -- flush --------------------------------------------------------------------------------
 
 
+def _read_secret_file(path: str, what: str) -> str:
+    """A secret kept in a file of one line: the newline an editor or ``echo`` ends it with is
+    not part of it, and a second line is refused rather than sent."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            secret = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the {what} file: {exc}") from None
+    secret = secret[:-2] if secret.endswith("\r\n") else secret[:-1] if secret.endswith("\n") else secret
+    if "\n" in secret or "\r" in secret:
+        raise UsageError(f"the {what} file {path!r} has more than one line; give the {what} alone")
+    if not secret:
+        raise UsageError(f"the {what} file {path!r} is empty")
+    return secret
+
+
 def _read_api_key(args: argparse.Namespace) -> str:
     """The key comes from a file or an environment variable, never from the command line
     (where ``ps`` and shell history would show it)."""
     if args.api_key_file:
-        try:
-            with open(args.api_key_file, encoding="utf-8", newline="") as handle:
-                key = handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read the API key file: {exc}") from None
-        # One line: the newline an editor or `echo` ends it with is not part of the key.
-        key = key[:-2] if key.endswith("\r\n") else key[:-1] if key.endswith("\n") else key
-        if "\n" in key or "\r" in key:
-            raise UsageError(f"the API key file {args.api_key_file!r} has more than one line; give the key alone")
-        if not key:
-            raise UsageError(f"the API key file {args.api_key_file!r} is empty")
-        return key
+        return _read_secret_file(args.api_key_file, "API key")
     key = os.environ.get(args.api_key_env, "").strip()
     if not key:
         raise UsageError(f"set the API key in the environment variable {args.api_key_env} or use --api-key-file")
@@ -179,19 +185,65 @@ def _count_eligible(path: str) -> int:
         conn.close()
 
 
-def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
-    uploader = HTTPCloudUploader(
-        args.endpoint,
-        _read_api_key(args),
-        timeout=args.timeout,
-        auth_header=args.auth_header,
+def _read_mqtt_password(args: argparse.Namespace) -> Optional[str]:
+    """Like the API key: from a file or an environment variable; None when neither is set
+    (a broker that takes a client certificate alone)."""
+    if args.password_file:
+        return _read_secret_file(args.password_file, "password")
+    return os.environ.get(args.password_env, "").strip() or None
+
+
+def _mqtt_uploader(args: argparse.Namespace) -> Any:
+    """An ``MQTTUploader`` from ``--mqtt mqtts://host:8883`` (TLS) or ``mqtt://host:1883``."""
+    from urllib.parse import urlsplit
+
+    from ..mqtt import MQTTUploader
+
+    url = urlsplit(args.mqtt)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname or url.username or url.password:
+        raise UsageError(
+            f"--mqtt must be mqtts://HOST[:PORT] or mqtt://HOST[:PORT] without credentials, got {args.mqtt!r}"
+        )
+    if not args.topic:
+        raise UsageError("--mqtt needs --topic")
+    password = _read_mqtt_password(args)
+    return MQTTUploader(
+        url.hostname,
+        url.port or (8883 if url.scheme == "mqtts" else 1883),
+        topic=args.topic,
+        client_id=args.client_id,
+        username=args.username,
+        password=password if args.username else None,
+        tls=url.scheme == "mqtts",
         ca_certs=args.ca_certs,
-        gzip_min_bytes=None if args.no_gzip else DEFAULT_GZIP_MIN_BYTES,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        protocol=args.mqtt_protocol,
+        qos=args.qos,
+        timeout=args.timeout,
+        allow_insecure=args.allow_insecure,
     )
+
+
+def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
+    if args.mqtt:
+        try:
+            uploader = _mqtt_uploader(args)
+        except (ValueError, TypeError, ImportError) as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        uploader = HTTPCloudUploader(
+            args.endpoint,
+            _read_api_key(args),
+            timeout=args.timeout,
+            auth_header=args.auth_header,
+            ca_certs=args.ca_certs,
+            gzip_min_bytes=None if args.no_gzip else DEFAULT_GZIP_MIN_BYTES,
+        )
     backlog = _count_eligible(args.db)
     with _open_queue(args.db, args, **_flush_options(args)) as queue:
         with out.progress("flushing", total=backlog) as advance:
-            counting = TrackingUploader(uploader, advance)
+            counting = TrackingUploader.around(uploader, advance)
             flushed = queue.maybe_flush(uploader=counting)
         left = queue.pending_count()
     uploader.close()
@@ -389,9 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     peek.add_argument("--json", action="store_true", help="machine-readable JSON")
     peek.set_defaults(run=_cmd_peek)
 
-    flush = commands.add_parser("flush", help="send the eligible items to an ingest endpoint now")
+    flush = commands.add_parser("flush", help="send the eligible items to an ingest endpoint or MQTT broker now")
     flush.add_argument("db", help="the queue's SQLite file")
-    flush.add_argument("--endpoint", required=True, help="the ingest URL")
+    target = flush.add_mutually_exclusive_group(required=True)
+    target.add_argument("--endpoint", help="the ingest URL")
+    target.add_argument("--mqtt", metavar="URL", help="an MQTT broker: mqtts://HOST:8883 (TLS) or mqtt://HOST:1883")
     flush.add_argument(
         "--api-key-env",
         default=DEFAULT_KEY_ENV,
@@ -411,6 +465,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--pace-critical", action="store_true", help="pace critical items too (default: they skip the wait)"
     )
     flush.add_argument("--max-batch-seconds", type=float, help="size batches to take about this long on the link")
+    mqtt = flush.add_argument_group("MQTT (with --mqtt)")
+    mqtt.add_argument("--topic", help="topic, with optional {priority} and {field} placeholders")
+    mqtt.add_argument("--username", help="MQTT user name")
+    mqtt.add_argument(
+        "--password-env",
+        default=DEFAULT_MQTT_PASSWORD_ENV,
+        help=f"environment variable holding the password (default {DEFAULT_MQTT_PASSWORD_ENV})",
+    )
+    mqtt.add_argument("--password-file", help="a file holding the password (instead of the environment)")
+    mqtt.add_argument("--client-id", help="MQTT client id (default: a random one)")
+    mqtt.add_argument("--client-cert", help="PEM client certificate, for mutual TLS")
+    mqtt.add_argument("--client-key", help="PEM private key of the client certificate")
+    mqtt.add_argument("--mqtt-protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default 5)")
+    mqtt.add_argument(
+        "--qos", type=int, choices=[0, 1], default=1, help="1: acked on PUBACK (default); 0: fire and forget"
+    )
+    mqtt.add_argument("--allow-insecure", action="store_true", help="permit mqtt:// to a host that is not loopback")
     flush.add_argument("--json", action="store_true", help="machine-readable JSON")
     flush.set_defaults(run=_cmd_flush)
 

@@ -126,15 +126,23 @@ class TrackingUploader:
         self.sent = 0
         self.failed = False
 
+    @staticmethod
+    def around(inner: Any, on_progress: Callable[[int], None]) -> "TrackingUploader":
+        """The tracker for ``inner``, keeping its item-by-item ``post_items`` path if it has one."""
+        if callable(getattr(inner, "post_items", None)):
+            return _ItemTrackingUploader(inner, on_progress)
+        return TrackingUploader(inner, on_progress)
+
     def _track(self, count: int, call: Callable[[], Any]) -> Any:
         try:
             result = call()
         except Exception:
             self.failed = True
             raise
-        self.failed = result is False
-        if not self.failed:
-            self.sent += count
+        kept = len(getattr(result, "retry", ())) + len(getattr(result, "credentials", ()))
+        self.failed = result is False or kept > 0
+        if result is not False:
+            self.sent += count - kept - len(getattr(result, "rejected", ())) - len(getattr(result, "too_large", ()))
             self._on_progress(self.sent)
         return result
 
@@ -146,3 +154,11 @@ class TrackingUploader:
         """Forward a ready body (and its idempotency key) to the inner uploader and count it
         if it was accepted."""
         return self._track(count, lambda: self._inner.post_encoded_batch(body, count, idempotency_key=idempotency_key))
+
+
+class _ItemTrackingUploader(TrackingUploader):
+    """A ``TrackingUploader`` for an uploader that sends items one by one (MQTT)."""
+
+    def post_items(self, items: Sequence[Any]) -> Any:
+        """Forward the items to the inner uploader and count those it accepted."""
+        return self._track(len(items), lambda: self._inner.post_items(items))
