@@ -53,7 +53,7 @@ class FlakyUploader:
     """The real HTTP uploader, failing a share of the batches on purpose (they get nacked)."""
 
     def __init__(self, url: str, rng: random.Random, failure_rate: float) -> None:
-        self._http = HTTPCloudUploader(url, KEY, timeout=30.0)
+        self._http = HTTPCloudUploader(url, KEY, timeout=LEASE_SECONDS / 3)
         self._rng = rng
         self._failure_rate = failure_rate
         self._lock = threading.Lock()
@@ -236,7 +236,7 @@ def drain(path: str, url: str, ahead: float) -> None:
     # Fast mode: retried items go out in their retry groups, often small batches, and a
     # fsync per batch would make the drain the slowest part of the test.
     with CloudSyncQueue(path, clock=lambda: time.time() + ahead, min_free_disk_bytes=0, durability="fast") as queue:
-        uploader = HTTPCloudUploader(url, KEY, timeout=30.0)
+        uploader = HTTPCloudUploader(url, KEY, timeout=LEASE_SECONDS / 3)
         deadline = time.monotonic() + 120
         while queue.pending_count() and time.monotonic() < deadline:
             queue.maybe_flush(uploader)

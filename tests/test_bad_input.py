@@ -98,6 +98,9 @@ def test_bad_input_is_refused_and_nothing_changes(queue: CloudSyncQueue, case: s
         ({"max_attempts": 2.5}, "max_attempts"),
         ({"daily_message_limit": -1}, "daily_message_limit"),
         ({"daily_message_limit": "100"}, "daily_message_limit"),
+        # SQLite keeps it in milliseconds in a C int: above 24.8 days it wrapped, to 0 or worse.
+        ({"busy_timeout": 2_147_484.0}, "busy_timeout"),
+        ({"busy_timeout": 30 * 86400}, "busy_timeout"),
     ],
 )
 def test_bad_options_are_refused(db_path: str, kwargs: Dict[str, Any], word: str) -> None:
@@ -116,6 +119,18 @@ def test_bad_paths(tmp_path: Any) -> None:
     with pytest.raises(OSError) as excinfo:
         CloudSyncQueue(os.path.join(blocker, "sub", "q.db"))
     assert blocker in str(excinfo.value)
+
+
+@pytest.mark.parametrize("form", ["file:{}", "FILE:{}?mode=rwc", "/{}", "{}\x00x"])
+def test_paths_sqlite_would_read_otherwise_are_refused(tmp_path: Any, form: str) -> None:
+    """``file:`` names are URIs to SQLite; an absolute path starting with ``//`` opens, but
+    its read-only reopening (a ``file:`` URI) reads what follows as a host."""
+    path = os.path.join(os.fspath(tmp_path), "q.db")
+    with pytest.raises(ValueError, match="db_path"):
+        CloudSyncQueue(form.format(path))
+    assert os.listdir(tmp_path) == []
+    CloudSyncQueue(os.path.join(os.fspath(tmp_path), "file:q.db")).close()  # only a leading file: is a URI
+    assert os.path.exists(os.path.join(os.fspath(tmp_path), "file:q.db"))
 
 
 def test_file_that_is_not_a_database_is_never_overwritten(tmp_path: Any) -> None:

@@ -259,3 +259,48 @@ def test_every_stats_key_has_one_metric_definition(queue: CloudSyncQueue) -> Non
     names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     assert len(names) == len(set(names))
     assert "cloud_sync_oldest_item_timestamp" not in text  # None on an empty queue: left out
+
+
+def test_api_key_file_loses_one_newline_and_must_be_one_line(backend: str, filled: str, tmp_path: Any) -> None:
+    key_file = os.path.join(tmp_path, "key")
+    with IngestServer(api_key=KEY) as server:
+        for content in (KEY + "\n" + "second-line\n", KEY + "\n\n", "\n" + KEY):
+            with open(key_file, "w", newline="") as handle:
+                handle.write(content)
+            done = run(backend, "flush", filled, "--endpoint", server.url, "--api-key-file", key_file)
+            assert done.returncode == 2 and "more than one line" in done.stderr, (content, done.stderr)
+            assert KEY not in done.stdout + done.stderr and server.requests == []
+        with open(key_file, "w", newline="") as handle:
+            handle.write(KEY + "\r\n")
+        done = run(backend, "flush", filled, "--endpoint", server.url, "--api-key-file", key_file)
+        assert done.returncode == 0, done.stderr
+
+
+def test_ingest_server_refuses_to_serve_without_the_key_it_was_told_to_require(backend: str) -> None:
+    unset = run(backend, "ingest-server", "--port", "0", "--api-key-env", "CLOUD_SYNC_UNSET_KEY", timeout=30)
+    assert unset.returncode == 2 and "CLOUD_SYNC_UNSET_KEY" in unset.stderr
+    exposed = run(backend, "ingest-server", "--port", "0", "--host", "0.0.0.0", timeout=30)
+    assert exposed.returncode == 2 and "not loopback" in exposed.stderr
+
+
+_PEAK_RSS_OF_FLUSH = """
+import resource, sys
+from pyv_edge_agent.cloud_sync import cli
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+code = cli.main(["--plain", "flush", sys.argv[1], "--endpoint", sys.argv[2], "--json"])
+print(code, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_flush_sizes_its_progress_bar_without_decoding_the_backlog(backend: str, db_path: str) -> None:
+    """100,000 stored items of 1 KB decode to well over 100 MiB; counting them costs nothing."""
+    with CloudSyncQueue(db_path, durability="fast") as queue:
+        queue.enqueue_many([{"i": i, "text": "x" * 1000} for i in range(100_000)])
+    with IngestServer(api_key=KEY) as server:
+        server.set_outage(503)
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS_OF_FLUSH, db_path, server.url],
+            env=_env(backend, CLOUD_SYNC_API_KEY=KEY), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    code, growth = done.stdout.split()[-2:]
+    assert code == "1" and int(growth) < 32 * 1024 * 1024, (done.stdout, done.stderr)

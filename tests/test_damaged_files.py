@@ -5,6 +5,7 @@ file as it was; ``on_corrupt="quarantine"`` moves a damaged file aside and start
 import hashlib
 import logging
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -135,7 +136,8 @@ def test_newer_schema_is_never_quarantined(db_path: str) -> None:
     with pytest.raises(DatabaseError, match="newer release") as excinfo:
         CloudSyncQueue(db_path, on_corrupt="quarantine")
     assert not isinstance(excinfo.value, CorruptDatabaseError)
-    assert os.listdir(os.path.dirname(db_path)) == ["sync.db"]
+    # Only the lock that serialises quarantines is new beside it.
+    assert sorted(os.listdir(os.path.dirname(db_path))) == ["sync.db", "sync.db.quarantine-lock"]
 
 
 def test_a_directory_in_place_of_the_file(directory: str) -> None:
@@ -240,3 +242,43 @@ def test_verify_file_reports_without_opening_a_queue(directory: str, damage: Any
     assert set(after) - set(before) <= {"q.db-wal", "q.db-shm"}
     if os.path.exists(path + "-wal") and "q.db-wal" not in before:
         assert os.path.getsize(path + "-wal") == 0
+
+
+_OPEN_WHEN_TOLD = """
+import os, sys, time
+from pyv_edge_agent.cloud_sync import CloudSyncQueue
+path, go, name, delay = sys.argv[1:]
+while not os.path.exists(go):
+    time.sleep(0.0005)
+time.sleep(float(delay))
+with CloudSyncQueue(path, on_corrupt="quarantine", clock=lambda: 1_800_000_000.0) as queue:
+    queue.enqueue({"from": name})
+"""
+
+
+@pytest.mark.parametrize("backend", ["python"], indirect=True)  # the codec plays no part
+def test_two_processes_quarantining_at_once_keep_the_evidence_and_each_others_items(directory: str) -> None:
+    """Both find the same damage in the same second: the file is moved aside once, its copy
+    is the damaged original, and both processes' items end up in one fresh queue. The
+    second starts a little later each round, so that some round has it finish its check
+    of the damaged file after the first has created the fresh one."""
+    damaged = os.path.join(directory, "damaged.db")
+    _make_queue_file(damaged, items=60000)  # quick_check takes a while: both are checking at once
+    _damage_a_page(damaged)
+    original = _digest(damaged)
+    for attempt, delay in enumerate((0.0, 0.003, 0.006, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06) * 2):
+        workdir = os.path.join(directory, str(attempt))
+        os.mkdir(workdir)
+        path, go = os.path.join(workdir, "q.db"), os.path.join(workdir, "go")
+        shutil.copyfile(damaged, path)
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _OPEN_WHEN_TOLD, path, go, name, str(wait)])
+            for name, wait in (("one", 0.0), ("two", delay))
+        ]
+        open(go, "w").close()
+        assert [proc.wait(timeout=120) for proc in procs] == [0, 0]
+        aside = [name for name in os.listdir(workdir) if ".corrupt-" in name and not name.endswith(("-wal", "-shm"))]
+        assert len(aside) == 1, (delay, aside)
+        assert _digest(os.path.join(workdir, aside[0])) == original
+        with CloudSyncQueue(path) as queue:
+            assert sorted(item.payload["from"] for item in queue.peek(n=10)) == ["one", "two"], delay

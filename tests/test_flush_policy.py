@@ -432,6 +432,8 @@ def test_batch_of_a_flusher_that_died_comes_back_whole_with_its_key(db_path: str
         assert queue.get_stats()["in_flight"] == 3
         queue.enqueue_many([{"late": i} for i in range(3)])  # never tried: batched on their own
         time.sleep(0.25)
+    # Another handle with a lease longer than the uploader's timeout (a pairing check).
+    with CloudSyncQueue(db_path) as queue:
         assert queue.maybe_flush(_uploader(server)) == 6
     assert [request.headers["idempotency-key"] for request in server.requests][1] == keys[0]
     assert server.batches[1] == [{"i": 0}, {"i": 1}, {"i": 2}]

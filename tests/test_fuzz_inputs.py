@@ -5,6 +5,7 @@ refused call changes nothing stored."""
 import itertools
 import math
 import os
+import socket
 from typing import Any, Callable, Dict, Iterator, Tuple
 
 import pytest
@@ -13,7 +14,8 @@ import reliability
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, DatabaseError, HTTPCloudUploader, Priority
+from pyv_edge_agent.cloud_sync.ingest_server import MAX_REQUEST_BYTES, IngestServer
 
 anything = st.recursive(
     st.one_of(
@@ -75,7 +77,19 @@ CALLS: Dict[str, Tuple[str, Callable[[CloudSyncQueue, Any], Any]]] = {
     "nack ids": ("ids", lambda q, v: q.nack(v)),
     "nack delay": ("retry_delay_seconds", lambda q, v: q.nack([1], retry_delay_seconds=v)),
     "maybe_flush": ("uploader", lambda q, v: q.maybe_flush(v)),
+    # An uploader's timeout must be below the queue's lease_seconds.
+    "maybe_flush timeout": ("timeout", lambda q, v: q.maybe_flush(_Timed(v))),
 }
+
+
+class _Timed:
+    """An uploader with a ``timeout`` that fails every batch (so nothing is removed)."""
+
+    def __init__(self, timeout: Any) -> None:
+        self.timeout = timeout
+
+    def post_batch(self, payloads: Any) -> bool:
+        return False
 
 
 @pytest.mark.parametrize("entry", sorted(CALLS))
@@ -148,24 +162,119 @@ UPLOADER_ARGUMENTS = {
     "endpoint": lambda v: HTTPCloudUploader(v, "fuzz-secret-key"),
     "api_key": lambda v: HTTPCloudUploader("http://127.0.0.1:9/x", v),
     "timeout": lambda v: HTTPCloudUploader("http://127.0.0.1:9/x", "fuzz-secret-key", timeout=v),
+    "auth_header": lambda v: HTTPCloudUploader("http://127.0.0.1:9/x", "fuzz-secret-key", auth_header=v),
+    "ca_certs": lambda v: HTTPCloudUploader("https://127.0.0.1:9/x", "fuzz-secret-key", ca_certs=v),
+    "gzip_min_bytes": lambda v: HTTPCloudUploader("http://127.0.0.1:9/x", "fuzz-secret-key", gzip_min_bytes=v),
 }
+# Text that looks like what each argument takes, with the characters that break it.
+URLISH = st.text(alphabet="htps:/.x0123456789@[]?=&%", max_size=40)
+HEADERISH = st.text(alphabet="XAPIKey-_: \r\nHostContent", max_size=20)
+KEYISH = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x3000), min_size=4, max_size=30)
 
 
+@pytest.mark.parametrize("backend", ["python"], indirect=True)  # no codec involved
 @pytest.mark.parametrize("argument", sorted(UPLOADER_ARGUMENTS))
 def test_fuzzed_uploader_arguments(argument: str) -> None:
     @FUZZ
-    @given(value=st.one_of(anything, st.text(alphabet="htps:/.x0123456789@[]", max_size=30)))
+    @given(value=st.one_of(anything, URLISH, HEADERISH, KEYISH))
     @example(value="//[")  # urlsplit's own "Invalid IPv6 URL" once escaped unnamed
     @example(value="http://user:fuzz-secret-key@[::1/x")
+    @example(value="http://user:fuzz-secret-key@127.0.0.1:99999/x")  # port error once quoted user:pass
+    @example(value="http://127.0.0.1:8/x?code=fuzz-secret-key")
+    @example(value="a-key-read-from-a-file\n")  # without strip
+    @example(value="Content-Length")
     def run(value: Any) -> None:
         try:
-            UPLOADER_ARGUMENTS[argument](value).close()
+            uploader = UPLOADER_ARGUMENTS[argument](value)
         except (TypeError, ValueError) as exc:
             assert argument in str(exc), (argument, exc)
             if argument == "endpoint":  # neither the key nor a password in the URL is shown
                 assert "fuzz-secret-key" not in str(exc)
-            if argument == "api_key" and isinstance(value, str) and len(value) > 3:
-                assert value not in str(exc)
+            if argument == "api_key" and isinstance(value, str) and len(value.strip()) > 3:
+                assert value.strip() not in str(exc)
             reliability.add("bad inputs tried", 1)
+            return
+        assert "fuzz-secret-key" not in repr(uploader)  # a token in the query string is hidden too
+        uploader.close()
+
+    run()
+
+
+@pytest.mark.parametrize("backend", ["python"], indirect=True)
+def test_fuzzed_db_paths(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A db_path either opens a queue or is refused naming db_path, creating nothing."""
+    monkeypatch.chdir(tmp_path)  # relative names land here
+    prefixes = st.sampled_from(["", "file:", "FILE:", "//", "./", os.path.join(os.fspath(tmp_path), "")])
+
+    @FUZZ
+    @given(prefix=prefixes, rest=st.text(alphabet="abc:?=&#%.\x00", min_size=1, max_size=12))
+    @example(prefix="file:", rest="q.db?mode=memory")
+    @example(prefix="//", rest="tmp.db")
+    def run(prefix: str, rest: str) -> None:
+        path = prefix + rest
+        before = sorted(os.listdir(tmp_path))
+        try:
+            CloudSyncQueue(path, min_free_disk_bytes=0).close()
+        except (TypeError, ValueError) as exc:
+            assert "db_path" in str(exc), (path, exc)
+            assert sorted(os.listdir(tmp_path)) == before
+            reliability.add("bad inputs tried", 1)
+            return
+        except DatabaseError as exc:  # a name such as "." or ".." is a directory
+            assert os.path.isdir(path) and repr(path) in str(exc), (path, exc)
+            return
+        assert os.path.isfile(path) and not prefix.lower().startswith(("file:", "//"))
+
+    run()
+
+
+@pytest.mark.parametrize("backend", ["python"], indirect=True)
+def test_fuzzed_content_length_at_the_ingest_server() -> None:
+    """Every Content-Length is answered at once, never a handler stuck reading: 400 when
+    it is not a number, 413 when it is over the limit, else the body (sent in full) decides."""
+    numbers = st.one_of(
+        st.integers(min_value=-(2**70), max_value=4096), st.integers(min_value=MAX_REQUEST_BYTES + 1, max_value=2**70)
+    )
+    with IngestServer(api_key="fuzz-key") as server:
+
+        @FUZZ
+        @given(length=st.one_of(numbers.map(str), HEADERISH, KEYISH))
+        @example(length="-1")
+        @example(length="²")
+        def run(length: str) -> None:
+            length = "".join(c for c in length if c.isprintable()).strip() or "x"
+            declared = int(length) if length.isascii() and length.isdigit() else None
+            body = b"[]" + b" " * (declared - 2) if declared is not None and declared <= 4096 else b"[]"
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                head = f"POST /v1 HTTP/1.1\r\nAuthorization: Bearer fuzz-key\r\nContent-Length: {length}\r\n\r\n"
+                sock.sendall(head.encode("utf-8") + body[: declared if declared is not None else 2])
+                status = int(sock.recv(4096).split(b" ")[1])
+            if declared is None:
+                expected = 400
+            else:
+                expected = 413 if declared > MAX_REQUEST_BYTES else 200 if declared >= 2 else 400
+            assert status == expected, (length, status)
+            reliability.add("bad inputs tried", 1)
+
+        run()
+
+
+@pytest.mark.parametrize("backend", ["python"], indirect=True)
+def test_fuzzed_retry_after_never_breaks_classification() -> None:
+    """Any Retry-After a server sends reads as seconds (ASCII digits or an HTTP date) or as
+    nothing: it never raises, which once turned a 413 into a transient failure."""
+    from pyv_edge_agent.cloud_sync.uploader import parse_retry_after
+
+    dates = st.datetimes().map(lambda when: when.strftime("%a, %d %b %Y %H:%M:%S GMT"))
+
+    @FUZZ
+    @given(value=st.one_of(st.text(max_size=40), KEYISH, dates, st.integers(min_value=-(2**70)).map(str)))
+    @example(value="²")
+    @example(value="Mon, 01 Jan 99999 00:00:00 GMT")
+    def run(value: str) -> None:
+        seconds = parse_retry_after(value)
+        assert seconds is None or (seconds >= 0 and not math.isnan(seconds))
+        if seconds is not None and not value.strip().isascii():
+            raise AssertionError(f"non-ASCII {value!r} read as {seconds}")
 
     run()

@@ -7,7 +7,7 @@ back in the queue, or drop them, on the queue's ``Store``.
 import sqlite3
 from typing import Any, List, Optional, Sequence, Tuple
 
-from . import _codec, _validate
+from . import _batchkeys, _codec, _validate
 from ._sql import by_id_chunk_shape
 from ._store import Store
 from ._types import DeadLetter, Priority
@@ -47,10 +47,14 @@ def _id_chunks(ids: Any) -> Optional[List[Tuple[int, ...]]]:
 
 
 def requeue(store: Store, ids: Optional[Sequence[int]]) -> int:
-    """Move dead letters (None: all) back into the queue, in one transaction; return how many."""
+    """Move dead letters (None: all) back into the queue, in one transaction; return how many.
+
+    A requeued item goes out under a new Idempotency-Key: a server may have cached its
+    answer to the old one (a rejection, say) and would replay it forever."""
     chunks = _id_chunks(ids)
     with store.write() as conn:
         now = store.now()
+        _batchkeys.forget_requeued(conn, chunks)
         if chunks is None:
             moved = conn.execute(REQUEUE_ALL_SQL, (now,)).rowcount
             conn.execute(DELETE_ALL_SQL)

@@ -14,13 +14,12 @@ them meanwhile), hands each to the uploader and settles the outcome in one trans
 - credentials (401, 403): every item is kept and the flush backs off long.
 
 Retried batches keep their composition, so that a retry carries the same
-``Idempotency-Key`` and a server can drop the duplicate a lost response causes: the items
-of a batch get one shared ``next_retry_at`` (the lease, then the backoff), unique to that
-batch, and a claim never mixes such a group with other items. Items never tried
-(``next_retry_at`` 0) are batched freely.
+``Idempotency-Key`` (see ``_batchkeys``) and a server can drop the duplicate a lost
+response causes: the items of a batch get one shared ``next_retry_at`` (the lease, then the
+backoff), unique to that batch, and a claim never mixes such a group with other items.
+Items never tried (``next_retry_at`` 0) are batched freely.
 """
 
-import hashlib
 import inspect
 import logging
 import math
@@ -28,10 +27,11 @@ import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from . import _codec
+from . import _batchkeys, _codec
 from ._policy import FlushPolicy, LinkState
+from ._redact import clean
 from ._sql import (
     ACK_SQL,
     ADD_COUNTER_SQL,
@@ -90,12 +90,6 @@ def classify(status: Optional[int]) -> OutcomeKind:
     return TRANSIENT
 
 
-def idempotency_key(queue_id: str, ids: Sequence[int]) -> str:
-    """The ``Idempotency-Key`` of a batch: the same items from the same queue file give the same key."""
-    digest = hashlib.sha256(queue_id.encode() + b":" + ",".join(map(str, ids)).encode())
-    return digest.hexdigest()[:40]
-
-
 @dataclass
 class Outcome:
     """What became of one upload attempt, by index into the part that was sent."""
@@ -145,6 +139,18 @@ def poster(uploader: Any) -> Callable[[List[bytes], str], Any]:
     return lambda texts, key: post_encoded(_codec.splice_body(texts), len(texts))
 
 
+def check_deadline(policy: FlushPolicy, uploader: Any) -> None:
+    """Refuse an uploader whose requests may outlast the lease: another flusher would take
+    the batch back and send it again while the first request is still running."""
+    timeout = getattr(uploader, "timeout", None)
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and not timeout < policy.lease_seconds:
+        raise ValueError(
+            f"the uploader's timeout ({timeout!r} s) must be below the queue's lease_seconds "
+            f"({policy.lease_seconds!r} s): a request still running when its lease ends would be sent "
+            "again by another flusher"
+        )
+
+
 def _takes_idempotency_key(method: Callable[..., Any]) -> bool:
     """Whether ``post_encoded_batch`` accepts the key: wrappers written against the older
     ``(body, count)`` form keep working, without it."""
@@ -160,6 +166,8 @@ class _Claim:
     rows: List[Row]
     token: str
     pending: List[List[Row]] = field(default_factory=list)
+    # The Idempotency-Key of each part, by its ids.
+    keys: Dict[Tuple[int, ...], str] = field(default_factory=dict)
 
 
 class Flusher:
@@ -181,6 +189,7 @@ class Flusher:
         self._policy = policy
         self._link = link
         self._post = poster(uploader)
+        check_deadline(policy, uploader)
         if stop is not None and not callable(getattr(stop, "is_set", None)):
             raise TypeError(f"stop must be a threading.Event (or None), got {type(stop).__name__}: {stop!r:.100}")
         self._stop = stop
@@ -194,14 +203,11 @@ class Flusher:
     def run(self) -> int:
         """Send batches until none is left, one fails, or ``stop`` is set; return items acked."""
         acked = 0
-        queue_id = ""
         while self._stop is None or not self._stop.is_set():
             claim = self._claim()
             if claim is None:
                 break
-            if not queue_id:
-                queue_id = str(self._store.counter("queue_id", ""))
-            done, count = self._deliver(claim, queue_id)
+            done, count = self._deliver(claim)
             acked += count
             if not done:
                 break
@@ -212,18 +218,18 @@ class Flusher:
             )
         return acked
 
-    def _deliver(self, claim: _Claim, queue_id: str) -> Tuple[bool, int]:
+    def _deliver(self, claim: _Claim) -> Tuple[bool, int]:
         """Send a claimed batch, splitting it where the endpoint asks; return (go on, acked)."""
         acked = 0
         claim.pending = [claim.rows]
         while claim.pending:
             part = claim.pending.pop()
             ids = [row[0] for row in part]
-            outcome = send(self._post, [row[1] for row in part], idempotency_key(queue_id, ids))
+            outcome = send(self._post, [row[1] for row in part], claim.keys[tuple(ids)])
             if outcome.kind in (TOO_LARGE, REJECTED) and len(part) > 1:
                 middle = len(part) // 2
                 claim.pending += [part[middle:], part[:middle]]  # first half goes first
-                self._extend_lease(claim)
+                self._split(claim, ids)
                 continue
             if outcome.kind == TOO_LARGE:
                 self._settle(claim, self._dead_letter, ids, outcome.status, outcome.error)
@@ -258,6 +264,8 @@ class Flusher:
                 if rows:
                     ids = [row[0] for row in rows]
                     claim = _Claim(rows, uuid.uuid4().hex)
+                    # Stored with the lease: a retry in any process finds it.
+                    claim.keys[tuple(ids)] = _batchkeys.key_for(conn, ids)
                     until = now + self._policy.lease_seconds
                     store.run_chunks(RELEASE_SQL, (until,), _codec.id_chunks(ids))
                     conn.execute(DELETE_EXPIRED_LEASES_SQL, (now,))
@@ -305,8 +313,9 @@ class Flusher:
                 return rows[:count]
         return rows
 
-    def _extend_lease(self, claim: _Claim) -> None:
-        """A split sends more requests than planned: keep the rest hidden for a full lease."""
+    def _split(self, claim: _Claim, parent: List[int]) -> None:
+        """A split sends more requests than planned: keep the rest hidden for a full lease,
+        and give each new part a key of its own (the parent's is not used again)."""
         store = self._store
         ids = [row[0] for part in claim.pending for row in part]
         with store.lock:
@@ -314,6 +323,10 @@ class Flusher:
             with store.write() as conn:
                 store.run_chunks(RELEASE_SQL, (until,), _codec.id_chunks(ids))
                 conn.execute(EXTEND_LEASE_SQL, (until, claim.token))
+                _batchkeys.forget(conn, parent)
+                for part in claim.pending[-2:]:
+                    part_ids = [row[0] for row in part]
+                    claim.keys[tuple(part_ids)] = _batchkeys.key_for(conn, part_ids)
 
     # -- settling ---------------------------------------------------------------------
 
@@ -328,6 +341,7 @@ class Flusher:
     def _accept(self, conn: sqlite3.Connection, claim: _Claim, part: List[Row], outcome: Outcome) -> int:
         """Ack what the endpoint took; reject and retry the indices it named."""
         store = self._store
+        _batchkeys.forget(conn, [row[0] for row in part])
         refused = set(outcome.rejected) | set(outcome.retry)
         ids = [row[0] for index, row in enumerate(part) if index not in refused]
         chunks = _codec.id_chunks(ids)
@@ -352,6 +366,8 @@ class Flusher:
         store = self._store
         error = _short(error or "rejected by the endpoint")
         ids = [row[0] for row in rows]
+        # A rejected batch is not retried as it was: a server may have cached its answer.
+        _batchkeys.forget(conn, ids)
         conn.executemany(COUNT_REJECTION_SQL, [(row_id, status, error) for row_id in ids])
         exhausted: List[int] = []
         for chunk in _codec.id_chunks(ids):
@@ -374,6 +390,7 @@ class Flusher:
         """Move items to ``sync_dead_letters`` with the last status and error."""
         store = self._store
         error = _short(error or "rejected by the endpoint")
+        _batchkeys.forget(conn, ids)
         chunks = _codec.id_chunks(ids)
         store.run_chunks(MOVE_TO_DEAD_SQL, (status, error, store.now()), chunks)
         moved = store.run_chunks(ACK_SQL, (), chunks)
@@ -407,7 +424,11 @@ class Flusher:
         return 0
 
     def _hold_rest(self, claim: _Claim, until: float) -> None:
-        """Hold back the parts not sent yet just as long, as a group of their own."""
+        """Hold back the parts not sent yet just as long, as a group of their own (a new
+        batch: the keys of its parts are not used again)."""
+        conn = self._store.conn()
+        for part in claim.pending:
+            _batchkeys.forget(conn, [row[0] for row in part])
         rest = [row[0] for part in claim.pending for row in part]
         claim.pending = []
         if rest:
@@ -429,4 +450,7 @@ class Flusher:
 
 
 def _short(text: str) -> str:
+    """Error text as it is stored and logged: without control characters (a custom
+    uploader may pass on a server's text as it came), and short."""
+    text = clean(text)
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."

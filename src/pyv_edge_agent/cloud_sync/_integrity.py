@@ -6,12 +6,18 @@ aside whole with its ``-wal`` and ``-shm`` (``on_corrupt="quarantine"``), and er
 the path and say what is wrong with it.
 """
 
+import contextlib
 import errno
 import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; quarantine races are not guarded there
+    fcntl = None  # type: ignore[assignment]
 
 from . import _schema, _storage
 from ._errors import CorruptDatabaseError, DatabaseError
@@ -21,6 +27,11 @@ HEADER_SIZE = 100
 WAL_MAGICS = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 SIDE_FILES = ("-wal", "-shm")
 ON_CORRUPT_CHOICES = ("raise", "quarantine")
+LOCK_SUFFIX = ".quarantine-lock"
+# Queue payloads can be sensitive: files and directories the queue creates are private
+# to their owner, whatever the umask.
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
 QUARANTINED_KEY = "quarantined_total"
 
 # Result codes (the low byte of an extended code) that mean the file itself is damaged.
@@ -103,7 +114,7 @@ def _has_wal(path: str) -> bool:
         return False
 
 
-def _read_only_uri(path: str) -> str:
+def read_only_uri(path: str) -> str:
     """A read-only SQLite URI for ``path``.
 
     In a URI SQLite reads ``%`` as an escape and ``?`` and ``#`` as the start of the query
@@ -129,7 +140,7 @@ def precheck(path: str, busy_timeout: float, *, thorough: bool) -> None:
         raise DatabaseError(f"cannot open queue database {path!r} for writing: {describe_access_problem(path)}")
     if os.path.getsize(path) == 0:
         return
-    uri = _read_only_uri(path)
+    uri = read_only_uri(path)
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
     except sqlite3.Error as exc:
@@ -183,23 +194,53 @@ def quick_check(conn: sqlite3.Connection, path: str) -> None:
         raise CorruptDatabaseError(f"{path!r} is damaged: {'; '.join(map(str, rows))}")
 
 
+@contextlib.contextmanager
+def quarantine_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive lock beside ``path`` across checking, quarantining and creating
+    it, so that two processes finding the same damage never both move a file aside: the
+    second checks again under the lock and finds the fresh queue the first created."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays, as removing it would race
+
+
+def _reserve(target: str, suffixes: Sequence[str]) -> bool:
+    """Create ``target + suffix`` for each suffix exclusively; False (and nothing left
+    behind) when one of the names is taken."""
+    made: List[str] = []
+    try:
+        for suffix in suffixes:
+            os.close(os.open(target + suffix, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+            made.append(target + suffix)
+    except FileExistsError:
+        for name in made:
+            os.unlink(name)
+        return False
+    return True
+
+
 def quarantine(path: str, wall_time: float) -> str:
     """Rename a damaged database and its side files aside; return the new path of the file.
 
-    The side files go first: a stale WAL left beside a fresh database could be replayed
-    into it. Nothing is deleted.
+    Each target name is first reserved exclusively, so that no existing file (the
+    evidence of an earlier quarantine) is ever replaced. The side files go first: a stale
+    WAL left beside a fresh database could be replayed into it. Nothing is deleted.
     """
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall_time))
+    present = [suffix for suffix in SIDE_FILES + ("",) if os.path.lexists(path + suffix)]
     target = f"{path}.corrupt-{stamp}"
     serial = 1
-    while any(os.path.exists(target + suffix) for suffix in ("",) + SIDE_FILES):
+    while any(os.path.lexists(target + suffix) for suffix in ("",) + SIDE_FILES) or not _reserve(target, present):
         serial += 1
         target = f"{path}.corrupt-{stamp}-{serial}"
-    for suffix in SIDE_FILES + ("",):
-        try:
-            os.rename(path + suffix, target + suffix)
-        except FileNotFoundError:
-            continue
+    for suffix in present:
+        os.rename(path + suffix, target + suffix)  # replaces only its own reservation
     fsync_directory(os.path.dirname(os.path.abspath(path)))
     return target
 
@@ -231,7 +272,9 @@ def make_directories(directory: str, path: str) -> List[str]:
             break
         current = parent
     try:
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=DIRECTORY_MODE, exist_ok=True)
+        for created in missing:
+            os.chmod(created, DIRECTORY_MODE)  # makedirs' mode is cut by the umask
     except OSError as exc:
         raise type(exc)(
             exc.errno,
@@ -239,6 +282,23 @@ def make_directories(directory: str, path: str) -> List[str]:
             f" ({describe_access_problem(os.path.join(current, '_'))})",
         ) from exc
     return missing
+
+
+def create_private(path: str) -> None:
+    """Create an empty ``path`` readable and writable by its owner only, for SQLite to
+    make a database of; SQLite gives the ``-wal`` and ``-shm`` it creates the same mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    except FileExistsError:
+        return  # another process created it first
+    except OSError as exc:
+        raise DatabaseError(
+            f"cannot create queue database {path!r}: {exc.strerror}; {describe_access_problem(path)}"
+        ) from exc
+    try:
+        os.fchmod(fd, FILE_MODE)  # the umask may have cut it further
+    finally:
+        os.close(fd)
 
 
 def verify(conn: sqlite3.Connection, path: str) -> IntegrityReport:
@@ -264,6 +324,8 @@ def open_database(
     if _storage.is_file_path(path):
         precheck(path, busy_timeout, thorough=thorough)
         created = not os.path.exists(path)
+        if created:
+            create_private(path)
     try:
         conn = sqlite3.connect(
             path,
@@ -271,7 +333,6 @@ def open_database(
             isolation_level=None,
             check_same_thread=False,
             cached_statements=256,
-            uri=path.startswith("file:"),
         )
     except sqlite3.Error as exc:
         raise open_error(path, exc) from exc
@@ -313,7 +374,7 @@ def verify_file(path: str) -> IntegrityReport:
         check_header(path)
     except DatabaseError as exc:
         return IntegrityReport(ok=False, path=path, schema_version=None, messages=(str(exc),))
-    uri = _read_only_uri(path)
+    uri = read_only_uri(path)
     try:
         conn = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as exc:

@@ -105,13 +105,9 @@ class CloudSyncQueue:
         max_attempts: int = 5,
         daily_message_limit: Optional[int] = None,
     ) -> None:
-        if not isinstance(db_path, (str, os.PathLike)):
-            raise TypeError(f"db_path must be a str or os.PathLike, got {type(db_path).__name__}: {db_path!r:.100}")
-        path = os.fspath(db_path)
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"db_path must be a non-empty text path, got {db_path!r:.100}")
+        path = _validate.db_path(db_path)
         durability = _validate.choice("durability", durability, tuple(_schema.SYNCHRONOUS))
-        busy_timeout = _validate.number("busy_timeout", busy_timeout, 0.0)
+        busy_timeout = _validate.number("busy_timeout", busy_timeout, 0.0, maximum=_schema.MAX_BUSY_TIMEOUT)
         self._policy = FlushPolicy(
             max_batch_items,
             max_batch_bytes,
@@ -342,6 +338,16 @@ class CloudSyncQueue:
         # Housekeeping on the way: expired items go every ``purge_interval``, space goes back.
         self._store.purge_expired(when_due=True)
         return flusher.run()
+
+    def check_uploader(self, uploader: Any) -> None:
+        """Raise now what ``maybe_flush(uploader)`` would raise for the uploader itself: no
+        ``post_batch``, or a ``timeout`` not below ``lease_seconds`` (another flusher would
+        send a batch again while its first request still runs). ``SyncWorker`` calls it
+        before its thread starts."""
+        from . import _flush
+
+        _flush.poster(uploader)
+        _flush.check_deadline(self._policy, uploader)
 
     @property
     def backoff_seconds(self) -> float:

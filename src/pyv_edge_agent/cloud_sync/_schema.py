@@ -10,8 +10,10 @@ import sqlite3
 from ._errors import DatabaseError
 from ._sql import write_transaction
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIN_SQLITE_VERSION = (3, 31, 0)
+# SQLite keeps its busy timeout in milliseconds in a C int; beyond it the value wraps.
+MAX_BUSY_TIMEOUT = (2**31 - 1) / 1000.0
 
 QUEUE_DDL = """\
 CREATE TABLE IF NOT EXISTS sync_queue (
@@ -40,8 +42,8 @@ INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('messages_sent_total', 0);
 # Version 2: items that the endpoint refused for good, with why and when; the rejection
 # count of items still queued (kept apart from ``retry_count``, which transient failures
 # raise, so that a long outage never dead-letters anything); batches in flight, so that
-# statistics can count leased items; and a random identity of this queue file that makes
-# idempotency keys unique across gateways.
+# statistics can count leased items; and a random identity of this queue file, which went
+# into idempotency keys until version 3.
 DEAD_LETTER_DDL = """\
 CREATE TABLE IF NOT EXISTS sync_dead_letters (
 id INTEGER PRIMARY KEY,
@@ -69,9 +71,19 @@ expires_at REAL NOT NULL
 INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('queue_id', lower(hex(randomblob(16))));
 """
 
+# Version 3: the random Idempotency-Key of each batch sent, under a digest of its item ids
+# (see ``_batchkeys``); ``queue_id`` is no longer part of a key.
+BATCH_KEYS_DDL = """\
+CREATE TABLE IF NOT EXISTS sync_batch_keys (
+digest TEXT PRIMARY KEY,
+batch_key TEXT NOT NULL,
+first_id INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
 # The DDL that brings a file from version ``n - 1`` to ``n``. Version 0 is a new file or
 # one written by the earlier release (only ``sync_queue``); every step is idempotent.
-MIGRATIONS = {1: QUEUE_DDL + META_DDL, 2: DEAD_LETTER_DDL}
+MIGRATIONS = {1: QUEUE_DDL + META_DDL, 2: DEAD_LETTER_DDL, 3: BATCH_KEYS_DDL}
 
 # Synchronous levels by durability mode. FULL syncs the WAL on every commit, so a returned
 # id survives power loss; NORMAL syncs only at checkpoints: a crash of the process loses

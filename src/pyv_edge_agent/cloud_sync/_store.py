@@ -13,7 +13,7 @@ import threading
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import _clock, _integrity, _storage
+from . import _batchkeys, _clock, _integrity, _storage
 from ._errors import CloudSyncError, CorruptDatabaseError
 from ._sql import ADD_COUNTER_SQL, INSERT_SQL, LAST_ROWID_SQL, NEXT_DUE_SQL, READ_COUNTER_SQL, write_transaction
 
@@ -85,19 +85,25 @@ class Store:
         return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        try:
+        if self._on_corrupt == "quarantine" and self.is_file:
+            with _integrity.quarantine_lock(self.path):
+                conn = self._open_or_quarantine()
+        else:
             conn = self._open()
+        self._db = conn
+        return conn
+
+    def _open_or_quarantine(self) -> sqlite3.Connection:
+        try:
+            return self._open()
         except CorruptDatabaseError as exc:
-            if self._on_corrupt != "quarantine" or not self.is_file:
-                raise
             aside = _integrity.quarantine(self.path, self._wall())
             logger.error(
                 "queue database %r is damaged (%s); moved it to %r and started an empty queue", self.path, exc, aside
             )
-            conn = self._open()
-            with write_transaction(conn):
-                conn.execute(ADD_COUNTER_SQL, (_integrity.QUARANTINED_KEY, 1))
-        self._db = conn
+        conn = self._open()
+        with write_transaction(conn):
+            conn.execute(ADD_COUNTER_SQL, (_integrity.QUARANTINED_KEY, 1))
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -206,6 +212,7 @@ class Store:
                 now = self.now()
                 with write_transaction(conn):
                     deleted = self.storage.purge_expired(conn, now)
+                    _batchkeys.collect(conn)
             self.storage.maintain(conn, force=not when_due)
         return deleted
 

@@ -4,7 +4,9 @@ Each raises ``TypeError`` or ``ValueError`` naming the argument and the value, b
 anything is written.
 """
 
+import ipaddress
 import math
+import os
 from typing import Any
 
 from ._types import Priority
@@ -35,15 +37,42 @@ def integer(name: str, value: Any, minimum: int, maximum: int = INT64_MAX) -> in
     return int(value)
 
 
-def number(name: str, value: Any, minimum: float, *, allow_equal: bool = True) -> float:
-    """Return ``value`` as a float if it is a finite real number at or above ``minimum``."""
+def number(name: str, value: Any, minimum: float, *, allow_equal: bool = True, maximum: float = math.inf) -> float:
+    """Return ``value`` as a float if it is a finite real number at or above ``minimum``
+    (above it unless ``allow_equal``) and at most ``maximum``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r:.100}")
     result = float(value)
     if not math.isfinite(result) or result < minimum or (not allow_equal and result == minimum):
         relation = "at least" if allow_equal else "greater than"
         raise ValueError(f"{name} must be a finite number {relation} {minimum}, got {value!r}")
+    if result > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
     return result
+
+
+def db_path(value: Any) -> str:
+    """Return the queue file path ``value`` as a str: a plain file path or ``":memory:"``.
+
+    SQLite reads a name starting with ``file:`` as a URI, and the queue reopens its file
+    read-only through a ``file:`` URI, in which a path starting with ``//`` names a host.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"db_path must be a str or os.PathLike, got {type(value).__name__}: {value!r:.100}")
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"db_path must be a non-empty text path, got {value!r:.100}")
+    if path[:5].lower() == "file:":
+        raise ValueError(
+            f"db_path must be a file path, not a SQLite URI, got {path!r:.200} (a file so named: prefix it with ./)"
+        )
+    if path != ":memory:" and os.path.abspath(path).startswith("//"):
+        raise ValueError(
+            f"db_path must not start with '//' (SQLite would read what follows as a host), got {path!r:.200}"
+        )
+    if "\x00" in path:
+        raise ValueError(f"db_path must not contain a NUL character, got {path!r:.200}")
+    return path
 
 
 def choice(name: str, value: Any, allowed: "tuple[str, ...]") -> str:
@@ -59,3 +88,13 @@ def iterable(name: str, value: Any) -> None:
         iter(value)
     except TypeError:
         raise TypeError(f"{name} must be a sequence, got {type(value).__name__}: {value!r:.100}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

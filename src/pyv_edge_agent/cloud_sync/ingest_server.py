@@ -8,17 +8,20 @@ request while an outage is switched on, a random share of requests (``set_chaos`
 answers, a body size limit (413) and items it rejects (400/422, or a 2xx naming them).
 """
 
-import gzip
+import hmac
 import random
 import ssl
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import orjson
+
+from ._validate import is_loopback
 
 
 @dataclass
@@ -36,6 +39,15 @@ class RecordedRequest:
 # or "slow" (answer after ``slow_seconds``, later than a short client timeout).
 Fault = Union[int, str]
 DROP_FAULTS = ("reset", "lost", "slow")
+# The most a request body may hold, as sent and decompressed, unless ``set_limits`` says less.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+
+def _gunzip(body: bytes, limit: int) -> Optional[bytes]:
+    """Decompress a gzip body, or None when it decodes to more than ``limit`` bytes."""
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    data = decoder.decompress(body, limit + 1)
+    return None if len(data) > limit else data
 
 
 def _check_fault(fault: Fault) -> Fault:
@@ -66,6 +78,7 @@ class IngestServer:
     :param auth_header: another header name (e.g. ``X-API-Key``) that must carry the bare key instead.
     :param record_to: an open text file that receives each accepted payload as a JSON line.
     :param ssl_context: serve HTTPS with this server-side context.
+    :param host: the address to bind; one that is not loopback needs an ``api_key``.
     """
 
     def __init__(
@@ -78,6 +91,11 @@ class IngestServer:
         ssl_context: Optional[ssl.SSLContext] = None,
         auth_header: str = "Authorization",
     ) -> None:
+        if api_key is None and not is_loopback(host):
+            raise ValueError(
+                f"host {host!r} is not loopback: require a key (api_key, or the command's --api-key-env), "
+                "or anyone who can reach it may post"
+            )
         self._host = host
         self._port = port
         self._api_key = api_key
@@ -207,9 +225,9 @@ class IngestServer:
             return fault, retry_after
 
     def _authorized(self, headers: Dict[str, str]) -> bool:
-        if self._auth_header == "authorization":
-            return headers.get("authorization") == f"Bearer {self._api_key}"
-        return headers.get(self._auth_header) == self._api_key
+        expected = f"Bearer {self._api_key}" if self._auth_header == "authorization" else str(self._api_key)
+        # Compared in constant time, so that the time taken tells nothing of the key.
+        return hmac.compare_digest(headers.get(self._auth_header, "").encode(), expected.encode())
 
     def _accept(self, headers: Dict[str, str], body: bytes) -> Tuple[int, bytes]:
         key = headers.get("idempotency-key")
@@ -220,12 +238,19 @@ class IngestServer:
                 self._in_progress.discard(key or "")
 
     def _process(self, key: Optional[str], headers: Dict[str, str], body: bytes) -> Tuple[int, bytes]:
-        if headers.get("content-encoding", "").lower() == "gzip":
-            body = gzip.decompress(body)
         with self._lock:
             script = self._script
             limit, reject, reject_status = script.max_body_bytes, script.reject, script.reject_status
-        if limit is not None and len(body) > limit:
+        limit = MAX_REQUEST_BYTES if limit is None else limit
+        if headers.get("content-encoding", "").lower() == "gzip":
+            try:
+                decoded = _gunzip(body, limit)
+            except zlib.error:
+                return 400, b'{"error": "body is not gzip"}'
+            if decoded is None:
+                return 413, b'{"error": "body too large"}'
+            body = decoded
+        if len(body) > limit:
             return 413, b'{"error": "body too large"}'
         try:
             batch = orjson.loads(body)
@@ -266,10 +291,15 @@ class IngestServer:
 
             def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
                 headers = {key.lower(): value for key, value in self.headers.items()}
+                length = (self.headers.get("Content-Length") or "0").strip()
+                if not (length.isascii() and length.isdigit()):
+                    return self._refuse(400, b'{"error": "bad Content-Length"}')
+                if int(length) > MAX_REQUEST_BYTES:
+                    return self._refuse(413, b'{"error": "body too large"}')
                 fault, retry_after = server._decide(headers)
                 body = b""
                 if fault != "reset":
-                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    body = self.rfile.read(int(length))
                 with server._lock:
                     delay = server._script.slow_seconds if fault == "slow" else server._script.delay
                 if delay:
@@ -296,6 +326,16 @@ class IngestServer:
                 self.send_header("Content-Length", str(len(reply)))
                 if retry_after is not None:
                     self.send_header("Retry-After", retry_after)
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def _refuse(self, status: int, reply: bytes) -> None:
+                """Answer without reading the body, and close: the rest of the stream is unusable."""
+                self.close_connection = True
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(reply)
 

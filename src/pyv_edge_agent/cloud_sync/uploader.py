@@ -5,20 +5,21 @@ batch) lives in ``_upload_types`` and is importable from here too.
 """
 
 import gzip
-import ipaddress
 import os
+import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
 if TYPE_CHECKING:
     import urllib3
 
-from . import _codec, _validate
+from . import _codec, _http, _validate
 from ._errors import UploadError
+from ._redact import Secret, clean, query_values, redact_url
 from ._upload_types import UploadResult as UploadResult  # also importable from here, as before
 
 # Larger request bodies are gzip-compressed by default: on a metered link JSON shrinks
@@ -26,6 +27,11 @@ from ._upload_types import UploadResult as UploadResult  # also importable from 
 DEFAULT_GZIP_MIN_BYTES = 4096
 # Only this much of an error body is kept in a message: enough for the server's reason.
 _ERROR_SNIPPET = 200
+# Headers the uploader writes itself; the key cannot go in one of them.
+OWNED_HEADERS = frozenset(
+    ("host", "content-type", "content-length", "content-encoding", "transfer-encoding", "connection", "idempotency-key")
+)
+_DELTA_SECONDS = re.compile("[0-9]+")
 
 
 def _urllib3() -> Any:
@@ -34,27 +40,6 @@ def _urllib3() -> Any:
     import urllib3
 
     return urllib3
-
-
-class _Secret:
-    """Holds a credential so that no repr, log line or traceback shows it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def scrub(self, text: str) -> str:
-        """Return ``text`` with the credential replaced, for text that came from elsewhere."""
-        return text.replace(self._value, "***")
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    __str__ = __repr__
 
 
 def _split_endpoint(endpoint: str) -> SplitResult:
@@ -66,24 +51,28 @@ def _split_endpoint(endpoint: str) -> SplitResult:
         raise ValueError("endpoint must be an http:// or https:// URL with a host, got a malformed URL") from None
 
 
-def _redact_url(url: str) -> str:
-    """Drop any user:password part of a URL so it can be shown."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
+def _check_port(parts: SplitResult, endpoint: str) -> None:
+    """Refuse a port out of range now, not at the first upload (whose error would quote the URL)."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        port = parts.port
     except ValueError:
-        return False
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"endpoint {redact_url(endpoint)!r} has a port out of range; ports are 1..65535")
+
+
+def _check_api_key(api_key: Any) -> None:
+    """Refuse a key http.client would refuse at every upload, in an error that quotes it:
+    the message says where the bad character is, never the key."""
+    if not isinstance(api_key, str) or not api_key:
+        raise TypeError("api_key must be a non-empty str")
+    for position, char in enumerate(api_key):
+        if not "!" <= char <= "~":
+            what = "a line break" if char in "\r\n" else "a space" if char == " " else "a character"
+            raise ValueError(
+                f"api_key must be visible ASCII characters only; it has {what} (U+{ord(char):04X}) at "
+                f"position {position} of {len(api_key)} (was it read from a file without stripping the newline?)"
+            )
 
 
 def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
@@ -91,21 +80,22 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DELTA_SECONDS.fullmatch(value):  # ASCII digits only: str.isdigit() also takes "²"
         return float(value)
     import email.utils  # only for HTTP dates; it pulls in socket and datetime
 
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when is None:
+            return None
+        return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _rejected_indices(body: bytes, count: int) -> Tuple[List[int], Optional[str]]:
-    """Read ``{"rejected": [indices], "error": ...}`` from a 2xx answer; anything else rejects nothing."""
+    """Read ``{"rejected": [indices], "error": ...}`` from a 2xx answer; anything else
+    rejects nothing. The error text is the server's: the caller scrubs it."""
     if not body.lstrip().startswith(b"{"):
         return [], None
     try:
@@ -117,7 +107,7 @@ def _rejected_indices(body: bytes, count: int) -> Tuple[List[int], Optional[str]
         return [], None
     valid = sorted({i for i in indices if type(i) is int and 0 <= i < count})
     error = answer.get("error")
-    return valid, str(error)[:_ERROR_SNIPPET] if error is not None else None
+    return valid, str(error) if error is not None else None
 
 
 class HTTPCloudUploader:
@@ -132,7 +122,8 @@ class HTTPCloudUploader:
     :param endpoint: the ingest URL. ``https://`` with certificate verification; plain
         ``http://`` only to a loopback host, or anywhere with ``allow_insecure_http=True``.
     :param api_key: the credential; never shown in a repr, a log line or an exception.
-    :param timeout: seconds allowed for connecting and for each read.
+    :param timeout: seconds a whole request may take, from connecting to the last byte of the
+        answer; it must be below the queue's ``lease_seconds``.
     :param auth_header: the header that carries the key: ``"Authorization"`` (default)
         sends ``Bearer <api_key>``, any other name (e.g. ``"X-API-Key"``) sends the key as is.
     :param gzip_min_bytes: bodies of at least this many bytes are sent gzip-compressed
@@ -157,24 +148,34 @@ class HTTPCloudUploader:
             raise TypeError(f"endpoint must be a str URL, got {type(endpoint).__name__}")
         parts = _split_endpoint(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"endpoint must be an http:// or https:// URL with a host, got {_redact_url(endpoint)!r}")
+            raise ValueError(f"endpoint must be an http:// or https:// URL with a host, got {redact_url(endpoint)!r}")
+        if "@" in parts.netloc:
+            # urllib3 never sends it, so the request would go unauthenticated.
+            raise ValueError(
+                f"endpoint {redact_url(endpoint)!r} carries a user:password part, which is never sent; "
+                "give the credential as api_key (and auth_header) instead"
+            )
+        _check_port(parts, endpoint)
         if not isinstance(allow_insecure_http, bool):
             raise TypeError(f"allow_insecure_http must be a bool, got {type(allow_insecure_http).__name__}")
-        if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not allow_insecure_http and not _validate.is_loopback(parts.hostname):
             raise ValueError(
-                f"endpoint {_redact_url(endpoint)!r} is plain http to a host that is not loopback; use https:// "
+                f"endpoint {redact_url(endpoint)!r} is plain http to a host that is not loopback; use https:// "
                 "or pass allow_insecure_http=True"
             )
-        if not isinstance(api_key, str) or not api_key:
-            raise TypeError("api_key must be a non-empty str")
-        if not isinstance(auth_header, str) or not auth_header or not auth_header.replace("-", "").isalnum():
+        _check_api_key(api_key)
+        if not isinstance(auth_header, str) or not auth_header.isascii() or not auth_header.replace("-", "").isalnum():
             raise ValueError(f"auth_header must be an HTTP header name such as 'X-API-Key', got {auth_header!r:.100}")
+        if auth_header.lower() in OWNED_HEADERS:
+            raise ValueError(f"auth_header {auth_header!r} is a header the uploader writes itself; choose another name")
         if gzip_min_bytes is not None:
             gzip_min_bytes = _validate.integer("gzip_min_bytes", gzip_min_bytes, 0)
         if ca_certs is not None and not isinstance(ca_certs, str):
             raise TypeError(f"ca_certs must be a path to a PEM file, got {type(ca_certs).__name__}")
+        if ca_certs is not None and not os.path.isfile(ca_certs):
+            raise ValueError(f"ca_certs must be a PEM file of certificate authorities, no file at {ca_certs!r:.200}")
         self._endpoint = endpoint
-        self._api_key = _Secret(api_key)
+        self._api_key = Secret(api_key, *query_values(parts))
         self._timeout = _validate.number("timeout", timeout, 0.0, allow_equal=False)
         self._auth_header = auth_header
         self._gzip_min_bytes = gzip_min_bytes
@@ -184,12 +185,12 @@ class HTTPCloudUploader:
 
     @property
     def endpoint(self) -> str:
-        """The ingest URL, with any credentials in it removed."""
-        return _redact_url(self._endpoint)
+        """The ingest URL as it may be shown: query values hidden (they often carry a token)."""
+        return redact_url(self._endpoint)
 
     @property
     def timeout(self) -> float:
-        """Seconds allowed for connecting and for each read."""
+        """Seconds a whole request may take, from connecting to the last byte of the answer."""
         return self._timeout
 
     def __repr__(self) -> str:
@@ -210,6 +211,7 @@ class HTTPCloudUploader:
                 cert_reqs="CERT_REQUIRED",
                 ca_certs=self._ca_certs,
             )
+            self._pool.pool_classes_by_scheme = _http.pool_classes(urllib3)
             self._pool_pid = os.getpid()
         return self._pool
 
@@ -235,29 +237,63 @@ class HTTPCloudUploader:
         """Post a ready JSON array body of ``count`` payloads (the flush's no-parse path).
 
         ``idempotency_key`` goes in the ``Idempotency-Key`` header; ``maybe_flush`` gives
-        the same key whenever it retries the same items. Without one, a random key is sent.
+        the same key whenever it retries exactly the same batch. Without one, a random key
+        is sent.
         """
-        headers = self._headers(idempotency_key or uuid.uuid4().hex)
+        try:
+            return self._post(body, count, idempotency_key or uuid.uuid4().hex)
+        except UploadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever fails on the way is a failed upload
+            # The text of an exception from below (http.client, ssl, urllib3) may quote a
+            # header: it is scrubbed, and the original is not chained.
+            reason = self._api_key.scrub(f"{type(exc).__name__}: {exc}")
+            raise UploadError(f"cannot reach ingest endpoint {self.endpoint}: {reason}") from None
+
+    def _post(self, body: bytes, count: int, idempotency_key: str) -> Union[bool, UploadResult]:
+        headers = self._headers(idempotency_key)
         if self._gzip_min_bytes is not None and len(body) >= self._gzip_min_bytes:
             body = gzip.compress(body, compresslevel=5, mtime=0)
             headers["Content-Encoding"] = "gzip"
-        try:
-            response = self._get_pool().request("POST", self._endpoint, body=body, headers=headers, redirect=False)
-        except (_urllib3().exceptions.HTTPError, OSError) as exc:
-            # urllib3's message names the host and the cause, never the headers.
-            reason = self._api_key.scrub(f"{type(exc).__name__}: {exc}")
-            raise UploadError(f"cannot reach ingest endpoint {self.endpoint}: {reason}") from None
+        urllib3 = _urllib3()
+        pool = self._get_pool()
+        with _http.Deadline(self._timeout) as deadline:
+            try:
+                response = pool.request(
+                    "POST",
+                    self._endpoint,
+                    body=body,
+                    headers=headers,
+                    redirect=False,
+                    preload_content=False,
+                    timeout=urllib3.Timeout(connect=deadline.remaining(), read=deadline.remaining()),
+                )
+                answer, _ = _http.read_answer(response)
+            except Exception:
+                if deadline.expired:
+                    raise UploadError(
+                        f"ingest endpoint {self.endpoint} did not answer within timeout={self._timeout:g} s"
+                    ) from None
+                raise
+        return self._outcome(response, answer, count)
+
+    def _outcome(self, response: Any, answer: bytes, count: int) -> Union[bool, UploadResult]:
         status = response.status
         if 200 <= status < 300:
-            rejected, error = _rejected_indices(response.data or b"", count)
+            rejected, error = _rejected_indices(answer, count)
             if rejected:
-                return UploadResult(rejected=rejected, status=status, error=error)
+                reason = None if error is None else self._api_key.scrub(error)[:_ERROR_SNIPPET]
+                return UploadResult(rejected=rejected, status=status, error=reason)
             return True
         # Scrubbed before it is cut short, so that a cut cannot leave part of the key behind.
-        text = self._api_key.scrub((response.data or b"")[:65536].decode("utf-8", "replace"))
-        snippet = text[:_ERROR_SNIPPET].strip()
+        snippet = self._api_key.scrub(answer.decode("utf-8", "replace"))[:_ERROR_SNIPPET].strip()
+        location = response.headers.get("Location")
+        where = ""
+        if 300 <= status < 400 and location:
+            # Not followed: a redirect would take the key and the data elsewhere.
+            where = f" redirecting to {self._api_key.scrub(redact_url(clean(location)))[:_ERROR_SNIPPET]!r}"
         raise UploadError(
-            f"ingest endpoint {self.endpoint} answered HTTP {status} to a batch of {count} items"
+            f"ingest endpoint {self.endpoint} answered HTTP {status}{where} to a batch of {count} items"
             + (f": {snippet}" if snippet not in ("", "{}") else ""),
             status=status,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),

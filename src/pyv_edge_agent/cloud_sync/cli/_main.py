@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from typing import Any, List, Optional
@@ -16,6 +17,7 @@ from typing import Any, List, Optional
 import orjson
 
 from .. import BACKEND, CloudSyncError, CloudSyncQueue, DatabaseError, HTTPCloudUploader, Priority, __version__
+from .._integrity import read_only_uri
 from .._metrics import BY_KEY, prometheus_text
 from .._schema import SCHEMA_VERSION
 from ..ingest_server import IngestServer
@@ -23,6 +25,7 @@ from ..uploader import DEFAULT_GZIP_MIN_BYTES
 from ._render import Output, TrackingUploader, human_age, human_bytes, human_duration
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
+COUNT_ELIGIBLE_SQL = "SELECT COUNT(*) FROM sync_queue WHERE next_retry_at <= ? AND created_at + ttl_seconds > ?"
 DEFAULT_KEY_ENV = "CLOUD_SYNC_API_KEY"
 
 
@@ -115,10 +118,14 @@ def _read_api_key(args: argparse.Namespace) -> str:
     (where ``ps`` and shell history would show it)."""
     if args.api_key_file:
         try:
-            with open(args.api_key_file, encoding="utf-8") as handle:
-                key = handle.read().strip()
-        except OSError as exc:
+            with open(args.api_key_file, encoding="utf-8", newline="") as handle:
+                key = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read the API key file: {exc}") from None
+        # One line: the newline an editor or `echo` ends it with is not part of the key.
+        key = key[:-2] if key.endswith("\r\n") else key[:-1] if key.endswith("\n") else key
+        if "\n" in key or "\r" in key:
+            raise UsageError(f"the API key file {args.api_key_file!r} has more than one line; give the key alone")
         if not key:
             raise UsageError(f"the API key file {args.api_key_file!r} is empty")
         return key
@@ -126,6 +133,21 @@ def _read_api_key(args: argparse.Namespace) -> str:
     if not key:
         raise UsageError(f"set the API key in the environment variable {args.api_key_env} or use --api-key-file")
     return key
+
+
+def _count_eligible(path: str) -> int:
+    """How many items are due and unexpired, for the progress bar: counted by SQLite, not
+    decoded (a backlog can hold millions)."""
+    if not os.path.exists(path):
+        raise UsageError(f"no queue database at {path!r}")
+    conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=30.0)
+    try:
+        now = time.time()
+        return int(conn.execute(COUNT_ELIGIBLE_SQL, (now, now)).fetchone()[0])
+    except sqlite3.Error:
+        return 0  # the flush itself reports what is wrong with the file
+    finally:
+        conn.close()
 
 
 def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
@@ -137,8 +159,8 @@ def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
         ca_certs=args.ca_certs,
         gzip_min_bytes=None if args.no_gzip else DEFAULT_GZIP_MIN_BYTES,
     )
+    backlog = _count_eligible(args.db)
     with _open_queue(args.db) as queue:
-        backlog = len(queue.peek(n=1_000_000))
         with out.progress("flushing", total=backlog) as advance:
             counting = TrackingUploader(uploader, advance)
             flushed = queue.maybe_flush(uploader=counting)
@@ -241,13 +263,17 @@ def _cmd_dead_letters(args: argparse.Namespace, out: Output) -> int:
 
 
 def _cmd_ingest_server(args: argparse.Namespace, out: Output) -> int:
-    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env, "").strip()
+        if not key:
+            raise UsageError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
     record = open(args.record, "a", encoding="utf-8") if args.record else None  # noqa: SIM115 - closed below
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        with IngestServer(args.port, host=args.host, api_key=key or None, record_to=record) as server:
+        with IngestServer(args.port, host=args.host, api_key=key, record_to=record) as server:
             if args.fail_first:
                 server.fail_next(args.fail_status, times=args.fail_first)
             if args.outage:
@@ -329,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"environment variable holding the key (default {DEFAULT_KEY_ENV})",
     )
     flush.add_argument("--api-key-file", help="a file holding the key (instead of the environment)")
-    flush.add_argument("--timeout", type=float, default=30.0, help="seconds per connect and read (default 30)")
+    flush.add_argument("--timeout", type=float, default=30.0, help="seconds a whole request may take (default 30)")
     flush.add_argument("--auth-header", default="Authorization", help="e.g. X-API-Key (default: Authorization: Bearer)")
     flush.add_argument("--ca-certs", help="a CA bundle for an endpoint with a private certificate authority")
     flush.add_argument("--no-gzip", action="store_true", help="never compress request bodies")

@@ -1,0 +1,150 @@
+"""What ``HTTPCloudUploader`` needs beyond urllib3: a deadline for a whole request, and
+answers read within a fixed size.
+
+urllib3's timeouts bound each socket operation, so a server that trickles a byte at a
+time holds a request for as long as it likes; a ``Deadline`` shuts the request's socket
+down when its time is up. Answer bodies are read raw and decompressed here, never more
+than ``MAX_ANSWER_BYTES`` of decoded text, whatever the server sends or claims.
+"""
+
+import socket
+import threading
+import time
+import zlib
+from typing import Any, Dict, List, Optional, Tuple
+
+# More than enough for a status text or a list of rejected indices of a full batch.
+MAX_ANSWER_BYTES = 64 * 1024
+_READ_CHUNK = 16 * 1024
+# Compressed text that decodes to less than this much is not worth reading further.
+_MAX_RAW_BYTES = 2 * MAX_ANSWER_BYTES
+
+_current = threading.local()
+
+
+class Deadline:
+    """The time left for one request; at its end the sockets it uses are shut down."""
+
+    def __init__(self, seconds: float) -> None:
+        self._expires = time.monotonic() + seconds
+        self._connections: List[Any] = []
+        self._lock = threading.Lock()
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def remaining(self) -> float:
+        """Seconds left, never below a millisecond (urllib3 refuses a zero timeout)."""
+        return max(0.001, self._expires - time.monotonic())
+
+    def __enter__(self) -> "Deadline":
+        _current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        _current.deadline = None
+
+    def attach(self, connection: Any) -> None:
+        """Put ``connection`` under this deadline (shut down at once if it has passed)."""
+        with self._lock:
+            if connection not in self._connections:
+                self._connections.append(connection)
+            if self.expired:
+                _shut_down(connection)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for connection in self._connections:
+                _shut_down(connection)
+
+
+def _shut_down(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        try:
+            # The plain socket call, also for TLS: it wakes a read blocked in another thread.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _watched(base: type) -> type:
+    """A subclass of the urllib3 connection class ``base`` that puts itself under the
+    calling thread's ``Deadline`` whenever it connects or sends a request."""
+
+    class Watched(base):  # type: ignore[misc]
+        def connect(self) -> None:
+            _attach(self)  # a TLS handshake can trickle too
+            super().connect()
+            _attach(self)  # the deadline may have passed while connecting
+
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            _attach(self)
+            return super().request(*args, **kwargs)
+
+    Watched.__name__ = Watched.__qualname__ = "Watched" + base.__name__
+    return Watched
+
+
+def _attach(connection: Any) -> None:
+    deadline: Optional[Deadline] = getattr(_current, "deadline", None)
+    if deadline is not None:
+        deadline.attach(connection)
+
+
+_POOL_CLASSES: Dict[str, type] = {}
+
+
+def pool_classes(urllib3: Any) -> Dict[str, type]:
+    """urllib3 pool classes by scheme whose connections obey the thread's ``Deadline``."""
+    if not _POOL_CLASSES:
+        for scheme, pool in (("http", urllib3.HTTPConnectionPool), ("https", urllib3.HTTPSConnectionPool)):
+            watched = type("Watched" + pool.__name__, (pool,), {"ConnectionCls": _watched(pool.ConnectionCls)})
+            _POOL_CLASSES[scheme] = watched
+    return dict(_POOL_CLASSES)
+
+
+def _decoder(encoding: str) -> "Optional[Any]":
+    encoding = encoding.strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    return None
+
+
+def read_answer(response: Any, limit: int = MAX_ANSWER_BYTES) -> Tuple[bytes, bool]:
+    """Read at most ``limit`` decoded bytes of an answer opened with ``preload_content=False``;
+    return them and whether that was all of it.
+
+    A gzip or deflate body is decompressed here, bounded (a 64 KiB gzip bomb holds 64
+    MiB). An answer not read to its end closes its connection, so that no leftover bytes
+    are taken for the next answer.
+    """
+    decoder = _decoder(response.headers.get("Content-Encoding", ""))
+    out = bytearray()
+    raw = 0
+    complete = False
+    try:
+        while len(out) <= limit and raw <= _MAX_RAW_BYTES:
+            room = limit + 1 - len(out)
+            if decoder is not None and decoder.unconsumed_tail:
+                out += decoder.decompress(decoder.unconsumed_tail, room)
+                continue
+            chunk = response.read(_READ_CHUNK, decode_content=False)
+            if not chunk:
+                complete = True
+                break
+            raw += len(chunk)
+            out += decoder.decompress(chunk, room) if decoder is not None else chunk[:room]
+    except zlib.error:
+        pass  # what decoded so far is all there is to show
+    if complete:
+        response.release_conn()
+    else:
+        response.close()
+        response.release_conn()
+    return bytes(out[:limit]), complete and len(out) <= limit
