@@ -26,16 +26,24 @@ from ._types import DeadLetter, Priority, QueueItem  # noqa: E402
 
 if TYPE_CHECKING:
     from ._upload_types import UploadResult
+    from .credentials import Credentials, OAuth2ClientCredentials, TokenFileCredentials
     from .uploader import HTTPCloudUploader
     from .worker import SyncWorker
 
 # Imported on first use (PEP 562): a process that only enqueues never needs the uploader,
 # the sync worker or the flush machinery behind them, a tenth of the package's import time.
-_LAZY = {"HTTPCloudUploader": "uploader", "UploadResult": "_upload_types", "SyncWorker": "worker"}
+_LAZY = {
+    "HTTPCloudUploader": "uploader",
+    "UploadResult": "_upload_types",
+    "SyncWorker": "worker",
+    "Credentials": "credentials",
+    "TokenFileCredentials": "credentials",
+    "OAuth2ClientCredentials": "credentials",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """Import ``HTTPCloudUploader``, ``UploadResult`` and ``SyncWorker`` when first asked for."""
+    """Import the uploader, its credentials, ``UploadResult`` and ``SyncWorker`` when first asked for."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -56,15 +64,18 @@ __all__ = [
     "CloudSyncError",
     "CloudSyncQueue",
     "CorruptDatabaseError",
+    "Credentials",
     "DatabaseError",
     "DeadLetter",
     "DiskFullError",
     "HTTPCloudUploader",
     "IntegrityReport",
+    "OAuth2ClientCredentials",
     "Priority",
     "QueueFullError",
     "QueueItem",
     "SyncWorker",
+    "TokenFileCredentials",
     "UploadError",
     "UploadResult",
     "__version__",

@@ -119,7 +119,8 @@ def send(post: Callable[[List[bytes], str], Any], texts: List[bytes], key: str) 
     try:
         result = post(texts, key)
     except UploadError as exc:
-        return Outcome(classify(exc.status), status=exc.status, error=str(exc), retry_after=exc.retry_after)
+        kind = CREDENTIALS if getattr(exc, "credentials_refused", False) else classify(exc.status)
+        return Outcome(kind, status=exc.status, error=str(exc), retry_after=exc.retry_after)
     except Exception as exc:  # any failure of a user-supplied uploader is a failed batch
         return Outcome(TRANSIENT, error=f"{type(exc).__name__}: {exc}")
     return _outcome_of_result(result, len(texts))

@@ -61,6 +61,12 @@ class Deadline:
                 _shut_down(connection)
 
 
+def remaining(default: float) -> float:
+    """Seconds left of the calling thread's ``Deadline``, or ``default`` outside one."""
+    deadline: Optional[Deadline] = getattr(_current, "deadline", None)
+    return default if deadline is None else deadline.remaining()
+
+
 def _shut_down(connection: Any) -> None:
     sock = getattr(connection, "sock", None)
     if sock is not None:
