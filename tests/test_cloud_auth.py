@@ -4,8 +4,11 @@ endpoint issuing 2-second tokens), and Debian's tinyproxy with Basic auth.
 
 Run once: nothing here depends on the codec backend."""
 
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Iterator, List
@@ -396,3 +399,65 @@ def test_concurrent_posts_share_one_uploader(mtls_server: IngestServer, ca: Any,
         thread.join()
     uploader.close()
     assert results == [True] * 4
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def _cli(*args: str, **env: str) -> "subprocess.CompletedProcess[str]":
+    clean = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY") and not k.startswith("CLOUD_SYNC")}
+    return subprocess.run(
+        [sys.executable, "-m", "pyv_edge_agent.cloud_sync", "--plain", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_flush_with_a_client_certificate_and_a_token_file_through_the_proxy(
+    tinyproxy: Tinyproxy, ca: Any, ca_file: str, tmp_path: Any, db_path: str
+) -> None:
+    directory = os.fspath(tmp_path)
+    cert, key, serial = write_client_cert(ca, directory)
+    token_path = os.path.join(directory, "token")
+    with open(token_path, "w") as handle:
+        handle.write("cli-token-7f3a\n")
+    login = os.path.join(directory, "proxy-login")
+    with open(login, "w") as handle:
+        handle.write(f"{tinyproxy.user}:{tinyproxy.password}\n")
+    with CloudSyncQueue(db_path) as queue:
+        _fill(queue, 12)
+    context = server_context(ca, require_client_cert=True)
+    with IngestServer(
+        ssl_context=context, authorize=lambda h: h.get("authorization") == "Bearer cli-token-7f3a"
+    ) as server:
+        done = _cli(
+            "flush", db_path, "--endpoint", server.url, "--json", "--ca-certs", ca_file,
+            "--client-cert", cert, "--client-key", key, "--token-file", token_path,
+            "--proxy", f"127.0.0.1:{tinyproxy.port}", "--proxy-credentials-file", login,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["flushed"] == 12
+        assert {request.client_serial for request in server.requests} == {serial}
+        assert tinyproxy.connects(server.port) >= 1
+        refused = _cli(
+            "flush", db_path, "--endpoint", server.url, "--token-file", token_path,
+            "--proxy", f"http://gw:{tinyproxy.password}@127.0.0.1:{tinyproxy.port}",
+        )  # fmt: skip
+        assert refused.returncode == 2 and "--proxy takes no user:password" in refused.stderr
+        assert tinyproxy.password not in refused.stderr + refused.stdout
+
+
+def test_cli_flush_with_oauth2_client_credentials_from_the_environment(db_path: str) -> None:
+    tokens = TokenServer("cli-client", CLIENT_SECRET)
+    with CloudSyncQueue(db_path) as queue:
+        _fill(queue, 5)
+    with IngestServer(authorize=tokens.accepts) as server:
+        args = ("flush", db_path, "--endpoint", server.url, "--oauth-token-url", tokens.url)
+        missing = _cli(*args, "--oauth-client-id", "cli-client")
+        assert missing.returncode == 2 and "CLOUD_SYNC_OAUTH_CLIENT_SECRET" in missing.stderr
+        done = _cli(*args, "--oauth-client-id", "cli-client", CLOUD_SYNC_OAUTH_CLIENT_SECRET=CLIENT_SECRET)
+        assert done.returncode == 0, done.stderr
+    tokens.close()
+    assert len(server.items) == 5 and tokens.issued == 1

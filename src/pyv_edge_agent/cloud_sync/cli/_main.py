@@ -22,6 +22,7 @@ from .._metrics import BY_KEY, prometheus_text
 from .._schema import SCHEMA_VERSION
 from ..ingest_server import IngestServer
 from ..uploader import DEFAULT_GZIP_MIN_BYTES
+from . import _connection
 from ._render import Output, TrackingUploader, human_age, human_bytes, human_duration
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
@@ -151,13 +152,16 @@ def _count_eligible(path: str) -> int:
 
 
 def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
+    credentials = _connection.credentials(args)
     uploader = HTTPCloudUploader(
         args.endpoint,
-        _read_api_key(args),
+        _read_api_key(args) if _connection.wants_api_key(args, credentials is not None) else None,
         timeout=args.timeout,
         auth_header=args.auth_header,
         ca_certs=args.ca_certs,
         gzip_min_bytes=None if args.no_gzip else DEFAULT_GZIP_MIN_BYTES,
+        credentials=credentials,
+        **_connection.uploader_options(args),
     )
     backlog = _count_eligible(args.db)
     with _open_queue(args.db) as queue:
@@ -360,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     flush.add_argument("--ca-certs", help="a CA bundle for an endpoint with a private certificate authority")
     flush.add_argument("--no-gzip", action="store_true", help="never compress request bodies")
     flush.add_argument("--json", action="store_true", help="machine-readable JSON")
+    _connection.add_arguments(flush)
     flush.set_defaults(run=_cmd_flush)
 
     dead = commands.add_parser("dead-letters", help="list, requeue or drop items the endpoint refused for good")
