@@ -44,7 +44,8 @@ def write_client_cert(ca: Any, directory: str, stem: str = "client") -> Tuple[st
     from cryptography import x509
 
     serial = x509.load_pem_x509_certificate(issued.cert_chain_pems[0].bytes()).serial_number
-    return cert_path, key_path, f"{serial:X}"
+    text = f"{serial:X}"
+    return cert_path, key_path, text.zfill(len(text) + len(text) % 2)  # whole bytes, as ssl shows it
 
 
 def replace_file(path: str, data: bytes) -> None:

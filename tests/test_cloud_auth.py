@@ -302,6 +302,21 @@ def test_a_token_endpoint_refusing_the_client_is_refused_credentials(db_path: st
     assert "a-wrong-secret-value" not in caplog.text
 
 
+def test_a_token_endpoint_that_is_down_is_a_transient_failure(db_path: str) -> None:
+    tokens = TokenServer("gateway-7", CLIENT_SECRET)
+    tokens.close()  # nothing listens on its port now
+    credentials = OAuth2ClientCredentials(tokens.url, "gateway-7", CLIENT_SECRET)
+    with IngestServer(authorize=tokens.accepts) as server:
+        uploader = HTTPCloudUploader(server.url, credentials=credentials, timeout=5.0)
+        with CloudSyncQueue(db_path, retry_base_seconds=0.5, retry_max_seconds=600) as queue:
+            _fill(queue, 3)
+            assert queue.maybe_flush(uploader) == 0
+            assert queue.pending_count() == 3 and queue.backoff_seconds < 300
+            last_error = queue.get_stats()["last_error"]
+            assert "cannot reach" in last_error and CLIENT_SECRET not in last_error
+        uploader.close()
+
+
 # -- proxies ----------------------------------------------------------------------------------
 
 

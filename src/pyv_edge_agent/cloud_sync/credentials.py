@@ -122,7 +122,7 @@ class TokenFileCredentials(Credentials):
         if not isinstance(scheme, str) or not scheme.isalnum():
             raise ValueError(f"scheme must be a word such as 'Bearer', got {scheme!r:.100}")
         self._scheme = scheme
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # secrets() is called while a token request fails
         try:
             self._signature = _file_signature(self._path)
             token = _read_one_line(self._path, "the token file")
@@ -241,7 +241,7 @@ class OAuth2ClientCredentials(Credentials):
         self._audience = audience
         self._client_auth = _validate.choice("client_auth", client_auth, ("basic", "post"))
         self._transport: Optional[Transport] = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # secrets() is called while a token request fails
         self._token: Optional[Secret] = None
         self._old: List[str] = []
         self._refresh_at = 0.0

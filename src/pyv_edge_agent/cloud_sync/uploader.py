@@ -282,12 +282,15 @@ class HTTPCloudUploader:
         self._proxy = self._routes.proxy_for(parts.scheme, parts.hostname)
         self._api_key = None if api_key is None else Secret(api_key)
         self._credentials = credentials
-        # Never sent, but scrubbed wherever they might surface.
+        # Scrubbed wherever they might surface; held as Secrets, so that not even vars() shows them.
         self._fixed_secrets = [
-            *([] if api_key is None else [api_key]),
-            *query_values(parts),
-            *(() if self._certificate is None else self._certificate.secrets()),
-            *self._routes.secrets(),
+            Secret(value)
+            for value in (
+                *([] if api_key is None else [api_key]),
+                *query_values(parts),
+                *(() if self._certificate is None else self._certificate.secrets()),
+                *self._routes.secrets(),
+            )
         ]
         self._auth_header = auth_header
         self._gzip_min_bytes = gzip_min_bytes
@@ -356,6 +359,10 @@ class HTTPCloudUploader:
                 pool = self._pools[proxy] = self._new_pool(proxy)
             return pool
 
+    def _get_pool(self) -> "urllib3.PoolManager":
+        """The pool the endpoint is reached through."""
+        return self._pool_for(self._proxy)
+
     def _new_pool(self, proxy: "Optional[_proxy.Proxy]") -> "urllib3.PoolManager":
         lib = _urllib3()
         options: Dict[str, Any] = dict(
@@ -386,7 +393,7 @@ class HTTPCloudUploader:
     def _secrets(self, sent: Mapping[str, str]) -> List[str]:
         """Everything to scrub from a text shown: fixed secrets, the credentials' own, and
         the auth header values of the request."""
-        found = list(self._fixed_secrets)
+        found = [secret.reveal() for secret in self._fixed_secrets]
         if self._credentials is not None and callable(getattr(self._credentials, "secrets", None)):
             found += [secret for secret in self._credentials.secrets() if isinstance(secret, str)]
         return found + _header_secrets(sent)
@@ -497,7 +504,7 @@ class HTTPCloudUploader:
                 sent = {self._auth_header: "Bearer " + key if self._auth_header.lower() == "authorization" else key}
             elif self._credentials is not None:
                 sent = _auth_headers(self._credentials)
-            pool = self._pool_for(self._proxy)
+            pool = self._get_pool()
             urllib3 = _urllib3()
             response = pool.request(
                 "POST",
