@@ -10,7 +10,6 @@ from mounts import tmpfs_dir
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 
-
 PROXY_VARIABLES = ("https_proxy", "http_proxy", "no_proxy", "all_proxy")
 
 
