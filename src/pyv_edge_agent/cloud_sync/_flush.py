@@ -66,6 +66,8 @@ REJECTED_STATUSES = frozenset({400, 422})
 CREDENTIAL_STATUSES = frozenset({401, 403})
 # A server asking for more than a day is more likely misconfigured than serious.
 MAX_RETRY_AFTER = 86400.0
+# An async uploader given to the sync flush is refused, never taken as accepting.
+ASYNC_HINT = "an async uploader is flushed by pyv_edge_agent.cloud_sync.aio.AsyncCloudSyncQueue.flush"
 # Error text stored with items and counters stays short.
 MAX_ERROR_CHARS = 500
 
@@ -103,6 +105,11 @@ class Outcome:
 
 
 def _outcome_of_result(result: Any, count: int) -> Outcome:
+    if inspect.isawaitable(result):
+        # Never awaited, so nothing was sent: counting it as accepted would drop the batch.
+        if inspect.iscoroutine(result):
+            result.close()
+        return Outcome(TRANSIENT, error=f"the uploader returned an awaitable; {ASYNC_HINT}")
     if result is False:
         return Outcome(TRANSIENT, error="the uploader returned False")
     if not isinstance(result, UploadResult):
@@ -133,6 +140,9 @@ def poster(uploader: Any) -> Callable[[List[bytes], str], Any]:
     if not callable(post_batch):
         raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
     post_encoded = getattr(uploader, "post_encoded_batch", None)
+    for name, method in (("post_batch", post_batch), ("post_encoded_batch", post_encoded)):
+        if inspect.iscoroutinefunction(method):
+            raise TypeError(f"uploader.{name} is a coroutine function; {ASYNC_HINT}")
     if not callable(post_encoded):
         return lambda texts, key: post_batch([_codec.decode_payload(text) for text in texts])
     if _takes_idempotency_key(post_encoded):
@@ -140,15 +150,14 @@ def poster(uploader: Any) -> Callable[[List[bytes], str], Any]:
     return lambda texts, key: post_encoded(_codec.splice_body(texts), len(texts))
 
 
-def check_deadline(policy: FlushPolicy, uploader: Any) -> None:
+def check_deadline(lease: float, uploader: Any) -> None:
     """Refuse an uploader whose requests may outlast the lease: another flusher would take
     the batch back and send it again while the first request is still running."""
     timeout = getattr(uploader, "timeout", None)
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and not timeout < policy.lease_seconds:
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and not timeout < lease:
         raise ValueError(
-            f"the uploader's timeout ({timeout!r} s) must be below the queue's lease_seconds "
-            f"({policy.lease_seconds!r} s): a request still running when its lease ends would be sent "
-            "again by another flusher"
+            f"the uploader's timeout ({timeout!r} s) must be below the queue's lease_seconds ({lease!r} s): "
+            "a request still running when its lease ends would be sent again by another flusher"
         )
 
 
@@ -190,7 +199,7 @@ class Flusher:
         self._policy = policy
         self._link = link
         self._post = poster(uploader)
-        check_deadline(policy, uploader)
+        check_deadline(policy.lease_seconds, uploader)
         if stop is not None and not callable(getattr(stop, "is_set", None)):
             raise TypeError(f"stop must be a threading.Event (or None), got {type(stop).__name__}: {stop!r:.100}")
         self._stop = stop

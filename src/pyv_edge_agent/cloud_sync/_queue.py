@@ -147,6 +147,12 @@ class CloudSyncQueue:
         """The path of the SQLite file."""
         return self._store.path
 
+    @property
+    def lease_seconds(self) -> float:
+        """How long a batch being uploaded stays hidden from other flushers; an uploader's
+        ``timeout`` must be below it."""
+        return self._policy.lease_seconds
+
     # -- writing ----------------------------------------------------------------------
 
     @_sqlite_errors
@@ -327,6 +333,8 @@ class CloudSyncQueue:
         sent and nothing is removed. Once ``stop`` is set, the call returns after the
         batch in flight (``SyncWorker`` stops this way).
         """
+        if stop is not None and not isinstance(stop, threading.Event):
+            raise TypeError(f"stop must be a threading.Event or None, got {type(stop).__name__}: {stop!r:.100}")
         if uploader is None:
             return 0
         # The flush machinery loads on the first flush: a process that only enqueues never
@@ -338,16 +346,6 @@ class CloudSyncQueue:
         # Housekeeping on the way: expired items go every ``purge_interval``, space goes back.
         self._store.purge_expired(when_due=True)
         return flusher.run()
-
-    def check_uploader(self, uploader: Any) -> None:
-        """Raise now what ``maybe_flush(uploader)`` would raise for the uploader itself: no
-        ``post_batch``, or a ``timeout`` not below ``lease_seconds`` (another flusher would
-        send a batch again while its first request still runs). ``SyncWorker`` calls it
-        before its thread starts."""
-        from . import _flush
-
-        _flush.poster(uploader)
-        _flush.check_deadline(self._policy, uploader)
 
     @property
     def backoff_seconds(self) -> float:

@@ -56,8 +56,9 @@ READ_COUNTERS_SQL = f"SELECT key, value FROM sync_meta WHERE key IN {COUNTER_KEY
 
 
 def is_file_path(path: str) -> bool:
-    """True when ``path`` names a file on disk: not ``:memory:`` and not a ``file:`` URI."""
-    return path != ":memory:" and not path.startswith("file:")
+    """True when ``path`` names a file on disk: not ``:memory:`` (``file:`` URIs are refused
+    by ``_validate.db_path``)."""
+    return path != ":memory:"
 
 
 def is_disk_full(exc: BaseException) -> bool:

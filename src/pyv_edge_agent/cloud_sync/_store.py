@@ -41,7 +41,7 @@ class Store:
     ``lock`` (reentrant) serialises this object's use of its one connection; ``conn()``
     opens it again after a quarantine and refuses once ``close()`` ran.
 
-    :param path: the database path (``:memory:`` and ``file:`` URIs are no file on disk).
+    :param path: the database path (``:memory:`` is no file on disk).
     :param clock: the wall clock; ``now()`` is the queue's time built on it (see ``_clock``).
     :param limits: the storage limits that every insert is admitted under (``storage``).
     """

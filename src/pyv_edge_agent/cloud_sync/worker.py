@@ -6,7 +6,7 @@ import threading
 from types import FrameType
 from typing import Any, Optional
 
-from . import _validate
+from . import _flush, _validate
 from ._queue import CloudSyncQueue
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -42,7 +42,8 @@ class SyncWorker:
     ) -> None:
         if not isinstance(queue, CloudSyncQueue):
             raise TypeError(f"queue must be a CloudSyncQueue, got {type(queue).__name__}")
-        queue.check_uploader(uploader)  # refuses a bad uploader now rather than in the thread
+        _flush.poster(uploader)  # refuses an object without post_batch now rather than in the thread
+        _flush.check_deadline(queue.lease_seconds, uploader)
         self._queue = queue
         self._uploader = uploader
         self._interval = _validate.number("interval", interval, 0.0, allow_equal=False)

@@ -305,7 +305,7 @@ def _cmd_demo(args: argparse.Namespace, out: Output) -> int:
 def _cmd_bench(args: argparse.Namespace, out: Output) -> int:
     from ._bench import run_bench
 
-    results = run_bench(items=args.items)
+    results = run_bench(items=args.items, rounds=args.rounds)
     if args.json:
         _print_json(out, results)
     else:
@@ -401,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="a quick benchmark on this machine, compiled vs pure Python")
     bench.add_argument("--items", type=_positive_int, default=20000, help="items per scenario (default 20000)")
+    bench.add_argument(
+        "--rounds", type=_positive_int, default=5, help="turns each backend takes; figures are medians (default 5)"
+    )
     bench.add_argument("--json", action="store_true", help="machine-readable JSON")
     bench.set_defaults(run=_cmd_bench)
     return parser
