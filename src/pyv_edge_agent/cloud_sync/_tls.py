@@ -13,6 +13,7 @@ import ssl
 import threading
 from typing import Any, Callable, Optional, Tuple
 
+from . import _http, _validate
 from ._redact import Secret
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -39,24 +40,12 @@ _CERTIFICATE_ALERTS = (
 def refused_certificate(exc: BaseException) -> bool:
     """Whether ``exc`` (or an error it wraps) is the server refusing our certificate, as
     opposed to a network failure or our refusing the server's."""
-    seen = 0
-    current: Optional[BaseException] = exc
-    while current is not None and seen < 8:
-        text = str(current).upper()
-        if any(alert in text for alert in _CERTIFICATE_ALERTS):
-            return True
-        reason = getattr(current, "reason", None)
-        current = reason if isinstance(reason, BaseException) else current.__context__
-        seen += 1
-    return False
+    text = _http.error_chain_text(exc).upper()
+    return any(alert in text for alert in _CERTIFICATE_ALERTS)
 
 
-def _check_file(path: Any, name: str) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a path to a PEM file, got {type(path).__name__}")
-    path = os.fspath(path)
-    if not isinstance(path, str) or not path:
-        raise ValueError(f"{name} must be a path to a PEM file, got {path!r:.200}")
+def _check_file(value: Any, name: str) -> str:
+    path = _validate.file_path(name, value)
     try:
         with open(path, "rb") as handle:
             handle.read(1)

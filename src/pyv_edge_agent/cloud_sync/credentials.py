@@ -89,15 +89,6 @@ def _read_one_line(path: str, what: str) -> str:
     return text
 
 
-def _check_path(path: Any, name: str) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a path, got {type(path).__name__}")
-    text = os.fspath(path)
-    if not isinstance(text, str) or not text:
-        raise ValueError(f"{name} must be a non-empty path, got {text!r:.200}")
-    return text
-
-
 def _check_header(header: Any) -> str:
     if not isinstance(header, str) or not header.isascii() or not header.replace("-", "").isalnum():
         raise ValueError(f"header must be an HTTP header name such as 'Authorization', got {header!r:.100}")
@@ -117,7 +108,7 @@ class TokenFileCredentials(Credentials):
     """
 
     def __init__(self, path: "str | os.PathLike[str]", *, header: str = "Authorization", scheme: str = "Bearer"):
-        self._path = _check_path(path, "path")
+        self._path = _validate.file_path("path", path)
         self._header = _check_header(header)
         if not isinstance(scheme, str) or not scheme.isalnum():
             raise ValueError(f"scheme must be a word such as 'Bearer', got {scheme!r:.100}")
@@ -225,7 +216,7 @@ class OAuth2ClientCredentials(Credentials):
                 raise TypeError("client_secret must be a non-empty str")
             self._secret = Secret(client_secret)
         else:
-            self._secret_file = _check_path(client_secret_file, "client_secret_file")
+            self._secret_file = _validate.file_path("client_secret_file", client_secret_file)
             try:
                 self._secret = Secret(_read_one_line(self._secret_file, "client_secret_file"))
             except OSError as exc:

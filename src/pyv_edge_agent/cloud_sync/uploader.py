@@ -404,7 +404,7 @@ class HTTPCloudUploader:
         if deadline.expired:
             return UploadError(f"ingest endpoint {self.endpoint} did not answer within timeout={self._timeout:g} s")
         reason = scrub(f"{type(exc).__name__}: {exc}", self._secrets(sent))
-        refusal = _PROXY_REFUSAL.search(_chain_text(exc)) if self._proxy is not None else None
+        refusal = _PROXY_REFUSAL.search(_http.error_chain_text(exc)) if self._proxy is not None else None
         if refusal is not None and self._proxy is not None:
             return UploadError(
                 f"the proxy {self._proxy.url} refused its credentials (HTTP {refusal.group(1)}) on the way to "
@@ -557,16 +557,3 @@ class HTTPCloudUploader:
         """Close pooled connections."""
         with self._lock:
             self._clear_pools()
-
-
-def _chain_text(exc: BaseException) -> str:
-    """The texts of ``exc`` and the errors it wraps (urllib3 nests the cause in ``reason``)."""
-    texts = []
-    current: Optional[BaseException] = exc
-    for _ in range(8):
-        if current is None:
-            break
-        texts.append(str(current))
-        reason = getattr(current, "reason", None)
-        current = reason if isinstance(reason, BaseException) else current.__context__
-    return " | ".join(texts)
