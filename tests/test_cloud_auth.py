@@ -14,6 +14,7 @@ import time
 from typing import Any, Iterator, List
 
 import pytest
+import reliability
 from cloudparts import Tinyproxy, TokenServer, replace_file, server_context, trustme, write_client_cert
 
 from pyv_edge_agent.cloud_sync import (
@@ -280,6 +281,8 @@ def test_oauth2_tokens_rotating_every_two_seconds_lose_nothing(db_path: str) -> 
     assert delivered == list(range(total)), f"lost {total - len(set(delivered))}"
     refused = sum(1 for request in server.requests if request.status == 401)
     rotations = tokens.issued - 1
+    reliability.add("OAuth2 token rotations under load (10,000 items)", rotations)
+    reliability.add("  requests refused during them (at most one per rotation)", refused)
     assert rotations >= 5 and 1 <= refused <= rotations, (refused, rotations)
     assert stats["failed_batches"] == 0
     assert tokens.forms[0]["scope"] == ["ingest:write"]
