@@ -10,6 +10,17 @@ from mounts import tmpfs_dir
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 
+PROXY_VARIABLES = ("https_proxy", "http_proxy", "no_proxy", "all_proxy")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests talk to loopback servers directly: a developer's HTTPS_PROXY (which, as with
+    curl, also covers 127.0.0.1) must not route them elsewhere. Proxy tests set their own."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
 
 @pytest.fixture
 def db_path(tmp_path: "os.PathLike[str]") -> str:

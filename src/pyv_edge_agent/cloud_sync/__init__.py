@@ -28,6 +28,7 @@ from ._types import DeadLetter, Priority, QueueItem  # noqa: E402
 
 if TYPE_CHECKING:
     from ._upload_types import UploadResult
+    from .credentials import Credentials, OAuth2ClientCredentials, TokenFileCredentials
     from .mqtt import MQTTUploader
     from .uploader import HTTPCloudUploader
     from .worker import SyncWorker
@@ -39,11 +40,14 @@ _LAZY = {
     "MQTTUploader": "mqtt",
     "UploadResult": "_upload_types",
     "SyncWorker": "worker",
+    "Credentials": "credentials",
+    "TokenFileCredentials": "credentials",
+    "OAuth2ClientCredentials": "credentials",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Import the uploaders, ``UploadResult`` and ``SyncWorker`` when first asked for."""
+    """Import the uploaders, their credentials, ``UploadResult`` and ``SyncWorker`` when first asked for."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -64,6 +68,7 @@ __all__ = [
     "CloudSyncError",
     "CloudSyncQueue",
     "CorruptDatabaseError",
+    "Credentials",
     "DatabaseError",
     "DeadLetter",
     "DecryptionError",
@@ -72,10 +77,12 @@ __all__ = [
     "IntegrityReport",
     "MQTTUploader",
     "MissingKeyError",
+    "OAuth2ClientCredentials",
     "Priority",
     "QueueFullError",
     "QueueItem",
     "SyncWorker",
+    "TokenFileCredentials",
     "UploadError",
     "UploadResult",
     "__version__",

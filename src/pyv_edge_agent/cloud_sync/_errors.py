@@ -16,12 +16,25 @@ class QueueFullError(CloudSyncError):
 
 
 class UploadError(CloudSyncError):
-    """An upload attempt failed; ``status`` is the HTTP status, or None when no response came."""
+    """An upload attempt failed; ``status`` is the HTTP status, or None when no response came.
 
-    def __init__(self, message: str, status: Optional[int] = None, retry_after: Optional[float] = None):
+    ``credentials_refused`` marks a refusal that no HTTP status of the endpoint shows (a
+    TLS alert about the client certificate, a proxy's 407, a token endpoint refusing the
+    client): the flush treats it like a 401, keeping the items and backing off long.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: Optional[int] = None,
+        retry_after: Optional[float] = None,
+        *,
+        credentials_refused: bool = False,
+    ):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.credentials_refused = credentials_refused
 
 
 class DiskFullError(QueueFullError, OSError):

@@ -133,7 +133,8 @@ def send(post: Post, part: List[Row], key: str) -> Outcome:
     try:
         result = post(part, key)
     except UploadError as exc:
-        return Outcome(classify(exc.status), status=exc.status, error=str(exc), retry_after=exc.retry_after)
+        kind = CREDENTIALS if getattr(exc, "credentials_refused", False) else classify(exc.status)
+        return Outcome(kind, status=exc.status, error=str(exc), retry_after=exc.retry_after)
     except Exception as exc:  # any failure of a user-supplied uploader is a failed batch
         return Outcome(TRANSIENT, error=f"{type(exc).__name__}: {exc}")
     return _outcome_of_result(result, len(part))

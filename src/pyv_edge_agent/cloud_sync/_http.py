@@ -61,6 +61,25 @@ class Deadline:
                 _shut_down(connection)
 
 
+def error_chain_text(exc: BaseException) -> str:
+    """The texts of ``exc`` and the errors it wraps (urllib3 nests the cause in ``reason``)."""
+    texts = []
+    current: Optional[BaseException] = exc
+    for _ in range(8):
+        if current is None:
+            break
+        texts.append(str(current))
+        reason = getattr(current, "reason", None)
+        current = reason if isinstance(reason, BaseException) else current.__context__
+    return " | ".join(texts)
+
+
+def remaining(default: float) -> float:
+    """Seconds left of the calling thread's ``Deadline``, or ``default`` outside one."""
+    deadline: Optional[Deadline] = getattr(_current, "deadline", None)
+    return default if deadline is None else deadline.remaining()
+
+
 def _shut_down(connection: Any) -> None:
     sock = getattr(connection, "sock", None)
     if sock is not None:

@@ -96,7 +96,10 @@ class FlushPolicy:
 
 _STATE_LOG = {
     OutcomeKind.TRANSIENT: (logging.WARNING, "uploads are failing, backing off: %s"),
-    OutcomeKind.CREDENTIALS: (logging.ERROR, "the ingest endpoint refused the credentials; fix the API key: %s"),
+    OutcomeKind.CREDENTIALS: (
+        logging.ERROR,
+        "the ingest endpoint refused the credentials (key, token or certificate); fix them: %s",
+    ),
     OutcomeKind.ACCEPTED: (logging.INFO, "uploads are accepted again%s"),
 }
 

@@ -6,8 +6,9 @@ the control characters (terminal escapes, bidirectional overrides) from text tha
 from elsewhere; ``redact_url`` removes credentials from a URL before it is shown.
 """
 
+import functools
 import re
-from typing import Iterable, List, Pattern
+from typing import Iterable, List, Pattern, Tuple
 from urllib.parse import SplitResult, unquote_plus, urlsplit, urlunsplit
 
 # C0 and C1 controls, DEL, and the bidirectional overrides that can reorder what a
@@ -46,6 +47,19 @@ def scrubber(secrets: Iterable[str]) -> Pattern[str]:
     # Longest first: a secret that contains another is removed whole.
     alternatives.sort(key=len, reverse=True)
     return re.compile("|".join(alternatives) or "(?!)", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_scrubber(secrets: Tuple[str, ...]) -> Pattern[str]:
+    return scrubber(secrets)
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every form of each of ``secrets`` replaced and control characters
+    stripped: for credentials that change (tokens), where a ``Secret`` would be rebuilt
+    at each error. Strings shorter than ``MIN_QUERY_SECRET`` are left alone."""
+    wanted = tuple(sorted({secret for secret in secrets if len(secret) >= MIN_QUERY_SECRET}))
+    return clean(_cached_scrubber(wanted).sub(HIDDEN, text))
 
 
 class Secret:

@@ -75,6 +75,16 @@ def db_path(value: Any) -> str:
     return path
 
 
+def file_path(name: str, value: Any) -> str:
+    """A path given as ``str`` or ``os.PathLike``, as text; empty is refused."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__}")
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"{name} must be a non-empty text path, got {text!r:.200}")
+    return text
+
+
 def choice(name: str, value: Any, allowed: "tuple[str, ...]") -> str:
     """Return ``value`` if it is one of the ``allowed`` strings."""
     if value not in allowed or not isinstance(value, str):

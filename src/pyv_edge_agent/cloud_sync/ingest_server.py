@@ -32,6 +32,8 @@ class RecordedRequest:
     headers: Dict[str, str]
     body: bytes
     status: int
+    # The serial number (hex) of the client certificate, over mutual TLS.
+    client_serial: Optional[str] = None
 
 
 # A scripted failure: an HTTP status, "reset" (close the connection before reading the
@@ -77,8 +79,11 @@ class IngestServer:
     :param api_key: when set, requests without ``Authorization: Bearer <api_key>`` get 401.
     :param auth_header: another header name (e.g. ``X-API-Key``) that must carry the bare key instead.
     :param record_to: an open text file that receives each accepted payload as a JSON line.
-    :param ssl_context: serve HTTPS with this server-side context.
+    :param ssl_context: serve HTTPS with this server-side context (with ``verify_mode``
+        ``CERT_REQUIRED``, clients without a certificate it trusts are refused in the handshake).
     :param host: the address to bind; one that is not loopback needs an ``api_key``.
+    :param authorize: instead of ``api_key``, a function of the request headers (lower-case
+        names) that says whether to accept it; refused requests get 401 (rotating tokens).
     """
 
     def __init__(
@@ -90,8 +95,11 @@ class IngestServer:
         record_to: Optional[IO[str]] = None,
         ssl_context: Optional[ssl.SSLContext] = None,
         auth_header: str = "Authorization",
+        authorize: Optional[Callable[[Dict[str, str]], bool]] = None,
     ) -> None:
-        if api_key is None and not is_loopback(host):
+        if api_key is not None and authorize is not None:
+            raise ValueError("give api_key or authorize, not both")
+        if api_key is None and authorize is None and not is_loopback(host):
             raise ValueError(
                 f"host {host!r} is not loopback: require a key (api_key, or the command's --api-key-env), "
                 "or anyone who can reach it may post"
@@ -102,6 +110,7 @@ class IngestServer:
         self._record_to = record_to
         self._ssl_context = ssl_context
         self._auth_header = auth_header.lower()
+        self._authorize = authorize
         self._answers: Dict[str, bytes] = {}
         self._in_progress: Set[str] = set()
         self.duplicates = 0
@@ -175,7 +184,11 @@ class IngestServer:
         server = ThreadingHTTPServer((self._host, self._port), self._handler_class())
         server.daemon_threads = True
         if self._ssl_context is not None:
-            server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True)
+            # Handshakes run in the handler threads: a slow or refused client does not hold
+            # up the accepting thread.
+            server.socket = self._ssl_context.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._server = server
         self._port = server.server_address[1]
         self._thread = threading.Thread(
@@ -205,7 +218,7 @@ class IngestServer:
         already answered. A key still being processed gets 409, as idempotent APIs answer."""
         with self._lock:
             script = self._script
-            if self._api_key is not None and not self._authorized(headers):
+            if not self._authorized(headers):
                 return 401, None
             if script.outage_status is not None:
                 return script.outage_status, None
@@ -225,6 +238,10 @@ class IngestServer:
             return fault, retry_after
 
     def _authorized(self, headers: Dict[str, str]) -> bool:
+        if self._authorize is not None:
+            return bool(self._authorize(headers))
+        if self._api_key is None:
+            return True
         expected = f"Bearer {self._api_key}" if self._auth_header == "authorization" else str(self._api_key)
         # Compared in constant time, so that the time taken tells nothing of the key.
         return hmac.compare_digest(headers.get(self._auth_header, "").encode(), expected.encode())
@@ -289,6 +306,19 @@ class IngestServer:
             # second waits for the client's delayed ACK, about 40 ms per request.
             disable_nagle_algorithm = True
 
+            def handle(self) -> None:
+                if isinstance(self.connection, ssl.SSLSocket):
+                    try:
+                        self.connection.do_handshake()
+                    except (ssl.SSLError, OSError):
+                        # As servers linger on close: the alert that says why (a missing or
+                        # untrusted client certificate) reaches the client before the socket
+                        # closes, instead of being lost to a reset.
+                        time.sleep(0.2)
+                        self.close_connection = True
+                        return
+                super().handle()
+
             def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
                 headers = {key.lower(): value for key, value in self.headers.items()}
                 length = (self.headers.get("Content-Length") or "0").strip()
@@ -315,12 +345,12 @@ class IngestServer:
                     status, reply = server._accept(headers, body)
                 if fault in ("reset", "lost"):
                     with server._lock:
-                        server.requests.append(RecordedRequest(self.path, headers, body, 0))
+                        server.requests.append(RecordedRequest(self.path, headers, body, 0, self._client_serial()))
                     self.close_connection = True
                     return
                 assert isinstance(status, int)
                 with server._lock:
-                    server.requests.append(RecordedRequest(self.path, headers, body, status))
+                    server.requests.append(RecordedRequest(self.path, headers, body, status, self._client_serial()))
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
@@ -328,6 +358,11 @@ class IngestServer:
                     self.send_header("Retry-After", retry_after)
                 self.end_headers()
                 self.wfile.write(reply)
+
+            def _client_serial(self) -> Optional[str]:
+                getpeercert = getattr(self.connection, "getpeercert", None)
+                cert = getpeercert() if getpeercert is not None else None
+                return str(cert["serialNumber"]) if cert else None
 
             def _refuse(self, status: int, reply: bytes) -> None:
                 """Answer without reading the body, and close: the rest of the stream is unusable."""

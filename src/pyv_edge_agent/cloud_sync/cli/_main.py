@@ -32,6 +32,7 @@ from .._schema import SCHEMA_VERSION
 from .._seal import CIPHERS, DEFAULT_CIPHER, KeyRing
 from ..ingest_server import IngestServer
 from ..uploader import DEFAULT_GZIP_MIN_BYTES
+from . import _connection
 from ._render import Output, TrackingUploader, human_age, human_bytes, human_duration
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
@@ -143,27 +144,11 @@ def _shorten(text: str, width: int) -> str:
 # -- flush --------------------------------------------------------------------------------
 
 
-def _read_secret_file(path: str, what: str) -> str:
-    """A secret kept in a file of one line: the newline an editor or ``echo`` ends it with is
-    not part of it, and a second line is refused rather than sent."""
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            secret = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the {what} file: {exc}") from None
-    secret = secret[:-2] if secret.endswith("\r\n") else secret[:-1] if secret.endswith("\n") else secret
-    if "\n" in secret or "\r" in secret:
-        raise UsageError(f"the {what} file {path!r} has more than one line; give the {what} alone")
-    if not secret:
-        raise UsageError(f"the {what} file {path!r} is empty")
-    return secret
-
-
 def _read_api_key(args: argparse.Namespace) -> str:
     """The key comes from a file or an environment variable, never from the command line
     (where ``ps`` and shell history would show it)."""
     if args.api_key_file:
-        return _read_secret_file(args.api_key_file, "API key")
+        return _connection.read_secret_file(args.api_key_file, "--api-key-file")
     key = os.environ.get(args.api_key_env, "").strip()
     if not key:
         raise UsageError(f"set the API key in the environment variable {args.api_key_env} or use --api-key-file")
@@ -189,7 +174,7 @@ def _read_mqtt_password(args: argparse.Namespace) -> Optional[str]:
     """Like the API key: from a file or an environment variable; None when neither is set
     (a broker that takes a client certificate alone)."""
     if args.password_file:
-        return _read_secret_file(args.password_file, "password")
+        return _connection.read_secret_file(args.password_file, "--password-file")
     return os.environ.get(args.password_env, "").strip() or None
 
 
@@ -232,13 +217,16 @@ def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
         except (ValueError, TypeError, ImportError) as exc:
             raise UsageError(str(exc)) from None
     else:
+        credentials = _connection.credentials(args)
         uploader = HTTPCloudUploader(
             args.endpoint,
-            _read_api_key(args),
+            _read_api_key(args) if _connection.wants_api_key(args, credentials is not None) else None,
             timeout=args.timeout,
             auth_header=args.auth_header,
             ca_certs=args.ca_certs,
             gzip_min_bytes=None if args.no_gzip else DEFAULT_GZIP_MIN_BYTES,
+            credentials=credentials,
+            **_connection.uploader_options(args),
         )
     backlog = _count_eligible(args.db)
     with _open_queue(args.db, args, **_flush_options(args)) as queue:
@@ -475,14 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mqtt.add_argument("--password-file", help="a file holding the password (instead of the environment)")
     mqtt.add_argument("--client-id", help="MQTT client id (default: a random one)")
-    mqtt.add_argument("--client-cert", help="PEM client certificate, for mutual TLS")
-    mqtt.add_argument("--client-key", help="PEM private key of the client certificate")
     mqtt.add_argument("--mqtt-protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default 5)")
     mqtt.add_argument(
         "--qos", type=int, choices=[0, 1], default=1, help="1: acked on PUBACK (default); 0: fire and forget"
     )
     mqtt.add_argument("--allow-insecure", action="store_true", help="permit mqtt:// to a host that is not loopback")
     flush.add_argument("--json", action="store_true", help="machine-readable JSON")
+    _connection.add_arguments(flush)
     flush.set_defaults(run=_cmd_flush)
 
     dead = commands.add_parser("dead-letters", help="list, requeue or drop items the endpoint refused for good")
