@@ -135,7 +135,7 @@ def test_mqtt_flush_floor(benchmark: Any, size: Size, broker: Any, backend: str)
     benchmark.group = f"flush {count:,} to Mosquitto (loopback, QoS 1)"
     now = time.time()
     messages = [
-        (text.encode(), created + ttl - now, item_key("bench", n))
+        (text.encode(), created + ttl - now, item_key("bench", n, text.encode(), created + ttl))
         for n, (text, _, created, ttl) in enumerate(rows(count))
     ]
     packed = [PackedProperties(key, ttl_left) for _, ttl_left, key in messages]
