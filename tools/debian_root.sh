@@ -103,7 +103,7 @@ root_bind() {
 # and the host's name resolution and CA bundle for pip; /proc, /sys and /dev for the suite.
 root_mount() {
     RUN_DIR="$(mktemp -d "${TMPDIR:-/var/tmp}/pyv-root-run.XXXXXX")"
-    mkdir -p "$RUN_DIR/work/src" "$RUN_DIR/tmp" "$ROOTS/pip-cache"
+    mkdir -p "$RUN_DIR/work/src" "$RUN_DIR/work/home" "$RUN_DIR/tmp" "$ROOTS/pip-cache"
     chmod 1777 "$RUN_DIR/tmp"
     # Only what is in the checkout (tracked or new, not ignored): no build/, *.so or venvs.
     (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
@@ -142,8 +142,9 @@ root_run() {
         LANG=C.UTF-8 PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt \
         SSL_CERT_FILE=/etc/ssl/certs/host-ca-bundle.crt PIP_CACHE_DIR=/pip-cache \
         PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 PIP_PROGRESS_BAR=off \
-        ${HTTPS_PROXY:+HTTPS_PROXY="$HTTPS_PROXY"} ${https_proxy:+https_proxy="$https_proxy"} \
-        ${PIP_INDEX_URL:+PIP_INDEX_URL="$PIP_INDEX_URL"} \
+        ${HTTPS_PROXY:+"HTTPS_PROXY=$HTTPS_PROXY"} ${https_proxy:+"https_proxy=$https_proxy"} \
+        ${NO_PROXY:+"NO_PROXY=$NO_PROXY"} ${no_proxy:+"no_proxy=$no_proxy"} \
+        ${PIP_INDEX_URL:+"PIP_INDEX_URL=$PIP_INDEX_URL"} \
         EXPECT_MACHINE="$machine" SUITE="$suite" PYTEST_ARGS="$quoted" \
         /bin/bash /work/src/tools/root_suite.sh
 }
