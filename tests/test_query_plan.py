@@ -12,7 +12,6 @@ import pytest
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, _flush, _queue, _sql
 
-
 # SQLite before 3.36 (Bullseye ships 3.34) words a step "SEARCH TABLE t ..." / "SCAN TABLE t";
 # later releases drop "TABLE". Only that word is normalised: index, columns and ranges must match.
 _OLD_TABLE_WORDING = re.compile(r"^(SEARCH|SCAN) TABLE ")
