@@ -43,9 +43,12 @@ class Doing:
 
 
 def read_doing(path: str) -> str:
-    """The operation a killed worker was in."""
-    with open(path, "rb") as handle:
-        data = handle.read(1)
+    """The operation a killed worker was in ("starting" until it has made its marker)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(1)
+    except FileNotFoundError:
+        return OPERATIONS[0]
     return OPERATIONS[data[0]] if data else OPERATIONS[0]
 
 
