@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import orjson
 import pytest
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, QueueItem, _codec, _flush, _queue, _schema, _sql
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, QueueItem, _codec, _schema, _sql
 
 # The earlier release's pattern lives with the tests, which write legacy databases with it.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
@@ -86,7 +86,7 @@ def floor_connection(path: str, durability: str = "full", *, fresh: bool = True)
 def floor_insert_many(conn: sqlite3.Connection, prepared: Sequence[Row]) -> None:
     """``enqueue_many``'s SQL: one transaction of INSERTs."""
     conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(_queue.INSERT_SQL, prepared)
+    conn.executemany(_sql.INSERT_SQL, prepared)
     conn.execute("COMMIT")
 
 
@@ -127,27 +127,27 @@ def floor_flush(conn: sqlite3.Connection, batch_items: int = 500, lease: float =
     while True:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
-        if not floor_select(conn, _flush.SELECT_CLAIM_SQL, 1, now):
+        if not floor_select(conn, _sql.SELECT_CLAIM_SQL, 1, now):
             conn.execute("COMMIT")
             return sent
-        batch = floor_select(conn, _flush.SELECT_CLAIM_SQL, batch_items, now)
+        batch = floor_select(conn, _sql.SELECT_CLAIM_SQL, batch_items, now)
         chunks = id_chunk_params([row[0] for row in batch])
         token += 1
         for chunk in chunks:
-            conn.execute(_flush.RELEASE_SQL[len(chunk)], (now + lease,) + chunk)
-        conn.execute(_flush.DELETE_EXPIRED_LEASES_SQL, (now,))
-        conn.execute(_flush.INSERT_LEASE_SQL, (str(token), len(batch), now + lease))
+            conn.execute(_sql.RELEASE_SQL[len(chunk)], (now + lease,) + chunk)
+        conn.execute(_sql.DELETE_EXPIRED_LEASES_SQL, (now,))
+        conn.execute(_sql.INSERT_LEASE_SQL, (str(token), len(batch), now + lease))
         conn.execute("COMMIT")
         body = b"[" + b",".join([row[1] for row in batch]) + b"]"
         assert body
         conn.execute("BEGIN IMMEDIATE")
         deleted = sum(conn.execute(_sql.ACK_SQL[len(chunk)], chunk).rowcount for chunk in chunks)
         for chunk in chunks:
-            conn.execute(_flush.FORGET_REJECTIONS_SQL[len(chunk)], chunk)
-        conn.execute(_flush.ADD_META_SQL, ("messages_sent_today", deleted))
-        conn.execute(_flush.ADD_META_SQL, ("messages_sent_total", deleted))
-        conn.execute(_flush.SET_META_SQL, ("last_success_at", now))
-        conn.execute(_flush.DELETE_LEASE_SQL, (str(token),))
+            conn.execute(_sql.FORGET_REJECTIONS_SQL[len(chunk)], chunk)
+        conn.execute(_sql.ADD_COUNTER_SQL, ("messages_sent_today", deleted))
+        conn.execute(_sql.ADD_COUNTER_SQL, ("messages_sent_total", deleted))
+        conn.execute(_sql.SET_COUNTER_SQL, ("last_success_at", now))
+        conn.execute(_sql.DELETE_LEASE_SQL, (str(token),))
         conn.execute("COMMIT")
         sent += deleted
 

@@ -26,7 +26,7 @@ from _support import (
     run,
 )
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, QueueItem, _queue, _sql
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, QueueItem, _sql
 
 PEERS = ["floor", "reference", "persist-queue"]
 
@@ -65,10 +65,10 @@ def test_enqueue_single_peers(benchmark: Any, tmp_path: Any, size: Size, durabil
 
         def work() -> None:
             for row in prepared:
-                conn.execute(_queue.INSERT_SQL, row)
+                conn.execute(_sql.INSERT_SQL, row)
 
         def stored() -> int:
-            return int(conn.execute(_queue.COUNT_SQL).fetchone()[0])
+            return int(conn.execute(_sql.COUNT_SQL).fetchone()[0])
     elif backend == "reference":
         count = size(100, 5)  # about a millisecond each
         reference = ReferenceQueue(_path(tmp_path, "reference.db"))
@@ -131,7 +131,7 @@ def test_enqueue_many_peers(benchmark: Any, tmp_path: Any, size: Size, count: in
             return (), {}
 
         run(benchmark, lambda: floor_insert_many(conns[-1], prepared), items=n, rounds=size(8, 1), setup=setup)
-        assert conns[-1].execute(_queue.COUNT_SQL).fetchone()[0] == n
+        assert conns[-1].execute(_sql.COUNT_SQL).fetchone()[0] == n
         return
     # persist-queue has no batch put (and its ack queue refuses auto_commit=False): 1,000 puts.
     items = payloads(n)
@@ -161,7 +161,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
         queue.enqueue_many(payloads(10_000))
     reference = ReferenceQueue(os.path.join(os.path.dirname(path), "reference.db"))
     conn = __import__("sqlite3").connect(reference.path)
-    conn.executemany(_queue.INSERT_SQL, rows(10_000))
+    conn.executemany(_sql.INSERT_SQL, rows(10_000))
     conn.commit()
     conn.close()
     return {"path": path, "reference": reference}
@@ -188,7 +188,7 @@ def test_read_peers(benchmark: Any, filled: Dict[str, Any], size: Size, count: i
 
         def read() -> List[Any]:
             now = time.time()
-            return floor_select(conn, _queue.SELECT_ELIGIBLE_SQL, count, now)
+            return floor_select(conn, _sql.SELECT_ELIGIBLE_SQL, count, now)
 
     else:
         read = lambda: filled["reference"].dequeue(count)  # noqa: E731
@@ -231,7 +231,7 @@ def test_ack_nack_peers(benchmark: Any, tmp_path: Any, size: Size, operation: st
         def setup_ref() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
             refs.append(ReferenceQueue(_path(tmp_path, "reference.db")))
             conn = __import__("sqlite3").connect(refs[-1].path)
-            conn.executemany(_queue.INSERT_SQL, prepared)
+            conn.executemany(_sql.INSERT_SQL, prepared)
             conn.commit()
             conn.close()
             return (), {}
@@ -295,7 +295,7 @@ def test_consume_peers(benchmark: Any, tmp_path: Any, size: Size, backend: str) 
 
         def consume() -> int:
             conn = state[-1]
-            found = floor_select(conn, _queue.SELECT_ELIGIBLE_SQL, count, time.time())
+            found = floor_select(conn, _sql.SELECT_ELIGIBLE_SQL, count, time.time())
             return floor_chunks(conn, _sql.ACK_SQL, (), id_chunk_params([row[0] for row in found]))
 
     elif backend == "reference":
@@ -303,7 +303,7 @@ def test_consume_peers(benchmark: Any, tmp_path: Any, size: Size, backend: str) 
         def setup() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
             state.append(ReferenceQueue(_path(tmp_path, f"reference{len(state)}.db")))
             conn = __import__("sqlite3").connect(state[-1].path)
-            conn.executemany(_queue.INSERT_SQL, prepared)
+            conn.executemany(_sql.INSERT_SQL, prepared)
             conn.commit()
             conn.close()
             return (), {}

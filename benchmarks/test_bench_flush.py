@@ -20,7 +20,7 @@ from _support import (
     run,
 )
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, _codec, _queue
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, _codec, _sql
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 
 
@@ -170,10 +170,10 @@ def test_threads_peers(benchmark: Any, tmp_path: Any, size: Size, durability: st
         def work(worker: int) -> None:
             conn = conns[worker]
             for row in prepared:
-                conn.execute(_queue.INSERT_SQL, row)
+                conn.execute(_sql.INSERT_SQL, row)
 
         def stored() -> int:
-            return int(conns[0].execute(_queue.COUNT_SQL).fetchone()[0])
+            return int(conns[0].execute(_sql.COUNT_SQL).fetchone()[0])
 
     elif backend == "reference":
         reference = ReferenceQueue(path)

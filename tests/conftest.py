@@ -40,9 +40,14 @@ def small_fs(tmp_path: "os.PathLike[str]") -> Iterator[str]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Write the reliability figures (kills, items checked, lost, ...) at the end of the run."""
-    lines = reliability.summary_lines()
-    if lines:
-        terminalreporter.write_sep("=", "reliability figures")
-        for line in lines:
-            terminalreporter.write_line(line)
+    """Write the reliability figures (kills, items checked, lost, ...) and the power-cut
+    figures at the end of the run."""
+    sections = (
+        ("reliability figures", reliability.summary_lines()),
+        ("power-cut figures", reliability.power_cut_lines()),
+    )
+    for title, lines in sections:
+        if lines:
+            terminalreporter.write_sep("=", title)
+            for line in lines:
+                terminalreporter.write_line(line)

@@ -47,3 +47,32 @@ def summary_lines() -> List[str]:
         rates = ", ".join(f"{rate:.0f}" for rate in LOAD_OPS_PER_SECOND)
         lines.append(f"load held under contention (ops/s, per run): {rates}")
     return lines
+
+
+# Power cuts on the crash file system (tests/crashfs.py, tests/test_power_cuts.py).
+POWER_CUTS: Dict[str, int] = {
+    "cuts": 0,
+    "items checked": 0,
+    "lost in full mode (must be 0)": 0,
+    "acked items back in full mode (must be 0)": 0,
+    "integrity failures (must be 0)": 0,
+    "lost in fast mode (last transactions)": 0,
+    "unsynced 4 KiB pieces at the cuts": 0,
+    "  of them written anyway (torn, reordered)": 0,
+    "full-mode cuts amid a commit (unsynced WAL or database writes)": 0,
+    "self-test, fsync ignored: cuts": 0,
+    "self-test, fsync ignored: lost (must be > 0)": 0,
+}
+# Bytes synced per item, "pattern, durability" -> bytes (whole 4 KiB pages at each fsync).
+SYNCED_PER_ITEM: Dict[str, float] = {}
+# Cuts per backend: full mode, and half as many in fast mode. A longer run:
+# ``PYV_POWERCUT_CUTS=1000 bash tools/test.sh -k power_cut``.
+POWER_CUTS_FULL = int(os.environ.get("PYV_POWERCUT_CUTS", "150"))
+
+
+def power_cut_lines() -> List[str]:
+    """The power-cut figures as lines of text; empty when no power-cut test ran."""
+    lines = [f"{name}: {value}" for name, value in POWER_CUTS.items()] if POWER_CUTS["cuts"] else []
+    if SYNCED_PER_ITEM:
+        lines.append("bytes synced per item: " + ", ".join(f"{k} {v:,.0f}" for k, v in SYNCED_PER_ITEM.items()))
+    return lines

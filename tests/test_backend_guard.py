@@ -7,7 +7,11 @@ import sys
 
 import pytest
 
+from pyv_edge_agent.cloud_sync import BACKEND
 from pyv_edge_agent.cloud_sync._env import REQUIRE_EXTENSIONS_VAR, no_extensions, require_extensions
+
+# The backend does not matter here: one run, on the backend in use (see ../conftest.py).
+pytestmark = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
 
 PROBE = "import pyv_edge_agent.cloud_sync as c; print(c.BACKEND)"
 

@@ -6,12 +6,13 @@ import os
 from typing import Any, Callable, Dict
 
 import pytest
+import rawsql
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, DatabaseError, HTTPCloudUploader, Priority
 
 
 def _snapshot(queue: CloudSyncQueue) -> Any:
-    rows = queue._conn().execute("SELECT * FROM sync_queue ORDER BY id").fetchall()
+    rows = rawsql.execute(queue, "SELECT * FROM sync_queue ORDER BY id").fetchall()
     return rows, queue.messages_sent_today
 
 

@@ -10,6 +10,7 @@ import time
 from typing import List
 
 import pytest
+import rawsql
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, QueueItem
 from pyv_edge_agent.cloud_sync._clock import QueueClock
@@ -47,7 +48,7 @@ def test_clock_set_back_while_running(db_path: str) -> None:
         later = queue.enqueue({"n": 3})
         items = {item.id: item for item in queue.peek(n=10)}
         assert items[later].created_at >= stamp  # not stamped in the past
-        (row,) = queue._conn().execute("SELECT next_retry_at FROM sync_queue WHERE id = ?", (parked,))
+        (row,) = rawsql.execute(queue, "SELECT next_retry_at FROM sync_queue WHERE id = ?", (parked,))
         assert row[0] - queue._clock() <= 0.3  # parked for its delay, not for five years
         time.sleep(0.4)
         # Due after its 0.3 s of real time.

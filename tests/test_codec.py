@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyv_edge_agent.cloud_sync import Priority, QueueItem
+from pyv_edge_agent.cloud_sync import BACKEND, Priority, QueueItem
 from pyv_edge_agent.cloud_sync._env import no_extensions
 
 PURE = importlib.import_module("pyv_edge_agent.cloud_sync._codec_py")
@@ -145,3 +145,113 @@ def test_id_chunks_accept_index_types(codec: ModuleType) -> None:
             return 9
 
     assert codec.id_chunks((x for x in [Id(), 3])) == [(9, 3)]
+
+
+# The tests below call both twins themselves: one run is enough (see ../conftest.py).
+BOTH_TWINS_AT_ONCE = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
+
+
+def _outcome(function: Any, *args: Any) -> Any:
+    """What a call gives: its result, or the type and message of what it raised."""
+    try:
+        return ("returned", function(*args))
+    except Exception as exc:  # the point is to compare whatever is raised
+        return ("raised", type(exc), str(exc))
+
+
+def _same_in_both_twins(name: str, *args: Any) -> Any:
+    outcomes = [_outcome(getattr(twin, name), *args) for twin in _twins()]
+    assert all(outcome == outcomes[0] for outcome in outcomes), outcomes
+    return outcomes[0]
+
+
+GOOD_ROW = (1, '{"a":1}', 3, 1.5, 60, 0, 0.0)
+BAD_ROWS = {
+    "a list, not a tuple": ([1, '{"a":1}', 3, 1.5, 60, 0, 0.0], TypeError),
+    "priority 2**64": ((1, "{}", 2**64, 1.5, 60, 0, 0.0), ValueError),
+    "six columns": (GOOD_ROW[:6], ValueError),
+    "eight columns": (GOOD_ROW + (0,), ValueError),
+    "no row at all": (None, TypeError),
+    "priority as text": ((1, "{}", "3", 1.5, 60, 0, 0.0), ValueError),
+    "priority -2**63": ((1, "{}", -(2**63), 1.5, 60, 0, 0.0), ValueError),
+    "payload not JSON": ((1, "{nope", 3, 1.5, 60, 0, 0.0), ValueError),
+}
+
+
+@BOTH_TWINS_AT_ONCE
+@pytest.mark.parametrize("case", sorted(BAD_ROWS))
+def test_bad_rows_raise_the_same_error_in_both_twins(case: str) -> None:
+    row, error = BAD_ROWS[case]
+    outcome = _same_in_both_twins("decode_rows", [GOOD_ROW, row])
+    assert outcome[0] == "raised" and issubclass(outcome[1], error), outcome
+    if case != "payload not JSON" and "priority" not in case:
+        assert "rows[1]" in outcome[2]  # names the row
+
+
+EDGE_ROWS = [
+    [],
+    [GOOD_ROW],
+    [(2**63 - 1, "[]", 1, -0.0, 0, 2**62, math.inf)],
+    [(-1, '"text"', 4, 1e300, 2**63 - 1, 0, -1.0)],
+    [(1, b'{"bytes":true}', 2, 0, 0, 0, 0)],
+    [(1, "NaN", True, 0.0, 0, 0, 0.0)],  # True == 1: the CRITICAL member, as Priority(True) gives
+    [(1, "{}", 3.0, 0.0, 0, 0, 0.0)],
+]
+
+
+@BOTH_TWINS_AT_ONCE
+@pytest.mark.parametrize("index", range(len(EDGE_ROWS)))
+def test_edge_rows_decode_alike(index: int) -> None:
+    assert _same_in_both_twins("decode_rows", EDGE_ROWS[index])[0] == "returned"
+
+
+EDGE_IDS: List[Any] = [
+    [],
+    [0],
+    [2**63 - 1, -(2**63)],
+    [2**63],
+    [-(2**63) - 1],
+    [True],
+    [1.0],
+    ["1"],
+    [None],
+    "123",
+    b"12",
+    {1: 2},
+    None,
+    7,
+    list(range(513)),
+    [5] * 1000,
+    (i for i in (3, 1, 3)),
+]
+
+
+@BOTH_TWINS_AT_ONCE
+@pytest.mark.parametrize("index", range(len(EDGE_IDS)))
+def test_edge_id_lists_chunk_or_fail_alike(index: int) -> None:
+    ids = EDGE_IDS[index]
+    if not isinstance(ids, (list, str, bytes, dict, type(None), int)):
+        ids = list(ids)  # a generator is used up by the first twin: give each the same items
+    _same_in_both_twins("id_chunks", ids)
+
+
+EDGE_PAYLOADS: List[Any] = [
+    [],
+    [{}],
+    [{"a": 1}, {"b": [1, 2]}],
+    [{"a": 1}, ["not", "a", "dict"]],
+    [{"bad": "\ud800"}],
+    {"a": 1},
+    "text",
+    b"bytes",
+    [None],
+]
+
+
+@BOTH_TWINS_AT_ONCE
+@pytest.mark.parametrize("index", range(len(EDGE_PAYLOADS)))
+def test_edge_payloads_encode_or_fail_alike(index: int) -> None:
+    payloads = EDGE_PAYLOADS[index]
+    _same_in_both_twins("encode_rows", payloads, 2, 1.5, 60)
+    for payload in payloads if isinstance(payloads, list) else [payloads]:
+        _same_in_both_twins("encode_payload", payload)

@@ -12,6 +12,7 @@ import tempfile
 from typing import Any, Dict, Iterator
 
 import pytest
+import rawsql
 from mounts import remount_read_only, tmpfs_dir
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, CorruptDatabaseError, DatabaseError
@@ -117,7 +118,7 @@ def test_damage_found_while_running_is_quarantined_on_the_next_call(directory: s
     _make_queue_file(path)
     with CloudSyncQueue(path, on_corrupt="quarantine") as queue:
         _damage_a_page(path)
-        queue._conn().execute("PRAGMA cache_size = 0")  # read the damaged page from disk
+        rawsql.execute(queue, "PRAGMA cache_size = 0")  # read the damaged page from disk
         with pytest.raises(CorruptDatabaseError):
             queue.dequeue(batch_size=3000)
         assert queue.enqueue({"after": "quarantine"}) == 1

@@ -7,6 +7,7 @@ from typing import Any, List
 
 import legacy
 import pytest
+import rawsql
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, DeadLetter, HTTPCloudUploader, Priority, UploadError
 from pyv_edge_agent.cloud_sync._schema import SCHEMA_VERSION
@@ -76,11 +77,11 @@ def test_requeued_item_gets_a_fresh_ttl(db_path: str) -> None:
 
 def _requeued_item_gets_a_fresh_ttl(queue: CloudSyncQueue) -> None:
     (item_id,) = queue.enqueue_many([{"n": 0}], ttl_seconds=3600)
-    queue._conn().execute("UPDATE sync_queue SET created_at = created_at - 7200")  # long expired
+    rawsql.execute(queue, "UPDATE sync_queue SET created_at = created_at - 7200")  # long expired
     queue.maybe_flush(TooLarge())  # nothing eligible: an expired item is not sent
-    queue._conn().execute("UPDATE sync_queue SET created_at = created_at + 7200")
+    rawsql.execute(queue, "UPDATE sync_queue SET created_at = created_at + 7200")
     queue.maybe_flush(TooLarge())
-    queue._conn().execute("UPDATE sync_dead_letters SET created_at = created_at - 7200")
+    rawsql.execute(queue, "UPDATE sync_dead_letters SET created_at = created_at - 7200")
     assert queue.requeue_dead_letters() == 1
     assert [item.id for item in queue.peek()] == [item_id]
 
@@ -141,10 +142,10 @@ def test_migration_from_version_1_keeps_items_and_counters(tmp_path: Any) -> Non
         assert [item.id for item in queue.peek()] == old
         stats = queue.get_stats()
         assert stats["messages_sent_today"] == 3 and stats["messages_sent_total"] == 40 and stats["dead_lettered"] == 0
-        queue_id = queue._conn().execute("SELECT value FROM sync_meta WHERE key = 'queue_id'").fetchone()[0]
+        queue_id = rawsql.execute(queue, "SELECT value FROM sync_meta WHERE key = 'queue_id'").fetchone()[0]
     assert len(queue_id) == 32
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     conn.close()
     with CloudSyncQueue(path) as queue:  # the identity is made once
-        assert queue._conn().execute("SELECT value FROM sync_meta WHERE key = 'queue_id'").fetchone()[0] == queue_id
+        assert rawsql.execute(queue, "SELECT value FROM sync_meta WHERE key = 'queue_id'").fetchone()[0] == queue_id

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import faultload
 import pytest
+import rawsql
 import reliability
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority
@@ -105,7 +106,7 @@ def test_sigkill_while_evicting_keeps_the_file_and_the_counts_consistent(
     handed_out = _kill_rounds(db_path, fault_server.url, tmp_path, 8, {"max_queue_items": limit})
     received = {item["key"] for item in fault_server.items}
     with CloudSyncQueue(db_path) as queue:
-        stored = faultload.stored_keys(queue._conn())
+        stored = faultload.stored_keys(rawsql.connection(queue))
         evicted = queue.get_stats()["evicted_total"]
     assert len(stored) <= limit and evicted > 0
     missing = 0
@@ -187,7 +188,7 @@ def test_power_loss_settings_and_directory_fsync(tmp_path: Any, monkeypatch: pyt
     top = os.path.realpath(tempfile.mkdtemp(dir=tmp_path))
     path = os.path.join(top, "new", "sync.db")
     with CloudSyncQueue(path) as queue:
-        conn = queue._conn()
+        conn = rawsql.connection(queue)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: the WAL is synced per commit
     # The new file's entry in its directory and the new directory's entry in its parent.

@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 
 import orjson
 import pytest
+import rawsql
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, UploadError
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
@@ -53,7 +54,7 @@ def test_flush_sends_in_priority_order_and_acks(queue: CloudSyncQueue, server: I
 
 def test_body_is_the_stored_text_spliced(queue: CloudSyncQueue, server: IngestServer) -> None:
     queue.enqueue({"b": 2, "a": [1.5, "x"]})
-    stored = queue._conn().execute("SELECT payload FROM sync_queue").fetchone()[0]
+    stored = rawsql.execute(queue, "SELECT payload FROM sync_queue").fetchone()[0]
     queue.maybe_flush(HTTPCloudUploader(server.url, KEY, timeout=5))
     assert server.requests[0].body == b"[" + stored.encode() + b"]"
 
@@ -215,3 +216,14 @@ def test_ingest_server_accepts_gzip_bodies(server: IngestServer) -> None:
         "POST", server.url, body=body, headers={"Authorization": f"Bearer {KEY}", "Content-Encoding": "gzip"}
     )
     assert response.status == 200 and server.items == [{"z": 1}]
+
+
+def test_a_set_stop_event_sends_nothing_and_a_bad_one_is_refused(queue: CloudSyncQueue, server: IngestServer) -> None:
+    queue.enqueue_many([{"i": i} for i in range(3)])
+    uploader = HTTPCloudUploader(server.url, "test-key", timeout=5)
+    stop = threading.Event()
+    stop.set()
+    assert queue.maybe_flush(uploader, stop=stop) == 0 and server.items == []
+    with pytest.raises(TypeError, match="stop must be a threading.Event"):
+        queue.maybe_flush(uploader, stop=True)  # type: ignore[arg-type]
+    assert queue.maybe_flush(uploader, stop=threading.Event()) == 3

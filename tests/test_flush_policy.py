@@ -1,6 +1,7 @@
 """The classified flush policy against a real ingest server on 127.0.0.1: batching on the
 wire, idempotency keys, every failure class, the daily budget, counters and statistics."""
 
+import dataclasses
 import email.utils
 import logging
 import os
@@ -11,6 +12,7 @@ import time
 from typing import Any, Dict, List
 
 import pytest
+import rawsql
 
 from pyv_edge_agent.cloud_sync import (
     CloudSyncQueue,
@@ -18,7 +20,6 @@ from pyv_edge_agent.cloud_sync import (
     Priority,
     UploadError,
     UploadResult,
-    _flush,
 )
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 
@@ -36,14 +37,14 @@ def _uploader(server: IngestServer, **kwargs: Any) -> HTTPCloudUploader:
 
 
 def _retry_counts(queue: CloudSyncQueue) -> Dict[int, int]:
-    return dict(queue._conn().execute("SELECT id, retry_count FROM sync_queue").fetchall())
+    return dict(rawsql.execute(queue, "SELECT id, retry_count FROM sync_queue").fetchall())
 
 
 def _make_due(queue: CloudSyncQueue) -> None:
     """Move every retry time into the past, as if the backoff had passed (keeping the
     retried batches' shared times distinct, as they identify those batches)."""
-    queue._conn().execute("UPDATE sync_queue SET next_retry_at = next_retry_at - 1e8 WHERE next_retry_at > 0")
-    queue._backoff_until = 0.0
+    rawsql.execute(queue, "UPDATE sync_queue SET next_retry_at = next_retry_at - 1e8 WHERE next_retry_at > 0")
+    queue._link.backoff_until = 0.0
 
 
 # -- the wire -------------------------------------------------------------------------
@@ -135,9 +136,9 @@ def test_unreachable_endpoint_is_transient(db_path: str, where: str) -> None:
 
 
 def test_backoff_is_exponential_with_full_jitter_and_a_cap(queue: CloudSyncQueue) -> None:
-    queue._retry_base, queue._retry_max = 1.0, 20.0
+    policy = dataclasses.replace(queue._policy, retry_base_seconds=1.0, retry_max_seconds=20.0)
     for attempts, ceiling in [(0, 1.0), (1, 2.0), (3, 8.0), (5, 20.0), (60, 20.0)]:
-        delays = [_flush.backoff_delay(queue, attempts) for _ in range(300)]
+        delays = [policy.backoff_delay(attempts) for _ in range(300)]
         assert all(0.0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8 and min(delays) < ceiling * 0.2  # spread over the whole range
 
@@ -150,7 +151,7 @@ def test_retry_after_is_honoured(db_path: str, server: IngestServer, header: str
         server.fail_next(429, retry_after=value)
         before = time.time()
         assert queue.maybe_flush(_uploader(server)) == 0
-        (next_retry_at,) = queue._conn().execute("SELECT next_retry_at FROM sync_queue").fetchone()
+        (next_retry_at,) = rawsql.execute(queue, "SELECT next_retry_at FROM sync_queue").fetchone()
         assert next_retry_at >= before + 28
         assert queue.peek() == [] and queue.next_due_in() > 25
 
@@ -248,7 +249,7 @@ def test_bad_credentials_keep_everything_and_log_once(
             before = time.time()
             assert queue.maybe_flush(uploader) == 0
             assert queue.peek() == [] and queue.next_due_in() >= 49  # backs off long
-            assert min(r for (r,) in queue._conn().execute("SELECT next_retry_at FROM sync_queue")) >= before + 49
+            assert min(r for (r,) in rawsql.execute(queue, "SELECT next_retry_at FROM sync_queue")) >= before + 49
             _make_due(queue)
         assert queue.pending_count() == 5 and queue.dead_letters() == []
         server.set_outage(None)
@@ -395,7 +396,7 @@ def test_new_options_are_configuration_keys(db_path: str, server: IngestServer) 
     with CloudSyncQueue.from_dict(config) as queue:
         queue.enqueue_many([{"i": i} for i in range(4)])
         assert queue.maybe_flush(_uploader(server)) == 2 and len(server.requests) == 2
-        assert queue._max_attempts == 1
+        assert queue._policy.max_attempts == 1
 
 
 def test_wrapper_with_the_older_encoded_signature_still_works(queue: CloudSyncQueue, server: IngestServer) -> None:

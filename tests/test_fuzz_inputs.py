@@ -8,6 +8,7 @@ import os
 from typing import Any, Callable, Dict, Iterator, Tuple
 
 import pytest
+import rawsql
 import reliability
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -44,7 +45,7 @@ def fuzz_queue(tmp_path: Any) -> Iterator[CloudSyncQueue]:
 
 
 def _snapshot(queue: CloudSyncQueue) -> Tuple[Any, ...]:
-    conn = queue._conn()
+    conn = rawsql.connection(queue)
     return (
         conn.execute("SELECT * FROM sync_queue ORDER BY id").fetchall(),
         conn.execute("SELECT key, value FROM sync_meta WHERE key != 'clock_high_water' ORDER BY key").fetchall(),

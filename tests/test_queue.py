@@ -11,6 +11,7 @@ from typing import Any, List
 
 import legacy
 import pytest
+import rawsql
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, DatabaseError, Priority, QueueItem
 from pyv_edge_agent.cloud_sync._schema import QUEUE_DDL, SCHEMA_VERSION
@@ -112,11 +113,11 @@ def test_ack_and_nack_many_ids_and_duplicates(queue: CloudSyncQueue) -> None:
 def test_ack_uses_one_statement_per_chunk(queue: CloudSyncQueue) -> None:
     ids = queue.enqueue_many([{"i": i} for i in range(1100)])
     statements: List[str] = []
-    queue._conn().set_trace_callback(statements.append)
+    rawsql.connection(queue).set_trace_callback(statements.append)
     try:
         assert queue.ack(ids) == 1100
     finally:
-        queue._conn().set_trace_callback(None)
+        rawsql.connection(queue).set_trace_callback(None)
     deletes = [s for s in statements if s.startswith("DELETE")]
     assert len(deletes) == 3  # 512 + 512 + 76 (padded to 128)
 
@@ -187,7 +188,7 @@ def test_earlier_release_database_opens_and_keeps_items(tmp_path: Any) -> None:
 @pytest.mark.parametrize("durability, level", [("full", 2), ("fast", 1)])
 def test_durability_modes_set_wal_and_synchronous(db_path: str, durability: str, level: int) -> None:
     with CloudSyncQueue(db_path, durability=durability) as queue:
-        conn = queue._conn()
+        conn = rawsql.connection(queue)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
@@ -211,11 +212,11 @@ def test_counters_persist_across_instances(db_path: str, server: Any) -> None:
 
 
 def test_one_long_lived_connection(queue: CloudSyncQueue) -> None:
-    conn = queue._conn()
+    conn = rawsql.connection(queue)
     queue.enqueue({"a": 1})
     queue.dequeue()
     queue.ack([1])
-    assert queue._conn() is conn
+    assert rawsql.connection(queue) is conn
 
 
 def test_closed_queue_refuses_work(db_path: str) -> None:
@@ -262,13 +263,14 @@ def test_processes_share_one_file(db_path: str) -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_forked_child_reopens_its_own_connection(queue: CloudSyncQueue) -> None:
     queue.enqueue({"parent": "before"})
+    parent_conn = rawsql.connection(queue)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
-            child_conn = queue._db
             queue.enqueue({"child": True})
-            code = 0 if child_conn is None and queue.pending_count() == 2 else 2
+            child_conn = rawsql.connection(queue)
+            code = 0 if child_conn is not parent_conn and queue.pending_count() == 2 else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)

@@ -11,6 +11,9 @@ import pytest
 import pyv_edge_agent.cloud_sync as cloud_sync
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
 
+# The backend does not matter here: one run, on the backend in use (see ../conftest.py).
+pytestmark = pytest.mark.parametrize("backend", [cloud_sync.BACKEND], indirect=True)
+
 # Modules an enqueue-only process never needs (see __getattr__ in the package).
 DEFERRED = tuple(f"pyv_edge_agent.cloud_sync.{name}" for name in ("_flush", "uploader", "worker"))
 

@@ -11,6 +11,7 @@ from typing import Any, List
 
 import legacy
 import pytest
+import rawsql
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, DiskFullError, Priority, QueueFullError, _storage
 
@@ -18,7 +19,7 @@ LOGS, TELEMETRY, ANOMALY, CRITICAL = Priority.LOGS, Priority.TELEMETRY, Priority
 
 
 def _stored_ids(queue: CloudSyncQueue) -> List[int]:
-    return [row[0] for row in queue._conn().execute("SELECT id FROM sync_queue ORDER BY id")]
+    return [row[0] for row in rawsql.execute(queue, "SELECT id FROM sync_queue ORDER BY id")]
 
 
 def _integrity(path: str) -> str:
@@ -86,7 +87,7 @@ def test_byte_limit_counts_stored_payload_bytes(db_path: str) -> None:
         newest = queue.enqueue(item, priority=ANOMALY)
         stored = _stored_ids(queue)
         assert first[0] not in stored and first[1:] + [newest] == stored
-        (total,) = queue._conn().execute("SELECT SUM(LENGTH(CAST(payload AS BLOB))) FROM sync_queue").fetchone()
+        (total,) = rawsql.execute(queue, "SELECT SUM(LENGTH(CAST(payload AS BLOB))) FROM sync_queue").fetchone()
         assert total == 10 * size
         with pytest.raises(QueueFullError, match="max_queue_bytes"):
             queue.enqueue({"v": "x" * 11 * size})
@@ -158,7 +159,7 @@ def test_maybe_flush_purges_on_its_way(db_path: str, interval: Any, purged: int)
 def test_new_database_gives_space_back(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_storage, "MAINTENANCE_INTERVAL", 0.0)
     with CloudSyncQueue(db_path, durability="fast") as queue:
-        conn = queue._conn()
+        conn = rawsql.connection(queue)
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
         ids = queue.enqueue_many([{"i": i, "pad": "x" * 300} for i in range(5000)])
         full_pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -188,10 +189,10 @@ def test_earlier_release_database_is_converted_only_when_nearly_empty(
     with CloudSyncQueue(path) as queue:
         ids = _stored_ids(queue)
         queue.ack(ids[:10])  # maintenance runs, but 1.5 MiB of items is not rewritten unasked
-        assert queue._conn().execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+        assert rawsql.execute(queue, "PRAGMA auto_vacuum").fetchone()[0] == 0
         queue.ack(ids[10:])
-        assert queue._conn().execute("PRAGMA auto_vacuum").fetchone()[0] == 2
-        assert queue._conn().execute("PRAGMA page_count").fetchone()[0] < 20
+        assert rawsql.execute(queue, "PRAGMA auto_vacuum").fetchone()[0] == 2
+        assert rawsql.execute(queue, "PRAGMA page_count").fetchone()[0] < 20
     assert legacy.enqueue(path, {"old": "still works"}) == ids[-1] + 1
     assert _integrity(path) == "ok"
 
@@ -203,7 +204,7 @@ def test_compact_converts_an_earlier_release_file_on_request(tmp_path: Any) -> N
         legacy.enqueue(path, {"i": i})
     with CloudSyncQueue(path) as queue:
         queue.compact()
-        assert queue._conn().execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+        assert rawsql.execute(queue, "PRAGMA auto_vacuum").fetchone()[0] == 2
         assert [item.payload for item in queue.dequeue()] == [{"i": i} for i in range(5)]
 
 
@@ -214,7 +215,7 @@ def test_wal_stays_bounded_under_a_constant_writer(db_path: str, monkeypatch: py
     with CloudSyncQueue(db_path, durability="fast") as queue, CloudSyncQueue(db_path) as reader:
         # No automatic checkpoints, and a reader that keeps starting read transactions: the
         # WAL only stays bounded through the queue's own maintenance.
-        queue._conn().execute("PRAGMA wal_autocheckpoint = 0")
+        rawsql.execute(queue, "PRAGMA wal_autocheckpoint = 0")
         stop = threading.Event()
 
         def read() -> None:
@@ -267,7 +268,7 @@ def _fill_until_full(queue: CloudSyncQueue, returned: dict) -> Exception:
 
 
 def _check_returned(queue: CloudSyncQueue, returned: dict) -> None:
-    rows = dict(queue._conn().execute("SELECT id, payload FROM sync_queue"))
+    rows = dict(rawsql.execute(queue, "SELECT id, payload FROM sync_queue"))
     assert set(rows) == set(returned)
     items = {item.id: item.payload for item in queue.dequeue(batch_size=len(returned) + 1)}
     assert items == returned
@@ -296,11 +297,11 @@ def test_page_limit_full_is_a_clear_error_and_recovers(db_path: str) -> None:
     # The same path without a small file system: SQLite's page limit also gives SQLITE_FULL.
     returned: dict = {}
     with CloudSyncQueue(db_path) as queue:
-        queue._conn().execute("PRAGMA max_page_count = 300")
+        rawsql.execute(queue, "PRAGMA max_page_count = 300")
         error = _fill_until_full(queue, returned)
         assert isinstance(error, DiskFullError) and error.filename == db_path
         _check_returned(queue, returned)
-        queue._conn().execute("PRAGMA max_page_count = 100000")
+        rawsql.execute(queue, "PRAGMA max_page_count = 100000")
         payload = {"after": "limit raised"}
         returned[queue.enqueue(payload)] = payload
         _check_returned(queue, returned)
@@ -330,7 +331,7 @@ def test_min_free_disk_margin_keeps_a_small_disk_from_filling(small_fs: str) -> 
                 queue.enqueue({"crit": i, "pad": "c" * 400}, priority=CRITICAL)
             except QueueFullError:
                 break
-        levels = {row[0] for row in queue._conn().execute("SELECT DISTINCT priority FROM sync_queue")}
+        levels = {row[0] for row in rawsql.execute(queue, "SELECT DISTINCT priority FROM sync_queue")}
         assert levels == {CRITICAL.value}
     assert _integrity(path) == "ok"
 

@@ -34,7 +34,7 @@ def test_worker_drains_the_queue_and_stops(db_path: str, server: IngestServer) -
         queue.enqueue({"i": 100})
         assert _wait_for(lambda: len(server.items) == 101)
         assert worker.stop(timeout=PATIENCE) and not worker.is_alive()
-        assert worker.flushed == 101 and queue._wakers == []
+        assert worker.flushed == 101 and queue._link.wakers == []
     assert sorted(item["i"] for item in server.items) == list(range(101))
 
 
@@ -159,3 +159,17 @@ def test_sigterm_handler_only_from_the_main_thread(queue: CloudSyncQueue) -> Non
     worker = SyncWorker(queue, uploader, interval=60, handle_sigterm=False).start()
     assert signal.getsignal(signal.SIGTERM) is before
     assert worker.stop(timeout=PATIENCE)
+
+
+@pytest.mark.parametrize("live", [0, 1])
+def test_worker_purges_expired_items_like_maybe_flush(db_path: str, server: IngestServer, live: int) -> None:
+    # The worker flushes through maybe_flush, so its housekeeping runs too: with
+    # purge_interval=0 every expired item goes, whether or not something is due as well.
+    with CloudSyncQueue(db_path, purge_interval=0) as queue:
+        queue.enqueue_many([{"stale": i} for i in range(5)], ttl_seconds=0)
+        queue.enqueue_many([{"live": i} for i in range(live)])
+        with SyncWorker(queue, HTTPCloudUploader(server.url, KEY, timeout=5), interval=0.05):
+            assert _wait_for(lambda: queue.get_stats()["expired_purged_total"] == 5)
+            assert _wait_for(lambda: queue.pending_count() == 0)
+    assert [item for item in server.items if "stale" in item] == []
+    assert len(server.items) == live

@@ -25,12 +25,13 @@ from ._queue import CloudSyncQueue  # noqa: E402
 from ._types import DeadLetter, Priority, QueueItem  # noqa: E402
 
 if TYPE_CHECKING:
-    from .uploader import HTTPCloudUploader, UploadResult
+    from ._upload_types import UploadResult
+    from .uploader import HTTPCloudUploader
     from .worker import SyncWorker
 
 # Imported on first use (PEP 562): a process that only enqueues never needs the uploader,
 # the sync worker or the flush machinery behind them, a tenth of the package's import time.
-_LAZY = {"HTTPCloudUploader": "uploader", "UploadResult": "uploader", "SyncWorker": "worker"}
+_LAZY = {"HTTPCloudUploader": "uploader", "UploadResult": "_upload_types", "SyncWorker": "worker"}
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ._env import no_extensions, require_extensions
+from ._types import ID_CHUNK_SHAPES as ID_CHUNK_SHAPES  # one definition, shared by both twins
 
 NO_EXTENSIONS = no_extensions() or sys.implementation.name != "cpython"
 
@@ -24,7 +25,6 @@ else:
         from . import _codec_py as _impl  # type: ignore[no-redef]
 
 BACKEND = "cython" if _impl.__name__.endswith("_codec_c") else "python"
-ID_CHUNK_SHAPES = _impl.ID_CHUNK_SHAPES
 decode_payload = _impl.decode_payload
 decode_rows = _impl.decode_rows
 encode_payload = _impl.encode_payload

@@ -1,5 +1,7 @@
 # cython: language_level=3, embedsignature=True
-"""Compiled hot paths. ``_codec_py.py`` is the pure twin: same names, same results.
+"""Compiled hot paths. ``_codec_py.py`` is the pure twin: the same statements in the same
+order, with C types added here; keep them so (tests/test_codec.py compares their results,
+errors included).
 
 The functions take and return plain Python objects so that the queue never knows which
 twin it is calling. Stored payload text is compact JSON from orjson, whichever twin wrote
@@ -14,21 +16,21 @@ import operator
 
 import orjson
 
-from ._types import PRIORITY_BY_VALUE, Priority, QueueItem
+from ._types import ID_CHUNK_SHAPES, PRIORITY_BY_VALUE, ROW_COLUMNS, Priority, QueueItem
 
 cdef object _orjson_dumps = orjson.dumps
 cdef object _orjson_loads = orjson.loads
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _JSONEncodeError = orjson.JSONEncodeError
 cdef object _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS
-cdef tuple _PRIORITY_BY_VALUE = PRIORITY_BY_VALUE
+cdef dict _PRIORITY_BY_VALUE = PRIORITY_BY_VALUE
 cdef object _object_new = object.__new__
 cdef object _INT64_MIN = -(2**63)
 cdef object _INT64_MAX = 2**63 - 1
+cdef Py_ssize_t _COLUMNS = len(ROW_COLUMNS)
 
-ID_CHUNK_SHAPES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-MAX_ID_CHUNK = 512
-cdef Py_ssize_t _MAX_ID_CHUNK = 512
+MAX_ID_CHUNK = ID_CHUNK_SHAPES[-1]
+cdef Py_ssize_t _MAX_ID_CHUNK = MAX_ID_CHUNK
 
 
 cdef str _dumps(object payload, str argument):
@@ -48,16 +50,13 @@ def encode_payload(payload):
 def encode_rows(payloads, priority, created_at, ttl_seconds):
     """Return insert parameters for many payloads, validating every one before any is stored."""
     cdef list rows = []
-    cdef Py_ssize_t index = 0
+    cdef Py_ssize_t index
     if isinstance(payloads, (dict, str, bytes)):
         raise TypeError(f"payloads must be a sequence of dicts, got {type(payloads).__name__}")
-    for payload in payloads:
+    for index, payload in enumerate(payloads):
         if not isinstance(payload, dict):
-            raise TypeError(
-                f"payloads[{index}] must be a dict, got {type(payload).__name__}: {payload!r:.200}"
-            )
+            raise TypeError(f"payloads[{index}] must be a dict, got {type(payload).__name__}: {payload!r:.200}")
         rows.append((_dumps(payload, f"payloads[{index}]"), priority, created_at, ttl_seconds))
-        index += 1
     return rows
 
 
@@ -69,39 +68,41 @@ def decode_payload(text):
         return json.loads(text)
 
 
-@cython.wraparound(False)  # every index below is a non-negative constant
+cdef object _bad_row(Py_ssize_t index, object row):
+    if type(row) is not tuple:
+        return TypeError(f"rows[{index}] must be a tuple, got {type(row).__name__}: {row!r:.200}")
+    return ValueError(f"rows[{index}] must have the {_COLUMNS} columns {ROW_COLUMNS}, got {len(row)}: {row!r:.200}")
+
+
 def decode_rows(rows):
     """Turn ``(id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at)``
-    rows into ``QueueItem`` objects."""
+    tuples into ``QueueItem`` objects; a row of another shape is a ``TypeError`` or
+    ``ValueError``, an unknown priority a ``ValueError``."""
     cdef list items = []
-    cdef tuple row
-    cdef object priority, level, text
-    for row in rows:
-        priority = row[2]
-        level = None
-        if type(priority) is int and 0 < <long long>priority < 5:
-            # 0 < priority < 5 == len(_PRIORITY_BY_VALUE): the index is in range. The row
-            # indexes keep their bounds checks: rows of the wrong length are an IndexError.
-            with cython.boundscheck(False):
-                level = _PRIORITY_BY_VALUE[<Py_ssize_t>priority]
+    cdef Py_ssize_t index
+    cdef object level
+    for index, row in enumerate(rows):
+        if type(row) is not tuple or len(<tuple>row) != _COLUMNS:
+            raise _bad_row(index, row)
+        row_id, text, priority, created_at, ttl_seconds, retry_count, next_retry_at = <tuple>row
+        level = _PRIORITY_BY_VALUE.get(priority) if type(priority) is int else None
         if level is None:
             level = Priority(priority)
-        text = row[1]
         try:
             payload = _orjson_loads(text)
         except _JSONDecodeError:
             payload = json.loads(text)
         # The dataclass's own __init__ costs about as much as parsing the payload; setting
         # the same attributes in the same order on a bare instance gives an equal object
-        # (same class, same __dict__, same pickle) in half the time.
+        # (same class, same __dict__, same pickle) in less time.
         item = _object_new(QueueItem)
-        item.id = row[0]
+        item.id = row_id
         item.payload = payload
         item.priority = level
-        item.created_at = row[3]
-        item.ttl_seconds = row[4]
-        item.retry_count = row[5]
-        item.next_retry_at = row[6]
+        item.created_at = created_at
+        item.ttl_seconds = ttl_seconds
+        item.retry_count = retry_count
+        item.next_retry_at = next_retry_at
         items.append(item)
     return items
 
@@ -121,11 +122,12 @@ def id_chunks(ids, str argument="ids"):
     which changes nothing in an ``IN`` list.
     """
     cdef dict unique = {}
-    cdef Py_ssize_t index = 0, start, size, shape, total
-    cdef list flat, chunk, chunks = []
+    cdef list chunks = []
+    cdef list flat, chunk
+    cdef Py_ssize_t index, total, start, size, shape
     if isinstance(ids, (str, bytes, dict)) or not hasattr(ids, "__iter__"):
         raise TypeError(f"{argument} must be a sequence of integer ids, got {type(ids).__name__}")
-    for value in ids:
+    for index, value in enumerate(ids):
         if type(value) is not int:
             if isinstance(value, bool) or not hasattr(type(value), "__index__"):
                 raise TypeError(
@@ -135,7 +137,6 @@ def id_chunks(ids, str argument="ids"):
         if not _INT64_MIN <= value <= _INT64_MAX:
             raise ValueError(f"{argument}[{index}] is out of the 64-bit id range: {value}")
         unique[value] = None
-        index += 1
     flat = list(unique)
     total = len(flat)
     for start in range(0, total, _MAX_ID_CHUNK):

@@ -1,4 +1,6 @@
-"""Pure-Python hot paths. ``_codec_c.pyx`` is the compiled twin: same names, same results.
+"""Pure-Python hot paths. ``_codec_c.pyx`` is the compiled twin: the same statements in the
+same order, with C types added; keep them so (tests/test_codec.py compares their results,
+errors included).
 
 The functions take and return plain Python objects so that the queue never knows which
 twin it is calling. Stored payload text is compact JSON from orjson, whichever twin wrote
@@ -12,22 +14,26 @@ from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import orjson
 
-from ._types import PRIORITY_BY_VALUE, Priority, QueueItem
+from ._types import ID_CHUNK_SHAPES, PRIORITY_BY_VALUE, ROW_COLUMNS, Priority, QueueItem
 
+_orjson_dumps = orjson.dumps
+_orjson_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+_JSONEncodeError = orjson.JSONEncodeError
 _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS
+_PRIORITY_BY_VALUE = PRIORITY_BY_VALUE
+_object_new = object.__new__
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-# Chunk shapes for ``WHERE id IN (?, ...)``: a short id list is padded up to the next
-# shape so that a handful of prepared statements serve every list length. 512 stays
-# under SQLite's 999-variable limit (before 3.32) with room for the other parameters.
-ID_CHUNK_SHAPES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_COLUMNS = len(ROW_COLUMNS)
+
 MAX_ID_CHUNK = ID_CHUNK_SHAPES[-1]
 
 
 def _dumps(payload: Any, argument: str) -> str:
     try:
-        return orjson.dumps(payload, default=str, option=_DUMPS_OPTIONS).decode()
-    except (orjson.JSONEncodeError, UnicodeDecodeError) as exc:
+        return _orjson_dumps(payload, default=str, option=_DUMPS_OPTIONS).decode()
+    except (_JSONEncodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{argument} cannot be stored as JSON: {exc}") from None
 
 
@@ -42,9 +48,9 @@ def encode_rows(
     payloads: Iterable[Any], priority: int, created_at: float, ttl_seconds: int
 ) -> List[Tuple[str, int, float, int]]:
     """Return insert parameters for many payloads, validating every one before any is stored."""
+    rows = []
     if isinstance(payloads, (dict, str, bytes)):
         raise TypeError(f"payloads must be a sequence of dicts, got {type(payloads).__name__}")
-    rows = []
     for index, payload in enumerate(payloads):
         if not isinstance(payload, dict):
             raise TypeError(f"payloads[{index}] must be a dict, got {type(payload).__name__}: {payload!r:.200}")
@@ -55,22 +61,45 @@ def encode_rows(
 def decode_payload(text: Any) -> Any:
     """Parse stored payload text; falls back to ``json`` for NaN written by earlier releases."""
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
+        return _orjson_loads(text)
+    except _JSONDecodeError:
         return json.loads(text)
+
+
+def _bad_row(index: int, row: Any) -> Exception:
+    if type(row) is not tuple:
+        return TypeError(f"rows[{index}] must be a tuple, got {type(row).__name__}: {row!r:.200}")
+    return ValueError(f"rows[{index}] must have the {_COLUMNS} columns {ROW_COLUMNS}, got {len(row)}: {row!r:.200}")
 
 
 def decode_rows(rows: Sequence[Tuple[Any, ...]]) -> List[QueueItem]:
     """Turn ``(id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at)``
-    rows into ``QueueItem`` objects."""
+    tuples into ``QueueItem`` objects; a row of another shape is a ``TypeError`` or
+    ``ValueError``, an unknown priority a ``ValueError``."""
     items = []
-    for row_id, text, priority, created_at, ttl_seconds, retry_count, next_retry_at in rows:
-        level = PRIORITY_BY_VALUE[priority] if type(priority) is int and 0 < priority < 5 else None
+    for index, row in enumerate(rows):
+        if type(row) is not tuple or len(row) != _COLUMNS:
+            raise _bad_row(index, row)
+        row_id, text, priority, created_at, ttl_seconds, retry_count, next_retry_at = row
+        level = _PRIORITY_BY_VALUE.get(priority) if type(priority) is int else None
         if level is None:
             level = Priority(priority)
-        items.append(
-            QueueItem(row_id, decode_payload(text), level, created_at, ttl_seconds, retry_count, next_retry_at)
-        )
+        try:
+            payload = _orjson_loads(text)
+        except _JSONDecodeError:
+            payload = json.loads(text)
+        # The dataclass's own __init__ costs about as much as parsing the payload; setting
+        # the same attributes in the same order on a bare instance gives an equal object
+        # (same class, same __dict__, same pickle) in less time.
+        item = _object_new(QueueItem)
+        item.id = row_id
+        item.payload = payload
+        item.priority = level
+        item.created_at = created_at
+        item.ttl_seconds = ttl_seconds
+        item.retry_count = retry_count
+        item.next_retry_at = next_retry_at
+        items.append(item)
     return items
 
 
@@ -85,9 +114,10 @@ def id_chunks(ids: Any, argument: str = "ids") -> List[Tuple[int, ...]]:
     Every tuple has a length from ``ID_CHUNK_SHAPES``; short ones repeat their last id,
     which changes nothing in an ``IN`` list.
     """
+    unique: Dict[int, None] = {}
+    chunks = []
     if isinstance(ids, (str, bytes, dict)) or not hasattr(ids, "__iter__"):
         raise TypeError(f"{argument} must be a sequence of integer ids, got {type(ids).__name__}")
-    unique: Dict[int, None] = {}
     for index, value in enumerate(ids):
         if type(value) is not int:
             if isinstance(value, bool) or not hasattr(type(value), "__index__"):
@@ -99,12 +129,14 @@ def id_chunks(ids: Any, argument: str = "ids") -> List[Tuple[int, ...]]:
             raise ValueError(f"{argument}[{index}] is out of the 64-bit id range: {value}")
         unique[value] = None
     flat = list(unique)
-    chunks = []
-    for start in range(0, len(flat), MAX_ID_CHUNK):
+    total = len(flat)
+    for start in range(0, total, MAX_ID_CHUNK):
         chunk = flat[start : start + MAX_ID_CHUNK]
         size = len(chunk)
         if size < MAX_ID_CHUNK:
-            shape = next(s for s in ID_CHUNK_SHAPES if s >= size)
-            chunk.extend([chunk[-1]] * (shape - size))
+            shape = 1
+            while shape < size:
+                shape <<= 1
+            chunk.extend([chunk[size - 1]] * (shape - size))
         chunks.append(tuple(chunk))
     return chunks

@@ -1,14 +1,15 @@
 """The dead-letter table: items the endpoint refused for good, kept for an operator.
 
 ``maybe_flush`` moves items here (see ``_flush``); these functions list them, put them
-back in the queue, or drop them.
+back in the queue, or drop them, on the queue's ``Store``.
 """
 
 import sqlite3
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from . import _codec, _validate
 from ._sql import by_id_chunk_shape
+from ._store import Store
 from ._types import DeadLetter, Priority
 
 SELECT_DEAD_SQL = (
@@ -28,10 +29,11 @@ DELETE_ALL_SQL = "DELETE FROM sync_dead_letters"
 DELETE_SQL = by_id_chunk_shape("DELETE FROM sync_dead_letters WHERE id IN {ids}")
 
 
-def list_dead(conn: sqlite3.Connection, limit: Any) -> List[DeadLetter]:
+def list_dead(store: Store, limit: Any) -> List[DeadLetter]:
     """Return up to ``limit`` dead letters, oldest first."""
     count = _validate.integer("limit", limit, 1)
-    return [_decode(row) for row in conn.execute(SELECT_DEAD_SQL, (count,))]
+    with store.lock:
+        return [_decode(row) for row in store.conn().execute(SELECT_DEAD_SQL, (count,))]
 
 
 def count_dead(conn: sqlite3.Connection) -> int:
@@ -39,29 +41,34 @@ def count_dead(conn: sqlite3.Connection) -> int:
     return int(conn.execute(COUNT_DEAD_SQL).fetchone()[0])
 
 
-def id_chunks(ids: Any) -> Optional[List[Tuple[int, ...]]]:
+def _id_chunks(ids: Any) -> Optional[List[Tuple[int, ...]]]:
     """Validate ``ids`` (None: every dead letter) before anything is written."""
     return None if ids is None else _codec.id_chunks(ids)
 
 
-def requeue(conn: sqlite3.Connection, chunks: Optional[List[Tuple[int, ...]]], now: float) -> int:
-    """Move dead letters back into the queue, in the caller's transaction; return how many."""
-    if chunks is None:
-        moved = conn.execute(REQUEUE_ALL_SQL, (now,)).rowcount
-        conn.execute(DELETE_ALL_SQL)
-        return int(moved)
-    moved = 0
-    for chunk in chunks:
-        moved += conn.execute(REQUEUE_SQL[len(chunk)], (now,) + chunk).rowcount
-        conn.execute(DELETE_SQL[len(chunk)], chunk)
-    return moved
+def requeue(store: Store, ids: Optional[Sequence[int]]) -> int:
+    """Move dead letters (None: all) back into the queue, in one transaction; return how many."""
+    chunks = _id_chunks(ids)
+    with store.write() as conn:
+        now = store.now()
+        if chunks is None:
+            moved = conn.execute(REQUEUE_ALL_SQL, (now,)).rowcount
+            conn.execute(DELETE_ALL_SQL)
+            return int(moved)
+        moved = 0
+        for chunk in chunks:
+            moved += conn.execute(REQUEUE_SQL[len(chunk)], (now,) + chunk).rowcount
+            conn.execute(DELETE_SQL[len(chunk)], chunk)
+        return moved
 
 
-def drop(conn: sqlite3.Connection, chunks: Optional[List[Tuple[int, ...]]]) -> int:
-    """Delete dead letters for good, in the caller's transaction; return how many."""
-    if chunks is None:
-        return int(conn.execute(DELETE_ALL_SQL).rowcount)
-    return sum(conn.execute(DELETE_SQL[len(chunk)], chunk).rowcount for chunk in chunks)
+def drop(store: Store, ids: Optional[Sequence[int]]) -> int:
+    """Delete dead letters (None: all) for good, in one transaction; return how many."""
+    chunks = _id_chunks(ids)
+    with store.write() as conn:
+        if chunks is None:
+            return int(conn.execute(DELETE_ALL_SQL).rowcount)
+        return sum(conn.execute(DELETE_SQL[len(chunk)], chunk).rowcount for chunk in chunks)
 
 
 def _decode(row: Tuple[Any, ...]) -> DeadLetter:

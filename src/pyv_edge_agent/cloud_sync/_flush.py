@@ -24,28 +24,42 @@ import hashlib
 import inspect
 import logging
 import math
-import random
 import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
 from . import _codec
-from ._errors import UploadError
-from ._sql import ACK_SQL, NACK_SQL, by_id_chunk_shape, write_transaction
-from .uploader import UploadResult
-
-if TYPE_CHECKING:
-    from ._queue import CloudSyncQueue
+from ._policy import FlushPolicy, LinkState
+from ._sql import (
+    ACK_SQL,
+    ADD_COUNTER_SQL,
+    COUNT_REJECTION_SQL,
+    DELETE_EXPIRED_LEASES_SQL,
+    DELETE_LEASE_SQL,
+    EXTEND_LEASE_SQL,
+    FORGET_REJECTIONS_SQL,
+    INSERT_LEASE_SQL,
+    MOVE_TO_DEAD_SQL,
+    NACK_SQL,
+    RELEASE_SQL,
+    SELECT_CLAIM_SQL,
+    SELECT_EXHAUSTED_SQL,
+    SELECT_GROUP_SQL,
+    SET_COUNTER_SQL,
+    write_transaction,
+)
+from ._store import Store
+from ._upload_types import OutcomeKind, UploadError, UploadResult
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 
-ACCEPTED = "accepted"
-TRANSIENT = "transient"
-TOO_LARGE = "too large"
-REJECTED = "rejected"
-CREDENTIALS = "credentials"
+ACCEPTED = OutcomeKind.ACCEPTED
+TRANSIENT = OutcomeKind.TRANSIENT
+TOO_LARGE = OutcomeKind.TOO_LARGE
+REJECTED = OutcomeKind.REJECTED
+CREDENTIALS = OutcomeKind.CREDENTIALS
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
 REJECTED_STATUSES = frozenset({400, 422})
@@ -59,43 +73,7 @@ MAX_ERROR_CHARS = 500
 Row = Tuple[int, bytes, int, int, float]
 
 
-_ROW = "id, CAST(payload AS BLOB), retry_count, priority, next_retry_at"
-# The flush reads stored text as bytes so it can be spliced into a body without decoding.
-SELECT_CLAIM_SQL = (
-    f"SELECT {_ROW} FROM sync_queue"
-    " WHERE priority = ? AND next_retry_at <= ? AND created_at + ttl_seconds > ?"
-    " ORDER BY next_retry_at, id LIMIT ?"
-)
-SELECT_GROUP_SQL = (
-    f"SELECT {_ROW} FROM sync_queue"
-    " WHERE priority = ? AND next_retry_at = ? AND created_at + ttl_seconds > ? ORDER BY id LIMIT ?"
-)
-RELEASE_SQL = by_id_chunk_shape("UPDATE sync_queue SET next_retry_at = ? WHERE id IN {ids}")
-FORGET_REJECTIONS_SQL = by_id_chunk_shape("DELETE FROM sync_rejections WHERE id IN {ids}")
-COUNT_REJECTION_SQL = (
-    "INSERT INTO sync_rejections (id, rejections, last_status, last_error) VALUES (?, 1, ?, ?)"
-    " ON CONFLICT(id) DO UPDATE SET rejections = rejections + 1,"
-    " last_status = excluded.last_status, last_error = excluded.last_error"
-)
-SELECT_EXHAUSTED_SQL = by_id_chunk_shape("SELECT id FROM sync_rejections WHERE rejections >= ? AND id IN {ids}")
-MOVE_TO_DEAD_SQL = by_id_chunk_shape(
-    "INSERT OR REPLACE INTO sync_dead_letters"
-    " (id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at, last_status, last_error, dead_at)"
-    " SELECT id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at, ?, ?, ?"
-    " FROM sync_queue WHERE id IN {ids}"
-)
-INSERT_LEASE_SQL = "INSERT INTO sync_leases (token, items, expires_at) VALUES (?, ?, ?)"
-EXTEND_LEASE_SQL = "UPDATE sync_leases SET expires_at = ? WHERE token = ?"
-DELETE_LEASE_SQL = "DELETE FROM sync_leases WHERE token = ?"
-DELETE_EXPIRED_LEASES_SQL = "DELETE FROM sync_leases WHERE expires_at <= ?"
-READ_META_SQL = "SELECT value FROM sync_meta WHERE key = ?"
-ADD_META_SQL = (
-    "INSERT INTO sync_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = value + excluded.value"
-)
-SET_META_SQL = "INSERT INTO sync_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-
-
-def classify(status: Optional[int]) -> str:
+def classify(status: Optional[int]) -> OutcomeKind:
     """Return the failure class of an HTTP status (None: no response at all)."""
     if status is None or status in TRANSIENT_STATUSES or status >= 500:
         return TRANSIENT
@@ -122,7 +100,7 @@ def idempotency_key(queue_id: str, ids: Sequence[int]) -> str:
 class Outcome:
     """What became of one upload attempt, by index into the part that was sent."""
 
-    kind: str
+    kind: OutcomeKind
     rejected: Sequence[int] = ()
     retry: Sequence[int] = ()
     status: Optional[int] = None
@@ -185,11 +163,26 @@ class _Claim:
 
 
 class Flusher:
-    """One ``maybe_flush`` call: claim, send, settle, until nothing is left or a batch fails."""
+    """One flush: claim, send, settle, until nothing is left, a batch fails or ``stop`` is set.
 
-    def __init__(self, queue: "CloudSyncQueue", uploader: Any, stop: Optional[threading.Event] = None) -> None:
-        self._queue = queue
+    It works on the queue's ``Store`` under the queue's ``FlushPolicy`` and records what
+    the link did in its ``LinkState``; ``CloudSyncQueue.maybe_flush`` is the one caller.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        policy: FlushPolicy,
+        link: LinkState,
+        uploader: Any,
+        stop: Optional[threading.Event] = None,
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._link = link
         self._post = poster(uploader)
+        if stop is not None and not callable(getattr(stop, "is_set", None)):
+            raise TypeError(f"stop must be a threading.Event (or None), got {type(stop).__name__}: {stop!r:.100}")
         self._stop = stop
         # Items rejected during this call wait for the next one, even with a zero backoff.
         self._rejected: Set[int] = set()
@@ -207,7 +200,7 @@ class Flusher:
             if claim is None:
                 break
             if not queue_id:
-                queue_id = str(self._meta("queue_id", ""))
+                queue_id = str(self._store.counter("queue_id", ""))
             done, count = self._deliver(claim, queue_id)
             acked += count
             if not done:
@@ -255,26 +248,27 @@ class Flusher:
     def _claim(self) -> Optional[_Claim]:
         """Pick the next batch and lease it in one transaction (push ``next_retry_at`` ahead),
         so that a concurrent flusher, thread or process, does not send the same items."""
-        queue = self._queue
-        with queue._lock:
-            conn = queue._conn()
-            now = queue._clock()
+        store = self._store
+        with store.lock:
+            conn = store.conn()
+            now = store.now()
             with write_transaction(conn):
                 rows = self._pick(conn, now)
                 claim = None
                 if rows:
                     ids = [row[0] for row in rows]
                     claim = _Claim(rows, uuid.uuid4().hex)
-                    queue._run_chunks(RELEASE_SQL, (now + queue._lease,), _codec.id_chunks(ids))
+                    until = now + self._policy.lease_seconds
+                    store.run_chunks(RELEASE_SQL, (until,), _codec.id_chunks(ids))
                     conn.execute(DELETE_EXPIRED_LEASES_SQL, (now,))
-                    conn.execute(INSERT_LEASE_SQL, (claim.token, len(rows), now + queue._lease))
+                    conn.execute(INSERT_LEASE_SQL, (claim.token, len(rows), until))
         return claim
 
     def _pick(self, conn: sqlite3.Connection, now: float) -> List[Row]:
         """The next batch: the group of a batch being retried, or fresh items, whichever
         comes first in priority order."""
-        queue = self._queue
-        budget = budget_left(queue, conn)
+        limit = self._policy.max_batch_items
+        budget = self._policy.budget_left(self._store.sent_today)
         levels = (1,) if budget == 0 else (1, 2, 3, 4)
         first = next((rows[0] for level in levels for rows in [self._select(conn, now, level, 1)] if rows), None)
         if first is None:
@@ -282,20 +276,20 @@ class Flusher:
         rows: List[Row] = []
         if first[4] > 0:
             for level in levels:
-                rows += conn.execute(SELECT_GROUP_SQL, (level, first[4], now, queue._max_batch_items)).fetchall()
+                rows += conn.execute(SELECT_GROUP_SQL, (level, first[4], now, limit)).fetchall()
             rows = [row for row in rows if row[0] not in self._rejected]
         else:
             for level in levels:
-                room = queue._max_batch_items - len(rows)
+                room = limit - len(rows)
                 found = self._select(conn, now, level, room) if room > 0 else []
                 fresh = [row for row in found if row[4] <= 0]
                 rows += fresh
-                if len(fresh) < len(found) or len(rows) >= queue._max_batch_items:
+                if len(fresh) < len(found) or len(rows) >= limit:
                     break  # a retried group comes next in priority order: it goes alone
         if budget is not None:
             critical = [row for row in rows if row[3] == 1]
             rows = critical + [row for row in rows if row[3] != 1][: max(0, budget - len(critical))]
-        return self._bounded(rows[: queue._max_batch_items])
+        return self._bounded(rows[:limit])
 
     def _select(self, conn: sqlite3.Connection, now: float, level: int, limit: int) -> List[Row]:
         rows = conn.execute(SELECT_CLAIM_SQL, (level, now, now, limit + len(self._rejected))).fetchall()
@@ -307,46 +301,41 @@ class Flusher:
         size = 0
         for count, row in enumerate(rows):
             size += len(row[1])
-            if size > self._queue._max_batch_bytes and count:
+            if size > self._policy.max_batch_bytes and count:
                 return rows[:count]
         return rows
 
     def _extend_lease(self, claim: _Claim) -> None:
         """A split sends more requests than planned: keep the rest hidden for a full lease."""
-        queue = self._queue
+        store = self._store
         ids = [row[0] for part in claim.pending for row in part]
-        with queue._lock:
-            conn = queue._conn()
-            until = queue._clock() + queue._lease
-            with write_transaction(conn):
-                queue._run_chunks(RELEASE_SQL, (until,), _codec.id_chunks(ids))
+        with store.lock:
+            until = store.now() + self._policy.lease_seconds
+            with store.write() as conn:
+                store.run_chunks(RELEASE_SQL, (until,), _codec.id_chunks(ids))
                 conn.execute(EXTEND_LEASE_SQL, (until, claim.token))
 
     # -- settling ---------------------------------------------------------------------
 
     def _settle(self, claim: _Claim, apply: Callable[..., int], *args: Any) -> int:
         """Apply one outcome in one transaction; the last one also ends the lease."""
-        queue = self._queue
-        with queue._lock:
-            conn = queue._conn()
-            with write_transaction(conn):
-                result = apply(conn, *args)
-                if not claim.pending:
-                    conn.execute(DELETE_LEASE_SQL, (claim.token,))
+        with self._store.write() as conn:
+            result = apply(conn, *args)
+            if not claim.pending:
+                conn.execute(DELETE_LEASE_SQL, (claim.token,))
         return result
 
     def _accept(self, conn: sqlite3.Connection, claim: _Claim, part: List[Row], outcome: Outcome) -> int:
         """Ack what the endpoint took; reject and retry the indices it named."""
-        queue = self._queue
+        store = self._store
         refused = set(outcome.rejected) | set(outcome.retry)
         ids = [row[0] for index, row in enumerate(part) if index not in refused]
         chunks = _codec.id_chunks(ids)
-        acked = queue._run_chunks(ACK_SQL, (), chunks)
-        queue._run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
+        acked = store.run_chunks(ACK_SQL, (), chunks)
+        store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
         if acked:
             self._count_sent(conn, acked)
-        queue._backoff_until = 0.0
-        set_link_state(queue, ACCEPTED, "")
+        self._link.accepted()
         if outcome.rejected:
             status = outcome.status
             error = outcome.error or f"the endpoint rejected {len(outcome.rejected)} of {len(part)} items"
@@ -360,21 +349,22 @@ class Flusher:
     def _reject(self, conn: sqlite3.Connection, rows: List[Row], status: Optional[int], error: Optional[str]) -> int:
         """Count a rejection on each item; move those rejected ``max_attempts`` times to the
         dead-letter table and hold the others back like a failed attempt."""
-        queue = self._queue
+        store = self._store
         error = _short(error or "rejected by the endpoint")
         ids = [row[0] for row in rows]
         conn.executemany(COUNT_REJECTION_SQL, [(row_id, status, error) for row_id in ids])
         exhausted: List[int] = []
         for chunk in _codec.id_chunks(ids):
-            exhausted += [r[0] for r in conn.execute(SELECT_EXHAUSTED_SQL[len(chunk)], (queue._max_attempts,) + chunk)]
+            limit = (self._policy.max_attempts,)
+            exhausted += [r[0] for r in conn.execute(SELECT_EXHAUSTED_SQL[len(chunk)], limit + chunk)]
         if exhausted:
             self._dead_letter(conn, exhausted, status, error)
         dead = set(exhausted)
         held = [row for row in rows if row[0] not in dead]
         self._rejected.update(row[0] for row in held)
         if held:
-            delay = backoff_delay(queue, max(row[2] for row in held))
-            queue._run_chunks(NACK_SQL, (queue._clock() + delay,), _codec.id_chunks([row[0] for row in held]))
+            delay = self._policy.backoff_delay(max(row[2] for row in held))
+            store.run_chunks(NACK_SQL, (store.now() + delay,), _codec.id_chunks([row[0] for row in held]))
             logger.debug("the endpoint rejected %d items (%s); retrying them later", len(held), error)
         return 0
 
@@ -382,14 +372,14 @@ class Flusher:
         self, conn: sqlite3.Connection, ids: List[int], status: Optional[int], error: Optional[str]
     ) -> int:
         """Move items to ``sync_dead_letters`` with the last status and error."""
-        queue = self._queue
+        store = self._store
         error = _short(error or "rejected by the endpoint")
         chunks = _codec.id_chunks(ids)
-        queue._run_chunks(MOVE_TO_DEAD_SQL, (status, error, queue._clock()), chunks)
-        moved = queue._run_chunks(ACK_SQL, (), chunks)
-        queue._run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
+        store.run_chunks(MOVE_TO_DEAD_SQL, (status, error, store.now()), chunks)
+        moved = store.run_chunks(ACK_SQL, (), chunks)
+        store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
         if moved:
-            conn.execute(ADD_META_SQL, ("dead_lettered_total", moved))
+            conn.execute(ADD_COUNTER_SQL, ("dead_lettered_total", moved))
             self._dead_count += moved
             self._dead_error = error
         return 0
@@ -397,23 +387,21 @@ class Flusher:
     def _back_off(self, conn: sqlite3.Connection, claim: _Claim, part: List[Row], outcome: Outcome) -> int:
         """Nack the failed part with backoff, hold back the rest of the claim just as long,
         and remember the part so that its retry sends the same items under the same key."""
-        queue = self._queue
-        delay = backoff_delay(queue, max(row[2] for row in part))
+        delay = self._policy.backoff_delay(max(row[2] for row in part))
         if outcome.retry_after is not None:
             delay = max(delay, min(outcome.retry_after, MAX_RETRY_AFTER))
-        until = queue._clock() + delay
+        until = self._store.now() + delay
         ids = [row[0] for row in part]
-        queue._run_chunks(NACK_SQL, (until,), _codec.id_chunks(ids))
+        self._store.run_chunks(NACK_SQL, (until,), _codec.id_chunks(ids))
         self._hold_rest(claim, until)
         self._record_failure(conn, TRANSIENT, _short(outcome.error or "upload failed"), delay, len(part))
         return 0
 
     def _keep_for_credentials(self, conn: sqlite3.Connection, claim: _Claim, part: List[Row], outcome: Outcome) -> int:
         """Keep every item and wait long: a bad key is fixed by a person, not by retrying."""
-        queue = self._queue
-        delay = random.uniform(queue._retry_max / 2.0, queue._retry_max)
-        until = queue._clock() + delay
-        queue._run_chunks(NACK_SQL, (until,), _codec.id_chunks([row[0] for row in part]))
+        delay = self._policy.credentials_delay()
+        until = self._store.now() + delay
+        self._store.run_chunks(NACK_SQL, (until,), _codec.id_chunks([row[0] for row in part]))
         self._hold_rest(claim, until)
         self._record_failure(conn, CREDENTIALS, _short(outcome.error or "credentials refused"), delay, len(part))
         return 0
@@ -423,60 +411,21 @@ class Flusher:
         rest = [row[0] for part in claim.pending for row in part]
         claim.pending = []
         if rest:
-            self._queue._run_chunks(RELEASE_SQL, (math.nextafter(until, math.inf),), _codec.id_chunks(rest))
+            self._store.run_chunks(RELEASE_SQL, (math.nextafter(until, math.inf),), _codec.id_chunks(rest))
 
     def _count_sent(self, conn: sqlite3.Connection, count: int) -> None:
-        conn.execute(ADD_META_SQL, ("messages_sent_today", count))
-        conn.execute(ADD_META_SQL, ("messages_sent_total", count))
-        conn.execute(SET_META_SQL, ("last_success_at", self._queue._clock()))
+        conn.execute(ADD_COUNTER_SQL, ("messages_sent_today", count))
+        conn.execute(ADD_COUNTER_SQL, ("messages_sent_total", count))
+        conn.execute(SET_COUNTER_SQL, ("last_success_at", self._store.now()))
 
-    def _record_failure(self, conn: sqlite3.Connection, kind: str, error: str, delay: float, count: int) -> None:
-        queue = self._queue
-        now = queue._clock()
-        conn.execute(ADD_META_SQL, ("failed_batches", 1))
-        conn.execute(SET_META_SQL, ("last_error", error))
-        conn.execute(SET_META_SQL, ("last_error_at", now))
-        queue._backoff_until = max(queue._backoff_until, now + delay)
-        set_link_state(queue, kind, f"{error}; keeping {count} items, next try in {delay:.1f} s")
-
-    def _meta(self, key: str, default: Any, conn: Optional[sqlite3.Connection] = None) -> Any:
-        with self._queue._lock:
-            row = (conn or self._queue._conn()).execute(READ_META_SQL, (key,)).fetchone()
-        return default if row is None else row[0]
-
-
-def budget_left(queue: "CloudSyncQueue", conn: sqlite3.Connection) -> Optional[int]:
-    """Non-critical items that may still go today under ``daily_message_limit`` (None: no limit)."""
-    if queue._daily_limit is None:
-        return None
-    row = conn.execute(READ_META_SQL, ("messages_sent_today",)).fetchone()
-    return max(0, queue._daily_limit - int(row[0] if row else 0))
-
-
-def backoff_delay(queue: "CloudSyncQueue", attempts: int) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(max, base * 2**attempts)].
-
-    Full jitter spreads a fleet's retries after a shared outage.
-    """
-    ceiling = min(queue._retry_max, queue._retry_base * 2.0 ** min(attempts, 32))
-    return random.uniform(0.0, ceiling)
-
-
-_STATE_LOG = {
-    TRANSIENT: (logging.WARNING, "uploads are failing, backing off: %s"),
-    CREDENTIALS: (logging.ERROR, "the ingest endpoint refused the credentials; fix the API key: %s"),
-    ACCEPTED: (logging.INFO, "uploads are accepted again%s"),
-}
-
-
-def set_link_state(queue: "CloudSyncQueue", state: str, detail: str) -> None:
-    """Log one line when the link changes between working, failing and refusing the key."""
-    if state == queue._link_state or (state == ACCEPTED and queue._link_state is None):
-        queue._link_state = state
-        return
-    queue._link_state = state
-    level, message = _STATE_LOG[state]
-    logger.log(level, message, detail)
+    def _record_failure(
+        self, conn: sqlite3.Connection, kind: OutcomeKind, error: str, delay: float, count: int
+    ) -> None:
+        now = self._store.now()
+        conn.execute(ADD_COUNTER_SQL, ("failed_batches", 1))
+        conn.execute(SET_COUNTER_SQL, ("last_error", error))
+        conn.execute(SET_COUNTER_SQL, ("last_error_at", now))
+        self._link.failed(kind, f"{error}; keeping {count} items, next try in {delay:.1f} s", now + delay)
 
 
 def _short(text: str) -> str:

@@ -260,9 +260,8 @@ def open_database(
     :param thorough: run SQLite's ``quick_check`` on an existing file first.
     :param created_dirs: directories just created for the file, to be made durable with it.
     """
-    is_file = path != ":memory:" and not path.startswith("file:")
     created = False
-    if is_file:
+    if _storage.is_file_path(path):
         precheck(path, busy_timeout, thorough=thorough)
         created = not os.path.exists(path)
     try:

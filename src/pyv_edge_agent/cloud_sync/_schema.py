@@ -8,6 +8,7 @@ is tracked by ``PRAGMA user_version``.
 import sqlite3
 
 from ._errors import DatabaseError
+from ._sql import write_transaction
 
 SCHEMA_VERSION = 2
 MIN_SQLITE_VERSION = (3, 31, 0)
@@ -111,8 +112,7 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
             f"{path!r} has schema version {version}, written by a newer release of "
             f"pyv-edge-agent (this one understands up to {SCHEMA_VERSION}); upgrade the package"
         )
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(conn):
         # Re-read inside the write lock: another process may have migrated meanwhile.
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for step in range(version + 1, SCHEMA_VERSION + 1):
@@ -121,7 +121,3 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
                     conn.execute(ddl)
         if version < SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise

@@ -1,7 +1,9 @@
-"""Statements over id lists and the write transaction, shared by the modules that run them.
+"""The statements of the queue and its flush, and the write transaction they run in.
 
-``WHERE id IN (...)`` comes in one prepared statement per chunk shape of
-``_codec.id_chunks``, so that a handful of cached statements serve every list length.
+Each statement is written once, here; the modules that run them import them. ``WHERE id
+IN (...)`` comes in one prepared statement per chunk shape of ``_codec.id_chunks``, so that
+a handful of cached statements serve every list length. The schema is in ``_schema``; the
+statements private to storage, clock and dead letters are in those modules.
 """
 
 import contextlib
@@ -14,10 +16,6 @@ from . import _codec
 def by_id_chunk_shape(template: str) -> Dict[int, str]:
     """Fill ``{ids}`` in ``template`` with a placeholder list for every chunk shape."""
     return {size: template.format(ids="(" + ",".join("?" * size) + ")") for size in _codec.ID_CHUNK_SHAPES}
-
-
-ACK_SQL = by_id_chunk_shape("DELETE FROM sync_queue WHERE id IN {ids}")
-NACK_SQL = by_id_chunk_shape("UPDATE sync_queue SET retry_count = retry_count + 1, next_retry_at = ? WHERE id IN {ids}")
 
 
 @contextlib.contextmanager
@@ -36,3 +34,79 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+# -- items ------------------------------------------------------------------------------
+
+_COLUMNS = "id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at"
+INSERT_SQL = "INSERT INTO sync_queue (payload, priority, created_at, ttl_seconds) VALUES (?, ?, ?, ?)"
+LAST_ROWID_SQL = "SELECT last_insert_rowid()"
+# One query per priority: with ``priority = ?`` the index (priority, next_retry_at, rowid)
+# yields rows already in the documented order, and items parked for a later retry are
+# skipped by the range instead of scanned.
+SELECT_ELIGIBLE_SQL = (
+    f"SELECT {_COLUMNS} FROM sync_queue"
+    " WHERE priority = ? AND next_retry_at <= ? AND created_at + ttl_seconds > ?"
+    " ORDER BY next_retry_at, id LIMIT ?"
+)
+# Deletes items by id: an ack, an eviction, the move to the dead-letter table.
+ACK_SQL = by_id_chunk_shape("DELETE FROM sync_queue WHERE id IN {ids}")
+NACK_SQL = by_id_chunk_shape("UPDATE sync_queue SET retry_count = retry_count + 1, next_retry_at = ? WHERE id IN {ids}")
+# Counting walks the small index; summing the bytes reads every payload (~30x slower).
+COUNT_SQL = "SELECT COUNT(*) FROM sync_queue"
+STATS_SQL = (
+    "SELECT COUNT(*), MIN(created_at), COALESCE(SUM(retry_count), 0), COALESCE(SUM(retry_count > 0), 0) FROM sync_queue"
+)
+DEPTH_BY_PRIORITY_SQL = (
+    "SELECT priority, COUNT(*), COALESCE(SUM(created_at + ttl_seconds <= ?), 0) FROM sync_queue GROUP BY priority"
+)
+# With ``priority = ?`` the index yields the earliest retry time first; expired items are
+# stepped over.
+NEXT_DUE_SQL = (
+    "SELECT next_retry_at FROM sync_queue WHERE priority = ? AND created_at + ttl_seconds > ?"
+    " ORDER BY next_retry_at LIMIT 1"
+)
+
+# -- counters in sync_meta --------------------------------------------------------------
+
+READ_COUNTER_SQL = "SELECT value FROM sync_meta WHERE key = ?"
+ADD_COUNTER_SQL = (
+    "INSERT INTO sync_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = value + excluded.value"
+)
+SET_COUNTER_SQL = (
+    "INSERT INTO sync_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+)
+RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
+
+# -- the flush: claims, leases, rejections ------------------------------------------------
+
+_ROW = "id, CAST(payload AS BLOB), retry_count, priority, next_retry_at"
+# The flush reads stored text as bytes so it can be spliced into a body without decoding.
+SELECT_CLAIM_SQL = (
+    f"SELECT {_ROW} FROM sync_queue"
+    " WHERE priority = ? AND next_retry_at <= ? AND created_at + ttl_seconds > ?"
+    " ORDER BY next_retry_at, id LIMIT ?"
+)
+SELECT_GROUP_SQL = (
+    f"SELECT {_ROW} FROM sync_queue"
+    " WHERE priority = ? AND next_retry_at = ? AND created_at + ttl_seconds > ? ORDER BY id LIMIT ?"
+)
+RELEASE_SQL = by_id_chunk_shape("UPDATE sync_queue SET next_retry_at = ? WHERE id IN {ids}")
+FORGET_REJECTIONS_SQL = by_id_chunk_shape("DELETE FROM sync_rejections WHERE id IN {ids}")
+COUNT_REJECTION_SQL = (
+    "INSERT INTO sync_rejections (id, rejections, last_status, last_error) VALUES (?, 1, ?, ?)"
+    " ON CONFLICT(id) DO UPDATE SET rejections = rejections + 1,"
+    " last_status = excluded.last_status, last_error = excluded.last_error"
+)
+SELECT_EXHAUSTED_SQL = by_id_chunk_shape("SELECT id FROM sync_rejections WHERE rejections >= ? AND id IN {ids}")
+MOVE_TO_DEAD_SQL = by_id_chunk_shape(
+    "INSERT OR REPLACE INTO sync_dead_letters"
+    " (id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at, last_status, last_error, dead_at)"
+    " SELECT id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at, ?, ?, ?"
+    " FROM sync_queue WHERE id IN {ids}"
+)
+INSERT_LEASE_SQL = "INSERT INTO sync_leases (token, items, expires_at) VALUES (?, ?, ?)"
+EXTEND_LEASE_SQL = "UPDATE sync_leases SET expires_at = ? WHERE token = ?"
+DELETE_LEASE_SQL = "DELETE FROM sync_leases WHERE token = ?"
+DELETE_EXPIRED_LEASES_SQL = "DELETE FROM sync_leases WHERE expires_at <= ?"
+IN_FLIGHT_SQL = "SELECT COALESCE(SUM(items), 0) FROM sync_leases WHERE expires_at > ?"

@@ -16,9 +16,9 @@ import sqlite3
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import _codec
+from . import _codec, _validate
 from ._errors import DiskFullError, QueueFullError
-from ._sql import write_transaction
+from ._sql import ACK_SQL, ADD_COUNTER_SQL, COUNT_SQL, write_transaction
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 
@@ -42,23 +42,22 @@ AUTO_VACUUM_INCREMENTAL = 2
 SQLITE_FULL = 13
 
 USAGE_SQL = "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(payload AS BLOB))), 0) FROM sync_queue"
-# Counting walks the small index; summing the bytes reads every payload (~30x slower).
-COUNT_SQL = "SELECT COUNT(*) FROM sync_queue"
 # NOT INDEXED: a rowid scan from the last evicted id of a priority yields its oldest items
 # first without sorting the whole priority.
 EVICT_CANDIDATES_SQL = (
     "SELECT id, LENGTH(CAST(payload AS BLOB)) FROM sync_queue NOT INDEXED"
     " WHERE id > ? AND priority = ? ORDER BY id LIMIT ?"
 )
-EVICT_SQL = {size: f"DELETE FROM sync_queue WHERE id IN ({','.join('?' * size)})" for size in _codec.ID_CHUNK_SHAPES}
 PURGE_EXPIRED_SQL = "DELETE FROM sync_queue WHERE created_at + ttl_seconds <= ?"
-ADD_COUNTER_SQL = (
-    "INSERT INTO sync_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = value + excluded.value"
-)
 EVICTED_KEY = "evicted_total"
 PURGED_KEY = "expired_purged_total"
 COUNTER_KEYS = (EVICTED_KEY, PURGED_KEY, "quarantined_total", "clock_jumps_total")
 READ_COUNTERS_SQL = f"SELECT key, value FROM sync_meta WHERE key IN {COUNTER_KEYS}"
+
+
+def is_file_path(path: str) -> bool:
+    """True when ``path`` names a file on disk: not ``:memory:`` and not a ``file:`` URI."""
+    return path != ":memory:" and not path.startswith("file:")
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -120,6 +119,22 @@ class StorageLimits:
         self.min_free_disk_bytes = min_free_disk_bytes
         self.purge_interval = purge_interval
 
+    @classmethod
+    def validated(
+        cls,
+        max_queue_items: Optional[int],
+        max_queue_bytes: Optional[int],
+        min_free_disk_bytes: int,
+        purge_interval: Optional[float],
+    ) -> "StorageLimits":
+        """The limits from the queue's options of these names, each checked."""
+        return cls(
+            max_items=None if max_queue_items is None else _validate.integer("max_queue_items", max_queue_items, 1),
+            max_bytes=None if max_queue_bytes is None else _validate.integer("max_queue_bytes", max_queue_bytes, 1),
+            min_free_disk_bytes=_validate.integer("min_free_disk_bytes", min_free_disk_bytes, 0),
+            purge_interval=None if purge_interval is None else _validate.number("purge_interval", purge_interval, 0.0),
+        )
+
 
 class StorageGuard:
     """Enforces the limits of one queue on its connection; all calls under the queue lock.
@@ -133,7 +148,7 @@ class StorageGuard:
     def __init__(self, path: str, limits: StorageLimits) -> None:
         self._path = path
         self.limits = limits
-        self._directory = os.path.dirname(os.path.abspath(path)) if path != ":memory:" else ""
+        self._directory = os.path.dirname(os.path.abspath(path)) if is_file_path(path) else ""
         self._usage: Optional[Tuple[int, int]] = None
         self._usage_stamp: Tuple[int, int] = (-1, -1)
         self._usage_has_bytes = False
@@ -264,7 +279,7 @@ class StorageGuard:
         else:
             self._refuse(f"only Critical items are left to evict, and it is at {self._describe(low_disk)}")
         for chunk in _codec.id_chunks(victims):
-            conn.execute(EVICT_SQL[len(chunk)], chunk)
+            conn.execute(ACK_SQL[len(chunk)], chunk)
         conn.execute(ADD_COUNTER_SQL, (EVICTED_KEY, len(victims)))
         # Every item of a priority up to its last victim is gone and ids only grow, so the
         # next scan of that priority starts there, once this transaction has committed.

@@ -60,5 +60,13 @@ class DeadLetter:
         return d
 
 
-# Indexed by the stored integer: a tuple lookup is much cheaper than ``Priority(n)``.
-PRIORITY_BY_VALUE = (None, Priority.CRITICAL, Priority.ANOMALY, Priority.TELEMETRY, Priority.LOGS)
+# Constants both codec twins share, so that they are written once.
+# The stored integer to its member: a dict lookup is much cheaper than ``Priority(n)``.
+PRIORITY_BY_VALUE = {member.value: member for member in Priority}
+# The columns of a row that ``decode_rows`` turns into a ``QueueItem``, in order.
+ROW_COLUMNS = ("id", "payload", "priority", "created_at", "ttl_seconds", "retry_count", "next_retry_at")
+# Chunk shapes for ``WHERE id IN (?, ...)``: a short id list is padded up to the next
+# shape so that a handful of prepared statements serve every list length. 512 stays
+# under SQLite's 999-variable limit (before 3.32) with room for the other parameters.
+# Powers of two: the twins find a list's shape by doubling.
+ID_CHUNK_SHAPES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

@@ -1,7 +1,7 @@
 """``HTTPCloudUploader``: posts batches to an HTTPS ingest endpoint over a keep-alive pool.
 
-Also ``UploadResult``, the answer an uploader gives when the endpoint accepted only part
-of a batch.
+``UploadResult`` (the answer an uploader gives when the endpoint accepted only part of a
+batch) lives in ``_upload_types`` and is importable from here too.
 """
 
 import gzip
@@ -9,7 +9,6 @@ import ipaddress
 import os
 import time
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
 
 from . import _codec, _validate
 from ._errors import UploadError
+from ._upload_types import UploadResult as UploadResult  # also importable from here, as before
 
 # Larger request bodies are gzip-compressed by default: on a metered link JSON shrinks
 # several-fold, while small bodies are not worth the CPU of an ARM gateway.
@@ -34,26 +34,6 @@ def _urllib3() -> Any:
     import urllib3
 
     return urllib3
-
-
-@dataclass(frozen=True)
-class UploadResult:
-    """What an uploader returns when the endpoint accepted only part of a batch.
-
-    Indices refer to the ``payloads`` list given to ``post_batch``. Items in ``rejected``
-    were refused for good (they count towards the dead-letter table, see ``max_attempts``);
-    items in ``retry`` failed transiently (the flush backs off, honouring ``retry_after``
-    seconds, and ends); every other item was accepted and is removed from the queue.
-
-    :param status: the HTTP status to record with rejected items, if any.
-    :param error: why the items were rejected or failed, recorded with them.
-    """
-
-    rejected: Sequence[int] = ()
-    retry: Sequence[int] = ()
-    status: Optional[int] = None
-    error: Optional[str] = None
-    retry_after: Optional[float] = None
 
 
 class _Secret:

@@ -66,7 +66,6 @@ class SyncWorker:
             raise RuntimeError("a SyncWorker can be started once")
         if self._handle_sigterm and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-        self._queue._wakers.append(self._wake)
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
         return self
@@ -114,29 +113,33 @@ class SyncWorker:
         return self._interval if due is None else min(due, self._interval)
 
     def _run(self) -> None:
+        with self._queue.waking(self._wake):
+            self._loop()
+
+    def _loop(self) -> None:
         failing = False
-        try:
-            while not self._stop.is_set():
-                woken = self._wake.is_set()
-                self._wake.clear()
-                try:
-                    due = self._queue.next_due_in()
-                    if not woken and (due is None or due > 0):
-                        self._wake.wait(self._sleep_time(due))
-                        continue
-                    flushed = _flush.Flusher(self._queue, self._uploader, self._stop).run()
-                except Exception as exc:  # a full disk or a closed queue must not kill the loop silently
-                    if not failing:
-                        logger.error("the sync worker cannot flush: %s: %s", type(exc).__name__, exc)
-                        failing = True
-                    self._wake.wait(self._interval)
+        while not self._stop.is_set():
+            woken = self._wake.is_set()
+            self._wake.clear()
+            try:
+                due = self._queue.next_due_in()
+                if not woken and due is not None and due > 0:
+                    self._wake.wait(self._sleep_time(due))
                     continue
-                if failing:
-                    logger.info("the sync worker flushes again")
-                    failing = False
-                self.flushed += flushed
-                if not flushed:
-                    self._wake.wait(min(self._interval, _IDLE_FLOOR_SECONDS))
-        finally:
-            if self._wake in self._queue._wakers:
-                self._queue._wakers.remove(self._wake)
+                # The queue's own entry point, so that housekeeping (the purge of expired
+                # items) and error translation run; with nothing due it is all it does.
+                flushed = self._queue.maybe_flush(self._uploader, stop=self._stop)
+            except Exception as exc:  # a full disk or a closed queue must not kill the loop silently
+                if not failing:
+                    logger.error("the sync worker cannot flush: %s: %s", type(exc).__name__, exc)
+                    failing = True
+                self._wake.wait(self._interval)
+                continue
+            if failing:
+                logger.info("the sync worker flushes again")
+                failing = False
+            self.flushed += flushed
+            if due is None and not woken:
+                self._wake.wait(self._sleep_time(due))
+            elif not flushed:
+                self._wake.wait(min(self._interval, _IDLE_FLOOR_SECONDS))

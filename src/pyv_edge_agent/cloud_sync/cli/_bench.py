@@ -40,7 +40,7 @@ def _rate(count: int, run: Callable[[], Any]) -> float:
 
 def measure(items: int) -> Dict[str, Any]:
     """Run every scenario in this interpreter; return items per second by scenario."""
-    from . import BACKEND, CloudSyncQueue
+    from .. import BACKEND, CloudSyncQueue
 
     payloads = [{"sensor": "motor", "rpm": 1400 + i % 50, "seq": i, "unit": "rpm"} for i in range(items)]
     rates: Dict[str, float] = {}
@@ -65,7 +65,7 @@ def _run_child(items: int, pure: bool) -> Optional[Dict[str, Any]]:
     else:
         env.pop("PYV_EDGE_AGENT_NO_EXTENSIONS", None)
     done = subprocess.run(
-        [sys.executable, "-m", "pyv_edge_agent.cloud_sync._bench", str(items)],
+        [sys.executable, "-m", "pyv_edge_agent.cloud_sync.cli._bench", str(items)],
         env=env,
         capture_output=True,
         check=True,

@@ -10,9 +10,9 @@ import tempfile
 import time
 from typing import Dict, List
 
-from . import CloudSyncQueue, HTTPCloudUploader, Priority
+from .. import CloudSyncQueue, HTTPCloudUploader, Priority
+from ..ingest_server import IngestServer
 from ._render import Output, TrackingUploader
-from .ingest_server import IngestServer
 
 DEMO_API_KEY = "pyv_demo_local_only"
 

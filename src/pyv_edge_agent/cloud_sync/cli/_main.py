@@ -15,12 +15,12 @@ from typing import Any, List, Optional
 
 import orjson
 
-from . import BACKEND, CloudSyncError, CloudSyncQueue, DatabaseError, HTTPCloudUploader, Priority, __version__
-from ._metrics import BY_KEY, prometheus_text
+from .. import BACKEND, CloudSyncError, CloudSyncQueue, DatabaseError, HTTPCloudUploader, Priority, __version__
+from .._metrics import BY_KEY, prometheus_text
+from .._schema import SCHEMA_VERSION
+from ..ingest_server import IngestServer
+from ..uploader import DEFAULT_GZIP_MIN_BYTES
 from ._render import Output, TrackingUploader, human_age, human_bytes, human_duration
-from ._schema import SCHEMA_VERSION
-from .ingest_server import IngestServer
-from .uploader import DEFAULT_GZIP_MIN_BYTES
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
 DEFAULT_KEY_ENV = "CLOUD_SYNC_API_KEY"
