@@ -2,7 +2,7 @@
 
 import importlib
 from types import ModuleType
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -20,13 +20,19 @@ def _load_backend(name: str) -> ModuleType:
     return importlib.import_module(BACKEND_MODULES[name])
 
 
+def route_backend(name: str, set_attribute: Callable[[Any, str, Any], None] = setattr) -> None:
+    """Point the dispatcher's hot paths at one backend (benchmarks/gate.py switches with it too)."""
+    module = importlib.import_module(BACKEND_MODULES[name])
+    for function in CODEC_FUNCTIONS:
+        set_attribute(_codec, function, getattr(module, function))
+    set_attribute(_codec, "BACKEND", name)
+
+
 @pytest.fixture(params=sorted(BACKEND_MODULES), autouse=True)
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Route every hot path through one backend for the duration of the test."""
-    module = _load_backend(request.param)
-    for name in CODEC_FUNCTIONS:
-        monkeypatch.setattr(_codec, name, getattr(module, name))
-    monkeypatch.setattr(_codec, "BACKEND", request.param)
+    _load_backend(request.param)
+    route_backend(request.param, monkeypatch.setattr)
     yield request.param
 
 

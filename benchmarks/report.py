@@ -38,7 +38,8 @@ def _rate(bench: Dict[str, Any]) -> float:
     return float(bench["extra_info"].get("items", 1)) / float(bench["stats"]["median"])
 
 
-def _fmt_rate(rate: float) -> str:
+def fmt_rate(rate: float) -> str:
+    """Items per second, short: 950, 12.3k, 1.25M."""
     if rate >= 1e6:
         return f"{rate / 1e6:.2f}M"
     if rate >= 1e3:
@@ -86,7 +87,7 @@ def timing_table(runs: List[List[Dict[str, Any]]]) -> str:
         for label, _bench in sorted(members.items(), key=lambda item: _sort_key(item[1])):
             key = (group, label)
             ratio = f"{statistics.median(ratios[key]):.2f}x" if key in ratios else ""
-            lines.append(f"| {group} | {label} | {_fmt_rate(statistics.median(rates[key]))} | {ratio} |")
+            lines.append(f"| {group} | {label} | {fmt_rate(statistics.median(rates[key]))} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -99,11 +100,11 @@ def _floor(members: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 def _is_figure(bench: Dict[str, Any]) -> bool:
     info = bench.get("extra_info", {})
-    return any(key in info for key in ("bytes_per_item", "peak_rss_growth_mb", "import_open_ms"))
+    return any(key in info for key in ("bytes_per_item", "peak_rss_growth_mb", "import_open_ms", "lag_p99_ms"))
 
 
 def figures_table(benchmarks: List[Dict[str, Any]]) -> str:
-    """Figures that are not rates: bytes written per item, RSS growth, import time."""
+    """Figures that are not rates: bytes written per item, RSS growth, import time, loop lag."""
     lines = ["| figure | implementation | value |", "|---|---|---:|"]
     for bench in sorted((b for b in benchmarks if _is_figure(b)), key=_sort_key):
         info = bench["extra_info"]
@@ -114,6 +115,9 @@ def figures_table(benchmarks: List[Dict[str, Any]]) -> str:
             lines.append(f"| peak RSS growth, {info['variant']} | {backend} | {info['peak_rss_growth_mb']} MB |")
         if "import_open_ms" in info:
             lines.append(f"| import + open a queue | {backend} | {info['import_open_ms']} ms |")
+        if "lag_p99_ms" in info:
+            lag = f"{info['lag_p50_ms']} / {info['lag_p99_ms']} / {info['lag_max_ms']} ms"
+            lines.append(f"| event-loop lag p50 / p99 / max, {info['variant']} | {backend} | {lag} |")
     return "\n".join(lines)
 
 

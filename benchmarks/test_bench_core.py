@@ -10,6 +10,7 @@ import os
 import time
 from typing import Any, Dict, List, Tuple
 
+import _cases
 import pytest
 from _support import (
     ReferenceQueue,
@@ -42,15 +43,9 @@ def _path(tmp_path: Any, name: str) -> str:
 def test_enqueue_single(benchmark: Any, tmp_path: Any, size: Size, durability: str) -> None:
     benchmark.group = f"enqueue x1 ({durability})"
     count = size(300, 20)
-    queue = fresh_queue(_path(tmp_path, "q.db"), durability=durability)
-    items = payloads(count)
-
-    def work() -> None:
-        for payload in items:
-            queue.enqueue(payload)
-
-    run(benchmark, work, items=count, rounds=size(10, 1))
-    assert queue.pending_count() == count * (size(11, 1))
+    case = _cases.enqueue_single(_path(tmp_path, "q.db"), "queue", durability, count)
+    run(benchmark, case.work, items=count, rounds=size(10, 1))
+    assert case.stored() == count * (size(11, 1))
 
 
 @pytest.mark.parametrize(
@@ -60,15 +55,8 @@ def test_enqueue_single_peers(benchmark: Any, tmp_path: Any, size: Size, durabil
     benchmark.group = f"enqueue x1 ({durability})"
     count = size(300, 20)
     if backend == "floor":
-        conn = floor_connection(_path(tmp_path, "floor.db"), durability)
-        prepared = rows(count)
-
-        def work() -> None:
-            for row in prepared:
-                conn.execute(_sql.INSERT_SQL, row)
-
-        def stored() -> int:
-            return int(conn.execute(_sql.COUNT_SQL).fetchone()[0])
+        case = _cases.enqueue_single(_path(tmp_path, "floor.db"), "floor", durability, count)
+        work, stored = case.work, case.stored
     elif backend == "reference":
         count = size(100, 5)  # about a millisecond each
         reference = ReferenceQueue(_path(tmp_path, "reference.db"))
@@ -103,17 +91,9 @@ def test_enqueue_single_peers(benchmark: Any, tmp_path: Any, size: Size, durabil
 def test_enqueue_many(benchmark: Any, tmp_path: Any, size: Size, count: int) -> None:
     benchmark.group = f"enqueue_many {count:,}"
     n = size(count, min(count, 2000))
-    items = payloads(n)
-    queues: List[CloudSyncQueue] = []
-
-    def setup() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-        if queues:
-            queues[-1].close()
-        queues.append(fresh_queue(_path(tmp_path, "many.db")))
-        return (items,), {}
-
-    ids = run(benchmark, lambda batch: queues[-1].enqueue_many(batch), items=n, rounds=size(8, 1), setup=setup)
-    assert len(ids) == n and queues[-1].pending_count() == n
+    case = _cases.enqueue_many(_path(tmp_path, "many.db"), "queue", n)
+    ids = run(benchmark, case.work, items=n, rounds=size(8, 1), setup=case.setup)
+    assert len(ids) == n and case.stored() == n
 
 
 @pytest.mark.parametrize("count, backend", [(1000, "floor"), (100_000, "floor"), (1000, "persist-queue")])
@@ -121,17 +101,9 @@ def test_enqueue_many_peers(benchmark: Any, tmp_path: Any, size: Size, count: in
     benchmark.group = f"enqueue_many {count:,}"
     n = size(count, min(count, 2000))
     if backend == "floor":
-        prepared = rows(n)
-        conns: List[Any] = []
-
-        def setup() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-            if conns:
-                conns[-1].close()
-            conns.append(floor_connection(_path(tmp_path, "floor.db")))
-            return (), {}
-
-        run(benchmark, lambda: floor_insert_many(conns[-1], prepared), items=n, rounds=size(8, 1), setup=setup)
-        assert conns[-1].execute(_sql.COUNT_SQL).fetchone()[0] == n
+        case = _cases.enqueue_many(_path(tmp_path, "floor.db"), "floor", n)
+        run(benchmark, case.work, items=n, rounds=size(8, 1), setup=case.setup)
+        assert case.stored() == n
         return
     # persist-queue has no batch put (and its ack queue refuses auto_commit=False): 1,000 puts.
     items = payloads(n)
@@ -156,9 +128,7 @@ def test_enqueue_many_peers(benchmark: Any, tmp_path: Any, size: Size, count: in
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     """One queue file with 10,000 items, shared by the read benchmarks (which change nothing)."""
-    path = os.path.join(os.fspath(tmp_path_factory.mktemp("filled")), "filled.db")
-    with fresh_queue(path) as queue:
-        queue.enqueue_many(payloads(10_000))
+    path = _cases.fill(os.path.join(os.fspath(tmp_path_factory.mktemp("filled")), "filled.db"), 10_000)
     reference = ReferenceQueue(os.path.join(os.path.dirname(path), "reference.db"))
     conn = __import__("sqlite3").connect(reference.path)
     conn.executemany(_sql.INSERT_SQL, rows(10_000))
@@ -173,9 +143,8 @@ READS = [("dequeue", 1000), ("dequeue", 10_000), ("peek", 1000)]  # peek runs de
 @pytest.mark.parametrize("method, count", READS)
 def test_read(benchmark: Any, filled: Dict[str, Any], size: Size, count: int, method: str) -> None:
     benchmark.group = f"{method} {count:,}"
-    queue = CloudSyncQueue(filled["path"])
-    read = getattr(queue, method)
-    items = run(benchmark, read, items=count, rounds=size(30, 1), setup=lambda: ((count,), {}))
+    case = _cases.read(filled["path"], "queue", method, count)
+    items = run(benchmark, case.work, items=count, rounds=size(30, 1), setup=case.setup)
     assert len(items) == count and isinstance(items[0], QueueItem)
 
 
@@ -184,12 +153,7 @@ def test_read(benchmark: Any, filled: Dict[str, Any], size: Size, count: int, me
 def test_read_peers(benchmark: Any, filled: Dict[str, Any], size: Size, count: int, method: str, backend: str) -> None:
     benchmark.group = f"{method} {count:,}"
     if backend == "floor":
-        conn = floor_connection(filled["path"], fresh=False)
-
-        def read() -> List[Any]:
-            now = time.time()
-            return floor_select(conn, _sql.SELECT_ELIGIBLE_SQL, count, now)
-
+        read = _cases.read(filled["path"], "floor", method, count).work
     else:
         read = lambda: filled["reference"].dequeue(count)  # noqa: E731
     found = run(benchmark, read, items=count, rounds=size(30, 1))
@@ -203,29 +167,18 @@ def test_read_peers(benchmark: Any, filled: Dict[str, Any], size: Size, count: i
 def test_ack_nack(benchmark: Any, tmp_path: Any, size: Size, operation: str) -> None:
     benchmark.group = f"{operation} 10,000 ids"
     count = size(10_000, 2000)
-    prepared = rows(count)
-    queues: List[CloudSyncQueue] = []
-
-    def setup() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-        if queues:
-            queues[-1].close()
-        queue = fresh_queue(_path(tmp_path, "ack.db"))
-        queue._insert_rows(prepared)
-        queues.append(queue)
-        return (list(range(1, count + 1)),), {}
-
-    target = (lambda ids: queues[-1].ack(ids)) if operation == "ack" else (lambda ids: queues[-1].nack(ids))
-    changed = run(benchmark, target, items=count, rounds=size(15, 1), setup=setup)
-    assert changed == count
+    case = _cases.ack_nack(_path(tmp_path, "ack.db"), "queue", operation, count)
+    changed = run(benchmark, case.work, items=count, rounds=size(15, 1), setup=case.setup)
+    assert changed == count and case.stored() == (0 if operation == "ack" else count)
 
 
 @pytest.mark.parametrize("operation, backend", [("ack", "floor"), ("nack", "floor"), ("ack", "reference")])
 def test_ack_nack_peers(benchmark: Any, tmp_path: Any, size: Size, operation: str, backend: str) -> None:
     benchmark.group = f"{operation} 10,000 ids"
     count = size(10_000, 2000)
-    prepared = rows(count)
-    ids = list(range(1, count + 1))
     if backend == "reference":
+        prepared = rows(count)
+        ids = list(range(1, count + 1))
         refs: List[ReferenceQueue] = []
 
         def setup_ref() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
@@ -239,21 +192,8 @@ def test_ack_nack_peers(benchmark: Any, tmp_path: Any, size: Size, operation: st
         changed = run(benchmark, lambda: refs[-1].ack(ids), items=count, rounds=size(15, 1), setup=setup_ref)
         assert changed == count
         return
-    chunks = id_chunk_params(ids)
-    conns: List[Any] = []
-
-    def setup() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-        if conns:
-            conns[-1].close()
-        conns.append(floor_connection(_path(tmp_path, "floor.db")))
-        floor_insert_many(conns[-1], prepared)
-        return (), {}
-
-    if operation == "ack":
-        target = lambda: floor_chunks(conns[-1], _sql.ACK_SQL, (), chunks)  # noqa: E731
-    else:
-        target = lambda: floor_chunks(conns[-1], _sql.NACK_SQL, (time.time() + 60.0,), chunks)  # noqa: E731
-    changed = run(benchmark, target, items=count, rounds=size(15, 1), setup=setup)
+    case = _cases.ack_nack(_path(tmp_path, "floor.db"), "floor", operation, count)
+    changed = run(benchmark, case.work, items=count, rounds=size(15, 1), setup=case.setup)
     assert changed == count
 
 

@@ -560,8 +560,9 @@ class Mount:
         if result.returncode != 0:
             subprocess.run(["fusermount3", "-u", "-z", self.mountpoint], check=False, capture_output=True)
         # A busy mount (a process still holding a file) detaches lazily and its daemon would
-        # wait for that process: it is stopped instead.
-        deadline = time.monotonic() + 10
+        # wait for that process: it is stopped instead. The daemon writes the kept state out
+        # before it exits, which takes seconds on a loaded 2-core machine: the wait is long.
+        deadline = time.monotonic() + 60
         finished, status = os.waitpid(self._pid, os.WNOHANG)
         while not finished and time.monotonic() < deadline:
             time.sleep(0.002)

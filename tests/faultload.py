@@ -43,11 +43,11 @@ class Doing:
 
 
 def read_doing(path: str) -> str:
-    """The operation a killed worker was in ("starting" until it has made its marker)."""
+    """The operation a killed worker was in."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(1)
-    except FileNotFoundError:
+    except FileNotFoundError:  # a busy machine can kill the child before it made the file
         return OPERATIONS[0]
     return OPERATIONS[data[0]] if data else OPERATIONS[0]
 

@@ -172,7 +172,7 @@ def test_ingest_server_records_and_stops_on_sigterm(backend: str, tmp_path: Any)
 
 
 def test_bench_prints_both_backends(backend: str) -> None:
-    done = run(backend, "bench", "--items", "1000", "--json")
+    done = run(backend, "bench", "--items", "1000", "--rounds", "2", "--json")
     assert done.returncode == 0, done.stderr
     rows = orjson.loads(done.stdout)
     assert [row["operation"] for row in rows][0].startswith("enqueue")

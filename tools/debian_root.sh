@@ -131,10 +131,11 @@ root_cleanup() {
 }
 
 # Build and test inside the root with a clean environment. $1: the machine (uname -m) the
-# root must report; $2: what pytest runs; the rest: extra pytest arguments.
+# root must report; $2: the extras to install; $3: what pytest runs; the rest: extra pytest
+# arguments.
 root_run() {
-    local machine="$1" suite="$2" quoted=""
-    shift 2
+    local machine="$1" extras="$2" suite="$3" quoted=""
+    shift 3
     if (($#)); then quoted="$(printf '%q ' "$@")"; fi
     log "building and testing inside the root"
     chroot "$ROOT" /usr/bin/env -i \
@@ -145,6 +146,6 @@ root_run() {
         ${HTTPS_PROXY:+"HTTPS_PROXY=$HTTPS_PROXY"} ${https_proxy:+"https_proxy=$https_proxy"} \
         ${NO_PROXY:+"NO_PROXY=$NO_PROXY"} ${no_proxy:+"no_proxy=$no_proxy"} \
         ${PIP_INDEX_URL:+"PIP_INDEX_URL=$PIP_INDEX_URL"} \
-        EXPECT_MACHINE="$machine" SUITE="$suite" PYTEST_ARGS="$quoted" \
+        EXPECT_MACHINE="$machine" EXTRAS="$extras" SUITE="$suite" PYTEST_ARGS="$quoted" \
         /bin/bash /work/src/tools/root_suite.sh
 }

@@ -3,8 +3,8 @@
 # checkout: build the sdist with this release's Python, compile a wheel from that sdist
 # (as cibuildwheel does; a failed or warning compile is an error), install the wheel with
 # the test extras into a fresh venv and run the suite on both backends, compiled required.
-# Environment: EXPECT_MACHINE (uname -m), SUITE (pytest paths and options), PYTEST_ARGS
-# (extra pytest arguments, shell-quoted).
+# Environment: EXPECT_MACHINE (uname -m), EXTRAS (the package extras to install), SUITE
+# (pytest paths and options), PYTEST_ARGS (extra pytest arguments, shell-quoted).
 set -euo pipefail
 cd /work
 step() { printf '\n--- %s (%d s so far)\n' "$*" "$SECONDS"; }
@@ -35,9 +35,9 @@ if grep -E "(\.(c|h|pyx|pxd):[0-9]+(:[0-9]+)?: warning:|warning: .*\.pyx:)" buil
 fi
 ls dist
 
-step "installing the wheel with the test extras"
+step "installing the wheel with the extras $EXTRAS"
 wheel=$(ls dist/*.whl)
-venv/bin/python -m pip install -q "$wheel[test]"
+venv/bin/python -m pip install -q "$wheel[$EXTRAS]"
 
 step "suite"
 cd /work/src

@@ -7,7 +7,7 @@ back in the queue, or drop them, on the queue's ``Store``.
 import sqlite3
 from typing import Any, List, Optional, Sequence, Tuple
 
-from . import _codec, _validate
+from . import _codec, _seal, _validate
 from ._sql import by_id_chunk_shape
 from ._store import Store
 from ._types import DeadLetter, Priority
@@ -33,7 +33,10 @@ def list_dead(store: Store, limit: Any) -> List[DeadLetter]:
     """Return up to ``limit`` dead letters, oldest first."""
     count = _validate.integer("limit", limit, 1)
     with store.lock:
-        return [_decode(row) for row in store.conn().execute(SELECT_DEAD_SQL, (count,))]
+        rows = store.conn().execute(SELECT_DEAD_SQL, (count,)).fetchall()
+        queue_id = store.queue_id
+    # Dead letters stay sealed in the file; only the copies handed out are opened.
+    return _seal.decoded(store.sealer, rows, queue_id, "sync_dead_letters", lambda found: [_decode(r) for r in found])
 
 
 def count_dead(conn: sqlite3.Connection) -> int:

@@ -33,3 +33,19 @@ class DiskFullError(QueueFullError, OSError):
 class CorruptDatabaseError(DatabaseError):
     """The queue file is damaged, truncated or not a SQLite database. It was left untouched
     (or, with ``on_corrupt="quarantine"``, renamed aside)."""
+
+
+class DecryptionError(CloudSyncError):
+    """A sealed item cannot be opened: its stored text was changed or moved to another row,
+    or the key under its key id is wrong. ``item_id`` and ``key_id`` name it (never the
+    key); nothing stored was changed or deleted."""
+
+    def __init__(self, message: str, item_id: Optional[int] = None, key_id: Optional[str] = None):
+        super().__init__(message)
+        self.item_id = item_id
+        self.key_id = key_id
+
+
+class MissingKeyError(DecryptionError):
+    """A sealed item's key id is not supplied by the queue's ``encryption_key`` (or the
+    queue has none)."""

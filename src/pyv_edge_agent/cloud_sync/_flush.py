@@ -30,7 +30,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
-from . import _codec
+from . import _codec, _seal
+from ._errors import DecryptionError
 from ._policy import FlushPolicy, LinkState
 from ._sql import (
     ACK_SQL,
@@ -44,6 +45,7 @@ from ._sql import (
     MOVE_TO_DEAD_SQL,
     NACK_SQL,
     RELEASE_SQL,
+    RESTORE_RETRY_SQL,
     SELECT_CLAIM_SQL,
     SELECT_EXHAUSTED_SQL,
     SELECT_GROUP_SQL,
@@ -66,6 +68,8 @@ REJECTED_STATUSES = frozenset({400, 422})
 CREDENTIAL_STATUSES = frozenset({401, 403})
 # A server asking for more than a day is more likely misconfigured than serious.
 MAX_RETRY_AFTER = 86400.0
+# An async uploader given to the sync flush is refused, never taken as accepting.
+ASYNC_HINT = "an async uploader is flushed by pyv_edge_agent.cloud_sync.aio.AsyncCloudSyncQueue.flush"
 # Error text stored with items and counters stays short.
 MAX_ERROR_CHARS = 500
 
@@ -109,6 +113,11 @@ class Outcome:
 
 
 def _outcome_of_result(result: Any, count: int) -> Outcome:
+    if inspect.isawaitable(result):
+        # Never awaited, so nothing was sent: counting it as accepted would drop the batch.
+        if inspect.iscoroutine(result):
+            result.close()
+        return Outcome(TRANSIENT, error=f"the uploader returned an awaitable; {ASYNC_HINT}")
     if result is False:
         return Outcome(TRANSIENT, error="the uploader returned False")
     if not isinstance(result, UploadResult):
@@ -138,6 +147,9 @@ def poster(uploader: Any) -> Callable[[List[bytes], str], Any]:
     if not callable(post_batch):
         raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")
     post_encoded = getattr(uploader, "post_encoded_batch", None)
+    for name, method in (("post_batch", post_batch), ("post_encoded_batch", post_encoded)):
+        if inspect.iscoroutinefunction(method):
+            raise TypeError(f"uploader.{name} is a coroutine function; {ASYNC_HINT}")
     if not callable(post_encoded):
         return lambda texts, key: post_batch([_codec.decode_payload(text) for text in texts])
     if _takes_idempotency_key(post_encoded):
@@ -184,8 +196,10 @@ class Flusher:
         if stop is not None and not callable(getattr(stop, "is_set", None)):
             raise TypeError(f"stop must be a threading.Event (or None), got {type(stop).__name__}: {stop!r:.100}")
         self._stop = stop
-        # Items rejected during this call wait for the next one, even with a zero backoff.
+        # Items rejected during this call wait for the next one, even with a zero backoff;
+        # so do items that cannot be opened (``_readable``).
         self._rejected: Set[int] = set()
+        self._unreadable: List[DecryptionError] = []
         self._dead_count = 0
         self._dead_error = ""
 
@@ -210,12 +224,16 @@ class Flusher:
             logger.warning(
                 "moved %d items to the dead-letter table; last error: %s", self._dead_count, self._dead_error
             )
+        if self._unreadable:
+            logger.error("%d items cannot be opened and stay stored, unsent; acked %d", len(self._unreadable), acked)
+            raise self._unreadable[0]
         return acked
 
     def _deliver(self, claim: _Claim, queue_id: str) -> Tuple[bool, int]:
         """Send a claimed batch, splitting it where the endpoint asks; return (go on, acked)."""
         acked = 0
-        claim.pending = [claim.rows]
+        readable = self._readable(claim)
+        claim.pending = [readable] if readable else []
         while claim.pending:
             part = claim.pending.pop()
             ids = [row[0] for row in part]
@@ -242,6 +260,23 @@ class Flusher:
             if outcome.retry:
                 return False, acked
         return True, acked
+
+    def _readable(self, claim: _Claim) -> List[Row]:
+        """The claimed rows with their stored texts as they are sent: opened when sealed.
+        An item that cannot be opened (missing or wrong key, changed text) is given back as
+        it was claimed and left alone for the rest of the call: never sent, never
+        dead-lettered; ``run`` raises its error at the end."""
+        store = self._store
+        rows, errors = _seal.split_readable(store.sealer, claim.rows, store.queue_id, 3, "sync_queue")
+        if errors:
+            failed = {error.item_id for error in errors}
+            with store.write() as conn:
+                conn.executemany(RESTORE_RETRY_SQL, [(row[4], row[0]) for row in claim.rows if row[0] in failed])
+                if not rows:
+                    conn.execute(DELETE_LEASE_SQL, (claim.token,))
+            self._rejected.update(row[0] for row in claim.rows if row[0] in failed)
+            self._unreadable += errors
+        return rows
 
     # -- claiming ---------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, cast
 
-from . import _codec, _deadletter, _integrity, _schema, _stats, _storage, _validate
+from . import _codec, _deadletter, _integrity, _schema, _seal, _stats, _storage, _validate
 from ._group_commit import GroupCommitter
 from ._integrity import IntegrityReport
 from ._policy import FlushPolicy, LinkState
@@ -23,7 +23,7 @@ from ._types import DeadLetter, Priority, QueueItem
 CONFIG_KEYS = tuple(
     "db_path durability busy_timeout max_batch_items max_batch_bytes retry_base_seconds retry_max_seconds"
     " lease_seconds max_queue_items max_queue_bytes min_free_disk_bytes purge_interval on_corrupt max_attempts"
-    " daily_message_limit".split()
+    " daily_message_limit encryption_key encryption_cipher".split()
 )
 _ALL_LEVELS = (1, 2, 3, 4)
 
@@ -83,6 +83,14 @@ class CloudSyncQueue:
         an ``UploadResult``) before it moves to the dead-letter table.
     :param daily_message_limit: when set, ``maybe_flush`` sends no more non-critical
         items once ``messages_sent_today`` reaches it; critical items always go.
+    :param encryption_key: seal every payload before it is stored (encryption at rest,
+        needs ``pyv-edge-agent[crypto]``): 32 random bytes, the path of a key file (32 raw
+        bytes, 64 hex digits or base64), or a callable for key rotation: ``f(None)``
+        returns the newest ``(key_id, key)``, used for new items; ``f(key_id)`` returns
+        that key's 32 bytes, or None. Items stay readable while their key is supplied;
+        ``rekey()`` re-seals them under the newest. None (default): stored as plain JSON.
+    :param encryption_cipher: ``"chacha20-poly1305"`` (default; the faster one without
+        AES instructions, as on a Raspberry Pi) or ``"aes-256-gcm"``, for new items.
     """
 
     def __init__(
@@ -104,6 +112,8 @@ class CloudSyncQueue:
         clock: Callable[[], float] = time.time,
         max_attempts: int = 5,
         daily_message_limit: Optional[int] = None,
+        encryption_key: Any = None,
+        encryption_cipher: str = _seal.DEFAULT_CIPHER,
     ) -> None:
         if not isinstance(db_path, (str, os.PathLike)):
             raise TypeError(f"db_path must be a str or os.PathLike, got {type(db_path).__name__}: {db_path!r:.100}")
@@ -126,8 +136,16 @@ class CloudSyncQueue:
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds since the epoch, got {clock!r:.100}")
         limits = _storage.StorageLimits.validated(max_queue_items, max_queue_bytes, min_free_disk_bytes, purge_interval)
+        cipher = _validate.choice("encryption_cipher", encryption_cipher, _seal.CIPHERS)
+        sealer = None if encryption_key is None else _seal.Sealer(encryption_key, cipher)
         self._store = Store(
-            path, durability=durability, busy_timeout=busy_timeout, on_corrupt=on_corrupt, clock=clock, limits=limits
+            path,
+            durability=durability,
+            busy_timeout=busy_timeout,
+            on_corrupt=on_corrupt,
+            clock=clock,
+            limits=limits,
+            sealer=sealer,
         )
         self._clock: Callable[[], float] = self._store.now
         self._committer: GroupCommitter[Tuple[str, int, int]] = GroupCommitter(self._write_group)
@@ -144,12 +162,22 @@ class CloudSyncQueue:
 
     def __repr__(self) -> str:
         durability = self._store.durability
-        return f"CloudSyncQueue(db_path={self.db_path!r}, durability={durability!r}, backend={_codec.BACKEND!r})"
+        sealer = self._store.sealer
+        sealed = "" if sealer is None else f", cipher={sealer.cipher!r}, key_id={sealer.key_id!r}"
+        return (
+            f"CloudSyncQueue(db_path={self.db_path!r}, durability={durability!r}{sealed}, backend={_codec.BACKEND!r})"
+        )
 
     @property
     def db_path(self) -> str:
         """The path of the SQLite file."""
         return self._store.path
+
+    @property
+    def encryption_key_id(self) -> Optional[str]:
+        """The key id new items are sealed under (None: the queue has no ``encryption_key``)."""
+        sealer = self._store.sealer
+        return None if sealer is None else sealer.key_id
 
     # -- writing ----------------------------------------------------------------------
 
@@ -251,7 +279,8 @@ class CloudSyncQueue:
                 rows += conn.execute(SELECT_ELIGIBLE_SQL, (level, now, now, limit - len(rows))).fetchall()
                 if len(rows) >= limit:
                     break
-        return _codec.decode_rows(rows)
+            queue_id = self._store.queue_id
+        return _seal.decoded(self._store.sealer, rows, queue_id, "sync_queue", _codec.decode_rows)
 
     @_sqlite_errors
     def pending_count(self) -> int:
@@ -281,6 +310,20 @@ class CloudSyncQueue:
         """Delete the items whose TTL has run out and return how many; counted in
         ``get_stats()["expired_purged_total"]``."""
         return self._store.purge_expired(when_due=False)
+
+    @_sqlite_errors
+    def rekey(self) -> int:
+        """Re-seal every stored item and dead letter under the newest key (asked of a
+        callable ``encryption_key`` again) and the configured cipher, plain ones from before
+        encryption was turned on included; return how many were re-sealed.
+
+        Every item is opened first: a missing key or a damaged item raises
+        ``DecryptionError`` and nothing is changed. Then the file is rewritten (``VACUUM``)
+        and its WAL truncated, so that the old texts do not linger in free pages.
+        """
+        from . import _rekey
+
+        return _rekey.rekey(self._store)
 
     @staticmethod
     def verify_file(db_path: "str | os.PathLike[str]") -> IntegrityReport:
@@ -331,6 +374,8 @@ class CloudSyncQueue:
         sent and nothing is removed. Once ``stop`` is set, the call returns after the
         batch in flight (``SyncWorker`` stops this way).
         """
+        if stop is not None and not isinstance(stop, threading.Event):
+            raise TypeError(f"stop must be a threading.Event or None, got {type(stop).__name__}: {stop!r:.100}")
         if uploader is None:
             return 0
         # The flush machinery loads on the first flush: a process that only enqueues never

@@ -41,6 +41,13 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
 _COLUMNS = "id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at"
 INSERT_SQL = "INSERT INTO sync_queue (payload, priority, created_at, ttl_seconds) VALUES (?, ?, ?, ?)"
 LAST_ROWID_SQL = "SELECT last_insert_rowid()"
+# A sealing queue inserts with explicit ids (its associated data names them): the ids that
+# AUTOINCREMENT would hand out next, read under the same transaction's write lock.
+INSERT_ID_SQL = "INSERT INTO sync_queue (payload, priority, created_at, ttl_seconds, id) VALUES (?, ?, ?, ?, ?)"
+NEXT_ID_SQL = (
+    "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'sync_queue'), 0),"
+    " COALESCE((SELECT MAX(id) FROM sync_queue), 0)) + 1"
+)
 # One query per priority: with ``priority = ?`` the index (priority, next_retry_at, rowid)
 # yields rows already in the documented order, and items parked for a later retry are
 # skipped by the range instead of scanned.
@@ -91,6 +98,8 @@ SELECT_GROUP_SQL = (
     f"SELECT {_ROW} FROM sync_queue"
     " WHERE priority = ? AND next_retry_at = ? AND created_at + ttl_seconds > ? ORDER BY id LIMIT ?"
 )
+# Gives an item that cannot be opened back as it was claimed.
+RESTORE_RETRY_SQL = "UPDATE sync_queue SET next_retry_at = ? WHERE id = ?"
 RELEASE_SQL = by_id_chunk_shape("UPDATE sync_queue SET next_retry_at = ? WHERE id IN {ids}")
 FORGET_REJECTIONS_SQL = by_id_chunk_shape("DELETE FROM sync_rejections WHERE id IN {ids}")
 COUNT_REJECTION_SQL = (

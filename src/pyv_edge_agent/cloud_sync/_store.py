@@ -11,11 +11,23 @@ import os
 import sqlite3
 import threading
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _clock, _integrity, _storage
 from ._errors import CloudSyncError, CorruptDatabaseError
-from ._sql import ADD_COUNTER_SQL, INSERT_SQL, LAST_ROWID_SQL, NEXT_DUE_SQL, READ_COUNTER_SQL, write_transaction
+from ._sql import (
+    ADD_COUNTER_SQL,
+    INSERT_ID_SQL,
+    INSERT_SQL,
+    LAST_ROWID_SQL,
+    NEXT_DUE_SQL,
+    NEXT_ID_SQL,
+    READ_COUNTER_SQL,
+    write_transaction,
+)
+
+if TYPE_CHECKING:
+    from ._seal import Sealer
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 
@@ -44,6 +56,8 @@ class Store:
     :param path: the database path (``:memory:`` and ``file:`` URIs are no file on disk).
     :param clock: the wall clock; ``now()`` is the queue's time built on it (see ``_clock``).
     :param limits: the storage limits that every insert is admitted under (``storage``).
+    :param sealer: seals payloads before they are stored (None: stored as they come); see
+        ``_seal``. ``queue_id`` is the open file's identity, which sealing binds items to.
     """
 
     def __init__(
@@ -55,8 +69,11 @@ class Store:
         on_corrupt: str,
         clock: Callable[[], float],
         limits: _storage.StorageLimits,
+        sealer: "Optional[Sealer]" = None,
     ) -> None:
         self.path = path
+        self.sealer = sealer
+        self.queue_id = ""
         self.durability = durability
         self.is_file = _storage.is_file_path(path)
         self._busy_timeout = busy_timeout
@@ -111,6 +128,7 @@ class Store:
         self._created_dirs = []
         try:
             self.clock.start(_clock.read_high_water(conn))
+            self.queue_id = str(conn.execute(READ_COUNTER_SQL, ("queue_id",)).fetchone()[0])
         except BaseException:
             conn.close()
             raise
@@ -181,16 +199,22 @@ class Store:
 
     def insert(self, rows: List[Tuple[str, int, float, int]]) -> List[int]:
         """Insert ``rows`` in one write transaction, admitted by ``storage`` (it may evict or
-        raise ``QueueFullError``, and then nothing is written); return their ids in order."""
+        raise ``QueueFullError``, and then nothing is written); return their ids in order.
+        With a ``sealer`` the payloads are sealed first, under the ids they get."""
         with self.lock:
             conn = self.conn()
             with self.storage.transaction(conn):
-                self.storage.admit(conn, [row[0] for row in rows], rows[0][2])
+                params: Sequence[Tuple[Any, ...]] = rows
+                sql = INSERT_SQL
+                if self.sealer is not None:
+                    first = int(conn.execute(NEXT_ID_SQL).fetchone()[0])
+                    params, sql = self.sealer.seal_rows(rows, first, self.queue_id), INSERT_ID_SQL
+                self.storage.admit(conn, [row[0] for row in params], rows[0][2])
                 _clock.persist_high_water(conn, self.clock)
                 if len(rows) == 1:
-                    last: int = conn.execute(INSERT_SQL, rows[0]).lastrowid  # type: ignore[assignment]
+                    last: int = conn.execute(sql, params[0]).lastrowid  # type: ignore[assignment]
                 else:
-                    conn.executemany(INSERT_SQL, rows)
+                    conn.executemany(sql, params)
                     last = conn.execute(LAST_ROWID_SQL).fetchone()[0]
             self.storage.maintain(conn)
         # AUTOINCREMENT under the write lock hands out consecutive ids.

@@ -15,9 +15,19 @@ from typing import Any, List, Optional
 
 import orjson
 
-from .. import BACKEND, CloudSyncError, CloudSyncQueue, DatabaseError, HTTPCloudUploader, Priority, __version__
+from .. import (
+    BACKEND,
+    CloudSyncError,
+    CloudSyncQueue,
+    DatabaseError,
+    HTTPCloudUploader,
+    MissingKeyError,
+    Priority,
+    __version__,
+)
 from .._metrics import BY_KEY, prometheus_text
 from .._schema import SCHEMA_VERSION
+from .._seal import CIPHERS, DEFAULT_CIPHER, KeyRing
 from ..ingest_server import IngestServer
 from ..uploader import DEFAULT_GZIP_MIN_BYTES
 from ._render import Output, TrackingUploader, human_age, human_bytes, human_duration
@@ -37,11 +47,16 @@ class UsageError(Exception):
     """A problem with how the command was called; exits 2."""
 
 
-def _open_queue(path: str) -> CloudSyncQueue:
-    """Open an existing queue file; an operator command never creates one by mistake."""
+def _open_queue(path: str, args: Optional[argparse.Namespace] = None) -> CloudSyncQueue:
+    """Open an existing queue file; an operator command never creates one by mistake. The
+    ``--key-file``s of a command that reads payloads open sealed ones (the last is the newest)."""
     if not os.path.exists(path):
         raise UsageError(f"no queue database at {path!r}")
-    return CloudSyncQueue(path)
+    key_files = getattr(args, "key_file", None)
+    if args is None or not key_files:
+        return CloudSyncQueue(path)
+    cipher = getattr(args, "cipher", DEFAULT_CIPHER)
+    return CloudSyncQueue(path, encryption_key=KeyRing.from_files(key_files), encryption_cipher=cipher)
 
 
 def _print_json(out: Output, value: Any) -> None:
@@ -82,7 +97,7 @@ def _cmd_stats(args: argparse.Namespace, out: Output) -> int:
 
 def _cmd_peek(args: argparse.Namespace, out: Output) -> int:
     priority = Priority[args.priority] if args.priority else None
-    with _open_queue(args.db) as queue:
+    with _open_queue(args.db, args) as queue:
         items = queue.peek(n=args.n, priority=priority)
     if args.json:
         _print_json(out, [item.to_dict() for item in items])
@@ -137,7 +152,7 @@ def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
         ca_certs=args.ca_certs,
         gzip_min_bytes=None if args.no_gzip else DEFAULT_GZIP_MIN_BYTES,
     )
-    with _open_queue(args.db) as queue:
+    with _open_queue(args.db, args) as queue:
         backlog = len(queue.peek(n=1_000_000))
         with out.progress("flushing", total=backlog) as advance:
             counting = TrackingUploader(uploader, advance)
@@ -206,7 +221,7 @@ def _cmd_dead_letters(args: argparse.Namespace, out: Output) -> int:
     if args.ids and args.all:
         raise UsageError("give --ids or --all, not both")
     ids = None if args.all else args.ids
-    with _open_queue(args.db) as queue:
+    with _open_queue(args.db, args) as queue:
         if args.requeue or args.drop:
             verb = "requeued" if args.requeue else "dropped"
             count = queue.requeue_dead_letters(ids) if args.requeue else queue.drop_dead_letters(ids)
@@ -234,6 +249,20 @@ def _cmd_dead_letters(args: argparse.Namespace, out: Output) -> int:
     out.table(
         ["id", "priority", "status", "last error", "dead since", "payload"], rows, title=f"{len(rows)} dead letters"
     )
+    return EXIT_OK
+
+
+# -- rekey --------------------------------------------------------------------------------
+
+
+def _cmd_rekey(args: argparse.Namespace, out: Output) -> int:
+    with _open_queue(args.db, args) as queue:
+        count = queue.rekey()
+        key_id = queue.encryption_key_id
+    if args.json:
+        _print_json(out, {"resealed": count})
+    else:
+        out.line(f"re-sealed {count} items under key id {key_id!r} ({args.cipher}); the file was vacuumed")
     return EXIT_OK
 
 
@@ -275,7 +304,7 @@ def _cmd_demo(args: argparse.Namespace, out: Output) -> int:
 def _cmd_bench(args: argparse.Namespace, out: Output) -> int:
     from ._bench import run_bench
 
-    results = run_bench(items=args.items)
+    results = run_bench(items=args.items, rounds=args.rounds)
     if args.json:
         _print_json(out, results)
     else:
@@ -347,6 +376,22 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--json", action="store_true", help="machine-readable JSON")
     dead.set_defaults(run=_cmd_dead_letters)
 
+    rekey = commands.add_parser("rekey", help="re-seal every stored item under the newest key (encryption at rest)")
+    rekey.add_argument("db", help="the queue's SQLite file")
+    rekey.add_argument("--json", action="store_true", help="machine-readable JSON")
+    rekey.set_defaults(run=_cmd_rekey)
+    rekey.add_argument(
+        "--cipher", choices=CIPHERS, default=DEFAULT_CIPHER, help=f"the cipher to seal with (default {DEFAULT_CIPHER})"
+    )
+    for reader in (peek, flush, dead, rekey):
+        reader.add_argument(
+            "--key-file",
+            action="append",
+            required=reader is rekey,
+            metavar="PATH",
+            help="a key for sealed payloads (32 bytes, hex or base64); repeat for old keys, the last one is the newest",
+        )
+
     purge = commands.add_parser("purge", help="delete items that can no longer be sent")
     purge.add_argument("db", help="the queue's SQLite file")
     purge.add_argument("--expired", action="store_true", help="items past their TTL")
@@ -370,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="a quick benchmark on this machine, compiled vs pure Python")
     bench.add_argument("--items", type=_positive_int, default=20000, help="items per scenario (default 20000)")
+    bench.add_argument(
+        "--rounds", type=_positive_int, default=5, help="turns each backend takes; figures are medians (default 5)"
+    )
     bench.add_argument("--json", action="store_true", help="machine-readable JSON")
     bench.set_defaults(run=_cmd_bench)
     return parser
@@ -389,6 +437,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.exit(EXIT_USAGE, f"cloud-sync: error: {exc}\n")
     except DatabaseError as exc:
         parser.exit(EXIT_DATABASE, f"cloud-sync: error: {exc}\n")
+    except MissingKeyError as exc:
+        parser.exit(EXIT_USAGE, f"cloud-sync: error: {exc}; pass its key with --key-file\n")
     except (CloudSyncError, OSError, ValueError, TypeError) as exc:
         parser.exit(EXIT_USAGE, f"cloud-sync: error: {exc}\n")
     return EXIT_OK  # pragma: no cover - parser.exit raises
