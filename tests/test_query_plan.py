@@ -5,6 +5,7 @@
 parked for a later retry by its range; ack, nack and the lease find rows by primary key.
 """
 
+import re
 from typing import List
 
 import pytest
@@ -12,9 +13,14 @@ import rawsql
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, _sql
 
+# SQLite before 3.36 (Bullseye ships 3.34) words a step "SEARCH TABLE t ..." / "SCAN TABLE t";
+# later releases drop "TABLE". Only that word is normalised: index, columns and ranges must match.
+_OLD_TABLE_WORDING = re.compile(r"^(SEARCH|SCAN) TABLE ")
+
 
 def _plan(queue: CloudSyncQueue, sql: str, params: tuple) -> List[str]:
-    return [row[3] for row in rawsql.execute(queue, "EXPLAIN QUERY PLAN " + sql, params).fetchall()]
+    rows = rawsql.execute(queue, "EXPLAIN QUERY PLAN " + sql, params).fetchall()
+    return [_OLD_TABLE_WORDING.sub(r"\1 ", row[3]) for row in rows]
 
 
 @pytest.mark.parametrize("sql", [_sql.SELECT_ELIGIBLE_SQL, _sql.SELECT_CLAIM_SQL])

@@ -1,0 +1,151 @@
+# Shared by tools/debian_release.sh (native) and tools/arm_emulation.sh (qemu-user): make or
+# reuse a cached Debian root of one release and architecture, then build the package in it
+# with that release's Python and SQLite and run the suite (tools/root_suite.sh, inside).
+# Sourced, not run. Callers set RELEASE and ARCH (a Debian architecture), call
+# root_enter_namespace "$@" first, then root_setup, root_ensure, root_mount and root_run.
+#
+# Environment:
+#   DEBIAN_ROOTS        where roots and the pip cache live (default /var/cache/pyv-edge-agent-roots;
+#                       must be outside the repository)
+#   DEBIAN_MIRROR       mirror for debootstrap (default http://deb.debian.org/debian)
+#   HOST_CA_BUNDLE      CA bundle pip inside the root trusts (default: $PIP_CERT, $SSL_CERT_FILE
+#                       or /etc/ssl/certs/ca-certificates.crt)
+#   ROOT_MAX_AGE_DAYS   a root older than this is remade, to pick up point releases (default 30)
+#   FRESH=1             remake the root even if it is current
+#   ROOT_ONLY=1         make (or check) the root and stop
+
+# Bump when the way a root is made changes: every cached root is then remade.
+ROOT_RECIPE_VERSION=1
+# What every root needs to build and test: Python with headers and venv, a C compiler. The
+# release's libsqlite3-0 comes with its python3. The test suite's own Debian packages
+# (tools/system-packages.txt) are added, so tests that need them run in the root too.
+ROOT_BASE_PACKAGES=(python3 python3-dev python3-venv gcc libc6-dev ca-certificates)
+
+log() { printf '\n=== [%s %s] %s\n' "$RELEASE" "$ARCH" "$*"; }
+
+# Re-run the calling script in a private mount namespace: every mount it makes for the root
+# disappears with it, even if it is killed, and parallel runs never see each other's /work.
+root_enter_namespace() {
+    if [[ -z "${PYV_ROOT_NAMESPACE:-}" ]]; then
+        exec env PYV_ROOT_NAMESPACE=1 unshare --mount --propagation private "$BASH" "$0" "$@"
+    fi
+}
+
+root_setup() {
+    REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    ROOTS="${DEBIAN_ROOTS:-/var/cache/pyv-edge-agent-roots}"
+    ROOT="$ROOTS/$RELEASE-$ARCH"
+    MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+    CA_BUNDLE="${HOST_CA_BUNDLE:-${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}}"
+    STAMP="$ROOT/.pyv-edge-agent-root"
+    case "$ROOTS/" in
+        "$REPO"/*) echo "DEBIAN_ROOTS must be outside the repository ($REPO)" >&2; exit 2 ;;
+    esac
+    if [[ $EUID -ne 0 ]]; then
+        echo "$0 needs root (debootstrap, chroot, mounts)" >&2
+        exit 2
+    fi
+    command -v debootstrap >/dev/null || bash "$REPO/tools/system-deps.sh"
+    mapfile -t ROOT_PACKAGES < <(
+        { printf '%s\n' "${ROOT_BASE_PACKAGES[@]}"
+          sed -e 's/#.*//' -e '/^[[:space:]]*$/d' -e 's/[[:space:]]//g' "$REPO/tools/system-packages.txt"
+        } | sort -u)
+    RUN_DIR=""
+    MOUNTS=()
+    trap root_cleanup EXIT
+}
+
+# Everything a root is made from; a root whose stamp says otherwise is stale.
+root_recipe() {
+    printf 'recipe %s\nrelease %s\narch %s\nvariant minbase\nmirror %s\npackages %s\n' \
+        "$ROOT_RECIPE_VERSION" "$RELEASE" "$ARCH" "$MIRROR" "${ROOT_PACKAGES[*]}"
+}
+
+root_is_current() {
+    [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$(root_recipe)" ]] &&
+        [[ -z "$(find "$STAMP" -mtime "+${ROOT_MAX_AGE_DAYS:-30}")" ]]
+}
+
+# Make the root unless a current one is cached. An exclusive lock while making it, then a
+# shared one for the rest of the run, so a parallel run never remakes a root in use.
+root_ensure() {
+    local started=$SECONDS packages
+    mkdir -p "$ROOTS"
+    exec {ROOT_LOCK}>"$ROOTS/$RELEASE-$ARCH.lock"
+    flock "$ROOT_LOCK"
+    if [[ "${FRESH:-0}" != 1 ]] && root_is_current; then
+        log "reusing $ROOT"
+    else
+        log "making $ROOT (debootstrap $RELEASE, $ARCH)"
+        rm -rf --one-file-system "$ROOT.new"
+        packages="$(IFS=,; echo "${ROOT_PACKAGES[*]}")"
+        debootstrap --arch="$ARCH" --variant=minbase --include="$packages" \
+            "$RELEASE" "$ROOT.new" "$MIRROR" > "$ROOTS/$RELEASE-$ARCH.debootstrap.log" 2>&1 ||
+            { tail -n 30 "$ROOTS/$RELEASE-$ARCH.debootstrap.log"; exit 1; }
+        # Mount points for the run; the root itself is never written after this.
+        mkdir -p "$ROOT.new/work" "$ROOT.new/pip-cache"
+        touch "$ROOT.new/etc/ssl/certs/host-ca-bundle.crt" "$ROOT.new/etc/hosts" "$ROOT.new/etc/resolv.conf"
+        rm -f "$ROOT.new"/var/cache/apt/archives/*.deb
+        root_recipe > "$ROOT.new/.pyv-edge-agent-root"
+        rm -rf --one-file-system "$ROOT"
+        mv "$ROOT.new" "$ROOT"
+        log "root made in $((SECONDS - started)) s"
+    fi
+    flock -s "$ROOT_LOCK"
+}
+
+root_bind() {
+    mount --bind "$1" "$2"
+    MOUNTS+=("$2")
+}
+
+# A private /work (the checkout's files and the build), /tmp, the pip cache shared by runs,
+# and the host's name resolution and CA bundle for pip; /proc, /sys and /dev for the suite.
+root_mount() {
+    RUN_DIR="$(mktemp -d "${TMPDIR:-/var/tmp}/pyv-root-run.XXXXXX")"
+    mkdir -p "$RUN_DIR/work/src" "$RUN_DIR/work/home" "$RUN_DIR/tmp" "$ROOTS/pip-cache"
+    chmod 1777 "$RUN_DIR/tmp"
+    # Only what is in the checkout (tracked or new, not ignored): no build/, *.so or venvs.
+    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard |
+        xargs -0 cp --parents -t "$RUN_DIR/work/src" 2>/dev/null || true)
+    root_bind "$RUN_DIR/work" "$ROOT/work"
+    root_bind "$RUN_DIR/tmp" "$ROOT/tmp"
+    root_bind "$ROOTS/pip-cache" "$ROOT/pip-cache"
+    root_bind /etc/resolv.conf "$ROOT/etc/resolv.conf"
+    root_bind /etc/hosts "$ROOT/etc/hosts"
+    root_bind "$CA_BUNDLE" "$ROOT/etc/ssl/certs/host-ca-bundle.crt"
+    mount -t proc proc "$ROOT/proc" && MOUNTS+=("$ROOT/proc")
+    mount --rbind /sys "$ROOT/sys" && MOUNTS+=("$ROOT/sys")
+    root_bind /dev "$ROOT/dev"
+    root_bind /dev/pts "$ROOT/dev/pts"
+    mount -t tmpfs tmpfs "$ROOT/dev/shm" && MOUNTS+=("$ROOT/dev/shm")
+}
+
+root_cleanup() {
+    local i
+    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+        umount -l "${MOUNTS[$i]}" 2>/dev/null || true
+    done
+    MOUNTS=()
+    if [[ -n "$RUN_DIR" ]]; then rm -rf --one-file-system "$RUN_DIR"; fi
+}
+
+# Build and test inside the root with a clean environment. $1: the machine (uname -m) the
+# root must report; $2: the extras to install; $3: what pytest runs; the rest: extra pytest
+# arguments.
+root_run() {
+    local machine="$1" extras="$2" suite="$3" quoted=""
+    shift 3
+    if (($#)); then quoted="$(printf '%q ' "$@")"; fi
+    log "building and testing inside the root"
+    chroot "$ROOT" /usr/bin/env -i \
+        HOME=/work/home PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        LANG=C.UTF-8 PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt \
+        SSL_CERT_FILE=/etc/ssl/certs/host-ca-bundle.crt PIP_CACHE_DIR=/pip-cache \
+        PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 PIP_PROGRESS_BAR=off \
+        ${HTTPS_PROXY:+"HTTPS_PROXY=$HTTPS_PROXY"} ${https_proxy:+"https_proxy=$https_proxy"} \
+        ${NO_PROXY:+"NO_PROXY=$NO_PROXY"} ${no_proxy:+"no_proxy=$no_proxy"} \
+        ${PIP_INDEX_URL:+"PIP_INDEX_URL=$PIP_INDEX_URL"} \
+        EXPECT_MACHINE="$machine" EXTRAS="$extras" SUITE="$suite" PYTEST_ARGS="$quoted" \
+        /bin/bash /work/src/tools/root_suite.sh
+}
