@@ -3,11 +3,12 @@ and printing JSON."""
 
 import argparse
 import os
-from typing import Any, Optional
+import time
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import orjson
 
-from .. import CloudSyncQueue
+from .. import CloudSyncQueue, DeadLetter, QueueItem
 from .._seal import DEFAULT_CIPHER, KeyRing
 from ._render import Output
 
@@ -41,3 +42,31 @@ def print_json(out: Output, value: Any) -> None:
 def shorten(text: str, width: int) -> str:
     """``text`` cut to ``width`` characters, an ellipsis marking the cut."""
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def show_entries(
+    out: Output,
+    as_json: bool,
+    entries: Sequence[Union[QueueItem, DeadLetter]],
+    headers: List[str],
+    title: str,
+    cells: Callable[[Any, float], Sequence[Any]],
+    width: int,
+) -> int:
+    """Print stored items or dead letters: as JSON with ``--json``, else as a table of their
+    id and priority, ``cells(entry, now)``, and the payload cut to ``width`` characters."""
+    if as_json:
+        print_json(out, [entry.to_dict() for entry in entries])
+        return EXIT_OK
+    now = time.time()
+    rows = [
+        [
+            entry.id,
+            entry.priority.name,
+            *cells(entry, now),
+            shorten(orjson.dumps(entry.payload, default=str).decode(), width),
+        ]
+        for entry in entries
+    ]
+    out.table(headers, rows, title=title)
+    return EXIT_OK

@@ -1,11 +1,10 @@
 """``cloud-sync dead-letters``: list the dead letters, or requeue or drop them."""
 
 import argparse
-import time
+from typing import Any, List
 
-import orjson
-
-from ._common import EXIT_OK, UsageError, open_queue, print_json, shorten
+from .. import DeadLetter
+from ._common import EXIT_OK, UsageError, open_queue, print_json, shorten, show_entries
 from ._render import Output, human_age
 
 
@@ -28,22 +27,10 @@ def cmd_dead_letters(args: argparse.Namespace, out: Output) -> int:
                 out.line(f"{verb} {count} dead letters")
             return EXIT_OK
         letters = queue.dead_letters(limit=args.n)
-    if args.json:
-        print_json(out, [letter.to_dict() for letter in letters])
-        return EXIT_OK
-    now = time.time()
-    rows = [
-        [
-            letter.id,
-            letter.priority.name,
-            "-" if letter.last_status is None else letter.last_status,
-            shorten(letter.last_error or "-", 40),
-            human_age(letter.dead_at, now),
-            shorten(orjson.dumps(letter.payload, default=str).decode(), 40),
-        ]
-        for letter in letters
-    ]
-    out.table(
-        ["id", "priority", "status", "last error", "dead since", "payload"], rows, title=f"{len(rows)} dead letters"
-    )
-    return EXIT_OK
+    headers = ["id", "priority", "status", "last error", "dead since", "payload"]
+
+    def cells(letter: DeadLetter, now: float) -> List[Any]:
+        status = "-" if letter.last_status is None else letter.last_status
+        return [status, shorten(letter.last_error or "-", 40), human_age(letter.dead_at, now)]
+
+    return show_entries(out, args.json, letters, headers, f"{len(letters)} dead letters", cells, 40)

@@ -10,10 +10,7 @@ import logging
 import os
 import signal
 import threading
-import time
 from typing import Any, List, Optional
-
-import orjson
 
 from .. import (
     BACKEND,
@@ -22,6 +19,7 @@ from .. import (
     DatabaseError,
     MissingKeyError,
     Priority,
+    QueueItem,
     __version__,
 )
 from .._metrics import BY_KEY, prometheus_text
@@ -29,7 +27,16 @@ from .._schema import SCHEMA_VERSION
 from .._seal import CIPHERS, DEFAULT_CIPHER
 from ..ingest_server import IngestServer
 from . import _connection
-from ._common import EXIT_DATABASE, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, UsageError, open_queue, print_json, shorten
+from ._common import (
+    EXIT_DATABASE,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    open_queue,
+    print_json,
+    show_entries,
+)
 from ._dead_letters_cmd import cmd_dead_letters
 from ._flush_cmd import DEFAULT_KEY_ENV, DEFAULT_MQTT_PASSWORD_ENV, cmd_flush
 from ._render import Output, human_age, human_bytes, human_duration
@@ -80,23 +87,16 @@ def _cmd_peek(args: argparse.Namespace, out: Output) -> int:
     priority = Priority[args.priority] if args.priority else None
     with open_queue(args.db, args) as queue:
         items = queue.peek(n=args.n, priority=priority)
-    if args.json:
-        print_json(out, [item.to_dict() for item in items])
-        return EXIT_OK
-    now = time.time()
-    rows = [
-        [
-            item.id,
-            item.priority.name,
+    headers = ["id", "priority", "age", "retries", "expires in", "payload"]
+
+    def cells(item: QueueItem, now: float) -> List[Any]:
+        return [
             human_age(item.created_at, now),
             item.retry_count,
             human_duration(item.created_at + item.ttl_seconds - now),
-            shorten(orjson.dumps(item.payload, default=str).decode(), 60),
         ]
-        for item in items
-    ]
-    out.table(["id", "priority", "age", "retries", "expires in", "payload"], rows, title=f"next {len(items)} eligible")
-    return EXIT_OK
+
+    return show_entries(out, args.json, items, headers, f"next {len(items)} eligible", cells, 60)
 
 
 # -- flush --------------------------------------------------------------------------------
@@ -142,9 +142,6 @@ def _cmd_check(args: argparse.Namespace, out: Output) -> int:
             for message in report.messages:
                 out.line(f"  {message}")
     return EXIT_OK if report.ok else EXIT_INCOMPLETE
-
-
-# -- dead-letters -------------------------------------------------------------------------
 
 
 # -- rekey --------------------------------------------------------------------------------
