@@ -71,3 +71,9 @@ async def _call_and_await(func: Callable[..., Any], args: Tuple[Any, ...], kwarg
         awaited: Awaitable[Any] = result
         result = await awaited
     return result
+
+
+def check_uploader(uploader: Any) -> None:
+    """Refuse, on the loop, an object that is no uploader (as ``maybe_flush`` would)."""
+    if not callable(getattr(uploader, "post_batch", None)):
+        raise TypeError(f"uploader must have a post_batch(payloads) method, got {type(uploader).__name__}")

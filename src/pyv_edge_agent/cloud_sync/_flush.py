@@ -20,19 +20,19 @@ backoff), unique to that batch, and a claim never mixes such a group with other 
 Items never tried (``next_retry_at`` 0) are batched freely.
 """
 
-import inspect
 import logging
 import math
 import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
 from . import _batchkeys, _codec, _seal
+from ._claim import Claim, pick
 from ._errors import DecryptionError
-from ._outgoing import ASYNC_HINT, OutgoingItem, Post, Row, outgoing_items, poster
+from ._outcome import ACCEPTED, CREDENTIALS, REJECTED, TOO_LARGE, TRANSIENT, Outcome, send
+from ._outgoing import OutgoingItem, Row, outgoing_items, poster
 from ._policy import FlushPolicy, LinkState
 from ._redact import clean
 from ._resume import release_held
@@ -49,26 +49,15 @@ from ._sql import (
     NACK_SQL,
     RELEASE_SQL,
     RESTORE_RETRY_SQL,
-    SELECT_CLAIM_SQL,
     SELECT_EXHAUSTED_SQL,
-    SELECT_GROUP_SQL,
     SET_COUNTER_SQL,
     write_transaction,
 )
 from ._store import Store
-from ._upload_types import OutcomeKind, UploadError, UploadResult
+from ._upload_types import OutcomeKind
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 
-ACCEPTED = OutcomeKind.ACCEPTED
-TRANSIENT = OutcomeKind.TRANSIENT
-TOO_LARGE = OutcomeKind.TOO_LARGE
-REJECTED = OutcomeKind.REJECTED
-CREDENTIALS = OutcomeKind.CREDENTIALS
-
-TRANSIENT_STATUSES = frozenset({408, 425, 429})
-REJECTED_STATUSES = frozenset({400, 422})
-CREDENTIAL_STATUSES = frozenset({401, 403})
 # A server asking for more than a day is more likely misconfigured than serious.
 MAX_RETRY_AFTER = 86400.0
 # Error text stored with items and counters stays short.
@@ -77,67 +66,6 @@ MAX_ERROR_CHARS = 500
 # The measured throughput, kept in sync_meta so that a restarted agent sizes its first
 # batches from it and ``cloud-sync stats`` shows it.
 THROUGHPUT_KEYS = ("link_bytes_per_second", "link_items_per_second")
-
-
-def classify(status: Optional[int]) -> OutcomeKind:
-    """Return the failure class of an HTTP status (None: no response at all)."""
-    if status is None or status in TRANSIENT_STATUSES or status >= 500:
-        return TRANSIENT
-    if status == 413:
-        return TOO_LARGE
-    if status in REJECTED_STATUSES:
-        return REJECTED
-    if status in CREDENTIAL_STATUSES:
-        return CREDENTIALS
-    if 200 <= status < 300:
-        return ACCEPTED
-    # Anything else (a redirect, 404, 409 ...) is most likely a configuration problem
-    # that an operator will fix: keep the data and retry later.
-    return TRANSIENT
-
-
-@dataclass
-class Outcome:
-    """What became of one upload attempt, by index into the part that was sent."""
-
-    kind: OutcomeKind
-    rejected: Sequence[int] = ()
-    retry: Sequence[int] = ()
-    status: Optional[int] = None
-    error: Optional[str] = None
-    retry_after: Optional[float] = None
-    too_large: Sequence[int] = ()
-    credentials: Sequence[int] = ()
-
-
-def _outcome_of_result(result: Any, count: int) -> Outcome:
-    if inspect.isawaitable(result):
-        # Never awaited, so nothing was sent: counting it as accepted would drop the batch.
-        if inspect.iscoroutine(result):
-            result.close()
-        return Outcome(TRANSIENT, error=f"the uploader returned an awaitable; {ASYNC_HINT}")
-    if result is False:
-        return Outcome(TRANSIENT, error="the uploader returned False")
-    if not isinstance(result, UploadResult):
-        return Outcome(ACCEPTED)
-    rejected, retry = list(result.rejected), list(result.retry)
-    too_large, credentials = list(result.too_large), list(result.credentials)
-    indices = rejected + retry + too_large + credentials
-    if len(set(indices)) != len(indices) or not all(type(i) is int and 0 <= i < count for i in indices):
-        return Outcome(TRANSIENT, error=f"the uploader returned an UploadResult with bad indices for {count} items")
-    return Outcome(ACCEPTED, rejected, retry, result.status, result.error, result.retry_after, too_large, credentials)
-
-
-def send(post: Post, part: List[Row], key: str) -> Outcome:
-    """Upload one part and classify what happened; never raises an ``Exception``."""
-    try:
-        result = post(part, key)
-    except UploadError as exc:
-        kind = CREDENTIALS if getattr(exc, "credentials_refused", False) else classify(exc.status)
-        return Outcome(kind, status=exc.status, error=str(exc), retry_after=exc.retry_after)
-    except Exception as exc:  # any failure of a user-supplied uploader is a failed batch
-        return Outcome(TRANSIENT, error=f"{type(exc).__name__}: {exc}")
-    return _outcome_of_result(result, len(part))
 
 
 def check_deadline(lease: float, uploader: Any) -> None:
@@ -149,15 +77,6 @@ def check_deadline(lease: float, uploader: Any) -> None:
             f"the uploader's timeout ({timeout!r} s) must be below the queue's lease_seconds ({lease!r} s): "
             "a request still running when its lease ends would be sent again by another flusher"
         )
-
-
-@dataclass
-class _Claim:
-    rows: List[Row]
-    token: str
-    pending: List[List[Row]] = field(default_factory=list)
-    # The Idempotency-Key of each part, by its ids.
-    keys: Dict[Tuple[int, ...], str] = field(default_factory=dict)
 
 
 class Flusher:
@@ -216,7 +135,7 @@ class Flusher:
             raise self._unreadable[0]
         return acked
 
-    def _deliver(self, claim: _Claim) -> Tuple[bool, int]:
+    def _deliver(self, claim: Claim) -> Tuple[bool, int]:
         """Send a claimed batch, splitting it where the endpoint asks; return (go on, acked)."""
         acked = 0
         readable = self._readable(claim)
@@ -253,7 +172,7 @@ class Flusher:
                 return False, acked
         return True, acked
 
-    def _readable(self, claim: _Claim) -> List[Row]:
+    def _readable(self, claim: Claim) -> List[Row]:
         """The claimed rows with their stored texts as they are sent: opened when sealed.
         An item that cannot be opened (missing or wrong key, changed text) is given back as
         it was claimed and left alone for the rest of the call: never sent, never
@@ -311,7 +230,7 @@ class Flusher:
 
     # -- claiming ---------------------------------------------------------------------
 
-    def _claim(self) -> Optional[_Claim]:
+    def _claim(self) -> Optional[Claim]:
         """Pick the next batch and lease it in one transaction (push ``next_retry_at`` ahead),
         so that a concurrent flusher, thread or process, does not send the same items."""
         store = self._store
@@ -320,11 +239,13 @@ class Flusher:
             conn = store.conn()
             now = store.now()
             with write_transaction(conn):
-                rows = self._pick(conn, now)
+                budget = self._policy.budget_left(store.sent_today)
+                bounds = (self._max_items, self._max_bytes)
+                rows = pick(conn, now, self._policy, budget, bounds, self._rejected)
                 claim = None
                 if rows:
                     ids = [row[0] for row in rows]
-                    claim = _Claim(rows, uuid.uuid4().hex)
+                    claim = Claim(rows, uuid.uuid4().hex)
                     # Stored with the lease: a retry in any process finds it.
                     claim.keys[tuple(ids)] = _batchkeys.key_for(conn, ids)
                     until = now + self._policy.lease_seconds
@@ -333,54 +254,7 @@ class Flusher:
                     conn.execute(INSERT_LEASE_SQL, (claim.token, len(rows), until))
         return claim
 
-    def _pick(self, conn: sqlite3.Connection, now: float) -> List[Row]:
-        """The next batch: the group of a batch being retried, or fresh items, whichever
-        comes first in priority order."""
-        budget = self._policy.budget_left(self._store.sent_today)
-        levels = (1,) if budget == 0 else (1, 2, 3, 4)
-        first = next((rows[0] for level in levels for rows in [self._select(conn, now, level, 1)] if rows), None)
-        if first is None:
-            return []
-        rows: List[Row] = []
-        if first[4] > 0:
-            # A retried batch goes whole: under the fixed bounds, which it was formed within.
-            limit, size = self._policy.max_batch_items, self._policy.max_batch_bytes
-            for level in levels:
-                rows += conn.execute(SELECT_GROUP_SQL, (level, first[4], now, limit)).fetchall()
-            rows = [row for row in rows if row[0] not in self._rejected]
-        else:
-            limit, size = self._max_items, self._max_bytes
-            for level in levels:
-                room = limit - len(rows)
-                found = self._select(conn, now, level, room) if room > 0 else []
-                fresh = [row for row in found if row[4] <= 0]
-                rows += fresh
-                if len(fresh) < len(found) or len(rows) >= limit:
-                    break  # a retried group comes next in priority order: it goes alone
-            if self._policy.max_batch_seconds is not None and rows and rows[0][3] == 1:
-                # Critical items go alone, in one round trip, not behind a batch's worth.
-                rows = [row for row in rows if row[3] == 1]
-        if budget is not None:
-            critical = [row for row in rows if row[3] == 1]
-            rows = critical + [row for row in rows if row[3] != 1][: max(0, budget - len(critical))]
-        return self._bounded(rows[:limit], size)
-
-    def _select(self, conn: sqlite3.Connection, now: float, level: int, limit: int) -> List[Row]:
-        rows = conn.execute(SELECT_CLAIM_SQL, (level, now, now, limit + len(self._rejected))).fetchall()
-        if self._rejected:
-            rows = [row for row in rows if row[0] not in self._rejected]
-        return rows[:limit]
-
-    @staticmethod
-    def _bounded(rows: List[Row], limit: int) -> List[Row]:
-        size = 0
-        for count, row in enumerate(rows):
-            size += len(row[1])
-            if size > limit and count:
-                return rows[:count]
-        return rows
-
-    def _split(self, claim: _Claim, parent: List[int]) -> None:
+    def _split(self, claim: Claim, parent: List[int]) -> None:
         """A split sends more requests than planned: keep the rest hidden for a full lease,
         and give each new part a key of its own (the parent's is not used again)."""
         store = self._store
@@ -397,7 +271,7 @@ class Flusher:
 
     # -- settling ---------------------------------------------------------------------
 
-    def _settle(self, claim: _Claim, apply: Callable[..., int], *args: Any) -> int:
+    def _settle(self, claim: Claim, apply: Callable[..., int], *args: Any) -> int:
         """Apply one outcome in one transaction; the last one also ends the lease."""
         with self._store.write() as conn:
             result = apply(conn, *args)
@@ -405,7 +279,7 @@ class Flusher:
                 conn.execute(DELETE_LEASE_SQL, (claim.token,))
         return result
 
-    def _accept(self, conn: sqlite3.Connection, claim: _Claim, part: List[Row], outcome: Outcome) -> int:
+    def _accept(self, conn: sqlite3.Connection, claim: Claim, part: List[Row], outcome: Outcome) -> int:
         """Ack what the endpoint took; reject and retry the indices it named."""
         store = self._store
         _batchkeys.forget(conn, [row[0] for row in part])
@@ -431,11 +305,11 @@ class Flusher:
             self._dead_letter(conn, [part[i][0] for i in outcome.too_large], outcome.status, error)
         if outcome.credentials:
             error = outcome.error or f"the endpoint refused the credentials for {len(outcome.credentials)} items"
-            kept = Outcome(CREDENTIALS, status=outcome.status, error=error)
+            kept = Outcome(kind=CREDENTIALS, status=outcome.status, error=error)
             self._keep_for_credentials(conn, claim, [part[i] for i in [*outcome.credentials, *outcome.retry]], kept)
         elif outcome.retry:
             error = outcome.error or f"the uploader asked to retry {len(outcome.retry)} of {len(part)} items"
-            retry_outcome = Outcome(TRANSIENT, status=outcome.status, error=error, retry_after=outcome.retry_after)
+            retry_outcome = Outcome(kind=TRANSIENT, status=outcome.status, error=error, retry_after=outcome.retry_after)
             self._back_off(conn, claim, [part[i] for i in outcome.retry], retry_outcome)
         return acked
 
@@ -480,7 +354,7 @@ class Flusher:
             self._dead_error = error
         return 0
 
-    def _back_off(self, conn: sqlite3.Connection, claim: _Claim, part: List[Row], outcome: Outcome) -> int:
+    def _back_off(self, conn: sqlite3.Connection, claim: Claim, part: List[Row], outcome: Outcome) -> int:
         """Nack the failed part with backoff, hold back the rest of the claim just as long,
         and remember the part so that its retry sends the same items under the same key."""
         delay = self._policy.backoff_delay(max(row[2] for row in part))
@@ -496,7 +370,7 @@ class Flusher:
         self._record_failure(conn, TRANSIENT, error, delay, len(part), held if link_down else ())
         return 0
 
-    def _keep_for_credentials(self, conn: sqlite3.Connection, claim: _Claim, part: List[Row], outcome: Outcome) -> int:
+    def _keep_for_credentials(self, conn: sqlite3.Connection, claim: Claim, part: List[Row], outcome: Outcome) -> int:
         """Keep every item and wait long: a bad key is fixed by a person, not by retrying."""
         delay = self._policy.credentials_delay()
         until = self._store.now() + delay
@@ -505,7 +379,7 @@ class Flusher:
         self._record_failure(conn, CREDENTIALS, _short(outcome.error or "credentials refused"), delay, len(part))
         return 0
 
-    def _hold_rest(self, claim: _Claim, until: float) -> float:
+    def _hold_rest(self, claim: Claim, until: float) -> float:
         """Hold back the parts not sent yet just as long, as a group of their own (a new
         batch: the keys of its parts are not used again); return the stamp they got."""
         conn = self._store.conn()

@@ -1,21 +1,19 @@
 """``CloudSyncQueue``: the public face of the queue. It validates, encodes and hands work to
 its parts: the ``Store`` (connection, lock, transactions, clock), the ``StorageGuard``
 (limits, eviction, purge), a ``GroupCommitter`` for single enqueues, and, for a flush, the
-``FlushPolicy``, the ``LinkState`` and a ``_flush.Flusher``. See docs/architecture.md."""
+``FlushPolicy``, the ``LinkState`` and a ``_flush.Flusher``. The flushing methods come from
+``FlushingQueue`` (``_queue_flush``). See docs/architecture.md."""
 
-import contextlib
-import functools
 import os
-import sqlite3
-import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, cast
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import _codec, _deadletter, _integrity, _schema, _seal, _stats, _storage, _validate
 from ._group_commit import GroupCommitter
 from ._integrity import IntegrityReport
 from ._policy import FlushPolicy, LinkState
-from ._sql import ACK_SQL, COUNT_SQL, NACK_SQL, RESET_DAILY_SQL, SELECT_ELIGIBLE_SQL
+from ._queue_flush import FlushingQueue, sqlite_errors
+from ._sql import ACK_SQL, COUNT_SQL, NACK_SQL, SELECT_ELIGIBLE_SQL
 from ._store import Store
 from ._types import DeadLetter, Priority, QueueItem
 
@@ -28,26 +26,8 @@ CONFIG_KEYS = tuple(
 )
 _ALL_LEVELS = (1, 2, 3, 4)
 
-_Method = TypeVar("_Method", bound=Callable[..., Any])
 
-
-def _sqlite_errors(method: _Method) -> _Method:
-    """Turn a full disk and a damaged file into the package's errors, naming the path."""
-
-    @functools.wraps(method)
-    def wrapper(self: "CloudSyncQueue", *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            error = self._store.translate_error(exc)
-            if error is None:
-                raise
-            raise error from exc
-
-    return cast(_Method, wrapper)
-
-
-class CloudSyncQueue:
+class CloudSyncQueue(FlushingQueue):
     """A persistent, priority-ordered store-and-forward queue backed by one SQLite file.
 
     Thread-safe through one ``threading.RLock``; several processes may share the file
@@ -140,7 +120,7 @@ class CloudSyncQueue:
         path = _validate.db_path(db_path)
         durability = _validate.choice("durability", durability, tuple(_schema.SYNCHRONOUS))
         busy_timeout = _validate.number("busy_timeout", busy_timeout, 0.0, maximum=_schema.MAX_BUSY_TIMEOUT)
-        self._policy = FlushPolicy(
+        policy = FlushPolicy(
             max_batch_items,
             max_batch_bytes,
             retry_base_seconds,
@@ -155,14 +135,14 @@ class CloudSyncQueue:
             max_batch_seconds,
             probe_interval,
         )
-        self._link = LinkState(self._policy.pacer())
+        link = LinkState(policy.pacer())
         on_corrupt = _validate.choice("on_corrupt", on_corrupt, _integrity.ON_CORRUPT_CHOICES)
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds since the epoch, got {clock!r:.100}")
         limits = _storage.StorageLimits.validated(max_queue_items, max_queue_bytes, min_free_disk_bytes, purge_interval)
         cipher = _validate.choice("encryption_cipher", encryption_cipher, _seal.CIPHERS)
         sealer = None if encryption_key is None else _seal.Sealer(encryption_key, cipher)
-        self._store = Store(
+        store = Store(
             path,
             durability=durability,
             busy_timeout=busy_timeout,
@@ -171,7 +151,7 @@ class CloudSyncQueue:
             limits=limits,
             sealer=sealer,
         )
-        self._clock: Callable[[], float] = self._store.now
+        super().__init__(store, policy, link)
         self._committer: GroupCommitter[Tuple[str, int, int]] = GroupCommitter(self._write_group)
 
     def close(self) -> None:
@@ -203,15 +183,9 @@ class CloudSyncQueue:
         sealer = self._store.sealer
         return None if sealer is None else sealer.key_id
 
-    @property
-    def lease_seconds(self) -> float:
-        """How long a batch being uploaded stays hidden from other flushers; an uploader's
-        ``timeout`` must be below it."""
-        return self._policy.lease_seconds
-
     # -- writing ----------------------------------------------------------------------
 
-    @_sqlite_errors
+    @sqlite_errors
     def enqueue(
         self, payload: Dict[str, Any], priority: Priority = Priority.TELEMETRY, ttl_seconds: int = 86400
     ) -> int:
@@ -240,7 +214,7 @@ class CloudSyncQueue:
         enqueue path goes through here."""
         return self._store.insert(rows)
 
-    @_sqlite_errors
+    @sqlite_errors
     def enqueue_many(
         self, payloads: Sequence[Dict[str, Any]], priority: Priority = Priority.TELEMETRY, ttl_seconds: int = 86400
     ) -> List[int]:
@@ -260,7 +234,7 @@ class CloudSyncQueue:
             self._link.wake()
         return ids
 
-    @_sqlite_errors
+    @sqlite_errors
     def ack(self, ids: Sequence[int]) -> int:
         """Delete the given items; return how many rows were deleted. Unknown ids are ignored."""
         chunks = _codec.id_chunks(ids)
@@ -269,7 +243,7 @@ class CloudSyncQueue:
             self._store.storage.maintain(self._store.conn())
             return deleted
 
-    @_sqlite_errors
+    @sqlite_errors
     def nack(self, ids: Sequence[int], retry_delay_seconds: float = 60.0) -> int:
         """Count a failed attempt on the given items and hide them for ``retry_delay_seconds``.
 
@@ -282,7 +256,7 @@ class CloudSyncQueue:
 
     # -- reading ----------------------------------------------------------------------
 
-    @_sqlite_errors
+    @sqlite_errors
     def dequeue(self, batch_size: int = 10) -> List[QueueItem]:
         """Return up to ``batch_size`` eligible items in priority order without removing them.
 
@@ -292,7 +266,7 @@ class CloudSyncQueue:
         limit = _validate.integer("batch_size", batch_size, 1)
         return self._eligible(limit, _ALL_LEVELS)
 
-    @_sqlite_errors
+    @sqlite_errors
     def peek(self, n: int = 5, *, priority: Optional[Priority] = None) -> List[QueueItem]:
         """Return up to ``n`` eligible items, exactly as ``dequeue`` would, for inspection;
         ``priority`` keeps only that level."""
@@ -312,13 +286,13 @@ class CloudSyncQueue:
             queue_id = self._store.queue_id
         return _seal.decoded(self._store.sealer, rows, queue_id, "sync_queue", _codec.decode_rows)
 
-    @_sqlite_errors
+    @sqlite_errors
     def pending_count(self) -> int:
         """Return the number of stored items, whatever their TTL or retry state."""
         with self._store.lock:
             return int(self._store.conn().execute(COUNT_SQL).fetchone()[0])
 
-    @_sqlite_errors
+    @sqlite_errors
     def get_stats(self) -> Dict[str, Any]:
         """Return queue statistics.
 
@@ -335,13 +309,13 @@ class CloudSyncQueue:
 
     # -- storage and integrity --------------------------------------------------------
 
-    @_sqlite_errors
+    @sqlite_errors
     def purge_expired(self) -> int:
         """Delete the items whose TTL has run out and return how many; counted in
         ``get_stats()["expired_purged_total"]``."""
         return self._store.purge_expired(when_due=False)
 
-    @_sqlite_errors
+    @sqlite_errors
     def rekey(self) -> int:
         """Re-seal every stored item and dead letter under the newest key (asked of a
         callable ``encryption_key`` again) and the configured cipher, plain ones from before
@@ -369,110 +343,14 @@ class CloudSyncQueue:
         with self._store.lock:
             return _integrity.verify(self._store.conn(), self.db_path)
 
-    @_sqlite_errors
+    @sqlite_errors
     def compact(self) -> None:
         """Rewrite the file to its smallest size (SQLite ``VACUUM``) and switch a file made by
         an earlier release to incremental auto-vacuum, so that it shrinks by itself from
         then on. Needs free disk space about the size of the stored items."""
         self._store.compact()
 
-    # -- counters ---------------------------------------------------------------------
-
-    @property
-    def messages_sent_today(self) -> int:
-        """Items acked by ``maybe_flush`` since the last ``reset_daily_counters()``; persisted."""
-        return self._store.sent_today()
-
-    @_sqlite_errors
-    def reset_daily_counters(self) -> None:
-        """Reset ``messages_sent_today`` to 0; call it from a job at midnight."""
-        with self._store.lock:
-            self._store.conn().execute(RESET_DAILY_SQL)
-
-    # -- flushing ---------------------------------------------------------------------
-
-    @_sqlite_errors
-    def maybe_flush(self, uploader: Any = None, *, stop: Optional[threading.Event] = None) -> int:
-        """Send eligible items through ``uploader.post_batch`` in priority order; return how
-        many were acked.
-
-        Items go in batches bounded by ``max_batch_items`` and ``max_batch_bytes``; each
-        accepted batch is acked. A failure is classified (see the README): a transient
-        one nacks the batch with backoff and ends the call, a 413 splits the batch, a
-        rejection isolates the bad items and in the end dead-letters them, refused
-        credentials keep every item and back off long. Without an uploader nothing is
-        sent and nothing is removed. Once ``stop`` is set, the call returns after the
-        batch in flight (``SyncWorker`` stops this way).
-        """
-        if stop is not None and not isinstance(stop, threading.Event):
-            raise TypeError(f"stop must be a threading.Event or None, got {type(stop).__name__}: {stop!r:.100}")
-        if uploader is None:
-            return 0
-        # The flush machinery loads on the first flush: a process that only enqueues never
-        # needs it, and it is a tenth of the import time.
-        from . import _flush
-
-        # Checks the uploader before anything is written.
-        flusher = _flush.Flusher(self._store, self._policy, self._link, uploader, stop)
-        # Housekeeping on the way: expired items go every ``purge_interval``, space goes back.
-        self._store.purge_expired(when_due=True)
-        return flusher.run()
-
-    @property
-    def backoff_seconds(self) -> float:
-        """Seconds left of the backoff that the last failed upload of this queue object set (0 if none)."""
-        return self._link.backoff_seconds(self._clock())
-
-    @property
-    def probe_interval(self) -> Optional[float]:
-        """How often a sync loop probes the link while backing off after an upload that got
-        no answer (None: it does not)."""
-        return self._policy.probe_interval
-
-    @property
-    def link_down(self) -> bool:
-        """True while this queue object backs off after an upload that got no answer at
-        all (refused, unreachable, timed out): the kind of backoff a probe may end."""
-        return self._link.link_down
-
-    @_sqlite_errors
-    def end_backoff(self) -> bool:
-        """End a backoff after an upload that got no answer, because the link is back (a
-        probe succeeded, a network-up hook ran): the batches it held are due now, each
-        still whole, so its retry carries the same idempotency key. Returns whether a
-        backoff ended. A backoff after refused credentials (401/403) or an answer of the
-        endpoint (5xx, 429, ``Retry-After``) stays: a working link does not end those."""
-        from ._resume import release_held
-
-        with self._store.lock:
-            stamps = self._link.resume(self._clock())
-            if stamps is None:
-                return False
-            with self._store.write() as conn:
-                release_held(conn, stamps)
-        return True
-
-    def next_due_in(self) -> Optional[float]:
-        """Seconds until ``maybe_flush`` has something to send: 0 when an item is due now,
-        None when nothing is stored but expired items.
-
-        Counts the current backoff, and leaves out non-critical items once the daily
-        message budget is spent. A sync loop sleeps this long instead of polling.
-        """
-        with self._store.lock:
-            now = self._clock()
-            due = self._store.earliest_due(self._policy.levels(self._store.sent_today), now)
-        return None if due is None else max(0.0, due - now, self._link.backoff_until - now)
-
-    @contextlib.contextmanager
-    def waking(self, event: threading.Event) -> Iterator[threading.Event]:
-        """While the block runs, set ``event`` whenever a critical item is enqueued through
-        this queue object (a sync loop waits on it; ``SyncWorker`` does)."""
-        self._link.wakers.append(event)
-        try:
-            yield event
-        finally:
-            self._link.wakers.remove(event)
+    # (flushing, the link's backoff and the daily counter: ``FlushingQueue``, _queue_flush.py)
 
     # -- dead letters -----------------------------------------------------------------
 

@@ -10,31 +10,25 @@ import os
 import re
 import ssl
 import threading
-import time
 import uuid
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
-from urllib.parse import SplitResult, urlsplit
-
-import orjson
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import urllib3
 
-from . import _codec, _http, _proxy, _tls, _validate
+from . import _codec, _http, _proxy, _tls, _upload_checks, _validate
 from ._errors import UploadError
+from ._http_answer import ERROR_SNIPPET, rejected_indices
+from ._http_answer import parse_retry_after as parse_retry_after  # importable from here, as before
+from ._http_headers import OWNED_HEADERS as OWNED_HEADERS  # importable from here, as before
+from ._http_headers import auth_headers, header_secrets
 from ._redact import Secret, clean, query_values, redact_url, scrub
 from ._upload_types import UploadResult as UploadResult  # also importable from here, as before
 
 # Larger request bodies are gzip-compressed by default: on a metered link JSON shrinks
 # several-fold, while small bodies are not worth the CPU of an ARM gateway.
 DEFAULT_GZIP_MIN_BYTES = 4096
-# Only this much of an error body is kept in a message: enough for the server's reason.
-_ERROR_SNIPPET = 200
-# Headers the uploader writes itself; the key cannot go in one of them.
-OWNED_HEADERS = frozenset(
-    ("host", "content-type", "content-length", "content-encoding", "transfer-encoding", "connection", "idempotency-key")
-)
-_DELTA_SECONDS = re.compile("[0-9]+")
 # A proxy refusing the CONNECT for its credentials: 407, or 401 from some (tinyproxy).
 _PROXY_REFUSAL = re.compile(r"Tunnel connection failed: (407|401)\b")
 # Answers that refuse the credentials: refreshed once and retried at once.
@@ -49,118 +43,6 @@ def _urllib3() -> Any:
     import urllib3
 
     return urllib3
-
-
-def _split_endpoint(endpoint: str) -> SplitResult:
-    """``urlsplit``, whose own error for a malformed host ("Invalid IPv6 URL") names nothing."""
-    try:
-        return urlsplit(endpoint)
-    except ValueError:
-        # Not shown: a URL that does not parse cannot have its credentials redacted.
-        raise ValueError("endpoint must be an http:// or https:// URL with a host, got a malformed URL") from None
-
-
-def _check_port(parts: SplitResult, endpoint: str) -> None:
-    """Refuse a port out of range now, not at the first upload (whose error would quote the URL)."""
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if port is not None and not 1 <= port <= 65535:
-        raise ValueError(f"endpoint {redact_url(endpoint)!r} has a port out of range; ports are 1..65535")
-
-
-def _check_api_key(api_key: Any) -> None:
-    """Refuse a key http.client would refuse at every upload, in an error that quotes it:
-    the message says where the bad character is, never the key."""
-    if not isinstance(api_key, str) or not api_key:
-        raise TypeError("api_key must be a non-empty str")
-    for position, char in enumerate(api_key):
-        if not "!" <= char <= "~":
-            what = "a line break" if char in "\r\n" else "a space" if char == " " else "a character"
-            raise ValueError(
-                f"api_key must be visible ASCII characters only; it has {what} (U+{ord(char):04X}) at "
-                f"position {position} of {len(api_key)} (was it read from a file without stripping the newline?)"
-            )
-
-
-def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
-    """Return the seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if _DELTA_SECONDS.fullmatch(value):  # ASCII digits only: str.isdigit() also takes "²"
-        return float(value)
-    import email.utils  # only for HTTP dates; it pulls in socket and datetime
-
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        if when is None:
-            return None
-        return max(0.0, when.timestamp() - (time.time() if now is None else now))
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def _rejected_indices(body: bytes, count: int) -> Tuple[List[int], Optional[str]]:
-    """Read ``{"rejected": [indices], "error": ...}`` from a 2xx answer; anything else
-    rejects nothing. The error text is the server's: the caller scrubs it."""
-    if not body.lstrip().startswith(b"{"):
-        return [], None
-    try:
-        answer = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return [], None
-    indices = answer.get("rejected") if isinstance(answer, dict) else None
-    if not isinstance(indices, list):
-        return [], None
-    valid = sorted({i for i in indices if type(i) is int and 0 <= i < count})
-    error = answer.get("error")
-    return valid, str(error) if error is not None else None
-
-
-def _check_credentials(credentials: Any) -> None:
-    for method in ("headers", "refused"):
-        if not callable(getattr(credentials, method, None)):
-            raise TypeError(
-                f"credentials must have headers() and refused() methods (see pyv_edge_agent.cloud_sync.credentials), "
-                f"got {type(credentials).__name__} without {method}()"
-            )
-
-
-def _header_secrets(headers: Mapping[str, str]) -> List[str]:
-    """The auth header values as sent, and the token after a scheme word (``Bearer x``)."""
-    found = []
-    for value in headers.values():
-        found.append(value)
-        scheme, space, token = value.partition(" ")
-        if space and token:
-            found.append(token)
-    return found
-
-
-def _auth_headers(credentials: Any) -> Dict[str, str]:
-    """The credentials object's headers, refused before sending if http.client would choke
-    on them (its error would quote the value)."""
-    headers = credentials.headers()
-    if not isinstance(headers, Mapping) or not headers:
-        raise UploadError(
-            f"credentials.headers() must return a non-empty mapping of header names to values, "
-            f"got {type(headers).__name__}",
-            credentials_refused=True,
-        )
-    out: Dict[str, str] = {}
-    for name, value in headers.items():
-        bad_name = not isinstance(name, str) or not name.isascii() or not name.replace("-", "").isalnum()
-        if bad_name or str(name).lower() in OWNED_HEADERS:
-            raise UploadError(f"credentials.headers() gave a header name that cannot be used: {name!r:.60}")
-        if not isinstance(value, str) or not value or any(not " " <= char <= "~" for char in value):
-            raise UploadError(
-                f"credentials.headers() gave a value for {name} that is empty or not printable ASCII (not shown)",
-                credentials_refused=True,
-            )
-        out[name] = value
-    return out
 
 
 class _CertificateRefused(UploadError):
@@ -227,7 +109,7 @@ class HTTPCloudUploader:
     ) -> None:
         if not isinstance(endpoint, str):
             raise TypeError(f"endpoint must be a str URL, got {type(endpoint).__name__}")
-        parts = _split_endpoint(endpoint)
+        parts = _upload_checks.split_endpoint(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"endpoint must be an http:// or https:// URL with a host, got {redact_url(endpoint)!r}")
         if "@" in parts.netloc:
@@ -236,7 +118,7 @@ class HTTPCloudUploader:
                 f"endpoint {redact_url(endpoint)!r} carries a user:password part, which is never sent; "
                 "give the credential as api_key (and auth_header) instead"
             )
-        _check_port(parts, endpoint)
+        _upload_checks.check_port(parts, endpoint)
         if not isinstance(allow_insecure_http, bool):
             raise TypeError(f"allow_insecure_http must be a bool, got {type(allow_insecure_http).__name__}")
         if parts.scheme == "http" and not allow_insecure_http and not _validate.is_loopback(parts.hostname):
@@ -252,9 +134,9 @@ class HTTPCloudUploader:
                 "or client_cert for an endpoint that authenticates by certificate alone"
             )
         if api_key is not None:
-            _check_api_key(api_key)
+            _upload_checks.check_api_key(api_key)
         if credentials is not None:
-            _check_credentials(credentials)
+            _upload_checks.check_credentials(credentials)
         if not isinstance(auth_header, str) or not auth_header.isascii() or not auth_header.replace("-", "").isalnum():
             raise ValueError(f"auth_header must be an HTTP header name such as 'X-API-Key', got {auth_header!r:.100}")
         if auth_header.lower() in OWNED_HEADERS:
@@ -396,7 +278,7 @@ class HTTPCloudUploader:
         found = [secret.reveal() for secret in self._fixed_secrets]
         if self._credentials is not None and callable(getattr(self._credentials, "secrets", None)):
             found += [secret for secret in self._credentials.secrets() if isinstance(secret, str)]
-        return found + _header_secrets(sent)
+        return found + header_secrets(sent)
 
     def _failure(self, exc: Exception, sent: Mapping[str, str], deadline: "_http.Deadline") -> UploadError:
         """An ``UploadError`` for whatever failed below (http.client, ssl, urllib3): its text
@@ -503,7 +385,7 @@ class HTTPCloudUploader:
                 key = self._api_key.reveal()
                 sent = {self._auth_header: "Bearer " + key if self._auth_header.lower() == "authorization" else key}
             elif self._credentials is not None:
-                sent = _auth_headers(self._credentials)
+                sent = auth_headers(self._credentials)
             pool = self._get_pool()
             urllib3 = _urllib3()
             response = pool.request(
@@ -532,18 +414,18 @@ class HTTPCloudUploader:
         status = response.status
         secrets = self._secrets(sent)
         if 200 <= status < 300:
-            rejected, error = _rejected_indices(answer, count)
+            rejected, error = rejected_indices(answer, count)
             if rejected:
-                reason = None if error is None else scrub(error, secrets)[:_ERROR_SNIPPET]
+                reason = None if error is None else scrub(error, secrets)[:ERROR_SNIPPET]
                 return UploadResult(rejected=rejected, status=status, error=reason)
             return True
         # Scrubbed before it is cut short, so that a cut cannot leave part of the key behind.
-        snippet = scrub(answer.decode("utf-8", "replace"), secrets)[:_ERROR_SNIPPET].strip()
+        snippet = scrub(answer.decode("utf-8", "replace"), secrets)[:ERROR_SNIPPET].strip()
         location = response.headers.get("Location")
         where = ""
         if 300 <= status < 400 and location:
             # Not followed: a redirect would take the key and the data elsewhere.
-            where = f" redirecting to {scrub(redact_url(clean(location)), secrets)[:_ERROR_SNIPPET]!r}"
+            where = f" redirecting to {scrub(redact_url(clean(location)), secrets)[:ERROR_SNIPPET]!r}"
         raise UploadError(
             f"ingest endpoint {self.endpoint} answered HTTP {status}{where} to a batch of {count} items"
             + (f": {snippet}" if snippet not in ("", "{}") else ""),

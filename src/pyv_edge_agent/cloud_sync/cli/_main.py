@@ -9,36 +9,37 @@ import argparse
 import logging
 import os
 import signal
-import sqlite3
 import threading
-import time
-from typing import Any, Dict, List, Optional
-
-import orjson
+from typing import Any, List, Optional
 
 from .. import (
     BACKEND,
     CloudSyncError,
     CloudSyncQueue,
     DatabaseError,
-    HTTPCloudUploader,
     MissingKeyError,
     Priority,
+    QueueItem,
     __version__,
 )
-from .._integrity import read_only_uri
 from .._metrics import BY_KEY, prometheus_text
 from .._schema import SCHEMA_VERSION
-from .._seal import CIPHERS, DEFAULT_CIPHER, KeyRing
+from .._seal import CIPHERS, DEFAULT_CIPHER
 from ..ingest_server import IngestServer
-from ..uploader import DEFAULT_GZIP_MIN_BYTES
 from . import _connection
-from ._render import Output, TrackingUploader, human_age, human_bytes, human_duration
-
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
-COUNT_ELIGIBLE_SQL = "SELECT COUNT(*) FROM sync_queue WHERE next_retry_at <= ? AND created_at + ttl_seconds > ?"
-DEFAULT_KEY_ENV = "CLOUD_SYNC_API_KEY"
-DEFAULT_MQTT_PASSWORD_ENV = "CLOUD_SYNC_MQTT_PASSWORD"
+from ._common import (
+    EXIT_DATABASE,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    open_queue,
+    print_json,
+    show_entries,
+)
+from ._dead_letters_cmd import cmd_dead_letters
+from ._flush_cmd import DEFAULT_KEY_ENV, DEFAULT_MQTT_PASSWORD_ENV, cmd_flush
+from ._render import Output, human_age, human_bytes, human_duration
 
 
 def _positive_int(text: str) -> int:
@@ -46,38 +47,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
-
-
-class UsageError(Exception):
-    """A problem with how the command was called; exits 2."""
-
-
-def _open_queue(path: str, args: Optional[argparse.Namespace] = None, **options: Any) -> CloudSyncQueue:
-    """Open an existing queue file; an operator command never creates one by mistake. The
-    ``--key-file``s of a command that reads payloads open sealed ones (the last is the newest);
-    ``options`` are more constructor arguments (the flush's pacing), a bad one a ``ValueError``
-    or ``TypeError`` (exit 2) raised before the file is opened."""
-    if not os.path.exists(path):
-        raise UsageError(f"no queue database at {path!r}")
-    key_files = getattr(args, "key_file", None)
-    if args is not None and key_files:
-        options.update(
-            encryption_key=KeyRing.from_files(key_files), encryption_cipher=getattr(args, "cipher", DEFAULT_CIPHER)
-        )
-    return CloudSyncQueue(path, **options)
-
-
-def _flush_options(args: argparse.Namespace) -> Dict[str, Any]:
-    """The queue options that the flush's pacing and batch flags set (the others keep their defaults)."""
-    options: Dict[str, Any] = {"critical_bypasses_pacing": not args.pace_critical}
-    for name in ("max_items_per_second", "max_bytes_per_second", "pacing_burst_seconds", "max_batch_seconds"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
-    return options
-
-
-def _print_json(out: Output, value: Any) -> None:
-    out.stream.write(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
 
 
 def _human_value(key: str, value: Any) -> str:
@@ -100,10 +69,10 @@ def _human_value(key: str, value: Any) -> str:
 
 
 def _cmd_stats(args: argparse.Namespace, out: Output) -> int:
-    with _open_queue(args.db) as queue:
+    with open_queue(args.db) as queue:
         stats = queue.get_stats()
     if args.json:
-        _print_json(out, stats)
+        print_json(out, stats)
     elif args.prometheus:
         out.stream.write(prometheus_text(stats, os.path.abspath(args.db)))
     else:
@@ -116,132 +85,21 @@ def _cmd_stats(args: argparse.Namespace, out: Output) -> int:
 
 def _cmd_peek(args: argparse.Namespace, out: Output) -> int:
     priority = Priority[args.priority] if args.priority else None
-    with _open_queue(args.db, args) as queue:
+    with open_queue(args.db, args) as queue:
         items = queue.peek(n=args.n, priority=priority)
-    if args.json:
-        _print_json(out, [item.to_dict() for item in items])
-        return EXIT_OK
-    now = time.time()
-    rows = [
-        [
-            item.id,
-            item.priority.name,
+    headers = ["id", "priority", "age", "retries", "expires in", "payload"]
+
+    def cells(item: QueueItem, now: float) -> List[Any]:
+        return [
             human_age(item.created_at, now),
             item.retry_count,
             human_duration(item.created_at + item.ttl_seconds - now),
-            _shorten(orjson.dumps(item.payload, default=str).decode(), 60),
         ]
-        for item in items
-    ]
-    out.table(["id", "priority", "age", "retries", "expires in", "payload"], rows, title=f"next {len(items)} eligible")
-    return EXIT_OK
 
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return show_entries(out, args.json, items, headers, f"next {len(items)} eligible", cells, 60)
 
 
 # -- flush --------------------------------------------------------------------------------
-
-
-def _read_api_key(args: argparse.Namespace) -> str:
-    """The key comes from a file or an environment variable, never from the command line
-    (where ``ps`` and shell history would show it)."""
-    if args.api_key_file:
-        return _connection.read_secret_file(args.api_key_file, "--api-key-file")
-    key = os.environ.get(args.api_key_env, "").strip()
-    if not key:
-        raise UsageError(f"set the API key in the environment variable {args.api_key_env} or use --api-key-file")
-    return key
-
-
-def _count_eligible(path: str) -> int:
-    """How many items are due and unexpired, for the progress bar: counted by SQLite, not
-    decoded (a backlog can hold millions)."""
-    if not os.path.exists(path):
-        raise UsageError(f"no queue database at {path!r}")
-    conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=30.0)
-    try:
-        now = time.time()
-        return int(conn.execute(COUNT_ELIGIBLE_SQL, (now, now)).fetchone()[0])
-    except sqlite3.Error:
-        return 0  # the flush itself reports what is wrong with the file
-    finally:
-        conn.close()
-
-
-def _read_mqtt_password(args: argparse.Namespace) -> Optional[str]:
-    """Like the API key: from a file or an environment variable; None when neither is set
-    (a broker that takes a client certificate alone)."""
-    if args.password_file:
-        return _connection.read_secret_file(args.password_file, "--password-file")
-    return os.environ.get(args.password_env, "").strip() or None
-
-
-def _mqtt_uploader(args: argparse.Namespace) -> Any:
-    """An ``MQTTUploader`` from ``--mqtt mqtts://host:8883`` (TLS) or ``mqtt://host:1883``."""
-    from urllib.parse import urlsplit
-
-    from ..mqtt import MQTTUploader
-
-    url = urlsplit(args.mqtt)
-    if url.scheme not in ("mqtt", "mqtts") or not url.hostname or url.username or url.password:
-        raise UsageError(
-            f"--mqtt must be mqtts://HOST[:PORT] or mqtt://HOST[:PORT] without credentials, got {args.mqtt!r}"
-        )
-    if not args.topic:
-        raise UsageError("--mqtt needs --topic")
-    password = _read_mqtt_password(args)
-    return MQTTUploader(
-        url.hostname,
-        url.port or (8883 if url.scheme == "mqtts" else 1883),
-        topic=args.topic,
-        client_id=args.client_id,
-        username=args.username,
-        password=password if args.username else None,
-        tls=url.scheme == "mqtts",
-        ca_certs=args.ca_certs,
-        client_cert=args.client_cert,
-        client_key=args.client_key,
-        protocol=args.mqtt_protocol,
-        qos=args.qos,
-        timeout=args.timeout,
-        allow_insecure=args.allow_insecure,
-    )
-
-
-def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
-    if args.mqtt:
-        try:
-            uploader = _mqtt_uploader(args)
-        except (ValueError, TypeError, ImportError) as exc:
-            raise UsageError(str(exc)) from None
-    else:
-        credentials = _connection.credentials(args)
-        uploader = HTTPCloudUploader(
-            args.endpoint,
-            _read_api_key(args) if _connection.wants_api_key(args, credentials is not None) else None,
-            timeout=args.timeout,
-            auth_header=args.auth_header,
-            ca_certs=args.ca_certs,
-            gzip_min_bytes=None if args.no_gzip else DEFAULT_GZIP_MIN_BYTES,
-            credentials=credentials,
-            **_connection.uploader_options(args),
-        )
-    backlog = _count_eligible(args.db)
-    with _open_queue(args.db, args, **_flush_options(args)) as queue:
-        with out.progress("flushing", total=backlog) as advance:
-            counting = TrackingUploader.around(uploader, advance)
-            flushed = queue.maybe_flush(uploader=counting)
-        left = queue.pending_count()
-    uploader.close()
-    result = {"flushed": flushed, "pending": left, "failed": counting.failed}
-    if args.json:
-        _print_json(out, result)
-    else:
-        status = "stopped at a failed batch; the rest stays queued" if counting.failed else "done"
-        out.line(f"flushed {flushed} of {backlog} eligible items; {left} stored; {status}")
-    return EXIT_INCOMPLETE if counting.failed else EXIT_OK
 
 
 # -- purge, check -------------------------------------------------------------------------
@@ -250,10 +108,10 @@ def _cmd_flush(args: argparse.Namespace, out: Output) -> int:
 def _cmd_purge(args: argparse.Namespace, out: Output) -> int:
     if not args.expired:
         raise UsageError("say what to purge: --expired")
-    with _open_queue(args.db) as queue:
+    with open_queue(args.db) as queue:
         purged = queue.purge_expired()
     if args.json:
-        _print_json(out, {"purged_expired": purged})
+        print_json(out, {"purged_expired": purged})
     else:
         out.line(f"purged {purged} expired items")
     return EXIT_OK
@@ -264,7 +122,7 @@ def _cmd_check(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"no queue database at {args.db!r}")
     report = CloudSyncQueue.verify_file(args.db)
     if args.json:
-        _print_json(
+        print_json(
             out,
             {
                 "ok": report.ok,
@@ -286,57 +144,15 @@ def _cmd_check(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK if report.ok else EXIT_INCOMPLETE
 
 
-# -- dead-letters -------------------------------------------------------------------------
-
-
-def _cmd_dead_letters(args: argparse.Namespace, out: Output) -> int:
-    if (args.requeue or args.drop) and not (args.ids or args.all):
-        raise UsageError("name the dead letters with --ids, or pass --all")
-    if (args.ids or args.all) and not (args.requeue or args.drop):
-        raise UsageError("--ids and --all go with --requeue or --drop")
-    if args.ids and args.all:
-        raise UsageError("give --ids or --all, not both")
-    ids = None if args.all else args.ids
-    with _open_queue(args.db, args) as queue:
-        if args.requeue or args.drop:
-            verb = "requeued" if args.requeue else "dropped"
-            count = queue.requeue_dead_letters(ids) if args.requeue else queue.drop_dead_letters(ids)
-            if args.json:
-                _print_json(out, {verb: count})
-            else:
-                out.line(f"{verb} {count} dead letters")
-            return EXIT_OK
-        letters = queue.dead_letters(limit=args.n)
-    if args.json:
-        _print_json(out, [letter.to_dict() for letter in letters])
-        return EXIT_OK
-    now = time.time()
-    rows = [
-        [
-            letter.id,
-            letter.priority.name,
-            "-" if letter.last_status is None else letter.last_status,
-            _shorten(letter.last_error or "-", 40),
-            human_age(letter.dead_at, now),
-            _shorten(orjson.dumps(letter.payload, default=str).decode(), 40),
-        ]
-        for letter in letters
-    ]
-    out.table(
-        ["id", "priority", "status", "last error", "dead since", "payload"], rows, title=f"{len(rows)} dead letters"
-    )
-    return EXIT_OK
-
-
 # -- rekey --------------------------------------------------------------------------------
 
 
 def _cmd_rekey(args: argparse.Namespace, out: Output) -> int:
-    with _open_queue(args.db, args) as queue:
+    with open_queue(args.db, args) as queue:
         count = queue.rekey()
         key_id = queue.encryption_key_id
     if args.json:
-        _print_json(out, {"resealed": count})
+        print_json(out, {"resealed": count})
     else:
         out.line(f"re-sealed {count} items under key id {key_id!r} ({args.cipher}); the file was vacuumed")
     return EXIT_OK
@@ -386,7 +202,7 @@ def _cmd_bench(args: argparse.Namespace, out: Output) -> int:
 
     results = run_bench(items=args.items, rounds=args.rounds)
     if args.json:
-        _print_json(out, results)
+        print_json(out, results)
     else:
         rows = [
             [r["operation"], f"{r['cython']:,.0f}" if r["cython"] else "-", f"{r['python']:,.0f}", r["ratio"]]
@@ -470,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     mqtt.add_argument("--allow-insecure", action="store_true", help="permit mqtt:// to a host that is not loopback")
     flush.add_argument("--json", action="store_true", help="machine-readable JSON")
     _connection.add_arguments(flush)
-    flush.set_defaults(run=_cmd_flush)
+    flush.set_defaults(run=cmd_flush)
 
     dead = commands.add_parser("dead-letters", help="list, requeue or drop items the endpoint refused for good")
     dead.add_argument("db", help="the queue's SQLite file")
@@ -481,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--all", action="store_true", help="with --requeue or --drop: every dead letter")
     dead.add_argument("-n", type=_positive_int, default=50, help="how many to list (default 50)")
     dead.add_argument("--json", action="store_true", help="machine-readable JSON")
-    dead.set_defaults(run=_cmd_dead_letters)
+    dead.set_defaults(run=cmd_dead_letters)
 
     rekey = commands.add_parser("rekey", help="re-seal every stored item under the newest key (encryption at rest)")
     rekey.add_argument("db", help="the queue's SQLite file")

@@ -1,0 +1,129 @@
+"""``cloud-sync flush``: the uploader from the options (HTTPS or MQTT), its secrets read from
+files or the environment, and the flush with a progress bar."""
+
+import argparse
+import os
+import sqlite3
+import time
+from typing import Any, Dict, Optional
+
+from .. import HTTPCloudUploader
+from .._integrity import read_only_uri
+from ..uploader import DEFAULT_GZIP_MIN_BYTES
+from . import _connection
+from ._common import EXIT_INCOMPLETE, EXIT_OK, UsageError, open_queue, print_json
+from ._render import Output, TrackingUploader
+
+COUNT_ELIGIBLE_SQL = "SELECT COUNT(*) FROM sync_queue WHERE next_retry_at <= ? AND created_at + ttl_seconds > ?"
+DEFAULT_KEY_ENV = "CLOUD_SYNC_API_KEY"
+DEFAULT_MQTT_PASSWORD_ENV = "CLOUD_SYNC_MQTT_PASSWORD"
+
+
+def flush_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The queue options that the flush's pacing and batch flags set (the others keep their defaults)."""
+    options: Dict[str, Any] = {"critical_bypasses_pacing": not args.pace_critical}
+    for name in ("max_items_per_second", "max_bytes_per_second", "pacing_burst_seconds", "max_batch_seconds"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    return options
+
+
+def read_api_key(args: argparse.Namespace) -> str:
+    """The key comes from a file or an environment variable, never from the command line
+    (where ``ps`` and shell history would show it)."""
+    if args.api_key_file:
+        return _connection.read_secret_file(args.api_key_file, "--api-key-file")
+    key = os.environ.get(args.api_key_env, "").strip()
+    if not key:
+        raise UsageError(f"set the API key in the environment variable {args.api_key_env} or use --api-key-file")
+    return key
+
+
+def count_eligible(path: str) -> int:
+    """How many items are due and unexpired, for the progress bar: counted by SQLite, not
+    decoded (a backlog can hold millions)."""
+    if not os.path.exists(path):
+        raise UsageError(f"no queue database at {path!r}")
+    conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=30.0)
+    try:
+        now = time.time()
+        return int(conn.execute(COUNT_ELIGIBLE_SQL, (now, now)).fetchone()[0])
+    except sqlite3.Error:
+        return 0  # the flush itself reports what is wrong with the file
+    finally:
+        conn.close()
+
+
+def read_mqtt_password(args: argparse.Namespace) -> Optional[str]:
+    """Like the API key: from a file or an environment variable; None when neither is set
+    (a broker that takes a client certificate alone)."""
+    if args.password_file:
+        return _connection.read_secret_file(args.password_file, "--password-file")
+    return os.environ.get(args.password_env, "").strip() or None
+
+
+def mqtt_uploader(args: argparse.Namespace) -> Any:
+    """An ``MQTTUploader`` from ``--mqtt mqtts://host:8883`` (TLS) or ``mqtt://host:1883``."""
+    from urllib.parse import urlsplit
+
+    from ..mqtt import MQTTUploader
+
+    url = urlsplit(args.mqtt)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname or url.username or url.password:
+        raise UsageError(
+            f"--mqtt must be mqtts://HOST[:PORT] or mqtt://HOST[:PORT] without credentials, got {args.mqtt!r}"
+        )
+    if not args.topic:
+        raise UsageError("--mqtt needs --topic")
+    password = read_mqtt_password(args)
+    return MQTTUploader(
+        url.hostname,
+        url.port or (8883 if url.scheme == "mqtts" else 1883),
+        topic=args.topic,
+        client_id=args.client_id,
+        username=args.username,
+        password=password if args.username else None,
+        tls=url.scheme == "mqtts",
+        ca_certs=args.ca_certs,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        protocol=args.mqtt_protocol,
+        qos=args.qos,
+        timeout=args.timeout,
+        allow_insecure=args.allow_insecure,
+    )
+
+
+def cmd_flush(args: argparse.Namespace, out: Output) -> int:
+    """``cloud-sync flush``: send the due items over HTTPS or MQTT, with a progress bar."""
+    if args.mqtt:
+        try:
+            uploader = mqtt_uploader(args)
+        except (ValueError, TypeError, ImportError) as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        credentials = _connection.credentials(args)
+        uploader = HTTPCloudUploader(
+            args.endpoint,
+            read_api_key(args) if _connection.wants_api_key(args, credentials is not None) else None,
+            timeout=args.timeout,
+            auth_header=args.auth_header,
+            ca_certs=args.ca_certs,
+            gzip_min_bytes=None if args.no_gzip else DEFAULT_GZIP_MIN_BYTES,
+            credentials=credentials,
+            **_connection.uploader_options(args),
+        )
+    backlog = count_eligible(args.db)
+    with open_queue(args.db, args, **flush_options(args)) as queue:
+        with out.progress("flushing", total=backlog) as advance:
+            counting = TrackingUploader.around(uploader, advance)
+            flushed = queue.maybe_flush(uploader=counting)
+        left = queue.pending_count()
+    uploader.close()
+    result = {"flushed": flushed, "pending": left, "failed": counting.failed}
+    if args.json:
+        print_json(out, result)
+    else:
+        status = "stopped at a failed batch; the rest stays queued" if counting.failed else "done"
+        out.line(f"flushed {flushed} of {backlog} eligible items; {left} stored; {status}")
+    return EXIT_INCOMPLETE if counting.failed else EXIT_OK
