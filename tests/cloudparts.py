@@ -147,6 +147,10 @@ class Tinyproxy:
             f"Logfile {self.log_path!r}".replace("'", '"'),
             "LogLevel Connect",
             "MaxClients 20",
+            # Required by tinyproxy 1.10 (bullseye); 1.11 only warns that they are obsolete.
+            "StartServers 2",
+            "MinSpareServers 1",
+            "MaxSpareServers 5",
             f"BasicAuth {user} {password}",
             "DisableViaHeader Yes",
         ]

@@ -392,7 +392,8 @@ def test_kick_does_not_end_an_endpoints_backoff(db_path: str) -> None:
 
 
 def test_async_worker_probes_with_an_async_probe_and_takes_a_kick(db_path: str) -> None:
-    link = asyncio.Event()
+    # A flag, not an asyncio.Event: on Python 3.9 that binds to a loop when it is made.
+    link = threading.Event()
     asked: List[int] = []
 
     class AsyncRecording(Recording):
