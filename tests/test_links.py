@@ -6,7 +6,6 @@ far below the backoff they end. The figures on a real shaped link are in
 ``test_shaped_link.py``.
 """
 
-import asyncio
 import logging
 import os
 import random
