@@ -15,7 +15,7 @@
 #   ROOT_ONLY=1         make (or check) the root and stop
 
 # Bump when the way a root is made changes: every cached root is then remade.
-ROOT_RECIPE_VERSION=1
+ROOT_RECIPE_VERSION=2
 # What every root needs to build and test: Python with headers and venv, a C compiler. The
 # release's libsqlite3-0 comes with its python3. The test suite's own Debian packages
 # (tools/system-packages.txt) are added, so tests that need them run in the root too.
@@ -78,10 +78,20 @@ root_ensure() {
     else
         log "making $ROOT (debootstrap $RELEASE, $ARCH)"
         rm -rf --one-file-system "$ROOT.new"
-        packages="$(IFS=,; echo "${ROOT_PACKAGES[*]}")"
+        packages="$(IFS=,; echo "${ROOT_BASE_PACKAGES[*]}")"
         debootstrap --arch="$ARCH" --variant=minbase --include="$packages" \
             "$RELEASE" "$ROOT.new" "$MIRROR" > "$ROOTS/$RELEASE-$ARCH.debootstrap.log" 2>&1 ||
             { tail -n 30 "$ROOTS/$RELEASE-$ARCH.debootstrap.log"; exit 1; }
+        # The test suite's packages through apt, not --include: debootstrap cannot order
+        # trixie's systemd (pulled in by mosquitto and tinyproxy) and gives up.
+        cp /etc/resolv.conf "$ROOT.new/etc/resolv.conf"
+        printf '#!/bin/sh\nexit 101\n' > "$ROOT.new/usr/sbin/policy-rc.d"  # start no services
+        chmod +x "$ROOT.new/usr/sbin/policy-rc.d"
+        chroot "$ROOT.new" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends "${ROOT_PACKAGES[@]}" \
+            >> "$ROOTS/$RELEASE-$ARCH.debootstrap.log" 2>&1 ||
+            { tail -n 30 "$ROOTS/$RELEASE-$ARCH.debootstrap.log"; exit 1; }
+        chroot "$ROOT.new" apt-get clean
         # Mount points for the run; the root itself is never written after this.
         mkdir -p "$ROOT.new/work" "$ROOT.new/pip-cache"
         touch "$ROOT.new/etc/ssl/certs/host-ca-bundle.crt" "$ROOT.new/etc/hosts" "$ROOT.new/etc/resolv.conf"
