@@ -355,9 +355,11 @@ def test_fork_child_makes_its_own_connection(live_broker: Broker) -> None:
     try:
         up = uploader(live_broker, "sensors/fork/x")
         assert up.post_batch([{"id": 1}]) is True
+        parent_repr = repr(up)
         pid = os.fork()
         if pid == 0:  # the child: its own connection; the parent's socket stays untouched
-            ok = up.post_batch([{"id": 2}]) is True
+            # ... under a client id of its own, or the broker would drop the parent's.
+            ok = up.post_batch([{"id": 2}]) is True and repr(up) != parent_repr
             os._exit(0 if ok else 1)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0

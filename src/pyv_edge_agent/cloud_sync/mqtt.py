@@ -85,6 +85,10 @@ class _Refused(Exception):
     """The broker refused the connection for good (credentials, client id): a person must act."""
 
 
+def _new_client_id() -> str:
+    return f"pyv-edge-{uuid.uuid4().hex[:16]}"
+
+
 class MQTTUploader:
     """Publishes each item as one MQTT message whose body is the stored JSON text as is.
 
@@ -110,6 +114,8 @@ class MQTTUploader:
     :param tls: verify the broker against the system's CAs or ``ca_certs``; ``client_cert``
         and ``client_key`` (PEM files) add a client certificate (mutual TLS).
     :param allow_insecure: permit plain TCP (``tls=False``) to a host that is not loopback.
+    :param client_id: the MQTT client id; by default a random one, new in each process (a
+        broker drops the older of two connections with one id, so give each process its own).
     :param protocol: ``"5"`` or ``"3.1.1"``.
     :param timeout: seconds allowed for connecting and between two PUBACKs.
     :param max_inflight: the most messages in flight (MQTT 5: also capped by the broker's
@@ -169,7 +175,10 @@ class MQTTUploader:
         self._host = host
         self._port = _validate.integer("port", port, 1, 65535)
         self._topic = TopicTemplate(topic)
-        self._client_id = client_id if client_id is not None else f"pyv-edge-{uuid.uuid4().hex[:16]}"
+        # A generated id is per process: a forked child that connected with its parent's id
+        # would take the parent's connection over (the broker drops the older one).
+        self._client_id = client_id if client_id is not None else _new_client_id()
+        self._client_id_pid: Optional[int] = None if client_id is not None else os.getpid()
         self._username = username
         self._password: Union[None, Secret, Callable[[], str]] = (
             Secret(password) if isinstance(password, str) else password
@@ -365,6 +374,8 @@ class MQTTUploader:
 
     def _connect(self) -> Session:
         paho = self._paho
+        if self._client_id_pid is not None and self._client_id_pid != os.getpid():
+            self._client_id, self._client_id_pid = _new_client_id(), os.getpid()
         v5 = self._protocol == "5"
         client = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
