@@ -1,7 +1,7 @@
 """Build the optional compiled backend; everything else is in pyproject.toml.
 
 The extension is compiled from ``_codec_c.pyx`` by the Cython pinned in
-``build-system.requires``; no generated C is shipped (see docs/wheels.md for why).
+``build-system.requires``; no generated C is shipped (see docs/platforms.md for why).
 
 ``PYV_EDGE_AGENT_NO_EXTENSIONS=1`` builds nothing. A missing compiler or Cython also gives
 a working pure-Python install (with a one-line warning) unless

@@ -1,4 +1,4 @@
-"""Turn pytest-benchmark JSON into the README's Markdown tables.
+"""Turn pytest-benchmark JSON into the Markdown tables of docs/performance.md.
 
     python -m pytest benchmarks --benchmark-json=run1.json     # as many runs as you like
     python benchmarks/report.py run1.json [run2.json ...] > bench.md
