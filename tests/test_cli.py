@@ -304,3 +304,46 @@ def test_flush_sizes_its_progress_bar_without_decoding_the_backlog(backend: str,
         )  # fmt: skip
     code, growth = done.stdout.split()[-2:]
     assert code == "1" and int(growth) < 32 * 1024 * 1024, (done.stdout, done.stderr)
+
+
+# Makes the optional dependencies unimportable in the subprocess, as in an install without
+# the extras: a sitecustomize that Python runs at start-up.
+BLOCK_EXTRAS = """
+import sys
+
+class _Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("cryptography", "paho"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _Missing())
+"""
+
+
+def test_a_missing_extra_is_one_line_naming_the_install(backend: str, filled: str, tmp_path: Any) -> None:
+    shim = os.path.join(tmp_path, "no-extras")
+    os.mkdir(shim)
+    with open(os.path.join(shim, "sitecustomize.py"), "w") as handle:
+        handle.write(BLOCK_EXTRAS)
+    key_file = os.path.join(tmp_path, "queue.key")
+    with open(key_file, "w") as handle:
+        handle.write("00" * 32)
+    blocked = {"PYTHONPATH": shim, "CLOUD_SYNC_API_KEY": KEY}
+    calls = {
+        "crypto": [
+            ["peek", filled, "--key-file", key_file],
+            ["dead-letters", filled, "--key-file", key_file],
+            ["rekey", filled, "--key-file", key_file],
+            ["flush", filled, "--endpoint", "http://127.0.0.1:9/ingest", "--key-file", key_file],
+        ],
+        "mqtt": [["flush", filled, "--mqtt", "mqtt://127.0.0.1:1883", "--topic", "t"]],
+    }
+    for extra, commands in calls.items():
+        for command in commands:
+            done = run(backend, *command, **blocked)
+            assert done.returncode == 2, (command, done.stderr)
+            assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+            assert f"pip install 'pyv-edge-agent[{extra}]'" in done.stderr, done.stderr
+    with CloudSyncQueue(filled) as queue:
+        assert queue.pending_count() == 31  # nothing was touched

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the command ran but did not fully succeed (a flush stopped on a
 failed batch, a check found damage); 2 bad usage (arguments, a missing database file, no
-API key); 3 the database cannot be used (not a queue database, corrupt, newer schema).
+API key, an option whose extra is not installed); 3 the database cannot be used (not a
+queue database, corrupt, newer schema).
 """
 
 import argparse
@@ -22,6 +23,7 @@ from .. import (
     QueueItem,
     __version__,
 )
+from .._errors import MissingExtraError
 from .._metrics import BY_KEY, prometheus_text
 from .._schema import SCHEMA_VERSION
 from .._seal import CIPHERS, DEFAULT_CIPHER
@@ -220,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloud-sync",
         description="Inspect and operate a pyv-edge-agent store-and-forward queue.",
-        epilog="exit codes: 0 ok, 1 incomplete (a flush failed, a check found damage), 2 usage, 3 unusable database",
+        epilog=(
+            "exit codes: 0 ok, 1 incomplete (a flush failed, a check found damage), "
+            "2 usage (or an option whose extra is not installed), 3 unusable database"
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} ({BACKEND} backend)")
     parser.add_argument("--plain", action="store_true", help="plain text output even when rich is installed")
@@ -360,6 +365,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.exit(EXIT_USAGE, f"cloud-sync: error: {exc}\n")
     except DatabaseError as exc:
         parser.exit(EXIT_DATABASE, f"cloud-sync: error: {exc}\n")
+    except MissingExtraError as exc:
+        # One line naming the pip install, not a traceback: the fix is the user's, not a bug.
+        parser.exit(EXIT_USAGE, f"cloud-sync: error: {exc}\n")
     except MissingKeyError as exc:
         parser.exit(EXIT_USAGE, f"cloud-sync: error: {exc}; pass its key with --key-file\n")
     except (CloudSyncError, OSError, ValueError, TypeError) as exc:
