@@ -107,7 +107,9 @@ def test_flush_with_key_from_environment_and_file(backend: str, filled: str, tmp
         assert missing.returncode == 2 and "CLOUD_SYNC_API_KEY" in missing.stderr
         done = run(backend, "flush", filled, "--endpoint", server.url, "--json", CLOUD_SYNC_API_KEY=KEY)
         assert done.returncode == 0, done.stderr
-        assert orjson.loads(done.stdout) == {"flushed": 29, "pending": 2, "failed": False}
+        answer = orjson.loads(done.stdout)
+        assert answer.pop("next_attempt_in") > 3000  # the two nacked items wait, and the output says so
+        assert answer == {"flushed": 29, "pending": 2, "failed": False}
         assert server.items[0] == {"alert": "overheat"}
         with CloudSyncQueue(filled) as queue:
             queue.enqueue({"late": True})
@@ -347,3 +349,25 @@ def test_a_missing_extra_is_one_line_naming_the_install(backend: str, filled: st
             assert f"pip install 'pyv-edge-agent[{extra}]'" in done.stderr, done.stderr
     with CloudSyncQueue(filled) as queue:
         assert queue.pending_count() == 31  # nothing was touched
+
+
+def test_flush_in_a_backoff_says_so_and_now_ends_it(backend: str, db_path: str) -> None:
+    with CloudSyncQueue(db_path) as queue:
+        ids = queue.enqueue_many([{"i": i} for i in range(22)])
+        queue.nack(ids, retry_delay_seconds=249)  # as a failed upload leaves them
+    with IngestServer(api_key=KEY) as server:
+        waiting = run(backend, "flush", db_path, "--endpoint", server.url, CLOUD_SYNC_API_KEY=KEY)
+        # Not "done": nothing went, and the operator must see why and until when.
+        assert waiting.returncode == 1, waiting.stderr
+        assert "done" not in waiting.stdout and "backing off" in waiting.stdout, waiting.stdout
+        assert "next attempt is due in 4m" in waiting.stdout and "--now" in waiting.stdout, waiting.stdout
+        as_json = run(backend, "flush", db_path, "--endpoint", server.url, "--json", CLOUD_SYNC_API_KEY=KEY)
+        assert as_json.returncode == 1
+        answer = orjson.loads(as_json.stdout)
+        assert answer["flushed"] == 0 and answer["pending"] == 22 and 200 < answer["next_attempt_in"] <= 249
+        assert server.items == []
+        now = run(backend, "flush", db_path, "--endpoint", server.url, "--now", CLOUD_SYNC_API_KEY=KEY)
+        assert now.returncode == 0, now.stdout + now.stderr
+        assert "flushed 22 of 22 eligible items; 0 stored; done" in now.stdout
+        assert sorted(item["i"] for item in server.items) == list(range(22))
+    assert "--now" in run(backend, "flush", "--help").stdout

@@ -250,7 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     peek.add_argument("--json", action="store_true", help="machine-readable JSON")
     peek.set_defaults(run=_cmd_peek)
 
-    flush = commands.add_parser("flush", help="send the eligible items to an ingest endpoint or MQTT broker now")
+    flush = commands.add_parser(
+        "flush",
+        help="send the eligible items to an ingest endpoint or MQTT broker now",
+        description="Send the items that are due now. Items that a failed upload put in a backoff wait for it "
+        "(the output says when the next attempt is due); --now ends the backoff first.",
+        epilog="exit codes: 0 the due items were sent (items in a backoff may wait, as the output says); "
+        "1 a batch failed, or a backoff held back every stored item (nothing was sent; --now ends it); "
+        "2 usage (or an option whose extra is not installed); 3 unusable database",
+    )
     flush.add_argument("db", help="the queue's SQLite file")
     target = flush.add_mutually_exclusive_group(required=True)
     target.add_argument("--endpoint", help="the ingest URL")
@@ -289,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--qos", type=int, choices=[0, 1], default=1, help="1: acked on PUBACK (default); 0: fire and forget"
     )
     mqtt.add_argument("--allow-insecure", action="store_true", help="permit mqtt:// to a host that is not loopback")
+    flush.add_argument(
+        "--now",
+        action="store_true",
+        help="end the backoff a failed upload set (in any process) and send the waiting items at once",
+    )
     flush.add_argument("--json", action="store_true", help="machine-readable JSON")
     _connection.add_arguments(flush)
     flush.set_defaults(run=cmd_flush)
