@@ -23,6 +23,7 @@ from .. import (
     QueueItem,
     __version__,
 )
+from .._codec import FALLBACK_REASON
 from .._errors import MissingExtraError
 from .._metrics import BY_KEY, prometheus_text
 from .._schema import SCHEMA_VERSION
@@ -227,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
             "2 usage (or an option whose extra is not installed), 3 unusable database"
         ),
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} ({BACKEND} backend)")
+    backend = f"{BACKEND} backend" + (f": {FALLBACK_REASON}" if FALLBACK_REASON else "")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} ({backend})")
     parser.add_argument("--plain", action="store_true", help="plain text output even when rich is installed")
     parser.add_argument("-v", "--verbose", action="store_true", help="log state changes to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
