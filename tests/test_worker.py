@@ -150,6 +150,10 @@ def test_sigterm_handler_only_from_the_main_thread(queue: CloudSyncQueue) -> Non
     worker = SyncWorker(queue, uploader, interval=60, handle_sigterm=False).start()
     assert signal.getsignal(signal.SIGTERM) is before
     assert worker.stop(timeout=PATIENCE)
+    worker = SyncWorker(queue, uploader, interval=60).start()
+    assert signal.getsignal(signal.SIGTERM) is not before
+    assert worker.stop(timeout=PATIENCE)
+    assert signal.getsignal(signal.SIGTERM) is before  # stop() from the main thread puts it back
 
 
 @pytest.mark.parametrize("live", [0, 1])
