@@ -5,7 +5,8 @@ The extension is compiled from ``_codec_c.pyx`` by the Cython pinned in
 
 ``PYV_EDGE_AGENT_NO_EXTENSIONS=1`` builds nothing. A missing compiler or Cython also gives
 a working pure-Python install (with a one-line warning) unless
-``PYV_EDGE_AGENT_REQUIRE_EXTENSIONS=1`` asks for the build to fail instead.
+``PYV_EDGE_AGENT_REQUIRE_EXTENSIONS=1`` asks for the build to fail instead. Both at once
+are an error, as they are at import.
 """
 
 import importlib.util
@@ -38,6 +39,10 @@ def _load_env_module():  # type: ignore[no-untyped-def]
 
 
 _env = _load_env_module()
+try:
+    NO_EXTENSIONS, REQUIRE_EXTENSIONS = _env.switches()
+except ValueError as exc:
+    sys.exit(f"error: pyv-edge-agent: {exc}")
 
 
 def _warn(reason: str) -> None:
@@ -74,7 +79,7 @@ class OptionalBuildExt(build_ext):
             self._fallback(exc)
 
     def _fallback(self, exc: BaseException) -> None:
-        if _env.require_extensions():
+        if REQUIRE_EXTENSIONS:
             raise exc
         if isinstance(exc, CCompilerError):
             # The full compiler command line is in the log above; the warning stays one line.
@@ -90,7 +95,7 @@ _BUILD_COMMANDS = frozenset({"bdist_wheel", "build", "build_ext", "install", "de
 
 
 def _extensions() -> "list[Extension]":
-    if _env.no_extensions():
+    if NO_EXTENSIONS:
         if _BUILD_COMMANDS.intersection(sys.argv[1:]):
             _warn(f"{_env.NO_EXTENSIONS_VAR} is set")
         return []

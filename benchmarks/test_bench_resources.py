@@ -24,7 +24,10 @@ PROC_IO = "/proc/self/io"
 
 def _env(backend: str) -> Dict[str, str]:
     """The environment for a fresh interpreter that loads the given backend."""
-    return dict(os.environ, PYV_EDGE_AGENT_NO_EXTENSIONS="1" if backend == "python" else "")
+    env = dict(os.environ, PYV_EDGE_AGENT_NO_EXTENSIONS="1" if backend == "python" else "")
+    if backend == "python":  # requiring the compiled backend while switching it off is an error
+        env.pop("PYV_EDGE_AGENT_REQUIRE_EXTENSIONS", None)
+    return env
 
 
 def _write_bytes() -> int:

@@ -2,6 +2,7 @@
 asyncio streams, and no SQLite statement ever run on the event loop's thread."""
 
 import asyncio
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -510,6 +511,22 @@ def test_worker_arguments_are_checked(db_path: str) -> None:
                 AsyncSyncWorker(queue, StreamUploader("http://127.0.0.1:9/x", KEY), interval=0)
             with pytest.raises(TypeError, match="AsyncCloudSyncQueue"):
                 AsyncSyncWorker(queue.queue, StreamUploader("http://127.0.0.1:9/x", KEY))  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="handle_sigterm must be a bool, got str"):
+                AsyncSyncWorker(queue, StreamUploader("http://127.0.0.1:9/x", KEY), handle_sigterm="yes")  # type: ignore[arg-type]
+
+    run(main)
+
+
+def test_worker_puts_the_sigterm_handler_back_when_stopped(db_path: str) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+
+    async def main() -> None:
+        async with AsyncCloudSyncQueue(db_path) as queue:
+            async with AsyncSyncWorker(queue, StreamUploader("http://127.0.0.1:9/x", KEY), interval=3600):
+                assert signal.getsignal(signal.SIGTERM) is not before  # from the main thread: installed
+            assert signal.getsignal(signal.SIGTERM) is before
+            async with AsyncSyncWorker(queue, StreamUploader("http://127.0.0.1:9/x", KEY), handle_sigterm=False):
+                assert signal.getsignal(signal.SIGTERM) is before
 
     run(main)
 

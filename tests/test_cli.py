@@ -107,7 +107,9 @@ def test_flush_with_key_from_environment_and_file(backend: str, filled: str, tmp
         assert missing.returncode == 2 and "CLOUD_SYNC_API_KEY" in missing.stderr
         done = run(backend, "flush", filled, "--endpoint", server.url, "--json", CLOUD_SYNC_API_KEY=KEY)
         assert done.returncode == 0, done.stderr
-        assert orjson.loads(done.stdout) == {"flushed": 29, "pending": 2, "failed": False}
+        answer = orjson.loads(done.stdout)
+        assert answer.pop("next_attempt_in") > 3000  # the two nacked items wait, and the output says so
+        assert answer == {"flushed": 29, "pending": 2, "failed": False}
         assert server.items[0] == {"alert": "overheat"}
         with CloudSyncQueue(filled) as queue:
             queue.enqueue({"late": True})
@@ -304,3 +306,68 @@ def test_flush_sizes_its_progress_bar_without_decoding_the_backlog(backend: str,
         )  # fmt: skip
     code, growth = done.stdout.split()[-2:]
     assert code == "1" and int(growth) < 32 * 1024 * 1024, (done.stdout, done.stderr)
+
+
+# Makes the optional dependencies unimportable in the subprocess, as in an install without
+# the extras: a sitecustomize that Python runs at start-up.
+BLOCK_EXTRAS = """
+import sys
+
+class _Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("cryptography", "paho"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _Missing())
+"""
+
+
+def test_a_missing_extra_is_one_line_naming_the_install(backend: str, filled: str, tmp_path: Any) -> None:
+    shim = os.path.join(tmp_path, "no-extras")
+    os.mkdir(shim)
+    with open(os.path.join(shim, "sitecustomize.py"), "w") as handle:
+        handle.write(BLOCK_EXTRAS)
+    key_file = os.path.join(tmp_path, "queue.key")
+    with open(key_file, "w") as handle:
+        handle.write("00" * 32)
+    blocked = {"PYTHONPATH": shim, "CLOUD_SYNC_API_KEY": KEY}
+    calls = {
+        "crypto": [
+            ["peek", filled, "--key-file", key_file],
+            ["dead-letters", filled, "--key-file", key_file],
+            ["rekey", filled, "--key-file", key_file],
+            ["flush", filled, "--endpoint", "http://127.0.0.1:9/ingest", "--key-file", key_file],
+        ],
+        "mqtt": [["flush", filled, "--mqtt", "mqtt://127.0.0.1:1883", "--topic", "t"]],
+    }
+    for extra, commands in calls.items():
+        for command in commands:
+            done = run(backend, *command, **blocked)
+            assert done.returncode == 2, (command, done.stderr)
+            assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+            assert f"pip install 'pyv-edge-agent[{extra}]'" in done.stderr, done.stderr
+    with CloudSyncQueue(filled) as queue:
+        assert queue.pending_count() == 31  # nothing was touched
+
+
+def test_flush_in_a_backoff_says_so_and_now_ends_it(backend: str, db_path: str) -> None:
+    with CloudSyncQueue(db_path) as queue:
+        ids = queue.enqueue_many([{"i": i} for i in range(22)])
+        queue.nack(ids, retry_delay_seconds=249)  # as a failed upload leaves them
+    with IngestServer(api_key=KEY) as server:
+        waiting = run(backend, "flush", db_path, "--endpoint", server.url, CLOUD_SYNC_API_KEY=KEY)
+        # Not "done": nothing went, and the operator must see why and until when.
+        assert waiting.returncode == 1, waiting.stderr
+        assert "done" not in waiting.stdout and "backing off" in waiting.stdout, waiting.stdout
+        assert "next attempt is due in 4m" in waiting.stdout and "--now" in waiting.stdout, waiting.stdout
+        as_json = run(backend, "flush", db_path, "--endpoint", server.url, "--json", CLOUD_SYNC_API_KEY=KEY)
+        assert as_json.returncode == 1
+        answer = orjson.loads(as_json.stdout)
+        assert answer["flushed"] == 0 and answer["pending"] == 22 and 200 < answer["next_attempt_in"] <= 249
+        assert server.items == []
+        now = run(backend, "flush", db_path, "--endpoint", server.url, "--now", CLOUD_SYNC_API_KEY=KEY)
+        assert now.returncode == 0, now.stdout + now.stderr
+        assert "flushed 22 of 22 eligible items; 0 stored; done" in now.stdout
+        assert sorted(item["i"] for item in server.items) == list(range(22))
+    assert "--now" in run(backend, "flush", "--help").stdout

@@ -150,3 +150,18 @@ def test_migration_from_version_1_keeps_items_and_counters(tmp_path: Any) -> Non
     conn.close()
     with CloudSyncQueue(path) as queue:  # the identity is made once
         assert rawsql.execute(queue, "SELECT value FROM sync_meta WHERE key = 'queue_id'").fetchone()[0] == queue_id
+
+
+@pytest.mark.parametrize("reject_status", [422, 200], ids=["batch-refused", "items-named-in-2xx"])
+def test_rejections_show_as_last_error(queue: CloudSyncQueue, server: IngestServer, reject_status: int) -> None:
+    # Every item refused, by a 422 to the whole batch or by name in a 2xx answer: the
+    # operator's first look (get_stats, cloud-sync stats) must say so, without the key.
+    server.set_limits(reject=lambda item: True, reject_status=reject_status)
+    queue.enqueue_many([{"n": i} for i in range(4)])
+    before = queue.get_stats()
+    assert before["last_error"] is None
+    assert queue.maybe_flush(HTTPCloudUploader(server.url, "test-key", timeout=5)) == 0
+    stats = queue.get_stats()
+    assert stats["last_error"] and "invalid item" in stats["last_error"]
+    assert "test-key" not in stats["last_error"] and stats["last_error_at"] > 0
+    assert stats["failed_batches"] == 0 and server.items == []

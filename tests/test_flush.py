@@ -228,3 +228,30 @@ def test_a_set_stop_event_sends_nothing_and_a_bad_one_is_refused(queue: CloudSyn
     with pytest.raises(TypeError, match="stop must be a threading.Event"):
         queue.maybe_flush(uploader, stop=True)  # type: ignore[arg-type]
     assert queue.maybe_flush(uploader, stop=threading.Event()) == 3
+
+
+def test_retry_now_ends_every_backoff_but_leaves_a_batch_in_flight(queue: CloudSyncQueue, db_path: str) -> None:
+    first = queue.enqueue_many([{"g": 1, "i": i} for i in range(3)])
+    second = queue.enqueue_many([{"g": 2, "i": i} for i in range(2)])
+    queue.nack(first, retry_delay_seconds=600)
+    queue.nack(second, retry_delay_seconds=3600)  # credentials-long
+    flying = queue.enqueue_many([{"g": 3, "i": i} for i in range(2)])
+    seen: List[List[Any]] = []
+
+    class Meanwhile:
+        """While its batch is in flight, an operator (another queue object on the file,
+        as `cloud-sync flush --now` in another process) ends the backoff."""
+
+        def post_batch(self, payloads: List[Any]) -> bool:
+            seen.append(payloads)
+            if len(seen) == 1:
+                with CloudSyncQueue(db_path) as other:
+                    assert other.retry_now() == 5  # the two waiting batches, not this one
+                    assert {item.id for item in other.peek(n=10)} == set(first + second)
+            return True
+
+    assert queue.maybe_flush(Meanwhile()) == 7
+    # The flying batch went once; the two retried batches went whole, in the order they were due.
+    assert [sorted(p["i"] for p in batch) for batch in seen] == [[0, 1], [0, 1, 2], [0, 1]]
+    assert [batch[0]["g"] for batch in seen] == [3, 1, 2]
+    assert queue.pending_count() == 0 and queue.retry_now() == 0 and len(flying) == 2

@@ -5,13 +5,13 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import pytest
 from waiting import PATIENCE
 from waiting import wait_for as _wait_for
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, SyncWorker
+from pyv_edge_agent.cloud_sync import BACKEND, CloudSyncQueue, HTTPCloudUploader, Priority, SyncWorker
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 
 KEY = "test-key"
@@ -150,6 +150,10 @@ def test_sigterm_handler_only_from_the_main_thread(queue: CloudSyncQueue) -> Non
     worker = SyncWorker(queue, uploader, interval=60, handle_sigterm=False).start()
     assert signal.getsignal(signal.SIGTERM) is before
     assert worker.stop(timeout=PATIENCE)
+    worker = SyncWorker(queue, uploader, interval=60).start()
+    assert signal.getsignal(signal.SIGTERM) is not before
+    assert worker.stop(timeout=PATIENCE)
+    assert signal.getsignal(signal.SIGTERM) is before  # stop() from the main thread puts it back
 
 
 @pytest.mark.parametrize("live", [0, 1])
@@ -164,3 +168,111 @@ def test_worker_purges_expired_items_like_maybe_flush(db_path: str, server: Inge
             assert _wait_for(lambda: queue.pending_count() == 0)
     assert [item for item in server.items if "stale" in item] == []
     assert len(server.items) == live
+
+
+# The backend does not matter to what a process does with SIGTERM: one run.
+ONE_BACKEND = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
+
+# The usual agent: the main thread reads sensors and enqueues, a SyncWorker sends. With
+# "own-handler" the application installed a SIGTERM handler first and ends by itself.
+AGENT_SCRIPT = """
+import signal, sys, time
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, SyncWorker
+db, url, mode = sys.argv[1:4]
+called = []
+if mode == "own-handler":
+    def own(signum, frame):
+        print("the application's handler", flush=True)
+        called.append(signum)
+    signal.signal(signal.SIGTERM, own)
+queue = CloudSyncQueue(db, max_batch_items=5)
+worker = SyncWorker(queue, HTTPCloudUploader(url, "test-key", timeout=20), interval=0.05).start()
+n = 0
+while not called:
+    queue.enqueue({"n": n})
+    print(n, flush=True)
+    n += 1
+    time.sleep(0.005)
+worker.stop()
+queue.close()
+print("the application ends", flush=True)
+"""
+
+ASYNC_AGENT_SCRIPT = """
+import asyncio, sys
+from pyv_edge_agent.cloud_sync import HTTPCloudUploader
+from pyv_edge_agent.cloud_sync.aio import AsyncCloudSyncQueue, AsyncSyncWorker
+db, url, mode = sys.argv[1:4]
+
+async def main():
+    queue = AsyncCloudSyncQueue(db, max_batch_items=5)
+    AsyncSyncWorker(queue, HTTPCloudUploader(url, "test-key", timeout=20), interval=0.05).start()
+    n = 0
+    while True:
+        await queue.enqueue({"n": n})
+        print(n, flush=True)
+        n += 1
+        await asyncio.sleep(0.005)
+
+asyncio.run(main())
+"""
+
+
+def run_agent_until_sigterm(script: str, db_path: str, server: IngestServer, mode: str) -> Tuple[int, List[str]]:
+    """Run an agent process, send it SIGTERM while a batch is in flight (the server takes
+    2 s to answer each), and return its exit status and what it printed."""
+    server.set_delay(2.0)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, db_path, server.url, mode], stdout=subprocess.PIPE, text=True
+    )
+    lines: List[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        assert _wait_for(lambda: len(server.batches) >= 2, timeout=PATIENCE * 2)
+        time.sleep(0.5)  # the next batch is on its way: the server holds it for 2 s
+        proc.send_signal(signal.SIGTERM)
+        # Bounded: the batch in flight (2 s), not systemd's or docker's timeout.
+        status = proc.wait(timeout=PATIENCE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(PATIENCE)
+    return status, [line.strip() for line in lines]
+
+
+def assert_settled(db_path: str, server: IngestServer, printed: List[str]) -> None:
+    """Nothing the agent was told was stored is lost, and the batch in flight was settled:
+    every item is either delivered once or still stored, due (no lease left over)."""
+    delivered = [item["n"] for item in server.items]
+    assert len(delivered) == len(set(delivered)) and delivered
+    with CloudSyncQueue(db_path) as queue:
+        stored = [item.payload["n"] for item in queue.peek(n=100_000)]
+        assert queue.pending_count() == len(stored)  # none leased: every stored item is due
+    assert not set(delivered) & set(stored)  # the batch in flight was acked, not left to go again
+    told = {int(line) for line in printed if line.isdigit()}
+    assert told <= set(delivered) | set(stored)
+
+
+@ONE_BACKEND
+def test_sigterm_ends_an_agent_whose_main_thread_enqueues(db_path: str, server: IngestServer) -> None:
+    status, printed = run_agent_until_sigterm(AGENT_SCRIPT, db_path, server, "default")
+    # As a service manager expects: ended by SIGTERM (143 in a shell), once the batch settled.
+    assert status == -signal.SIGTERM
+    assert "the application ends" not in printed
+    assert_settled(db_path, server, printed)
+
+
+@ONE_BACKEND
+def test_sigterm_goes_to_the_applications_own_handler(db_path: str, server: IngestServer) -> None:
+    status, printed = run_agent_until_sigterm(AGENT_SCRIPT, db_path, server, "own-handler")
+    assert status == 0 and "the application's handler" in printed and printed[-1] == "the application ends"
+    assert_settled(db_path, server, printed)
+
+
+@ONE_BACKEND
+def test_sigterm_ends_an_asyncio_agent_after_the_batch_in_flight(db_path: str, server: IngestServer) -> None:
+    status, printed = run_agent_until_sigterm(ASYNC_AGENT_SCRIPT, db_path, server, "default")
+    assert status == -signal.SIGTERM
+    assert_settled(db_path, server, printed)

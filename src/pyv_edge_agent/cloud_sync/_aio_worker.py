@@ -12,6 +12,7 @@ from . import _validate
 from ._aio_threads import in_thread
 from ._aio_uploader import check_uploader
 from ._resume import prober
+from ._sigterm import SigtermHook
 
 if TYPE_CHECKING:
     from .aio import AsyncCloudSyncQueue
@@ -38,6 +39,11 @@ class AsyncSyncWorker:
     wait from outside.
 
     :param interval: the longest sleep between two looks at the queue, in seconds.
+    :param handle_sigterm: as for ``SyncWorker``: when ``start()`` runs in the main thread,
+        SIGTERM stops the loop after the batch in flight is settled, and then ends the
+        process with SIGTERM (at most the queue's ``lease_seconds`` later) unless the
+        application awaits ``stop()`` itself or had installed a SIGTERM handler, which is
+        called (a ``loop.add_signal_handler`` one included).
     """
 
     def __init__(
@@ -46,6 +52,7 @@ class AsyncSyncWorker:
         uploader: Any,
         *,
         interval: float = 10.0,
+        handle_sigterm: bool = True,
         name: str = "cloud-sync-worker",
     ) -> None:
         from .aio import AsyncCloudSyncQueue  # aio imports this module: loaded by now
@@ -56,6 +63,9 @@ class AsyncSyncWorker:
         self._queue = queue
         self._uploader = uploader
         self._interval = _validate.number("interval", interval, 0.0, allow_equal=False)
+        if not isinstance(handle_sigterm, bool):
+            raise TypeError(f"handle_sigterm must be a bool, got {type(handle_sigterm).__name__}")
+        self._handle_sigterm = handle_sigterm
         self._name = str(name)
         self._stop = threading.Event()
         self._wake: Optional[asyncio.Event] = None
@@ -63,6 +73,13 @@ class AsyncSyncWorker:
         self._error: Optional[Exception] = None
         self._kicked = False
         self._probe = _async_prober(uploader)
+        # Set when the task is done, and when the application awaits stop(): what SIGTERM's
+        # handler (in another thread) waits for and asks.
+        self._ended = threading.Event()
+        self._awaited = threading.Event()
+        lease = queue.queue.lease_seconds
+        self._sigterm = SigtermHook(self._ask_to_stop, self._ended.wait, self._awaited.is_set, lease)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self.flushed = 0
 
     def __repr__(self) -> str:
@@ -77,14 +94,21 @@ class AsyncSyncWorker:
             raise RuntimeError("an AsyncSyncWorker can be started once")
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._loop = loop
         self._task = loop.create_task(self._run(self._wake), name=self._name)
+        self._task.add_done_callback(lambda _: self._ended.set())
+        if self._handle_sigterm:
+            self._sigterm.install()
         return self
 
     async def stop(self) -> None:
-        """Ask the loop to end after the batch in flight and wait until it has."""
+        """Ask the loop to end after the batch in flight and wait until it has. From the
+        main thread it also puts back the SIGTERM handler that ``start()`` replaced."""
+        self._awaited.set()
         self._stop.set()
         if self._wake is not None:
             self._wake.set()
+        self._sigterm.uninstall()
         if self._task is not None:
             await asyncio.wait([self._task])  # cancelling this wait leaves the task be
 
@@ -100,6 +124,13 @@ class AsyncSyncWorker:
         self._kicked = True
         if self._wake is not None:
             self._wake.set()
+
+    def _ask_to_stop(self) -> None:
+        """Stop from SIGTERM's handler, which may run between two steps of the loop."""
+        self._stop.set()
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
 
     async def __aenter__(self) -> "AsyncSyncWorker":
         return self.start()

@@ -62,3 +62,9 @@ class DecryptionError(CloudSyncError):
 class MissingKeyError(DecryptionError):
     """A sealed item's key id is not supplied by the queue's ``encryption_key`` (or the
     queue has none)."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the ``pip install`` that
+    adds it. An ``ImportError``, so code that catches that keeps working; the command line
+    shows it as one line (exit 2) rather than a traceback."""

@@ -322,6 +322,7 @@ class Flusher:
         # A rejected batch is not retried as it was: a server may have cached its answer.
         _batchkeys.forget(conn, ids)
         conn.executemany(COUNT_REJECTION_SQL, [(row_id, status, error) for row_id in ids])
+        self._note_error(conn, error)
         exhausted: List[int] = []
         for chunk in _codec.id_chunks(ids):
             limit = (self._policy.max_attempts,)
@@ -348,6 +349,7 @@ class Flusher:
         store.run_chunks(MOVE_TO_DEAD_SQL, (status, error, store.now()), chunks)
         moved = store.run_chunks(ACK_SQL, (), chunks)
         store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
+        self._note_error(conn, error)
         if moved:
             conn.execute(ADD_COUNTER_SQL, ("dead_lettered_total", moved))
             self._dead_count += moved
@@ -408,9 +410,14 @@ class Flusher:
     ) -> None:
         now = self._store.now()
         conn.execute(ADD_COUNTER_SQL, ("failed_batches", 1))
-        conn.execute(SET_COUNTER_SQL, ("last_error", error))
-        conn.execute(SET_COUNTER_SQL, ("last_error_at", now))
+        self._note_error(conn, error, now)
         self._link.failed(kind, f"{error}; keeping {count} items, next try in {delay:.1f} s", now + delay, held)
+
+    def _note_error(self, conn: sqlite3.Connection, error: str, now: Optional[float] = None) -> None:
+        """Show ``error`` (already scrubbed of secrets by the uploader, and short) as the
+        queue's ``last_error``: a refusal of items is as much an error as a dead link."""
+        conn.execute(SET_COUNTER_SQL, ("last_error", error))
+        conn.execute(SET_COUNTER_SQL, ("last_error_at", self._store.now() if now is None else now))
 
 
 def _body_size(texts: List[bytes]) -> int:

@@ -158,6 +158,12 @@ class LinkState:
         self.link_down = False
         return self._take_held(now)
 
+    def end(self) -> None:
+        """End any backoff, whatever its cause (an operator said so: ``retry_now``)."""
+        self.backoff_until = 0.0
+        self.link_down = False
+        self._held = []
+
     def _take_held(self, now: float) -> List[Tuple[float, float]]:
         # One shift for all: each batch keeps its own stamp (so its retry sends the same
         # items under the same key) and the batches keep their order.

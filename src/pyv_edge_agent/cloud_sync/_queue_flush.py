@@ -13,8 +13,9 @@ import sqlite3
 import threading
 from typing import Any, Callable, Iterator, Optional, TypeVar, cast
 
+from ._clock import HIGH_WATER_LEAD_SECONDS
 from ._policy import FlushPolicy, LinkState
-from ._sql import RESET_DAILY_SQL
+from ._sql import RESET_DAILY_SQL, RESUME_HELD_SQL, WAITING_STAMPS_SQL
 from ._store import Store
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -123,6 +124,30 @@ class FlushingQueue:
             with self._store.write() as conn:
                 release_held(conn, stamps)
         return True
+
+    @sqlite_errors
+    def retry_now(self) -> int:
+        """End every backoff now, whatever failure set it and whichever process: the items
+        waiting for a retry are due at once, each retried batch still whole (so it carries
+        the same idempotency key) and in its order. Items that a flush is sending (under a
+        live lease) are left alone. Returns how many items became due.
+
+        For an operator who fixed the cause (a key, a certificate, the endpoint) and wants
+        the queue sent now (``cloud-sync flush --now``); ``end_backoff`` is the narrower
+        call for a link that came back.
+        """
+        with self._store.lock:
+            now = self._clock()
+            with self._store.write() as conn:
+                stamps = sorted(row[0] for row in conn.execute(WAITING_STAMPS_SQL, (now, now)))
+                self._link.end()
+                if not stamps:
+                    return 0
+                # One shift for all, as LinkState.resume does: batches keep distinct stamps.
+                # The last lands a clock lead before now: another process's clock (which
+                # may be behind this one by up to the lead, see _clock) finds it due too.
+                shift = stamps[-1] - (now - HIGH_WATER_LEAD_SECONDS)
+                return int(conn.executemany(RESUME_HELD_SQL, [(stamp - shift, stamp) for stamp in stamps]).rowcount)
 
     def next_due_in(self) -> Optional[float]:
         """Seconds until ``maybe_flush`` has something to send: 0 when an item is due now,

@@ -27,7 +27,7 @@ import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
-from ._errors import DecryptionError, MissingKeyError
+from ._errors import DecryptionError, MissingExtraError, MissingKeyError
 
 CIPHERS = ("chacha20-poly1305", "aes-256-gcm")
 DEFAULT_CIPHER = CIPHERS[0]
@@ -126,7 +126,7 @@ def _aead_class(cipher: str) -> Any:
     try:
         from cryptography.hazmat.primitives.ciphers import aead
     except ImportError as exc:
-        raise ImportError(f"encryption_key needs the 'cryptography' package: {EXTRA_HINT}") from exc
+        raise MissingExtraError(f"encryption_key needs the 'cryptography' package: {EXTRA_HINT}") from exc
     return aead.ChaCha20Poly1305 if cipher == "chacha20-poly1305" else aead.AESGCM
 
 

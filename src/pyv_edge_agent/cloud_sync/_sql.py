@@ -103,6 +103,12 @@ RESTORE_RETRY_SQL = "UPDATE sync_queue SET next_retry_at = ? WHERE id = ?"
 # A batch held back by a failure with no answer becomes due now, its items still together
 # (they share one stamp); priority IN lets the (priority, next_retry_at) index find them.
 RESUME_HELD_SQL = "UPDATE sync_queue SET next_retry_at = ? WHERE priority IN (1, 2, 3, 4) AND next_retry_at = ?"
+# The stamps of the batches waiting in a backoff (each batch shares one), leaving out those
+# a flush holds under a live lease (their stamp is the lease's end): retry_now.
+WAITING_STAMPS_SQL = (
+    "SELECT DISTINCT next_retry_at FROM sync_queue WHERE priority IN (1, 2, 3, 4) AND next_retry_at > ?"
+    " AND next_retry_at NOT IN (SELECT expires_at FROM sync_leases WHERE expires_at > ?)"
+)
 RELEASE_SQL = by_id_chunk_shape("UPDATE sync_queue SET next_retry_at = ? WHERE id IN {ids}")
 FORGET_REJECTIONS_SQL = by_id_chunk_shape("DELETE FROM sync_rejections WHERE id IN {ids}")
 COUNT_REJECTION_SQL = (

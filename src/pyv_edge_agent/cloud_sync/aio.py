@@ -245,6 +245,11 @@ class AsyncCloudSyncQueue:
         ``CloudSyncQueue.end_backoff``. Returns whether a backoff ended."""
         return await self._call(self._queue.end_backoff)
 
+    async def retry_now(self) -> int:
+        """End every backoff now, whatever set it; see ``CloudSyncQueue.retry_now``. Returns
+        how many items became due."""
+        return await self._call(self._queue.retry_now)
+
     # -- closing ----------------------------------------------------------------------
 
     async def close(self) -> None:

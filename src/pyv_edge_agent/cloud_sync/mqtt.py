@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import quote
 
 from . import _codec, _validate
-from ._errors import UploadError
+from ._errors import MissingExtraError, UploadError
 from ._mqtt_message import PackedProperties, TopicTemplate, publish_packet_size
 from ._mqtt_session import (
     NOT_AUTHORIZED,
@@ -48,11 +48,11 @@ def _paho() -> Any:
         import paho.mqtt
         import paho.mqtt.client
     except ImportError as exc:
-        raise ImportError(
+        raise MissingExtraError(
             "MQTTUploader needs paho-mqtt 2.x, from the 'mqtt' extra: pip install 'pyv-edge-agent[mqtt]'"
         ) from exc
     if int(paho.mqtt.__version__.split(".")[0]) < 2:
-        raise ImportError(
+        raise MissingExtraError(
             f"MQTTUploader needs paho-mqtt 2.x, found {paho.mqtt.__version__}: pip install 'pyv-edge-agent[mqtt]'"
         )
     return paho.mqtt.client

@@ -1,14 +1,13 @@
 """``SyncWorker``: the background sync loop that calls ``maybe_flush`` for an agent."""
 
 import logging
-import signal
 import threading
 import time
-from types import FrameType
 from typing import Any, Optional
 
 from . import _flush, _outgoing, _resume, _validate
 from ._queue import CloudSyncQueue
+from ._sigterm import SigtermHook
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 
@@ -33,8 +32,22 @@ class SyncWorker:
     acked or nacked, then ends the loop: no item is lost and none is acked twice.
 
     :param interval: the longest sleep between two looks at the queue, in seconds.
-    :param handle_sigterm: when ``start()`` runs in the main thread, SIGTERM stops the
-        worker (and then goes on to any handler installed before it).
+    :param handle_sigterm: when ``start()`` runs in the main thread, it installs a SIGTERM
+        handler that stops the worker after the batch in flight is settled, and then:
+
+        - if SIGTERM had its default disposition, ends the process with SIGTERM once the
+          worker has ended (waiting at most the queue's ``lease_seconds``), so that
+          ``systemctl stop`` and ``docker stop`` see it end at once, "killed by SIGTERM"
+          as without a worker (status 143; systemd counts it a clean stop). If the
+          application waits for the worker itself (``join()``, ``stop()``, the end of a
+          ``with`` block), it ends the process its own way instead;
+        - if the application installed a handler before ``start()``, calls it (the
+          application decides; ``join()`` waits for the batch in flight);
+        - if SIGTERM was ignored, only stops the worker.
+
+        A second SIGTERM gets the handler that was there before (the default: the process
+        ends at once). ``stop()`` from the main thread puts that handler back. With
+        ``False``, SIGTERM is left alone: call ``stop()`` on the way out.
     """
 
     def __init__(
@@ -60,9 +73,11 @@ class SyncWorker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._kicked = threading.Event()
+        # Set once the application waits for the loop: after SIGTERM it ends the process itself.
+        self._joined = threading.Event()
         self._probe = _resume.prober(uploader)
         self._thread: Optional[threading.Thread] = None
-        self._previous_handler: Any = None
+        self._sigterm = SigtermHook(self._ask_to_stop, self._ended, self._joined.is_set, queue.lease_seconds)
         self.flushed = 0
 
     def __repr__(self) -> str:
@@ -73,17 +88,18 @@ class SyncWorker:
         """Start the loop in a daemon thread; returns self."""
         if self._thread is not None:
             raise RuntimeError("a SyncWorker can be started once")
-        if self._handle_sigterm and threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self._handle_sigterm:
+            self._sigterm.install()
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
         return self
 
     def stop(self, timeout: Optional[float] = None) -> bool:
         """Ask the loop to end after the batch in flight and wait up to ``timeout`` seconds
-        (None: as long as it takes); return True when it has ended."""
-        self._stop.set()
-        self._wake.set()
+        (None: as long as it takes); return True when it has ended. From the main thread it
+        also puts back the SIGTERM handler that ``start()`` replaced."""
+        self._ask_to_stop()
+        self._sigterm.uninstall()
         return self.join(timeout)
 
     def kick(self) -> None:
@@ -98,10 +114,9 @@ class SyncWorker:
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait for the loop to end (after ``stop()`` or SIGTERM); return True when it has."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if threading.current_thread() is not self._thread:
+            self._joined.set()
+        return self._ended(timeout)
 
     def is_alive(self) -> bool:
         """True while the loop runs."""
@@ -113,15 +128,16 @@ class SyncWorker:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _on_sigterm(self, signum: int, frame: Optional[FrameType]) -> None:
-        logger.info("SIGTERM: stopping the sync worker after the batch in flight")
+    def _ended(self, timeout: Optional[float]) -> bool:
+        """Wait up to ``timeout`` seconds for the loop to end; True when it has."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _ask_to_stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        previous, self._previous_handler = self._previous_handler, None
-        # A second SIGTERM gets the handler that was there before.
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-        if callable(previous):
-            previous(signum, frame)
 
     def _sleep_time(self, due: Optional[float]) -> float:
         """Through a backoff the whole way (nothing would be sent before it ends); else

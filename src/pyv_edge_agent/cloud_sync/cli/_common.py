@@ -9,7 +9,8 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import orjson
 
 from .. import CloudSyncQueue, DeadLetter, QueueItem
-from .._seal import DEFAULT_CIPHER, KeyRing
+from .._errors import MissingExtraError
+from .._seal import DEFAULT_CIPHER, EXTRA_HINT, KeyRing
 from ._render import Output
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3
@@ -31,7 +32,12 @@ def open_queue(path: str, args: Optional[argparse.Namespace] = None, **options: 
         options.update(
             encryption_key=KeyRing.from_files(key_files), encryption_cipher=getattr(args, "cipher", DEFAULT_CIPHER)
         )
-    return CloudSyncQueue(path, **options)
+    try:
+        return CloudSyncQueue(path, **options)
+    except MissingExtraError:
+        if not key_files:
+            raise
+        raise MissingExtraError(f"--key-file needs the 'cryptography' package: {EXTRA_HINT}") from None
 
 
 def print_json(out: Output, value: Any) -> None:

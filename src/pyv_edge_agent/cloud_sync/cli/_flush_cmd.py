@@ -12,7 +12,7 @@ from .._integrity import read_only_uri
 from ..uploader import DEFAULT_GZIP_MIN_BYTES
 from . import _connection
 from ._common import EXIT_INCOMPLETE, EXIT_OK, UsageError, open_queue, print_json
-from ._render import Output, TrackingUploader
+from ._render import Output, TrackingUploader, human_duration
 
 COUNT_ELIGIBLE_SQL = "SELECT COUNT(*) FROM sync_queue WHERE next_retry_at <= ? AND created_at + ttl_seconds > ?"
 DEFAULT_KEY_ENV = "CLOUD_SYNC_API_KEY"
@@ -113,17 +113,36 @@ def cmd_flush(args: argparse.Namespace, out: Output) -> int:
             credentials=credentials,
             **_connection.uploader_options(args),
         )
-    backlog = count_eligible(args.db)
     with open_queue(args.db, args, **flush_options(args)) as queue:
+        resumed = queue.retry_now() if args.now else 0
+        backlog = count_eligible(args.db)
         with out.progress("flushing", total=backlog) as advance:
             counting = TrackingUploader.around(uploader, advance)
             flushed = queue.maybe_flush(uploader=counting)
         left = queue.pending_count()
+        due_in = queue.next_due_in() if left else None
     uploader.close()
-    result = {"flushed": flushed, "pending": left, "failed": counting.failed}
+    # Items left behind that are not due: a backoff (this call's failure or an earlier one)
+    # holds them. Saying "done" then would hide that nothing may have been sent at all.
+    waiting = due_in is not None and due_in > 0
+    result: Dict[str, Any] = {"flushed": flushed, "pending": left, "failed": counting.failed}
+    if args.now:
+        result["resumed"] = resumed
+    if waiting:
+        result["next_attempt_in"] = round(float(due_in or 0.0), 3)
     if args.json:
         print_json(out, result)
     else:
-        status = "stopped at a failed batch; the rest stays queued" if counting.failed else "done"
-        out.line(f"flushed {flushed} of {backlog} eligible items; {left} stored; {status}")
-    return EXIT_INCOMPLETE if counting.failed else EXIT_OK
+        out.line(f"flushed {flushed} of {backlog} eligible items; {left} stored; {_status(counting.failed, due_in)}")
+    # Exit 1 says the link is not delivering: a batch failed, or a backoff held back every
+    # stored item. Some items still waiting after others went is a working link: 0.
+    return EXIT_INCOMPLETE if counting.failed or (waiting and not flushed) else EXIT_OK
+
+
+def _status(failed: bool, due_in: Optional[float]) -> str:
+    """How the flush ended, in words: done, a failed batch, or a backoff and when it ends."""
+    if due_in is not None and due_in > 0:
+        when = time.strftime("%H:%M:%S", time.localtime(time.time() + due_in))
+        backoff = f"backing off: the next attempt is due in {human_duration(due_in)} (at {when}); --now sends at once"
+        return ("stopped at a failed batch; " if failed else "") + backoff
+    return "stopped at a failed batch; the rest stays queued" if failed else "done"

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the command ran but did not fully succeed (a flush stopped on a
 failed batch, a check found damage); 2 bad usage (arguments, a missing database file, no
-API key); 3 the database cannot be used (not a queue database, corrupt, newer schema).
+API key, an option whose extra is not installed); 3 the database cannot be used (not a
+queue database, corrupt, newer schema).
 """
 
 import argparse
@@ -22,6 +23,8 @@ from .. import (
     QueueItem,
     __version__,
 )
+from .._codec import FALLBACK_REASON
+from .._errors import MissingExtraError
 from .._metrics import BY_KEY, prometheus_text
 from .._schema import SCHEMA_VERSION
 from .._seal import CIPHERS, DEFAULT_CIPHER
@@ -220,9 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloud-sync",
         description="Inspect and operate a pyv-edge-agent store-and-forward queue.",
-        epilog="exit codes: 0 ok, 1 incomplete (a flush failed, a check found damage), 2 usage, 3 unusable database",
+        epilog=(
+            "exit codes: 0 ok, 1 incomplete (a flush failed, a check found damage), "
+            "2 usage (or an option whose extra is not installed), 3 unusable database"
+        ),
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} ({BACKEND} backend)")
+    backend = f"{BACKEND} backend" + (f": {FALLBACK_REASON}" if FALLBACK_REASON else "")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} ({backend})")
     parser.add_argument("--plain", action="store_true", help="plain text output even when rich is installed")
     parser.add_argument("-v", "--verbose", action="store_true", help="log state changes to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -245,7 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     peek.add_argument("--json", action="store_true", help="machine-readable JSON")
     peek.set_defaults(run=_cmd_peek)
 
-    flush = commands.add_parser("flush", help="send the eligible items to an ingest endpoint or MQTT broker now")
+    flush = commands.add_parser(
+        "flush",
+        help="send the eligible items to an ingest endpoint or MQTT broker now",
+        description="Send the items that are due now. Items that a failed upload put in a backoff wait for it "
+        "(the output says when the next attempt is due); --now ends the backoff first.",
+        epilog="exit codes: 0 the due items were sent (items in a backoff may wait, as the output says); "
+        "1 a batch failed, or a backoff held back every stored item (nothing was sent; --now ends it); "
+        "2 usage (or an option whose extra is not installed); 3 unusable database",
+    )
     flush.add_argument("db", help="the queue's SQLite file")
     target = flush.add_mutually_exclusive_group(required=True)
     target.add_argument("--endpoint", help="the ingest URL")
@@ -284,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--qos", type=int, choices=[0, 1], default=1, help="1: acked on PUBACK (default); 0: fire and forget"
     )
     mqtt.add_argument("--allow-insecure", action="store_true", help="permit mqtt:// to a host that is not loopback")
+    flush.add_argument(
+        "--now",
+        action="store_true",
+        help="end the backoff a failed upload set (in any process) and send the waiting items at once",
+    )
     flush.add_argument("--json", action="store_true", help="machine-readable JSON")
     _connection.add_arguments(flush)
     flush.set_defaults(run=cmd_flush)
@@ -360,6 +380,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.exit(EXIT_USAGE, f"cloud-sync: error: {exc}\n")
     except DatabaseError as exc:
         parser.exit(EXIT_DATABASE, f"cloud-sync: error: {exc}\n")
+    except MissingExtraError as exc:
+        # One line naming the pip install, not a traceback: the fix is the user's, not a bug.
+        parser.exit(EXIT_USAGE, f"cloud-sync: error: {exc}\n")
     except MissingKeyError as exc:
         parser.exit(EXIT_USAGE, f"cloud-sync: error: {exc}; pass its key with --key-file\n")
     except (CloudSyncError, OSError, ValueError, TypeError) as exc:
