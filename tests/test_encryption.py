@@ -491,8 +491,8 @@ def test_key_files_raw_hex_and_base64_give_the_same_key(tmp_path: Any, db_path: 
     [
         (KEY[:16], ValueError, "must be 32 bytes, got 16 bytes"),
         (12345, TypeError, "encryption_key must be 32 bytes, a key file's path or a callable"),
-        ("/nonexistent/queue.key", ValueError, "cannot read the key file '/nonexistent/queue.key'"),
-        (KEY.hex(), ValueError, "looks like key text, not a path"),
+        ("/nonexistent/queue.key", ValueError, "cannot read the key file .*No such file"),
+        (KEY.hex(), ValueError, "the path is not shown: it may be key text"),
         (lambda kid: KEY, TypeError, r"must return the newest \(key_id, key\) pair"),
         (lambda kid: ("bad id!", KEY), ValueError, "returned the key id 'bad id!'"),
         (lambda kid: ("k", KEY[:5]), ValueError, "the key of key id 'k' must be 32 bytes, got 5 bytes"),
@@ -504,6 +504,28 @@ def test_bad_keys_are_refused_before_anything_is_written_and_never_echoed(
     with pytest.raises(error, match=message) as caught:
         CloudSyncQueue(db_path, encryption_key=key)
     assert KEY.hex() not in str(caught.value) and repr(KEY[:16]) not in str(caught.value)
+    assert not os.path.exists(db_path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "k3Y-0123456789abcdefghijklmnopqr",  # 32 characters, the key itself
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",  # base64url without padding
+        "0x" + KEY.hex(),
+        "/nonexistent/" + KEY.hex()[:20],
+    ],
+    ids=["32-characters", "base64url", "0x-hex", "path-like"],
+)
+def test_a_str_given_as_the_key_is_never_quoted_and_the_error_says_what_a_key_may_be(
+    db_path: str, text: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        CloudSyncQueue(db_path, encryption_key=text)
+    shown = str(caught.value) + repr(caught.value)
+    for part in (text, text[:8], text[-8:]):
+        assert part not in shown
+    assert "32 bytes" in shown and "hex digits" in shown and "callable" in shown
     assert not os.path.exists(db_path)
 
 

@@ -64,22 +64,26 @@ def _key_bytes(value: Any, what: str) -> bytes:
     return key
 
 
-def _looks_like_key_text(text: str) -> bool:
-    stripped = text.strip()
-    return bool(re.fullmatch(r"[0-9a-fA-F]{64}", stripped) or re.fullmatch(r"[A-Za-z0-9+/]{43}=", stripped))
+KEY_FORMS = (
+    f"a key is {KEY_BYTES} bytes (a bytes object), the path of a key file holding {KEY_BYTES} raw bytes,"
+    f" {2 * KEY_BYTES} hex digits or the base64 of {KEY_BYTES} bytes, or a callable returning keys by key id;"
+    " a str is always taken for a path, never for key text"
+)
 
 
-def read_key_file(path: "str | os.PathLike[str]", what: str = "encryption_key") -> bytes:
+def read_key_file(path: "str | os.PathLike[str]", what: str = "encryption_key", *, show_path: bool = False) -> bytes:
     """Read a key file: 32 raw bytes, or 64 hex digits, or the base64 of 32 bytes (text
-    around it may end in a newline). Errors name the path, never the content."""
+    around it may end in a newline). Errors never show the content, and show the path only
+    with ``show_path`` (a str given as ``encryption_key`` may be key text by mistake)."""
     name = os.fspath(path)
-    if _looks_like_key_text(str(name)) and not os.path.exists(name):
-        raise ValueError(f"{what} looks like key text, not a path: pass the key as 32 bytes or a key file's path")
+    shown = f" {name!r:.200}" if show_path else ""
     try:
         with open(name, "rb") as handle:
             data = handle.read(4096)
-    except OSError as exc:
-        raise ValueError(f"{what}: cannot read the key file {name!r}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        where = shown or " (the path is not shown: it may be key text)"
+        raise ValueError(f"{what}: cannot read the key file{where}: {reason}; {KEY_FORMS}") from None
     if len(data) == KEY_BYTES:
         return data
     text = data.strip()
@@ -92,7 +96,7 @@ def read_key_file(path: "str | os.PathLike[str]", what: str = "encryption_key") 
     except (ValueError, UnicodeDecodeError, binascii.Error):
         pass
     raise ValueError(
-        f"{what}: the key file {name!r} holds {len(data)} bytes: expected {KEY_BYTES} raw bytes,"
+        f"{what}: the key file{shown} holds {len(data)} bytes: expected {KEY_BYTES} raw bytes,"
         f" {2 * KEY_BYTES} hex digits or the base64 of {KEY_BYTES} bytes"
     )
 
@@ -111,7 +115,7 @@ class KeyRing:
     @classmethod
     def from_files(cls, paths: Sequence["str | os.PathLike[str]"]) -> "KeyRing":
         """A ring of the keys in ``paths`` (see ``read_key_file``), the last one the newest."""
-        return cls([read_key_file(path, "--key-file") for path in paths])
+        return cls([read_key_file(path, "--key-file", show_path=True) for path in paths])
 
     def __call__(self, key_id: Optional[str]) -> Any:
         if key_id is None:
@@ -141,7 +145,7 @@ def _as_source(encryption_key: Any) -> KeySource:
         return encryption_key  # type: ignore[no-any-return]
     raise TypeError(
         f"encryption_key must be {KEY_BYTES} bytes, a key file's path or a callable returning keys by key id,"
-        f" got {type(encryption_key).__name__}"
+        f" got {type(encryption_key).__name__}; {KEY_FORMS}"
     )
 
 
