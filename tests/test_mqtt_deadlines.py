@@ -56,9 +56,10 @@ def test_an_oversized_connack_is_refused_before_it_is_decoded(db_path: str) -> N
 
 
 @ONCE
-def test_a_puback_0x95_is_not_taken_for_a_message_too_large(db_path: str) -> None:
-    # 0x95 (Packet too large) is a DISCONNECT reason; a PUBACK carrying it is a broken
-    # broker, not a verdict on the item: it is kept and retried, never dead-lettered.
+def test_a_puback_0x95_keeps_the_items_for_a_retry(db_path: str) -> None:
+    # 0x95 (Packet too large) is a DISCONNECT reason; a PUBACK carrying it is malformed
+    # (paho drops the connection on it), not a verdict on the item: it is kept and retried,
+    # never dead-lettered.
     with HostileBroker(puback_reason=0x95) as broker, CloudSyncQueue(db_path) as queue:
         queue.enqueue_many([{"i": i} for i in range(2)])
         assert queue.maybe_flush(_uploader(broker, 3.0)) == 0
