@@ -90,7 +90,7 @@ def guarded_client_class(client_class: Any) -> Any:
     guarded = _GUARDED.get(client_class)
     if guarded is None:
 
-        class GuardedClient(client_class):  # type: ignore[misc,valid-type]
+        class GuardedClient(client_class):  # type: ignore[misc]
             """paho's client; the bytes it reads are followed by its ``packet_guard``."""
 
             packet_guard: PacketGuard
