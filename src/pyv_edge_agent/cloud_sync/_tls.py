@@ -54,6 +54,8 @@ def _check_file(value: Any, name: str) -> str:
         raise ValueError(f"{name}: no file at {path!r:.200}") from None
     except OSError as exc:
         raise ValueError(f"{name}: cannot read {path!r:.200} ({exc.strerror or type(exc).__name__})") from None
+    except ValueError:  # a NUL in the path
+        raise ValueError(f"{name}: {path!r:.200} is not a path (it holds a NUL character)") from None
     return path
 
 
