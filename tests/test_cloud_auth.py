@@ -174,6 +174,8 @@ def test_bad_tls_and_auth_settings_are_refused_at_construction_naming_the_argume
     wrong = _construction_error(api_key=API_KEY, client_cert=cert, client_key=locked, key_password="wrong-horse")
     assert "key_password" in wrong and "wrong-horse" not in wrong
     assert "give key_password" in _construction_error(api_key=API_KEY, client_cert=cert, client_key=locked)
+    not_utf8 = _construction_error(api_key=API_KEY, client_cert=cert, client_key=locked, key_password=b"\xffh0rse")
+    assert not_utf8.startswith("key_password must be text") and "h0rse" not in not_utf8
     assert "client_cert" in _construction_error(api_key=API_KEY, client_key=key)
 
     token_path = os.path.join(directory, "token")

@@ -3,13 +3,16 @@ and a quarantined file is sealed; tampering and moves are caught; a missing key 
 nothing; rotation and ``rekey``."""
 
 import json
+import logging
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import orjson
@@ -21,6 +24,7 @@ from hypothesis import strategies as st
 from pyv_edge_agent.cloud_sync import (
     CloudSyncQueue,
     DecryptionError,
+    HTTPCloudUploader,
     MissingKeyError,
     Priority,
     _codec,
@@ -103,12 +107,12 @@ def test_ids_stay_consecutive_and_never_reused_around_sealed_inserts(db_path: st
         assert queue.enqueue_many(_payloads(3)) == [1, 2, 3]
         queue.ack([3])
         assert queue.enqueue({"a": 1}) == 4
-    with CloudSyncQueue(db_path) as plain:
-        assert plain.enqueue({"plain": True}) == 5
+    with CloudSyncQueue(db_path) as plain, pytest.raises(MissingKeyError, match="holds sealed items"):
+        plain.enqueue({"plain": True})
     with CloudSyncQueue(db_path, encryption_key=KEY) as queue:
-        queue.ack([5])
-        assert queue.enqueue({"b": 2}) == 6
-        assert [item.id for item in queue.dequeue(10)] == [1, 2, 4, 6]
+        queue.ack([4])
+        assert queue.enqueue({"b": 2}) == 5
+        assert [item.id for item in queue.dequeue(10)] == [1, 2, 5]
 
 
 # Any text JSON can carry (lone surrogates are not UTF-8, and are refused at enqueue).
@@ -257,6 +261,114 @@ def test_a_ciphertext_moved_to_another_queue_file_does_not_open(tmp_path: Any) -
             b.dequeue(1)
 
 
+# -- plain rows in a sealed file -------------------------------------------------------------
+
+_PLANT = "UPDATE sync_queue SET payload = '{\"planted\":true}' WHERE id = ?"
+
+
+def test_a_plain_row_in_a_sealed_file_is_refused_dead_lettered_and_counted(
+    db_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _sealed_queue(db_path) as queue:
+        rawsql.execute(queue, _PLANT, (2,))
+        assert [item.id for item in queue.peek(10)] == [1, 3]
+        report = CloudSyncQueue.verify_file(db_path)
+        assert not report.ok and "1 items in sync_queue are not sealed" in report.message
+        recorder = Recorder()
+        with caplog.at_level(logging.WARNING, logger="pyv_edge_agent.cloud_sync"):
+            assert queue.maybe_flush(recorder) == 2
+            queue.enqueue({"later": 1})
+            rawsql.execute(queue, _PLANT, (4,))
+            assert queue.maybe_flush(recorder) == 0
+        sent = [item for body in recorder.bodies for item in orjson.loads(body)]
+        assert sent == [_payloads(3)[0], _payloads(3)[2]]
+        letters = queue.dead_letters()
+        assert [(letter.id, letter.payload) for letter in letters] == [(2, {"planted": True}), (4, {"planted": True})]
+        assert all("not sealed" in (letter.last_error or "") and letter.last_status is None for letter in letters)
+        stats = queue.get_stats()
+        assert stats["unsealed_refused_total"] == 2 and stats["depth"] == 0
+        refusals = [r for r in caplog.records if "not sealed" in r.getMessage()]
+        assert len(refusals) == 2  # one line per flush call, not per item
+        assert CloudSyncQueue.verify_file(db_path).ok
+    # A process without the key refuses them too.
+    with CloudSyncQueue(db_path, encryption_key=KEY) as queue:
+        queue.enqueue({"x": 1})
+        rawsql.execute(queue, _PLANT, (5,))
+    with CloudSyncQueue(db_path) as plain:
+        recorder = Recorder()
+        assert plain.maybe_flush(recorder) == 0 and recorder.bodies == []
+        assert plain.get_stats()["unsealed_refused_total"] == 3
+
+
+def test_cli_check_and_stats_name_plain_rows_in_a_sealed_file(db_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with _sealed_queue(db_path) as queue:
+        rawsql.execute(queue, _PLANT, (1,))
+    assert cli_main(["check", db_path]) == 1
+    assert "1 items in sync_queue are not sealed" in capsys.readouterr().out
+    with CloudSyncQueue(db_path, encryption_key=KEY) as queue:
+        queue.maybe_flush(Recorder())
+    assert cli_main(["stats", db_path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unsealed_refused_total"] == 1
+
+
+def test_plain_items_from_before_sealing_go_until_rekey_and_none_after(db_path: str) -> None:
+    with CloudSyncQueue(db_path) as plain:
+        plain.enqueue_many([{"old": i} for i in range(3)])
+    with CloudSyncQueue(db_path, encryption_key=KEY) as queue:
+        queue.enqueue_many(_payloads(2))  # ids 4, 5: items are sealed from id 4 on
+        rawsql.execute(queue, _PLANT, (5,))
+        assert [item.payload for item in queue.peek(10)] == [{"old": i} for i in range(3)] + _payloads(1)
+        assert queue.rekey() == 3  # the old plain items; the planted one is not laundered
+        assert [item.id for item in queue.peek(10)] == [1, 2, 3, 4]
+        rawsql.execute(queue, _PLANT, (1,))  # after a rekey, no plain item anywhere goes
+        assert [item.id for item in queue.peek(10)] == [2, 3, 4]
+        recorder = Recorder()
+        assert queue.maybe_flush(recorder) == 3
+        assert [letter.id for letter in queue.dead_letters()] == [1, 5]
+        assert queue.get_stats()["unsealed_refused_total"] == 2
+
+
+def test_a_server_error_echoing_the_payload_is_sealed_in_the_file_and_kept_out_of_logs(
+    db_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class _Echo422(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            sent = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+            body = json.dumps({"detail": [{"type": "missing", "msg": "Field required", "input": sent}]}).encode()
+            self.send_response(422 if "reject" in sent else 503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    echo = HTTPServer(("127.0.0.1", 0), _Echo422)
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+    try:
+        uploader = HTTPCloudUploader(f"http://127.0.0.1:{echo.server_address[1]}/v1", "k", timeout=5)
+        with CloudSyncQueue(db_path, encryption_key=KEY, max_attempts=1) as queue:
+            with caplog.at_level(logging.DEBUG):
+                queue.enqueue_many([{"secret": CANARY, "reject": i} for i in range(2)])
+                assert queue.maybe_flush(uploader) == 0  # 422: both dead-lettered
+                queue.enqueue({"secret": CANARY, "retry": 1})
+                assert queue.maybe_flush(uploader) == 0  # 503: kept, last_error set
+            assert queue.get_stats()["dead_lettered"] == 2
+            _assert_no_canary(db_path)
+            logged = "\n".join(record.getMessage() for record in caplog.records)
+            assert CANARY not in logged and "Field required" not in logged
+            assert "status 422" in logged and "status 503" in logged
+            # With the key the texts read back in full.
+            assert all(CANARY in (letter.last_error or "") for letter in queue.dead_letters())
+            assert CANARY in queue.get_stats()["last_error"]
+        with CloudSyncQueue(db_path) as plain:
+            assert CANARY not in repr(plain.get_stats())
+    finally:
+        echo.shutdown()
+        echo.server_close()
+
+
 # -- missing and wrong keys -----------------------------------------------------------------
 
 
@@ -285,11 +397,13 @@ def test_a_flush_without_the_key_sends_the_plain_items_and_keeps_the_sealed(db_p
     with _sealed_queue(db_path, 2):
         pass
     with CloudSyncQueue(db_path) as plain:
-        plain.enqueue({"plain": 2})
+        # Into a file that holds sealed items, plain text is refused, before anything is written.
+        with pytest.raises(MissingKeyError, match="holds sealed items"):
+            plain.enqueue({"plain": 2})
         recorder = Recorder()
         with pytest.raises(MissingKeyError):
             plain.maybe_flush(recorder)
-        assert [json.loads(body) for body in recorder.bodies] == [[{"plain": 1}, {"plain": 2}]]
+        assert [json.loads(body) for body in recorder.bodies] == [[{"plain": 1}]]
         assert [row[0] for row in _table(plain)] == [2, 3]
     with CloudSyncQueue(db_path, encryption_key=KEY) as queue:
         assert [item.payload for item in queue.dequeue(5)] == _payloads(2)
@@ -491,8 +605,8 @@ def test_key_files_raw_hex_and_base64_give_the_same_key(tmp_path: Any, db_path: 
     [
         (KEY[:16], ValueError, "must be 32 bytes, got 16 bytes"),
         (12345, TypeError, "encryption_key must be 32 bytes, a key file's path or a callable"),
-        ("/nonexistent/queue.key", ValueError, "cannot read the key file '/nonexistent/queue.key'"),
-        (KEY.hex(), ValueError, "looks like key text, not a path"),
+        ("/nonexistent/queue.key", ValueError, "cannot read the key file .*No such file"),
+        (KEY.hex(), ValueError, "the path is not shown: it may be key text"),
         (lambda kid: KEY, TypeError, r"must return the newest \(key_id, key\) pair"),
         (lambda kid: ("bad id!", KEY), ValueError, "returned the key id 'bad id!'"),
         (lambda kid: ("k", KEY[:5]), ValueError, "the key of key id 'k' must be 32 bytes, got 5 bytes"),
@@ -504,6 +618,26 @@ def test_bad_keys_are_refused_before_anything_is_written_and_never_echoed(
     with pytest.raises(error, match=message) as caught:
         CloudSyncQueue(db_path, encryption_key=key)
     assert KEY.hex() not in str(caught.value) and repr(KEY[:16]) not in str(caught.value)
+    assert not os.path.exists(db_path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "k3Y-0123456789abcdefghijklmnopqr",  # 32 characters, the key itself
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",  # base64url without padding
+        "0x" + KEY.hex(),
+        "/nonexistent/" + KEY.hex()[:20],
+    ],
+    ids=["32-characters", "base64url", "0x-hex", "path-like"],
+)
+def test_a_str_given_as_the_key_is_never_quoted_and_the_error_says_what_a_key_may_be(db_path: str, text: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        CloudSyncQueue(db_path, encryption_key=text)
+    shown = str(caught.value) + repr(caught.value)
+    for part in (text, text[:8], text[-8:]):
+        assert part not in shown
+    assert "32 bytes" in shown and "hex digits" in shown and "callable" in shown
     assert not os.path.exists(db_path)
 
 

@@ -325,6 +325,10 @@ def test_wrong_password_takes_the_credentials_path_and_never_shows_it(
     records = [r for r in caplog.records if r.name == LOGGER]
     assert [r.levelname for r in records] == ["ERROR"]
     assert not any(wrong in text or PASSWORD in text for text in shown)
+    # Said as what it is: a broker, and the user name it refused (not "the ingest endpoint").
+    logged = records[0].getMessage()
+    assert f"the MQTT broker 127.0.0.1:{live_broker.port} refused the user name {USER!r}" in logged
+    assert "ingest endpoint" not in logged
 
 
 @ONCE
@@ -424,8 +428,11 @@ def test_unreachable_broker_is_transient_and_names_no_secret(db_path: str) -> No
         ({"port": 70000}, "port"),
         ({"timeout": 0}, "timeout"),
         ({"max_inflight": 0}, "max_inflight"),
-        ({"ca_certs": "/nonexistent.pem", "tls": True}, "ca_certs must be the path of a PEM file"),
-        ({"client_key": __file__, "tls": True}, "client_key needs client_cert"),
+        ({"ca_certs": "/nonexistent.pem", "tls": True}, "ca_certs: no file at"),
+        ({"client_id": "x" * 65536}, "client_id must be at most 65535 bytes"),
+        ({"username": "\u00e9" * 40000}, "username must be at most 65535 bytes"),
+        ({"max_inflight": 65536}, "max_inflight"),
+        ({"client_key": __file__, "tls": True}, "client_key and key_password need client_cert"),
         ({"password": "x", "username": None}, "password needs a username"),
         ({"password": 5}, "password must be"),
     ],
@@ -551,3 +558,79 @@ def test_sealed_queue_publishes_the_opened_json(live_broker: Broker, db_path: st
         assert sorted((p["id"], p["secret_reading"]) for _, p, _ in sub.messages) == [(i, i * 2) for i in range(20)]
     finally:
         sub.close()
+
+
+# -- settings that only failed at use (issue 22, item 10) -------------------------------------
+
+
+def _encrypted_key(key_path: str, password: bytes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    with open(key_path, "rb") as handle:
+        key = serialization.load_pem_private_key(handle.read(), None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.BestAvailableEncryption(password),
+    )
+
+
+@ONCE
+def test_an_encrypted_client_key_needs_key_password_at_construction_and_then_works(
+    live_broker: Broker, db_path: str, tmp_path: Any
+) -> None:
+    from pyv_edge_agent.cloud_sync import MQTTUploader
+
+    locked = os.path.join(os.fspath(tmp_path), "locked.key")
+    with open(locked, "wb") as handle:
+        handle.write(_encrypted_key(live_broker.client_key, b"pa55-phrase-9"))
+    tls = dict(tls=True, ca_certs=live_broker.ca_file, client_cert=live_broker.client_cert, timeout=5.0)
+
+    def refused(**options: Any) -> str:
+        with pytest.raises((ValueError, TypeError)) as info:
+            MQTTUploader("127.0.0.1", live_broker.tls_port, topic="sensors/enc/x", **dict(tls, **options))
+        return str(info.value)
+
+    # Without its password OpenSSL would prompt on the terminal and block the flush: refused now.
+    assert "client_key is encrypted: give key_password" in refused(client_key=locked)
+    wrong = refused(client_key=locked, key_password="wrong-phrase-1")
+    assert "key_password does not decrypt client_key" in wrong and "wrong-phrase-1" not in wrong
+    not_utf8 = refused(client_key=locked, key_password=b"\xff\xfepa55")
+    assert not_utf8.startswith("key_password must be text") and "pa55" not in not_utf8
+    assert "need client_cert" in refused(client_cert=None, client_key=None, key_password="x")
+
+    sub = Subscriber(live_broker, "sensors/enc/#")
+    try:
+        with CloudSyncQueue(db_path) as queue:
+            queue.enqueue_many([{"id": i} for i in range(3)])
+            up = MQTTUploader(
+                "127.0.0.1",
+                live_broker.tls_port,
+                topic="sensors/enc/x",
+                client_key=locked,
+                key_password=b"pa55-phrase-9",
+                **tls,
+            )
+            assert queue.maybe_flush(up) == 3
+            assert "pa55-phrase-9" not in repr(up)
+            up.close()
+        sub.wait_for(3)
+    finally:
+        sub.close()
+
+
+def test_ca_certs_that_is_not_pem_is_refused_alike_by_http_and_mqtt(tmp_path: Any) -> None:
+    pytest.importorskip("paho.mqtt")
+    from pyv_edge_agent.cloud_sync import HTTPCloudUploader, MQTTUploader
+
+    garbage = os.path.join(os.fspath(tmp_path), "ca.pem")
+    with open(garbage, "w") as handle:
+        handle.write("-----BEGIN NONSENSE-----\nnot a certificate\n")
+    missing = os.path.join(os.fspath(tmp_path), "missing.pem")
+    for path, expected in ((garbage, "holds no PEM certificate"), (missing, "no file at")):
+        with pytest.raises(ValueError) as http:
+            HTTPCloudUploader("https://127.0.0.1:9/v1", "k", ca_certs=path)
+        with pytest.raises(ValueError) as mqtt:
+            MQTTUploader("127.0.0.1", 8883, topic="t/x", ca_certs=path)
+        assert str(http.value) == str(mqtt.value)
+        assert str(http.value).startswith("ca_certs") and expected in str(http.value)

@@ -35,8 +35,17 @@ def list_dead(store: Store, limit: Any) -> List[DeadLetter]:
     with store.lock:
         rows = store.conn().execute(SELECT_DEAD_SQL, (count,)).fetchall()
         queue_id = store.queue_id
-    # Dead letters stay sealed in the file; only the copies handed out are opened.
+    # Dead letters stay sealed in the file; only the copies handed out are opened, their
+    # error texts too (a server's may echo the payload).
+    rows = [row[:8] + (open_note(store.sealer, row[8], queue_id),) + row[9:] for row in rows]
     return _seal.decoded(store.sealer, rows, queue_id, "sync_dead_letters", lambda found: [_decode(r) for r in found])
+
+
+def open_note(sealer: Optional[_seal.Sealer], text: Optional[str], queue_id: str) -> Optional[str]:
+    """A stored error text as it reads: opened when sealed (a placeholder without the key)."""
+    if not isinstance(text, str) or not text.startswith(_seal.MARK):
+        return text
+    return _seal.SEALED_NOTE if sealer is None else sealer.open_note(text, queue_id, "last_error")
 
 
 def count_dead(conn: sqlite3.Connection) -> int:

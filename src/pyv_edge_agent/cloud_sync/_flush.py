@@ -49,8 +49,10 @@ from ._sql import (
     NACK_SQL,
     RELEASE_SQL,
     RESTORE_RETRY_SQL,
+    SEALED_FROM_ALL,
     SELECT_EXHAUSTED_SQL,
     SET_COUNTER_SQL,
+    UNSEALED_REFUSED_KEY,
     write_transaction,
 )
 from ._store import Store
@@ -62,6 +64,9 @@ logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 MAX_RETRY_AFTER = 86400.0
 # Error text stored with items and counters stays short.
 MAX_ERROR_CHARS = 500
+
+# Who refused the credentials, in the log line, unless the uploader says (``credentials_subject``).
+CREDENTIALS_SUBJECT = "the ingest endpoint refused the credentials (key, token or certificate)"
 
 # The measured throughput, kept in sync_meta so that a restarted agent sizes its first
 # batches from it and ``cloud-sync stats`` shows it.
@@ -108,6 +113,8 @@ class Flusher:
         self._unreadable: List[DecryptionError] = []
         self._dead_count = 0
         self._dead_error = ""
+        self._unsealed = 0
+        self._credentials_subject = str(getattr(uploader, "credentials_subject", "") or "") or CREDENTIALS_SUBJECT
         self._max_items = policy.max_batch_items
         self._max_bytes = policy.max_batch_bytes
 
@@ -129,6 +136,12 @@ class Flusher:
             # One line per call, not per item: a broken schema can dead-letter thousands.
             logger.warning(
                 "moved %d items to the dead-letter table; last error: %s", self._dead_count, self._dead_error
+            )
+        if self._unsealed:
+            logger.error(
+                "refused %d items that are not sealed in a queue file that holds sealed items (written without"
+                " the key or replaced); moved them to the dead-letter table unsent",
+                self._unsealed,
             )
         if self._unreadable:
             logger.error("%d items cannot be opened and stay stored, unsent; acked %d", len(self._unreadable), acked)
@@ -176,12 +189,17 @@ class Flusher:
         """The claimed rows with their stored texts as they are sent: opened when sealed.
         An item that cannot be opened (missing or wrong key, changed text) is given back as
         it was claimed and left alone for the rest of the call: never sent, never
-        dead-lettered; ``run`` raises its error at the end."""
+        dead-lettered; ``run`` raises its error at the end. A plain item where items must
+        be sealed (see ``Store.sealed_from``) is never sent: it goes to the dead-letter table."""
         store = self._store
-        rows, errors = _seal.split_readable(store.sealer, claim.rows, store.queue_id, 3, "sync_queue")
-        if errors:
+        unsealed = _seal.unsealed_ids(claim.rows, store.sealed_from)
+        rows = [row for row in claim.rows if row[0] not in unsealed] if unsealed else claim.rows
+        rows, errors = _seal.split_readable(store.sealer, rows, store.queue_id, 3, "sync_queue")
+        if errors or unsealed:
             failed = {error.item_id for error in errors}
             with store.write() as conn:
+                if unsealed:
+                    self._refuse_unsealed(conn, sorted(unsealed))
                 conn.executemany(RESTORE_RETRY_SQL, [(row[4], row[0]) for row in claim.rows if row[0] in failed])
                 if not rows:
                     conn.execute(DELETE_LEASE_SQL, (claim.token,))
@@ -192,6 +210,18 @@ class Flusher:
             self._rejected.update(row[0] for row in claim.rows if row[0] in failed)
             self._unreadable += errors
         return rows
+
+    def _refuse_unsealed(self, conn: sqlite3.Connection, ids: List[int]) -> None:
+        """Dead-letter items that should be sealed and are not, and count them."""
+        mark = self._store.sealed_from
+        start = "every item" if mark == SEALED_FROM_ALL else f"the items from id {mark} on"
+        why = (
+            f"refused unsent: not sealed, in a queue file where {start} must be sealed"
+            " (written without the key, or its stored text was replaced)"
+        )
+        self._dead_letter(conn, ids, None, why)
+        conn.execute(ADD_COUNTER_SQL, (UNSEALED_REFUSED_KEY, len(ids)))
+        self._unsealed += len(ids)
 
     # -- sizing and pacing ------------------------------------------------------------
 
@@ -239,6 +269,7 @@ class Flusher:
             conn = store.conn()
             now = store.now()
             with write_transaction(conn):
+                store.read_sealed_from(conn)  # another process may have sealed items since
                 budget = self._policy.budget_left(store.sent_today)
                 bounds = (self._max_items, self._max_bytes)
                 rows = pick(conn, now, self._policy, budget, bounds, self._rejected)
@@ -321,7 +352,8 @@ class Flusher:
         ids = [row[0] for row in rows]
         # A rejected batch is not retried as it was: a server may have cached its answer.
         _batchkeys.forget(conn, ids)
-        conn.executemany(COUNT_REJECTION_SQL, [(row_id, status, error) for row_id in ids])
+        stored = self._stored(error)
+        conn.executemany(COUNT_REJECTION_SQL, [(row_id, status, stored) for row_id in ids])
         self._note_error(conn, error)
         exhausted: List[int] = []
         for chunk in _codec.id_chunks(ids):
@@ -335,7 +367,9 @@ class Flusher:
         if held:
             delay = self._policy.backoff_delay(max(row[2] for row in held))
             store.run_chunks(NACK_SQL, (store.now() + delay,), _codec.id_chunks([row[0] for row in held]))
-            logger.debug("the endpoint rejected %d items (%s); retrying them later", len(held), error)
+            logger.debug(
+                "the endpoint rejected %d items (%s); retrying them later", len(held), self._shown(status, error)
+            )
         return 0
 
     def _dead_letter(
@@ -346,14 +380,14 @@ class Flusher:
         error = _short(error or "rejected by the endpoint")
         _batchkeys.forget(conn, ids)
         chunks = _codec.id_chunks(ids)
-        store.run_chunks(MOVE_TO_DEAD_SQL, (status, error, store.now()), chunks)
+        store.run_chunks(MOVE_TO_DEAD_SQL, (status, self._stored(error), store.now()), chunks)
         moved = store.run_chunks(ACK_SQL, (), chunks)
         store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
         self._note_error(conn, error)
         if moved:
             conn.execute(ADD_COUNTER_SQL, ("dead_lettered_total", moved))
             self._dead_count += moved
-            self._dead_error = error
+            self._dead_error = self._shown(status, error)
         return 0
 
     def _back_off(self, conn: sqlite3.Connection, claim: Claim, part: List[Row], outcome: Outcome) -> int:
@@ -369,7 +403,7 @@ class Flusher:
         # No answer at all: the link itself may be down, and a probe may end the wait.
         link_down = outcome.status is None and outcome.retry_after is None
         error = _short(outcome.error or "upload failed")
-        self._record_failure(conn, TRANSIENT, error, delay, len(part), held if link_down else ())
+        self._record_failure(conn, TRANSIENT, outcome.status, error, delay, len(part), held if link_down else ())
         return 0
 
     def _keep_for_credentials(self, conn: sqlite3.Connection, claim: Claim, part: List[Row], outcome: Outcome) -> int:
@@ -378,7 +412,8 @@ class Flusher:
         until = self._store.now() + delay
         self._store.run_chunks(NACK_SQL, (until,), _codec.id_chunks([row[0] for row in part]))
         self._hold_rest(claim, until)
-        self._record_failure(conn, CREDENTIALS, _short(outcome.error or "credentials refused"), delay, len(part))
+        error = _short(outcome.error or "credentials refused")
+        self._record_failure(conn, CREDENTIALS, outcome.status, error, delay, len(part))
         return 0
 
     def _hold_rest(self, claim: Claim, until: float) -> float:
@@ -403,6 +438,7 @@ class Flusher:
         self,
         conn: sqlite3.Connection,
         kind: OutcomeKind,
+        status: Optional[int],
         error: str,
         delay: float,
         count: int,
@@ -411,12 +447,30 @@ class Flusher:
         now = self._store.now()
         conn.execute(ADD_COUNTER_SQL, ("failed_batches", 1))
         self._note_error(conn, error, now)
-        self._link.failed(kind, f"{error}; keeping {count} items, next try in {delay:.1f} s", now + delay, held)
+        detail = f"{self._shown(status, error)}; keeping {count} items, next try in {delay:.1f} s"
+        self._link.failed(kind, detail, now + delay, held, self._credentials_subject)
+
+    # -- error texts --------------------------------------------------------------------
+    # A server's error text may echo the payloads (a FastAPI-style 422 does): where they
+    # are sealed, it is stored sealed and logged as its status and size only.
+
+    def _stored(self, error: str) -> str:
+        """``error`` as the file keeps it: sealed when payloads are."""
+        sealer = self._store.sealer
+        return error if sealer is None else sealer.seal_note(error, self._store.queue_id, "last_error")
+
+    def _shown(self, status: Optional[int], error: str) -> str:
+        """``error`` as it is logged: when payloads are sealed, only its status and size."""
+        if self._store.sealer is None:
+            return error
+        answer = "no status" if status is None else f"status {status}"
+        return f"{answer}; an error text of {len(error)} characters, kept sealed (payloads are sealed)"
 
     def _note_error(self, conn: sqlite3.Connection, error: str, now: Optional[float] = None) -> None:
         """Show ``error`` (already scrubbed of secrets by the uploader, and short) as the
-        queue's ``last_error``: a refusal of items is as much an error as a dead link."""
-        conn.execute(SET_COUNTER_SQL, ("last_error", error))
+        queue's ``last_error``, sealed where payloads are: a refusal of items is as much an
+        error as a dead link."""
+        conn.execute(SET_COUNTER_SQL, ("last_error", self._stored(error)))
         conn.execute(SET_COUNTER_SQL, ("last_error_at", self._store.now() if now is None else now))
 
 

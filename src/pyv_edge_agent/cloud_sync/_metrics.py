@@ -41,6 +41,11 @@ METRICS: List[Metric] = [
     Metric("dead_lettered_total", "counter", "Items ever moved to the dead-letter table."),
     Metric("last_success_at", "gauge", "When an upload last succeeded (Unix seconds).", "timestamp"),
     Metric("last_error", "gauge", "The last upload error (text; not exported to Prometheus)."),
+    Metric(
+        "unsealed_refused_total",
+        "counter",
+        "Items refused unsent (dead-lettered) for not being sealed in a file that holds sealed items.",
+    ),
     Metric("last_error_at", "gauge", "When an upload last failed (Unix seconds).", "timestamp"),
     # Storage and durability (issue 4).
     Metric("evicted_total", "counter", "Items evicted to stay within the storage limits."),

@@ -1,7 +1,13 @@
 """One MQTT connection of ``MQTTUploader`` and the sliding window that sends a batch over it.
 
 paho's client is driven from the calling thread (no network thread of its own): a batch
-publishes up to the window, reads PUBACKs, and publishes more as they come back.
+publishes up to the window, reads PUBACKs, and publishes more as they come back, all of it
+(the connection included) before one deadline.
+
+A broker's packets are followed as paho reads them (``PacketGuard``): one over the Maximum
+Packet Size this client announces in CONNECT is refused from its fixed header, before paho
+reads and decodes it (paho decodes a 1 MiB CONNACK's properties for about a minute, in one
+uninterruptible call).
 """
 
 import os
@@ -11,12 +17,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
-# PUBACK and CONNACK reason codes (MQTT 5; paho maps 3.1.1 CONNACK codes onto them).
+# PUBACK and CONNACK reason codes (MQTT 5; paho maps 3.1.1 CONNACK codes onto them). A
+# message too large is refused with DISCONNECT 0x95, never in a PUBACK, which has no such code.
 NOT_AUTHORIZED = frozenset({0x86, 0x87, 0x8A, 0x8C})  # bad password, not authorized, banned, bad auth
-PACKET_TOO_LARGE = 0x95
 REJECTED = frozenset({0x90, 0x99})  # topic name invalid, payload format invalid
 # Refusals that concern one message only: the batch goes on without it.
-_PER_MESSAGE = REJECTED | {PACKET_TOO_LARGE}
+_PER_MESSAGE = REJECTED
+# The largest packet this client takes from a broker, announced in CONNECT (MQTT 5). A
+# publisher gets only CONNACK, PUBACK, PINGRESP and DISCONNECT: a few bytes, or a few
+# hundred with a reason string.
+INCOMING_PACKET_LIMIT = 16384
 
 
 def _halts(reason: int) -> bool:
@@ -29,11 +39,79 @@ _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
 Message = Tuple[int, str, bytes, Any]
 
 
+class PacketTooLargeError(ConnectionAbortedError):
+    """A broker's packet is over the size this client announced; the connection is dropped."""
+
+
+class PacketGuard:
+    """Follows the packets of a broker through the bytes paho reads (their fixed headers,
+    skipping their bodies) and refuses one larger than ``limit`` before paho reads it whole."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.refused = ""
+        self._skip = 0
+        self._header = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        """Follow ``data``, the next bytes read; raise ``PacketTooLargeError`` at a header
+        announcing a packet over the limit."""
+        at, end = 0, len(data)
+        while at < end:
+            if self._skip:
+                step = min(self._skip, end - at)
+                self._skip -= step
+                at += step
+                continue
+            self._header.append(data[at])
+            at += 1
+            header = self._header
+            if len(header) >= 2 and not header[-1] & 128:
+                length = sum((byte & 127) << (7 * i) for i, byte in enumerate(header[1:]))
+                if length + len(header) > self.limit:
+                    self.refused = (
+                        f"the broker sent a packet of {length + len(header)} bytes (type {header[0] >> 4}),"
+                        f" over the Maximum Packet Size of {self.limit} this client announced"
+                    )
+                    raise PacketTooLargeError(self.refused)
+                self._skip = length
+                header.clear()
+            elif len(header) > 5:
+                self.refused = "the broker sent a malformed packet length"
+                raise PacketTooLargeError(self.refused)
+
+
+_GUARDED: Dict[Any, Any] = {}
+
+
+def guarded_client_class(client_class: Any) -> Any:
+    """paho's ``Client`` class, extended so that every read from the broker passes through
+    the client's ``packet_guard``."""
+    guarded = _GUARDED.get(client_class)
+    if guarded is None:
+
+        class GuardedClient(client_class):  # type: ignore[misc]
+            """paho's client; the bytes it reads are followed by its ``packet_guard``."""
+
+            packet_guard: PacketGuard
+
+            # paho's one read from its socket, TCP or TLS alike (its OSError is a lost link).
+            def _sock_recv(self, bufsize: int) -> bytes:
+                data: bytes = super()._sock_recv(bufsize)
+                self.packet_guard.feed(data)
+                return data
+
+        guarded = _GUARDED[client_class] = GuardedClient
+    return guarded
+
+
 class Session:
     """A paho client, what its CONNACK said, and the PUBACKs not yet read."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self.guard = PacketGuard(INCOMING_PACKET_LIMIT)
+        client.packet_guard = self.guard
         self.pid = os.getpid()
         self.connack: Optional[int] = None
         self.receive_maximum: Optional[int] = None
@@ -126,39 +204,45 @@ def merged(*parts: Delivery) -> Delivery:
     return whole
 
 
-def deliver(session: Session, messages: Deque[Message], window: int, qos: int, timeout: float) -> Delivery:
+def deliver(
+    session: Session, messages: Deque[Message], window: int, qos: int, deadline: float, timeout: float
+) -> Delivery:
     """Publish ``messages`` in order with at most ``window`` unanswered; stop publishing at
     the first refusal that is not about one message alone (credentials, quota...), and stop
-    waiting when the link breaks or no answer came for ``timeout`` seconds."""
+    when the link breaks or the batch's ``deadline`` (``time.monotonic()``; ``timeout``
+    seconds after the batch began) passes, however steadily PUBACKs trickle in."""
     client = session.client
     done = Delivery()
     inflight: Dict[int, int] = {}
     halted = False
-    deadline = time.monotonic() + timeout
 
     def settle() -> None:
-        nonlocal halted, deadline
+        nonlocal halted
         for mid, reason in session.acks:
             index = inflight.pop(mid, -1)
             if index >= 0:
                 done.reasons[index] = reason
                 halted = halted or _halts(reason)
         session.acks.clear()
-        deadline = time.monotonic() + timeout
 
     def wait() -> None:
-        """Block until an answer comes (or the link breaks, or ``timeout`` passes)."""
-        if not session.pump(min(1.0, timeout)):
-            done.lost = "the broker closed the connection"
+        """Block until an answer comes (or the link breaks, or the deadline passes)."""
+        left = deadline - time.monotonic()
+        if left > 0 and not session.pump(min(1.0, left)):
+            done.lost = session.guard.refused or "the broker closed the connection"
         if session.acks:
             settle()
-        elif not done.lost and time.monotonic() > deadline:
-            done.lost = f"no PUBACK within {timeout:g} s"
+        if not done.lost and inflight and time.monotonic() >= deadline:
+            done.lost = late
 
+    late = f"the batch did not finish within the timeout of {timeout:g} s"
     while messages and not halted and not done.lost:
+        if time.monotonic() >= deadline:
+            done.lost = late  # the rest stay unsent
+            break
         if inflight:
             if not session.pump(0.0):
-                done.lost = "the broker closed the connection"
+                done.lost = session.guard.refused or "the broker closed the connection"
             if session.acks:
                 settle()
             while len(inflight) >= window and not done.lost:

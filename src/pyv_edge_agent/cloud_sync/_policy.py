@@ -96,10 +96,7 @@ class FlushPolicy:
 
 _STATE_LOG = {
     OutcomeKind.TRANSIENT: (logging.WARNING, "uploads are failing, backing off: %s"),
-    OutcomeKind.CREDENTIALS: (
-        logging.ERROR,
-        "the ingest endpoint refused the credentials (key, token or certificate); fix them: %s",
-    ),
+    OutcomeKind.CREDENTIALS: (logging.ERROR, "%s; fix them: %s"),
     OutcomeKind.ACCEPTED: (logging.INFO, "uploads are accepted again%s"),
 }
 
@@ -132,17 +129,20 @@ class LinkState:
         self._change(OutcomeKind.ACCEPTED, "")
         return self._take_held(now)
 
-    def failed(self, kind: OutcomeKind, detail: str, until: float, held: Sequence[float] = ()) -> None:
+    def failed(
+        self, kind: OutcomeKind, detail: str, until: float, held: Sequence[float] = (), subject: str = ""
+    ) -> None:
         """An upload failed with ``kind``: back off until ``until`` at least.
 
         ``held``: the ``next_retry_at`` stamps of the batches held back, given when the
         failure got no answer at all (refused, unreachable, timed out), so that the link
-        itself may be down and a probe may end the backoff.
+        itself may be down and a probe may end the backoff. ``subject``: who refused the
+        credentials, for the log line (the uploader's ``credentials_subject``).
         """
         self.backoff_until = max(self.backoff_until, until)
         self.link_down = bool(held)
         self._held = self._held + list(held) if held else []
-        self._change(kind, detail)
+        self._change(kind, detail, subject)
 
     def resume(self, now: float) -> Optional[List[Tuple[float, float]]]:
         """End a backoff after a failure that got no answer (the link is back): return the
@@ -174,14 +174,17 @@ class LinkState:
         shift = stamps[-1] - now
         return [(stamp, stamp - shift) for stamp in stamps]
 
-    def _change(self, state: OutcomeKind, detail: str) -> None:
+    def _change(self, state: OutcomeKind, detail: str, subject: str = "") -> None:
         """Log one line when the link changes between working, failing and refusing the key."""
         if state == self.state or (state == OutcomeKind.ACCEPTED and self.state is None):
             self.state = state
             return
         self.state = state
         level, message = _STATE_LOG[state]
-        logger.log(level, message, detail)
+        if state == OutcomeKind.CREDENTIALS:
+            logger.log(level, message, subject or "the receiving end refused the credentials", detail)
+        else:
+            logger.log(level, message, detail)
 
     def wake(self) -> None:
         """Tell the sync loops waiting on this queue that a critical item arrived."""

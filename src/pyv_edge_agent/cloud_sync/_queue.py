@@ -284,6 +284,9 @@ class CloudSyncQueue(FlushingQueue):
                 if len(rows) >= limit:
                     break
             queue_id = self._store.queue_id
+            unsealed = _seal.unsealed_ids(rows, self._store.sealed_from)
+        if unsealed:  # never handed out: a flush moves them to the dead-letter table
+            rows = [row for row in rows if row[0] not in unsealed]
         return _seal.decoded(self._store.sealer, rows, queue_id, "sync_queue", _codec.decode_rows)
 
     @sqlite_errors

@@ -10,11 +10,11 @@ README on keeping the key off the card.)
 
 import logging
 import sqlite3
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from ._errors import CloudSyncError
-from ._seal import Sealer
-from ._sql import write_transaction
+from ._seal import Sealer, unsealed_ids
+from ._sql import NEXT_ID_SQL, write_transaction
 from ._store import Store
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -43,14 +43,19 @@ def _each_chunk(conn: sqlite3.Connection, table: str) -> Iterator[List[Tuple[Any
         last = rows[-1][0]
 
 
-def _reseal_chunk(conn: sqlite3.Connection, sealer: Sealer, queue_id: str, table: str, last: int) -> Tuple[int, int]:
-    """Re-seal the chunk after ``last`` in one transaction; return (re-sealed, last id, or ``STOP``)."""
+def _reseal_chunk(
+    conn: sqlite3.Connection, sealer: Sealer, queue_id: str, table: str, last: int, sealed_from: Optional[int]
+) -> Tuple[int, int]:
+    """Re-seal the chunk after ``last`` in one transaction; return (re-sealed, last id, or ``STOP``).
+    A plain item where items must be sealed (``sealed_from``) stays as it is, to be refused:
+    sealing it would vouch for a text written without the key."""
     with write_transaction(conn):
         rows = _after(conn, table, last)
+        planted = unsealed_ids(rows, sealed_from)
         changed = [
             (sealer.reseal(text, row_id, priority, queue_id, table), row_id)
             for row_id, text, priority in rows
-            if not sealer.is_current(text)
+            if not sealer.is_current(text) and row_id not in planted
         ]
         conn.executemany(_UPDATE.format(table=table), changed)
     return len(changed), rows[-1][0] if rows else STOP
@@ -66,6 +71,7 @@ def rekey(store: Store) -> int:
     with store.lock:
         conn = store.conn()
         queue_id = store.queue_id
+        sealed_from = store.read_sealed_from(conn)
         for table in TABLES:
             for rows in _each_chunk(conn, table):
                 sealer.open_rows(rows, queue_id, 2, table)
@@ -74,10 +80,15 @@ def rekey(store: Store) -> int:
             for table in TABLES:
                 last = FIRST
                 while last != STOP:
-                    changed, last = _reseal_chunk(conn, sealer, queue_id, table, last)
+                    changed, last = _reseal_chunk(conn, sealer, queue_id, table, last, sealed_from)
                     count += changed
         finally:
             conn.execute("PRAGMA secure_delete = FAST")
+        # Every item is sealed now (unless a process without the key wrote some meanwhile):
+        # from here on a plain one anywhere in the file is refused, not only the newer ones.
+        with write_transaction(conn):
+            mark = store.mark_sealed(conn, int(conn.execute(NEXT_ID_SQL).fetchone()[0]), again=True)
+        store.sealed_from = mark
         store.compact()
         busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
     if busy:

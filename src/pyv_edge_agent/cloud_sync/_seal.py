@@ -25,7 +25,7 @@ import hmac
 import operator
 import os
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from ._errors import DecryptionError, MissingExtraError, MissingKeyError
 
@@ -40,6 +40,10 @@ _CIPHER_OF = {letter: name for name, letter in _LETTER.items()}
 _NONCE_BYTES = 12
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _HEADER = re.compile(r"~1([ca])([A-Za-z0-9_.-]{1,32}):")
+# Associated data of a sealed note (an error text) after the header: never a row's "<id>:".
+_NOTE = b"note:"
+# What a sealed note reads as where it cannot be opened.
+SEALED_NOTE = "(sealed: open the queue with its encryption_key to read it)"
 _ITEM_KEY_INFO = b"pyv-edge-agent cloud_sync item key v1\x00"
 _KEY_ID_INFO = b"pyv-edge-agent cloud_sync key id v1"
 EXTRA_HINT = "pip install 'pyv-edge-agent[crypto]'"
@@ -64,22 +68,26 @@ def _key_bytes(value: Any, what: str) -> bytes:
     return key
 
 
-def _looks_like_key_text(text: str) -> bool:
-    stripped = text.strip()
-    return bool(re.fullmatch(r"[0-9a-fA-F]{64}", stripped) or re.fullmatch(r"[A-Za-z0-9+/]{43}=", stripped))
+KEY_FORMS = (
+    f"a key is {KEY_BYTES} bytes (a bytes object), the path of a key file holding {KEY_BYTES} raw bytes,"
+    f" {2 * KEY_BYTES} hex digits or the base64 of {KEY_BYTES} bytes, or a callable returning keys by key id;"
+    " a str is always taken for a path, never for key text"
+)
 
 
-def read_key_file(path: "str | os.PathLike[str]", what: str = "encryption_key") -> bytes:
+def read_key_file(path: "str | os.PathLike[str]", what: str = "encryption_key", *, show_path: bool = False) -> bytes:
     """Read a key file: 32 raw bytes, or 64 hex digits, or the base64 of 32 bytes (text
-    around it may end in a newline). Errors name the path, never the content."""
+    around it may end in a newline). Errors never show the content, and show the path only
+    with ``show_path`` (a str given as ``encryption_key`` may be key text by mistake)."""
     name = os.fspath(path)
-    if _looks_like_key_text(str(name)) and not os.path.exists(name):
-        raise ValueError(f"{what} looks like key text, not a path: pass the key as 32 bytes or a key file's path")
+    shown = f" {name!r:.200}" if show_path else ""
     try:
         with open(name, "rb") as handle:
             data = handle.read(4096)
-    except OSError as exc:
-        raise ValueError(f"{what}: cannot read the key file {name!r}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        where = shown or " (the path is not shown: it may be key text)"
+        raise ValueError(f"{what}: cannot read the key file{where}: {reason}; {KEY_FORMS}") from None
     if len(data) == KEY_BYTES:
         return data
     text = data.strip()
@@ -92,7 +100,7 @@ def read_key_file(path: "str | os.PathLike[str]", what: str = "encryption_key") 
     except (ValueError, UnicodeDecodeError, binascii.Error):
         pass
     raise ValueError(
-        f"{what}: the key file {name!r} holds {len(data)} bytes: expected {KEY_BYTES} raw bytes,"
+        f"{what}: the key file{shown} holds {len(data)} bytes: expected {KEY_BYTES} raw bytes,"
         f" {2 * KEY_BYTES} hex digits or the base64 of {KEY_BYTES} bytes"
     )
 
@@ -111,7 +119,7 @@ class KeyRing:
     @classmethod
     def from_files(cls, paths: Sequence["str | os.PathLike[str]"]) -> "KeyRing":
         """A ring of the keys in ``paths`` (see ``read_key_file``), the last one the newest."""
-        return cls([read_key_file(path, "--key-file") for path in paths])
+        return cls([read_key_file(path, "--key-file", show_path=True) for path in paths])
 
     def __call__(self, key_id: Optional[str]) -> Any:
         if key_id is None:
@@ -141,7 +149,7 @@ def _as_source(encryption_key: Any) -> KeySource:
         return encryption_key  # type: ignore[no-any-return]
     raise TypeError(
         f"encryption_key must be {KEY_BYTES} bytes, a key file's path or a callable returning keys by key id,"
-        f" got {type(encryption_key).__name__}"
+        f" got {type(encryption_key).__name__}; {KEY_FORMS}"
     )
 
 
@@ -289,6 +297,31 @@ class Sealer:
                 header[3:-1].decode(),
             ) from None
 
+    def seal_note(self, text: str, queue_id: str, what: str) -> str:
+        """``text`` (an error text a server may have filled with a payload) sealed under the
+        newest key, bound to this queue file and to ``what`` it is (a column's name)."""
+        header = self._header
+        prefix = header.encode()
+        nonce = os.urandom(_NONCE_BYTES)
+        box = self._aead(prefix, queue_id, 0, what).encrypt(nonce, text.encode(), prefix + _NOTE + what.encode())
+        return header + binascii.b2a_base64(nonce + box, newline=False).decode()
+
+    def open_note(self, text: str, queue_id: str, what: str) -> str:
+        """The text ``seal_note`` sealed (a plain text as it is); one that cannot be opened
+        (its key is missing, it was changed) reads as a placeholder, never as an error:
+        it is a note about an item, not the item."""
+        if not text.startswith(MARK):
+            return text
+        raw = text.encode()
+        end = raw.find(b":", 3, 40) + 1
+        header = raw[:end] if end else raw[:3]
+        try:
+            box = binascii.a2b_base64(raw[end:])
+            aead = self._aead(header, queue_id, 0, what)
+            return aead.decrypt(box[:_NONCE_BYTES], box[_NONCE_BYTES:], header + _NOTE + what.encode()).decode()  # type: ignore[no-any-return]
+        except Exception:  # a missing key, InvalidTag, bad base64: the note is unreadable, the item is not
+            return SEALED_NOTE
+
     def open_rows(self, rows: Sequence[_Row], queue_id: str, priority_at: int, table: str) -> List[_Row]:
         """``rows`` (id first, stored text second) with the text opened; raises on the first
         item that cannot be opened."""
@@ -311,6 +344,15 @@ def any_sealed(rows: Sequence[Tuple[Any, ...]]) -> bool:
         return False
     largest = max(map(operator.itemgetter(1), rows))
     return bool(largest[:1] == MARK or largest[:1] == MARK_BYTE)
+
+
+def unsealed_ids(rows: Sequence[Tuple[Any, ...]], sealed_from: Optional[int]) -> Set[int]:
+    """The ids of ``rows`` (id first, stored text second) that must be sealed and are not:
+    in a file whose items are sealed from the id ``sealed_from`` on (None: a file that
+    never held a sealed item), a plain text there was written without the key."""
+    if sealed_from is None:
+        return set()
+    return {row[0] for row in rows if row[0] >= sealed_from and row[1][:1] not in (MARK, MARK_BYTE)}
 
 
 def refuse_sealed(rows: Sequence[Tuple[Any, ...]], table: str) -> None:

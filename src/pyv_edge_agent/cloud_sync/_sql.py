@@ -83,6 +83,21 @@ ADD_COUNTER_SQL = (
 SET_COUNTER_SQL = (
     "INSERT INTO sync_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 )
+# From the first sealed item on, the file's items are sealed from this id on (``_seal``):
+# every one when the file held no plain item then, else those written from then on, so
+# that plain items from before encryption was turned on wait for ``rekey``.
+SEALED_FROM_KEY = "sealed_from_id"
+SEALED_FROM_ALL = -(2**63)
+UNSEALED_REFUSED_KEY = "unsealed_refused_total"
+ANY_PLAIN_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM sync_queue WHERE substr(payload, 1, 1) <> '~')"
+    " OR EXISTS (SELECT 1 FROM sync_dead_letters WHERE substr(payload, 1, 1) <> '~')"
+)
+FIRST_SEALED_SQL = (
+    "SELECT MIN(id) FROM (SELECT id FROM sync_queue WHERE substr(payload, 1, 1) = '~'"
+    " UNION ALL SELECT id FROM sync_dead_letters WHERE substr(payload, 1, 1) = '~')"
+)
+COUNT_UNSEALED_SQL = "SELECT COUNT(*) FROM sync_queue WHERE id >= ? AND substr(payload, 1, 1) <> '~'"
 RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
 
 # -- the flush: claims, leases, rejections ------------------------------------------------

@@ -3,7 +3,7 @@
 from typing import Any, Dict
 
 from . import _deadletter, _storage
-from ._sql import DEPTH_BY_PRIORITY_SQL, IN_FLIGHT_SQL, STATS_SQL
+from ._sql import DEPTH_BY_PRIORITY_SQL, IN_FLIGHT_SQL, STATS_SQL, UNSEALED_REFUSED_KEY
 from ._store import Store
 from ._types import Priority
 
@@ -17,6 +17,7 @@ COUNTER_KEYS = (
     "last_error_at",
     "link_bytes_per_second",
     "link_items_per_second",
+    UNSEALED_REFUSED_KEY,
 )
 # Counters with no value until something happened (the others start at 0).
 _UNSET_KEYS = ("last_success_at", "last_error", "last_error_at", "link_bytes_per_second", "link_items_per_second")
@@ -46,6 +47,7 @@ def collect(store: Store, now: float) -> Dict[str, Any]:
         counters = store.counters(COUNTER_KEYS)
         for key in COUNTER_KEYS:
             stats[key] = counters.get(key, None if key in _UNSET_KEYS else 0)
+        stats["last_error"] = _deadletter.open_note(store.sealer, stats["last_error"], store.queue_id)
         # Storage and durability (issue 4).
         stats.update(_storage.counters(conn, store.path if store.is_file else None))
     return stats

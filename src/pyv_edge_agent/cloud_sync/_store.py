@@ -14,15 +14,20 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _batchkeys, _clock, _integrity, _storage
-from ._errors import CloudSyncError, CorruptDatabaseError
+from ._errors import CloudSyncError, CorruptDatabaseError, MissingKeyError
 from ._sql import (
     ADD_COUNTER_SQL,
+    ANY_PLAIN_SQL,
+    FIRST_SEALED_SQL,
     INSERT_ID_SQL,
     INSERT_SQL,
     LAST_ROWID_SQL,
     NEXT_DUE_SQL,
     NEXT_ID_SQL,
     READ_COUNTER_SQL,
+    SEALED_FROM_ALL,
+    SEALED_FROM_KEY,
+    SET_COUNTER_SQL,
     write_transaction,
 )
 
@@ -57,7 +62,9 @@ class Store:
     :param clock: the wall clock; ``now()`` is the queue's time built on it (see ``_clock``).
     :param limits: the storage limits that every insert is admitted under (``storage``).
     :param sealer: seals payloads before they are stored (None: stored as they come); see
-        ``_seal``. ``queue_id`` is the open file's identity, which sealing binds items to.
+        ``_seal``. ``queue_id`` is the open file's identity, which sealing binds items to;
+        ``sealed_from`` the id from which on its items must be sealed (None: the file never
+        held a sealed item), as last read.
     """
 
     def __init__(
@@ -74,6 +81,7 @@ class Store:
         self.path = path
         self.sealer = sealer
         self.queue_id = ""
+        self.sealed_from: Optional[int] = None
         self.durability = durability
         self.is_file = _storage.is_file_path(path)
         self._busy_timeout = busy_timeout
@@ -135,6 +143,7 @@ class Store:
         try:
             self.clock.start(_clock.read_high_water(conn))
             self.queue_id = str(conn.execute(READ_COUNTER_SQL, ("queue_id",)).fetchone()[0])
+            self.read_sealed_from(conn)
         except BaseException:
             conn.close()
             raise
@@ -203,10 +212,43 @@ class Store:
             changed = sum(conn.execute(statements[len(chunk)], prefix + chunk).rowcount for chunk in chunks)
         return changed
 
+    # -- sealing --------------------------------------------------------------------------
+
+    def read_sealed_from(self, conn: sqlite3.Connection) -> Optional[int]:
+        """Read ``sealed_from`` from the file again (another process may have sealed items)."""
+        found = conn.execute(READ_COUNTER_SQL, (SEALED_FROM_KEY,)).fetchone()
+        self.sealed_from = None if found is None else int(found[0])
+        return self.sealed_from
+
+    def mark_sealed(self, conn: sqlite3.Connection, next_id: int, *, again: bool = False) -> int:
+        """Record from which id on the file's items must be sealed, in the caller's write
+        transaction, before the first sealed item is written (``again``: once more, after a
+        rekey): every item when none is plain, else the first sealed one's (or ``next_id``).
+        Returns the mark; ``sealed_from`` takes it once the transaction is committed."""
+        found = None if again else conn.execute(READ_COUNTER_SQL, (SEALED_FROM_KEY,)).fetchone()
+        if found is not None:
+            return int(found[0])
+        mark = SEALED_FROM_ALL
+        if conn.execute(ANY_PLAIN_SQL).fetchone()[0]:
+            first = conn.execute(FIRST_SEALED_SQL).fetchone()[0]
+            mark = next_id if first is None else min(int(first), next_id)
+        conn.execute(SET_COUNTER_SQL, (SEALED_FROM_KEY, mark))
+        return mark
+
+    # -- items --------------------------------------------------------------------------
+
     def insert(self, rows: List[Tuple[str, int, float, int]]) -> List[int]:
         """Insert ``rows`` in one write transaction, admitted by ``storage`` (it may evict or
         raise ``QueueFullError``, and then nothing is written); return their ids in order.
-        With a ``sealer`` the payloads are sealed first, under the ids they get."""
+        With a ``sealer`` the payloads are sealed first, under the ids they get; without
+        one, a file that holds sealed items refuses them (``MissingKeyError``): a plain item
+        there would be plaintext in a sealed file, and a flush would not deliver it."""
+        if self.sealer is None and self.sealed_from is not None:
+            raise MissingKeyError(
+                f"the queue file {self.path!r} holds sealed items: enqueue with its encryption_key"
+                " (a plain item there would never be delivered); nothing was written"
+            )
+        mark: Optional[int] = None
         with self.lock:
             conn = self.conn()
             with self.storage.transaction(conn):
@@ -214,6 +256,8 @@ class Store:
                 sql = INSERT_SQL
                 if self.sealer is not None:
                     first = int(conn.execute(NEXT_ID_SQL).fetchone()[0])
+                    if self.sealed_from is None:
+                        mark = self.mark_sealed(conn, first)
                     params, sql = self.sealer.seal_rows(rows, first, self.queue_id), INSERT_ID_SQL
                 self.storage.admit(conn, [row[0] for row in params], rows[0][2])
                 _clock.persist_high_water(conn, self.clock)
@@ -222,6 +266,8 @@ class Store:
                 else:
                     conn.executemany(sql, params)
                     last = conn.execute(LAST_ROWID_SQL).fetchone()[0]
+            if mark is not None:
+                self.sealed_from = mark
             self.storage.maintain(conn)
         # AUTOINCREMENT under the write lock hands out consecutive ids.
         return list(range(last - len(rows) + 1, last + 1))

@@ -1,5 +1,6 @@
-"""TLS settings of ``HTTPCloudUploader``: the trusted authorities and, for mutual TLS, a
-client certificate that is read again whenever its files change on disk.
+"""TLS settings of ``HTTPCloudUploader`` and ``MQTTUploader``: the trusted authorities
+(checked once, alike for both) and, for mutual TLS, a client certificate that is read again
+whenever its files change on disk.
 
 Certificates are rotated by writing new files under a running agent. Before each request
 the files are stat()ed (two system calls); when one changed, a new context is built from
@@ -53,7 +54,50 @@ def _check_file(value: Any, name: str) -> str:
         raise ValueError(f"{name}: no file at {path!r:.200}") from None
     except OSError as exc:
         raise ValueError(f"{name}: cannot read {path!r:.200} ({exc.strerror or type(exc).__name__})") from None
+    except ValueError:  # a NUL in the path
+        raise ValueError(f"{name}: {path!r:.200} is not a path (it holds a NUL character)") from None
     return path
+
+
+def check_ca_certs(value: Any) -> Optional[str]:
+    """``ca_certs`` checked at construction (None: the system's authorities): a readable PEM
+    file that OpenSSL loads certificate authorities from. The same errors for every uploader."""
+    if value is None:
+        return None
+    path = _check_file(value, "ca_certs")
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except (ssl.SSLError, ValueError):
+        raise ValueError(
+            f"ca_certs {path!r:.200} holds no PEM certificate OpenSSL can load: expected a PEM file of certificate"
+            " authorities (-----BEGIN CERTIFICATE----- blocks)"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"ca_certs: cannot read {path!r:.200} ({exc.strerror or type(exc).__name__})") from None
+    return path
+
+
+def _no_prompt() -> str:
+    # Given to OpenSSL as the password callback when there is no key_password: without one
+    # it would prompt for a pass phrase on the terminal and block the flush.
+    raise ValueError("client_key is encrypted: give key_password")
+
+
+def check_key_password(password: Any) -> Optional[str]:
+    """``key_password`` as OpenSSL takes it: str, or bytes that are UTF-8. Errors name the
+    argument, never the value."""
+    if password is None:
+        return None
+    if isinstance(password, bytes):
+        try:
+            password = password.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("key_password must be text: a str, or bytes that are UTF-8 (these are not)") from None
+    if not isinstance(password, str):
+        raise TypeError(f"key_password must be a str or bytes, got {type(password).__name__}")
+    if "\x00" in password:
+        raise ValueError("key_password must not contain a NUL character")
+    return password
 
 
 class ClientCertificate:
@@ -67,10 +111,7 @@ class ClientCertificate:
     def __init__(self, cert: Any, key: Any, password: Any) -> None:
         self._cert = _check_file(cert, "client_cert")
         self._key = None if key is None else _check_file(key, "client_key")
-        if password is not None and not isinstance(password, (str, bytes)):
-            raise TypeError(f"key_password must be a str or bytes, got {type(password).__name__}")
-        if isinstance(password, bytes):
-            password = password.decode("utf-8", "surrogateescape")
+        password = check_key_password(password)
         self._password = None if password is None else Secret(password)
         self._lock = threading.Lock()
         self._signature = self._stat()
@@ -114,9 +155,11 @@ class ClientCertificate:
         if encrypted and self._password is None:
             # Without a password OpenSSL would prompt for one on the terminal.
             raise ValueError(f"{key_name} is encrypted: give key_password")
-        password = None if self._password is None else self._password.reveal()
+        password: "str | Callable[[], str]" = _no_prompt if self._password is None else self._password.reveal()
         try:
             context.load_cert_chain(self._cert, self._key, password)
+        except ValueError as exc:  # from _no_prompt: OpenSSL found the key encrypted after all
+            raise ValueError(f"{key_name} is encrypted: give key_password") from exc
         except ssl.SSLError as exc:
             raise ValueError(self._explain(exc, encrypted)) from None
         except OSError as exc:

@@ -16,17 +16,18 @@ from collections import deque
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import quote
 
-from . import _codec, _validate
+from . import _codec, _tls, _validate
 from ._errors import MissingExtraError, UploadError
 from ._mqtt_message import PackedProperties, TopicTemplate, publish_packet_size
 from ._mqtt_session import (
+    INCOMING_PACKET_LIMIT,
     NOT_AUTHORIZED,
-    PACKET_TOO_LARGE,
     REJECTED,
     Delivery,
     Message,
     Session,
     deliver,
+    guarded_client_class,
     merged,
 )
 from ._outgoing import OutgoingItem
@@ -38,6 +39,8 @@ from ._upload_types import UploadResult
 DEFAULT_WINDOW = 20
 # CONNACK refusals a person must fix: credentials, and a client id the broker will not take.
 _CONNECT_REFUSED_FOR_GOOD = NOT_AUTHORIZED | {0x85}
+# MQTT strings (client id, user name) and packet ids are 16-bit.
+MQTT_MAX = 65535
 
 Password = Union[None, str, Callable[[], str]]
 
@@ -94,13 +97,13 @@ class MQTTUploader:
 
     With ``qos=1`` (the default) an item is acked only after the broker's PUBACK for it:
     reason codes below 0x80 accept it (0x10, no matching subscribers, included); 0x86 and
-    0x87 keep it and back off long, like a refused key; 0x95 (packet too large) moves it to
-    the dead-letter table; 0x90 and 0x99 reject it like HTTP 422; anything else (quota
-    0x97 included) and a connection lost before the PUBACK retry it later. Items larger
-    than the broker's Maximum Packet Size (from CONNACK, or ``max_packet_size`` for MQTT
-    3.1.1) are dead-lettered before they are sent. At most the broker's Receive Maximum (or
-    ``max_inflight``) messages are in flight. ``qos=0`` is fire and forget: an item counts
-    as delivered once written to the socket.
+    0x87 keep it and back off long, like a refused key; 0x90 and 0x99 reject it like HTTP
+    422; anything else (quota 0x97 included) and a connection lost before the PUBACK retry
+    it later. Items larger than the broker's Maximum Packet Size (from CONNACK, or
+    ``max_packet_size`` for MQTT 3.1.1) are dead-lettered before they are sent. At most the
+    broker's Receive Maximum (or ``max_inflight``) messages are in flight. ``qos=0`` is fire
+    and forget: an item counts as delivered once written to the socket. The client announces
+    a Maximum Packet Size of its own (16 KiB) and drops a broker that sends more.
 
     With MQTT 5 each message carries a Message Expiry Interval (the item's remaining TTL)
     and a user property ``idempotency-key`` that is the same on every retry of the item.
@@ -113,11 +116,14 @@ class MQTTUploader:
         rotating token such as ``azure_iot_sas_token``). Never shown anywhere.
     :param tls: verify the broker against the system's CAs or ``ca_certs``; ``client_cert``
         and ``client_key`` (PEM files) add a client certificate (mutual TLS).
+    :param key_password: the password of an encrypted ``client_key`` (str, or UTF-8 bytes);
+        never shown. An encrypted key without it is refused at construction.
     :param allow_insecure: permit plain TCP (``tls=False``) to a host that is not loopback.
     :param client_id: the MQTT client id; by default a random one, new in each process (a
         broker drops the older of two connections with one id, so give each process its own).
     :param protocol: ``"5"`` or ``"3.1.1"``.
-    :param timeout: seconds allowed for connecting and between two PUBACKs.
+    :param timeout: seconds allowed for a whole batch, connecting included: items without a
+        PUBACK by then are retried later. Keep it below the queue's ``lease_seconds``.
     :param max_inflight: the most messages in flight (MQTT 5: also capped by the broker's
         Receive Maximum; 3.1.1 default 20).
     :param max_packet_size: the broker's packet limit in bytes where CONNACK does not say it.
@@ -136,6 +142,7 @@ class MQTTUploader:
         ca_certs: Optional[str] = None,
         client_cert: Optional[str] = None,
         client_key: Optional[str] = None,
+        key_password: "str | bytes | None" = None,
         protocol: str = "5",
         qos: int = 1,
         keepalive: int = 60,
@@ -158,16 +165,27 @@ class MQTTUploader:
         if type(qos) is not int or qos not in (0, 1):
             raise ValueError(f"qos must be 1, or 0 for fire and forget, got {qos!r:.100}")
         self._qos = qos
-        for name, path in (("ca_certs", ca_certs), ("client_cert", client_cert), ("client_key", client_key)):
+        for name, path in (("client_cert", client_cert), ("client_key", client_key)):
             if path is not None and not (isinstance(path, str) and os.path.isfile(path)):
                 raise ValueError(f"{name} must be the path of a PEM file, got {path!r:.200}")
-        if (client_cert or client_key or ca_certs) and not tls:
-            raise ValueError("ca_certs, client_cert and client_key need tls=True")
-        if client_key and not client_cert:
-            raise ValueError("client_key needs client_cert")
+        if (client_cert or client_key or ca_certs or key_password is not None) and not tls:
+            raise ValueError("ca_certs, client_cert, client_key and key_password need tls=True")
+        if (client_key or key_password is not None) and not client_cert:
+            raise ValueError("client_key and key_password need client_cert (the certificate of that key)")
+        self._ca_certs = _tls.check_ca_certs(ca_certs)
+        self._certificate: Optional[_tls.ClientCertificate] = None
+        if client_cert:
+            # Loaded once now, so that a wrong password, a key that does not match or an
+            # encrypted key without its password is an error here, not a link down later.
+            self._certificate = _tls.ClientCertificate(client_cert, client_key, key_password)
+            self._certificate.load_into(ssl.create_default_context(cafile=self._ca_certs))
         for name, text in (("client_id", client_id), ("username", username)):
             if text is not None and not isinstance(text, str):
                 raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+            if text is not None and len(text.encode("utf-8", "surrogatepass")) > MQTT_MAX:
+                raise ValueError(
+                    f"{name} must be at most {MQTT_MAX} bytes in UTF-8 (an MQTT string), got {len(text)} characters"
+                )
         if password is not None and not (callable(password) or (isinstance(password, str) and password)):
             raise TypeError("password must be a non-empty str or a callable returning one")
         if password is not None and username is None:
@@ -184,10 +202,11 @@ class MQTTUploader:
             Secret(password) if isinstance(password, str) else password
         )
         self._tls = tls
-        self._ca_certs, self._client_cert, self._client_key = ca_certs, client_cert, client_key
         self._keepalive = _validate.integer("keepalive", keepalive, 1)
         self._timeout = _validate.number("timeout", timeout, 0.0, allow_equal=False)
-        self._max_inflight = None if max_inflight is None else _validate.integer("max_inflight", max_inflight, 1)
+        self._max_inflight = (
+            None if max_inflight is None else _validate.integer("max_inflight", max_inflight, 1, MQTT_MAX)
+        )
         self._max_packet_size = (
             None if max_packet_size is None else _validate.integer("max_packet_size", max_packet_size, 1)
         )
@@ -200,6 +219,22 @@ class MQTTUploader:
     def topic(self) -> str:
         """The topic template."""
         return self._topic.template
+
+    @property
+    def timeout(self) -> float:
+        """Seconds allowed for a whole batch, connecting included (the flush checks it
+        against its lease)."""
+        return self._timeout
+
+    @property
+    def credentials_subject(self) -> str:
+        """Who refused what, for the flush's log line when the broker refuses the credentials."""
+        what = "the client certificate" if self._certificate is not None else "the credentials"
+        if self._username is not None:
+            what = f"the user name {self._username!r} and its password" + (
+                " or the client certificate" if self._certificate is not None else ""
+            )
+        return f"the MQTT broker {self._host}:{self._port} refused {what}"
 
     def __repr__(self) -> str:
         return (
@@ -227,12 +262,13 @@ class MQTTUploader:
         """
         if not items:
             return True
+        deadline = time.monotonic() + self._timeout
         with self._guard():
             try:
-                session = self._ready_session()
+                session = self._ready_session(deadline)
             except _Refused as exc:
                 return UploadResult(credentials=list(range(len(items))), error=str(exc))
-            return self._publish_all(session, items)
+            return self._publish_all(session, items, deadline)
 
     def close(self) -> None:
         """Disconnect from the broker; the next batch connects again."""
@@ -256,7 +292,9 @@ class MQTTUploader:
 
     # -- publishing -----------------------------------------------------------------------
 
-    def _publish_all(self, session: Session, items: Sequence[OutgoingItem]) -> Union[bool, UploadResult]:
+    def _publish_all(
+        self, session: Session, items: Sequence[OutgoingItem], deadline: float
+    ) -> Union[bool, UploadResult]:
         verdicts: Dict[str, List[int]] = {"rejected": [], "too_large": [], "retry": [], "credentials": []}
         # An UploadResult has one error text for all its items: it names each distinct reason.
         errors: Dict[str, None] = {}
@@ -282,7 +320,7 @@ class MQTTUploader:
                 continue
             messages.append((index, topic, item.text, properties))
 
-        done, refused = self._send(session, messages)
+        done, refused = self._send(session, messages, deadline)
         if refused:
             refuse("credentials", done.unsent, refused)
             done.unsent = []
@@ -293,8 +331,6 @@ class MQTTUploader:
             why = f"PUBACK 0x{reason:02X} {name} for topic {self.topic!r}"
             if reason in NOT_AUTHORIZED:
                 refuse("credentials", [index], f"the MQTT broker refused the publish: {why}")
-            elif reason == PACKET_TOO_LARGE:
-                refuse("too_large", [index], f"the MQTT broker refused the message size: {why}")
             elif reason in REJECTED:
                 refuse("rejected", [index], f"the MQTT broker rejected the message: {why}")
             else:
@@ -314,7 +350,7 @@ class MQTTUploader:
             credentials=sorted(verdicts["credentials"]),
         )
 
-    def _send(self, session: Session, messages: List[Message]) -> Tuple[Delivery, str]:
+    def _send(self, session: Session, messages: List[Message], deadline: float) -> Tuple[Delivery, str]:
         """Deliver the messages; when the link breaks with messages unanswered and no
         refusal seen, connect once more and send the first of them alone before the rest.
 
@@ -323,23 +359,24 @@ class MQTTUploader:
         close; sent alone, the message gets its answer. Returns the delivery, and why the
         broker refused a new connection for good ("" if it did not).
         """
-        done = deliver(session, deque(messages), self._window(session), self._qos, self._timeout)
-        if not done.lost or done.halted or not done.in_flight:
+        timeout = self._timeout
+        done = deliver(session, deque(messages), self._window(session), self._qos, deadline, timeout)
+        if not done.lost or done.halted or not done.in_flight or time.monotonic() >= deadline:
             return done, ""
         self._drop_session()
         again = set(done.in_flight + done.unsent)
         rest = deque(message for message in messages if message[0] in again)
         answered = Delivery(reasons=done.reasons)
         try:
-            session = self._ready_session()
+            session = self._ready_session(deadline)
         except _Refused as exc:
             return merged(answered, Delivery(unsent=[m[0] for m in rest])), str(exc)
         except UploadError as exc:
             return merged(answered, Delivery(unsent=[m[0] for m in rest], lost=str(exc))), ""
-        first = deliver(session, deque([rest.popleft()]), 1, self._qos, self._timeout)
+        first = deliver(session, deque([rest.popleft()]), 1, self._qos, deadline, timeout)
         if first.lost or first.halted:
             return merged(answered, first, Delivery(unsent=[m[0] for m in rest])), ""
-        return merged(answered, first, deliver(session, rest, self._window(session), self._qos, self._timeout)), ""
+        return merged(answered, first, deliver(session, rest, self._window(session), self._qos, deadline, timeout)), ""
 
     def _packet_limit(self, session: Session) -> Optional[int]:
         limits = [n for n in (session.maximum_packet_size, self._max_packet_size) if n]
@@ -352,7 +389,7 @@ class MQTTUploader:
 
     # -- the connection -------------------------------------------------------------------
 
-    def _ready_session(self) -> Session:
+    def _ready_session(self, deadline: float) -> Session:
         """The working connection, made anew when missing, lost, idle past the keep-alive
         (a broker or NAT may have dropped it silently) or inherited through fork()."""
         session = self._session
@@ -364,7 +401,7 @@ class MQTTUploader:
                 self._drop_session()
                 session = None
         if session is None:
-            session = self._session = self._connect()
+            session = self._session = self._connect(deadline)
         return session
 
     def _drop_session(self) -> None:
@@ -372,12 +409,13 @@ class MQTTUploader:
         if session is not None:
             session.close()
 
-    def _connect(self) -> Session:
+    def _connect(self, deadline: float) -> Session:
+        """A new connection, CONNACK read, before ``deadline`` (``time.monotonic()``)."""
         paho = self._paho
         if self._client_id_pid is not None and self._client_id_pid != os.getpid():
             self._client_id, self._client_id_pid = _new_client_id(), os.getpid()
         v5 = self._protocol == "5"
-        client = paho.Client(
+        client = guarded_client_class(paho.Client)(
             paho.CallbackAPIVersion.VERSION2,
             client_id=self._client_id,
             clean_session=None if v5 else True,
@@ -385,7 +423,7 @@ class MQTTUploader:
             reconnect_on_failure=False,
         )
         session = Session(client)
-        client.connect_timeout = self._timeout
+        client.connect_timeout = max(0.001, deadline - time.monotonic())
         # The window is ours (it is known only after CONNACK), so paho must never hold a
         # message back; and a client whose link is lost is dropped, never reconnected, so
         # paho never resends from its memory: the queue file is the store.
@@ -402,13 +440,20 @@ class MQTTUploader:
                 client.username_pw_set(self._username, secret)
             if self._tls:
                 client.tls_set_context(self._tls_context())
-            extra = {"clean_start": True} if v5 else {}
+            extra: Dict[str, Any] = {}
+            if v5:
+                # A broker may not send this client a larger packet (MQTT 5, 3.1.2.11.4).
+                properties = paho.Properties(paho.PacketTypes.CONNECT)
+                properties.MaximumPacketSize = INCOMING_PACKET_LIMIT
+                extra = {"clean_start": True, "properties": properties}
             client.connect(self._host, self._port, self._keepalive, **extra)
-            deadline = time.monotonic() + self._timeout
             while session.connack is None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no CONNACK within {self._timeout:g} s")
-                if not session.pump(min(1.0, self._timeout)) and session.connack is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no CONNACK within the timeout of {self._timeout:g} s")
+                if not session.pump(min(1.0, left)) and session.connack is None:
+                    if session.guard.refused:
+                        raise ConnectionError(session.guard.refused)
                     hint = " (as a TLS listener does without a client certificate it requires)" if self._tls else ""
                     raise ConnectionError("the broker closed the connection before CONNACK" + hint)
         except (OSError, ValueError, TypeError) as exc:
@@ -427,8 +472,8 @@ class MQTTUploader:
     def _tls_context(self) -> ssl.SSLContext:
         """Made at each connect, so that rotated certificate files are read again."""
         context = ssl.create_default_context(cafile=self._ca_certs)
-        if self._client_cert:
-            context.load_cert_chain(self._client_cert, self._client_key)
+        if self._certificate is not None:
+            self._certificate.load_into(context)
         return context
 
 

@@ -145,10 +145,7 @@ class HTTPCloudUploader:
             raise ValueError("auth_header names the header of api_key; a credentials object names its own headers")
         if gzip_min_bytes is not None:
             gzip_min_bytes = _validate.integer("gzip_min_bytes", gzip_min_bytes, 0)
-        if ca_certs is not None and not isinstance(ca_certs, str):
-            raise TypeError(f"ca_certs must be a path to a PEM file, got {type(ca_certs).__name__}")
-        if ca_certs is not None and not os.path.isfile(ca_certs):
-            raise ValueError(f"ca_certs must be a PEM file of certificate authorities, no file at {ca_certs!r:.200}")
+        ca_certs = _tls.check_ca_certs(ca_certs)
         self._endpoint = endpoint
         self._timeout = _validate.number("timeout", timeout, 0.0, allow_equal=False)
         self._ca_certs = ca_certs
