@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -28,6 +29,7 @@ WAL_MAGICS = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 SIDE_FILES = ("-wal", "-shm")
 ON_CORRUPT_CHOICES = ("raise", "quarantine")
 LOCK_SUFFIX = ".quarantine-lock"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 # Queue payloads can be sensitive: files and directories the queue creates are private
 # to their owner, whatever the umask.
 FILE_MODE = 0o600
@@ -112,6 +114,137 @@ def _has_wal(path: str) -> bool:
             return handle.read(4) in WAL_MAGICS
     except OSError:
         return False
+
+
+def _owner_problem(uid: int) -> str:
+    return (
+        f"it is owned by uid {uid}, not by this process's user (uid {os.geteuid()}),"
+        " who could read the queue's items or swap the file"
+    )
+
+
+def check_directory(path: str) -> None:
+    """Refuse a directory other users can write, unless it is sticky (like ``/tmp``), and
+    one another user owns: either could swap the queue's files under it.
+
+    Group write counts only when the group is not this process's own (Debian gives each
+    user a private group and a umask of 002)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return  # opening fails with its own, clearer error
+    mode = info.st_mode
+    shared = mode & stat.S_IWOTH or (mode & stat.S_IWGRP and info.st_gid != os.getegid())
+    if shared and not mode & stat.S_ISVTX:
+        raise DatabaseError(
+            f"refusing queue database {path!r}: its directory {directory!r} is writable by other users"
+            f" (mode {stat.S_IMODE(mode):04o}) and not sticky, so they could swap its files; make it 0700"
+        )
+    if info.st_uid not in (os.geteuid(), 0) and mode & stat.S_IWUSR:
+        raise DatabaseError(
+            f"refusing queue database {path!r}: its directory {directory!r} {_owner_problem(info.st_uid)}"
+        )
+
+
+def check_own_file(path: str, what: str = "queue file") -> None:
+    """Refuse ``path`` if it is a symbolic link, not a regular file, or owned by another
+    user; a missing ``path`` passes (the queue creates it, private)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatabaseError(f"cannot use {path!r} as a {what}: {exc.strerror}") from exc
+    _check_own_stat(path, info, what)
+
+
+def _check_own_stat(path: str, info: os.stat_result, what: str) -> None:
+    if stat.S_ISLNK(info.st_mode):
+        raise DatabaseError(
+            f"refusing {what} {path!r}: it is a symbolic link (the queue never follows links to its files)"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise DatabaseError(f"cannot use {path!r} as a {what}: it is not a regular file")
+    if info.st_uid != os.geteuid():
+        raise DatabaseError(f"refusing {what} {path!r}: {_owner_problem(info.st_uid)}")
+
+
+def check_trust(path: str) -> None:
+    """Before SQLite opens ``path``: its directory, and the database, ``-wal``, ``-shm`` and
+    lock file beside it, are not links and belong to this process's user (SQLite follows
+    links and, running as root, would adopt a ``-wal`` another user still has open)."""
+    check_directory(path)
+    check_own_file(path, "queue database")
+    for suffix in SIDE_FILES + (LOCK_SUFFIX,):
+        check_own_file(path + suffix)
+
+
+class FileHold:
+    """A descriptor of the open database file (opened without following links) holding a
+    shared ``flock`` for as long as a queue uses the file.
+
+    A quarantine moves a file aside only under an exclusive lock, so it cannot move one that
+    another queue is writing to (those writes would land in the copy, under ids already
+    handed out). ``flock`` locks are independent of SQLite's POSIX locks on local file
+    systems, and belong to the descriptor, so a forked child closing its copy keeps the
+    parent's."""
+
+    def __init__(self, fd: Optional[int]) -> None:
+        self._fd = fd
+
+    def close(self) -> None:
+        """Release the lock (nothing happens the second time)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            self.close()
+
+
+def _open_nofollow(path: str, what: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DatabaseError(
+                f"refusing {what} {path!r}: it is a symbolic link (the queue never follows links to its files)"
+            ) from exc
+        raise DatabaseError(f"cannot open {what} {path!r}: {exc.strerror}") from exc
+
+
+def hold(path: str) -> FileHold:
+    """Open ``path`` without following links, check it is this user's regular file and take
+    a shared lock on it; the file found at ``path`` after the lock is the one locked (a
+    quarantine that ran meanwhile moved the old one aside: the new one is taken)."""
+    if fcntl is None:
+        return FileHold(None)
+    for _ in range(5):
+        fd = _open_nofollow(path, "queue database")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a quarantine moves the file
+            info = os.fstat(fd)
+            _check_own_stat(path, info, "queue database")
+            try:
+                current = os.lstat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_dev, current.st_ino) == (info.st_dev, info.st_ino):
+                return FileHold(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise DatabaseError(f"cannot open queue database {path!r}: it was replaced again and again while opening it")
+
+
+def check_side_files(path: str) -> None:
+    """After SQLite opened ``path``: the ``-wal`` and ``-shm`` it uses are this user's own
+    regular files (a link planted between the checks and the opening is caught here)."""
+    for suffix in SIDE_FILES:
+        check_own_file(path + suffix)
 
 
 def read_only_uri(path: str) -> str:
@@ -202,8 +335,14 @@ def quarantine_lock(path: str) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    lock_path = path + LOCK_SUFFIX
     try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, FILE_MODE)
+    except OSError as exc:
+        check_own_file(lock_path)  # a link: say so
+        raise DatabaseError(f"cannot open {lock_path!r}: {exc.strerror}") from exc
+    try:
+        _check_own_stat(lock_path, os.fstat(fd), "queue file")
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -232,6 +371,35 @@ def quarantine(path: str, wall_time: float) -> str:
     evidence of an earlier quarantine) is ever replaced. The side files go first: a stale
     WAL left beside a fresh database could be replayed into it. Nothing is deleted.
     """
+    fd = _exclusive(path)
+    try:
+        return _move_aside(path, wall_time)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _exclusive(path: str) -> Optional[int]:
+    """A descriptor of ``path`` holding an exclusive lock, or ``CorruptDatabaseError`` when
+    another queue holds its shared one (see ``FileHold``)."""
+    if fcntl is None or not os.path.lexists(path):
+        return None
+    fd = _open_nofollow(path, "queue database")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CorruptDatabaseError(
+            f"{path!r} is damaged, but another queue (this process or another) has it open: not moving it"
+            " aside under that queue, whose new items would go with it; close it, then open again"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _move_aside(path: str, wall_time: float) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall_time))
     present = [suffix for suffix in SIDE_FILES + ("",) if os.path.lexists(path + suffix)]
     target = f"{path}.corrupt-{stamp}"
@@ -314,18 +482,24 @@ def verify(conn: sqlite3.Connection, path: str) -> IntegrityReport:
 
 def open_database(
     path: str, durability: str, busy_timeout: float, *, thorough: bool, created_dirs: Sequence[str] = ()
-) -> sqlite3.Connection:
+) -> Tuple[sqlite3.Connection, FileHold]:
     """Open and set up the queue file; nothing is written to a file that fails a check.
+
+    Returns the connection and the ``FileHold`` that keeps the file from being quarantined
+    while it is in use (release it when closing the connection).
 
     :param thorough: run SQLite's ``quick_check`` on an existing file first.
     :param created_dirs: directories just created for the file, to be made durable with it.
     """
     created = False
+    held = FileHold(None)
     if _storage.is_file_path(path):
+        check_trust(path)
         precheck(path, busy_timeout, thorough=thorough)
-        created = not os.path.exists(path)
+        created = not os.path.lexists(path)
         if created:
             create_private(path)
+        held = hold(path)
     try:
         conn = sqlite3.connect(
             path,
@@ -335,16 +509,21 @@ def open_database(
             cached_statements=256,
         )
     except sqlite3.Error as exc:
+        held.close()
         raise open_error(path, exc) from exc
     try:
         _storage.configure(conn)
         _schema.configure(conn, durability, busy_timeout)
         _schema.migrate(conn, path)
+        if _storage.is_file_path(path):
+            check_side_files(path)
     except sqlite3.Error as exc:
         conn.close()
+        held.close()
         raise open_error(path, exc) from exc
     except BaseException:
         conn.close()
+        held.close()
         raise
     if created:
         # SQLite syncs a new WAL's directory entry but not a new database file's: without
@@ -352,7 +531,7 @@ def open_database(
         # The same holds for directories created for it: their parents get synced too.
         for entry in [path, *created_dirs]:
             fsync_directory(os.path.dirname(os.path.abspath(entry)))
-    return conn
+    return conn, held
 
 
 def translate_error(exc: sqlite3.Error, path: str) -> Optional[Exception]:
