@@ -258,6 +258,34 @@ def read_only_uri(path: str) -> str:
     return "file:" + quoted + "?mode=ro"
 
 
+QUEUE_TABLE_SQL = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'sync_queue'"
+
+
+def require_queue(path: str) -> None:
+    """Refuse, reading ``path`` through a read-only connection only, a file that is not a
+    queue database (another application's SQLite file, an empty file): the operator
+    commands open existing files only, and opening one as a queue would add the queue's
+    tables to it and switch it to WAL."""
+    check_header(path)
+    if os.path.getsize(path) == 0:
+        raise DatabaseError(f"{path!r} is not a queue database: it is an empty file; nothing was changed")
+    try:
+        conn = sqlite3.connect(read_only_uri(path), uri=True)
+    except sqlite3.Error as exc:
+        raise open_error(path, exc) from exc
+    try:
+        found = conn.execute(QUEUE_TABLE_SQL).fetchone()[0]
+    except sqlite3.Error as exc:
+        raise open_error(path, exc) from exc
+    finally:
+        conn.close()
+    if not found:
+        raise DatabaseError(
+            f"{path!r} is not a queue database: it has no sync_queue table (another application's"
+            " SQLite file?); nothing was changed"
+        )
+
+
 def precheck(path: str, busy_timeout: float, *, thorough: bool) -> None:
     """Check an existing file before the queue opens it for writing.
 

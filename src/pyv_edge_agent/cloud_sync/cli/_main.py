@@ -22,6 +22,7 @@ from .. import (
     QueueItem,
     __version__,
 )
+from .._integrity import require_queue
 from .._metrics import BY_KEY, prometheus_text
 from .._schema import SCHEMA_VERSION
 from .._seal import CIPHERS, DEFAULT_CIPHER
@@ -121,6 +122,8 @@ def _cmd_check(args: argparse.Namespace, out: Output) -> int:
     if not os.path.exists(args.db):
         raise UsageError(f"no queue database at {args.db!r}")
     report = CloudSyncQueue.verify_file(args.db)
+    if report.ok:
+        require_queue(args.db)
     if args.json:
         print_json(
             out,
