@@ -22,6 +22,7 @@ except ImportError:  # Windows: no advisory locks; quarantine races are not guar
 
 from . import _schema, _storage
 from ._errors import CorruptDatabaseError, DatabaseError
+from ._sql import READ_COUNTER_SQL, REKEY_TARGET_KEY, REKEY_UNFINISHED_SQL
 
 HEADER_MAGIC = b"SQLite format 3\x00"
 HEADER_SIZE = 100
@@ -49,12 +50,15 @@ class IntegrityReport:
     :param messages: what ``integrity_check`` reported (``["ok"]`` when sound).
     :param schema_version: ``PRAGMA user_version`` of the file (None if unreadable).
     :param path: the database file.
+    :param rekey_unfinished: items not yet under the key an interrupted (or running)
+        ``rekey`` moves them to (see ``rekey_unfinished``); 0 when no rekey was cut short.
     """
 
     ok: bool
     path: str
     schema_version: Optional[int]
     messages: Tuple[str, ...] = field(default_factory=tuple)
+    rekey_unfinished: int = 0
 
     @property
     def message(self) -> str:
@@ -497,15 +501,32 @@ def create_private(path: str) -> None:
         os.close(fd)
 
 
+def rekey_unfinished(conn: sqlite3.Connection) -> int:
+    """How many items (dead letters included) are not yet sealed under the key that a
+    ``rekey`` which was cut short (killed, a full disk) or is still running moves them to:
+    some may still be plain text. 0 when no rekey is unfinished."""
+    target = conn.execute(READ_COUNTER_SQL, (REKEY_TARGET_KEY,)).fetchone()
+    if target is None:
+        return 0
+    return int(conn.execute(REKEY_UNFINISHED_SQL, (str(target[0]),)).fetchone()[0])
+
+
 def verify(conn: sqlite3.Connection, path: str) -> IntegrityReport:
-    """Run ``PRAGMA integrity_check`` (reads the whole file, writes nothing)."""
+    """Run ``PRAGMA integrity_check`` (reads the whole file, writes nothing), and count what
+    an unfinished ``rekey`` left behind."""
     version: Optional[int] = None
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         messages = tuple(str(row[0]) for row in conn.execute("PRAGMA integrity_check(20)").fetchall())
     except sqlite3.DatabaseError as exc:
         return IntegrityReport(ok=False, path=path, schema_version=version, messages=(str(exc),))
-    return IntegrityReport(ok=messages == ("ok",), path=path, schema_version=version, messages=messages)
+    try:
+        unfinished = rekey_unfinished(conn)
+    except sqlite3.DatabaseError:
+        unfinished = 0  # not a queue's tables (``cloud-sync check`` says so)
+    return IntegrityReport(
+        ok=messages == ("ok",), path=path, schema_version=version, messages=messages, rekey_unfinished=unfinished
+    )
 
 
 def open_database(

@@ -14,7 +14,7 @@ from typing import Any, Iterator, List, Tuple
 
 from ._errors import CloudSyncError
 from ._seal import Sealer
-from ._sql import write_transaction
+from ._sql import DELETE_COUNTER_SQL, REKEY_TARGET_KEY, SET_COUNTER_SQL, write_transaction
 from ._store import Store
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -69,6 +69,9 @@ def rekey(store: Store) -> int:
         for table in TABLES:
             for rows in _each_chunk(conn, table):
                 sealer.open_rows(rows, queue_id, 2, table)
+        # Kept until every chunk is done: a rekey cut short shows in get_stats() and check.
+        with write_transaction(conn):
+            conn.execute(SET_COUNTER_SQL, (REKEY_TARGET_KEY, sealer.header))
         conn.execute("PRAGMA secure_delete = ON")
         try:
             for table in TABLES:
@@ -76,6 +79,8 @@ def rekey(store: Store) -> int:
                 while last != STOP:
                     changed, last = _reseal_chunk(conn, sealer, queue_id, table, last)
                     count += changed
+            with write_transaction(conn):
+                conn.execute(DELETE_COUNTER_SQL, (REKEY_TARGET_KEY,))
         finally:
             conn.execute("PRAGMA secure_delete = FAST")
         store.compact()

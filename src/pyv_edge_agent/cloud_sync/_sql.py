@@ -84,6 +84,15 @@ SET_COUNTER_SQL = (
     "INSERT INTO sync_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 )
 RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
+DELETE_COUNTER_SQL = "DELETE FROM sync_meta WHERE key = ?"
+
+# -- rekey: the key a rekey moves every item to, kept until it has ------------------------
+
+REKEY_TARGET_KEY = "rekey_target"
+REKEY_UNFINISHED_SQL = (
+    "SELECT (SELECT COUNT(*) FROM sync_queue WHERE substr(payload, 1, length(?1)) IS NOT ?1)"
+    " + (SELECT COUNT(*) FROM sync_dead_letters WHERE substr(payload, 1, length(?1)) IS NOT ?1)"
+)
 
 # -- the flush: claims, leases, rejections ------------------------------------------------
 

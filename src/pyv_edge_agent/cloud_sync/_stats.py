@@ -2,7 +2,7 @@
 
 from typing import Any, Dict
 
-from . import _deadletter, _storage
+from . import _deadletter, _integrity, _storage
 from ._sql import DEPTH_BY_PRIORITY_SQL, IN_FLIGHT_SQL, STATS_SQL
 from ._store import Store
 from ._types import Priority
@@ -48,4 +48,5 @@ def collect(store: Store, now: float) -> Dict[str, Any]:
             stats[key] = counters.get(key, None if key in _UNSET_KEYS else 0)
         # Storage and durability (issue 4).
         stats.update(_storage.counters(conn, store.path if store.is_file else None))
+        stats["rekey_unfinished"] = _integrity.rekey_unfinished(conn)
     return stats

@@ -133,6 +133,7 @@ def _cmd_check(args: argparse.Namespace, out: Output) -> int:
                 "schema_version": report.schema_version,
                 "supported_schema_version": SCHEMA_VERSION,
                 "messages": list(report.messages),
+                "rekey_unfinished": report.rekey_unfinished,
             },
         )
     else:
@@ -144,7 +145,12 @@ def _cmd_check(args: argparse.Namespace, out: Output) -> int:
         if not report.ok:
             for message in report.messages:
                 out.line(f"  {message}")
-    return EXIT_OK if report.ok else EXIT_INCOMPLETE
+        if report.rekey_unfinished:
+            out.line(
+                f"  a rekey was cut short: {report.rekey_unfinished} items are not yet sealed under its key"
+                " (some may be plain text); run cloud-sync rekey again"
+            )
+    return EXIT_OK if report.ok and not report.rekey_unfinished else EXIT_INCOMPLETE
 
 
 # -- rekey --------------------------------------------------------------------------------
