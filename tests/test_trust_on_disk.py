@@ -241,3 +241,65 @@ def test_a_forked_child_does_not_release_its_parents_hold(directory: str, writer
         with pytest.raises(CorruptDatabaseError, match="another queue"):
             CloudSyncQueue(path, on_corrupt="quarantine")
         assert queue.pending_count() == 2
+
+
+def test_in_a_sticky_shared_directory_a_wal_planted_just_before_sqlite_opens_gets_nothing(
+    directory: str, as_root: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a directory like /tmp another user can create a name between the queue's checks
+    and SQLite's opening. Here that user wins the race every time: it creates the -wal, open
+    for reading, just before SQLite opens the file (SQLite, as root, would adopt it and
+    write the payloads into it). The queue makes its -wal and -shm itself, exclusively,
+    before SQLite opens, so the planting fails."""
+    shared = os.path.join(directory, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    path = os.path.join(shared, "q.db")
+    planted: List[int] = []
+    connect = sqlite3.connect
+
+    def plant_then_connect(database: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        if database == path and not planted:
+            try:
+                fd = os.open(path + "-wal", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                planted.append(-1)
+            else:
+                os.fchown(fd, STRANGER, STRANGER)
+                os.fchmod(fd, 0o666)
+                planted.append(fd)
+        return connect(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", plant_then_connect)
+    try:
+        with CloudSyncQueue(path) as queue:
+            queue.enqueue({"secret": "s3cr3t-reading"})
+            monkeypatch.undo()
+            if planted[0] >= 0:
+                os.lseek(planted[0], 0, os.SEEK_SET)
+                assert b"s3cr3t-reading" not in os.read(planted[0], 1 << 20)
+            assert planted == [-1]
+            for suffix in ("", "-wal", "-shm"):
+                info = os.lstat(path + suffix)
+                assert info.st_uid == os.geteuid() and info.st_mode & 0o777 == 0o600, suffix
+    except DatabaseError as exc:
+        assert planted != [-1] and "owned by uid" in str(exc)  # refused: acceptable too
+    finally:
+        if planted and planted[0] >= 0:
+            os.close(planted[0])
+
+
+def test_in_a_sticky_shared_directory_the_side_files_are_made_private_before_sqlite_opens(directory: str) -> None:
+    """In a directory like /tmp another user can create a name between the checks and
+    SQLite's opening; the queue makes its -wal and -shm there itself, exclusively, first."""
+    shared = os.path.join(directory, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    path = os.path.join(shared, "q.db")
+    with CloudSyncQueue(path) as queue:
+        queue.enqueue({"a": 1})
+        for suffix in ("", "-wal", "-shm"):
+            info = os.lstat(path + suffix)
+            assert info.st_uid == os.geteuid() and info.st_mode & 0o777 == 0o600, suffix
+    with CloudSyncQueue(path) as queue:
+        assert queue.pending_count() == 1

@@ -127,9 +127,10 @@ def _owner_problem(uid: int) -> str:
     )
 
 
-def check_directory(path: str) -> None:
+def check_directory(path: str) -> bool:
     """Refuse a directory other users can write, unless it is sticky (like ``/tmp``), and
-    one another user owns: either could swap the queue's files under it.
+    one another user owns: either could swap the queue's files under it. Return whether
+    other users can still create names in it (sticky and shared).
 
     Group write counts only when the group is not this process's own (Debian gives each
     user a private group and a umask of 002)."""
@@ -137,7 +138,7 @@ def check_directory(path: str) -> None:
     try:
         info = os.stat(directory)
     except OSError:
-        return  # opening fails with its own, clearer error
+        return False  # opening fails with its own, clearer error
     mode = info.st_mode
     shared = mode & stat.S_IWOTH or (mode & stat.S_IWGRP and info.st_gid != os.getegid())
     if shared and not mode & stat.S_ISVTX:
@@ -149,6 +150,7 @@ def check_directory(path: str) -> None:
         raise DatabaseError(
             f"refusing queue database {path!r}: its directory {directory!r} {_owner_problem(info.st_uid)}"
         )
+    return bool(shared)
 
 
 def check_own_file(path: str, what: str = "queue file") -> None:
@@ -178,10 +180,24 @@ def check_trust(path: str) -> None:
     """Before SQLite opens ``path``: its directory, and the database, ``-wal``, ``-shm`` and
     lock file beside it, are not links and belong to this process's user (SQLite follows
     links and, running as root, would adopt a ``-wal`` another user still has open)."""
-    check_directory(path)
+    shared = check_directory(path)
     check_own_file(path, "queue database")
     for suffix in SIDE_FILES + (LOCK_SUFFIX,):
         check_own_file(path + suffix)
+    if shared:
+        # Others may create a -wal or -shm here between this check and SQLite's opening;
+        # created now (exclusively, private), they are ours, and the sticky bit keeps them so.
+        for suffix in SIDE_FILES:
+            _create_own(path + suffix)
+
+
+def _create_own(path: str) -> None:
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, FILE_MODE))
+    except FileExistsError:
+        check_own_file(path)
+    except OSError as exc:
+        raise DatabaseError(f"cannot create {path!r}: {exc.strerror}; {describe_access_problem(path)}") from exc
 
 
 class FileHold:
