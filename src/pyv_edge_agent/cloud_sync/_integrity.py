@@ -31,6 +31,8 @@ SIDE_FILES = ("-wal", "-shm")
 ON_CORRUPT_CHOICES = ("raise", "quarantine")
 LOCK_SUFFIX = ".quarantine-lock"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# Windows has no uids: ownership and directory modes are not checked there.
+_POSIX_OWNERS = hasattr(os, "geteuid")
 # Queue payloads can be sensitive: files and directories the queue creates are private
 # to their owner, whatever the umask.
 FILE_MODE = 0o600
@@ -135,6 +137,8 @@ def check_directory(path: str) -> bool:
     Group write counts only when the group is not this process's own (Debian gives each
     user a private group and a umask of 002)."""
     directory = os.path.dirname(os.path.abspath(path))
+    if not _POSIX_OWNERS:
+        return False
     try:
         info = os.stat(directory)
     except OSError:
@@ -172,7 +176,7 @@ def _check_own_stat(path: str, info: os.stat_result, what: str) -> None:
         )
     if not stat.S_ISREG(info.st_mode):
         raise DatabaseError(f"cannot use {path!r} as a {what}: it is not a regular file")
-    if info.st_uid != os.geteuid():
+    if _POSIX_OWNERS and info.st_uid != os.geteuid():
         raise DatabaseError(f"refusing {what} {path!r}: {_owner_problem(info.st_uid)}")
 
 
