@@ -71,7 +71,9 @@ def decode_payload(text):
 cdef object _bad_row(Py_ssize_t index, object row):
     if type(row) is not tuple:
         return TypeError(f"rows[{index}] must be a tuple, got {type(row).__name__}: {shown(row, 200)}")
-    return ValueError(f"rows[{index}] must have the {_COLUMNS} columns {ROW_COLUMNS}, got {len(row)}: {shown(row, 200)}")
+    return ValueError(
+        f"rows[{index}] must have the {_COLUMNS} columns {ROW_COLUMNS}, got {len(row)}: {shown(row, 200)}"
+    )
 
 
 def decode_rows(rows):
