@@ -150,7 +150,7 @@ def check_directory(path: str) -> bool:
             f"refusing queue database {path!r}: its directory {directory!r} is writable by other users"
             f" (mode {stat.S_IMODE(mode):04o}) and not sticky, so they could swap its files; make it 0700"
         )
-    if info.st_uid not in (os.geteuid(), 0) and mode & stat.S_IWUSR:
+    if info.st_uid not in (os.geteuid(), 0):  # its owner can always make it writable
         raise DatabaseError(
             f"refusing queue database {path!r}: its directory {directory!r} {_owner_problem(info.st_uid)}"
         )
