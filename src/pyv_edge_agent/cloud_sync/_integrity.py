@@ -180,28 +180,31 @@ def _check_own_stat(path: str, info: os.stat_result, what: str) -> None:
         raise DatabaseError(f"refusing {what} {path!r}: {_owner_problem(info.st_uid)}")
 
 
-def check_trust(path: str) -> None:
+def check_trust(path: str) -> bool:
     """Before SQLite opens ``path``: its directory, and the database, ``-wal``, ``-shm`` and
     lock file beside it, are not links and belong to this process's user (SQLite follows
-    links and, running as root, would adopt a ``-wal`` another user still has open)."""
+    links and, running as root, would adopt a ``-wal`` another user still has open).
+    Return whether other users may create names beside it (see ``create_side_files``)."""
     shared = check_directory(path)
     check_own_file(path, "queue database")
     for suffix in SIDE_FILES + (LOCK_SUFFIX,):
         check_own_file(path + suffix)
-    if shared:
-        # Others may create a -wal or -shm here between this check and SQLite's opening;
-        # created now (exclusively, private), they are ours, and the sticky bit keeps them so.
-        for suffix in SIDE_FILES:
-            _create_own(path + suffix)
+    return shared
 
 
-def _create_own(path: str) -> None:
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, FILE_MODE))
-    except FileExistsError:
-        check_own_file(path)
-    except OSError as exc:
-        raise DatabaseError(f"cannot create {path!r}: {exc.strerror}; {describe_access_problem(path)}") from exc
+def create_side_files(path: str) -> None:
+    """Create the ``-wal`` and ``-shm`` of ``path`` private and exclusively, where missing.
+
+    For a directory like ``/tmp``: another user could create either between the checks and
+    SQLite's opening; made now, they are ours, and the sticky bit keeps them so."""
+    for suffix in SIDE_FILES:
+        side = path + suffix
+        try:
+            os.close(os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, FILE_MODE))
+        except FileExistsError:
+            check_own_file(side)
+        except OSError as exc:
+            raise DatabaseError(f"cannot create {side!r}: {exc.strerror}; {describe_access_problem(side)}") from exc
 
 
 class FileHold:
@@ -563,11 +566,13 @@ def open_database(
     created = False
     held = FileHold(None)
     if _storage.is_file_path(path):
-        check_trust(path)
+        shared = check_trust(path)
         precheck(path, busy_timeout, thorough=thorough)
         created = not os.path.lexists(path)
         if created:
             create_private(path)
+        if shared:
+            create_side_files(path)
         held = hold(path)
     try:
         conn = sqlite3.connect(
