@@ -3,7 +3,7 @@ written, and the stored items and file unchanged."""
 
 import hashlib
 import os
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import pytest
 import rawsql
@@ -167,3 +167,37 @@ def test_from_dict_refuses_unknown_keys(db_path: str) -> None:
 def test_bad_uploader_arguments(kwargs: Dict[str, Any], word: str) -> None:
     with pytest.raises((TypeError, ValueError), match=word):
         HTTPCloudUploader(**kwargs)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+NESTED_CALLS: Dict[str, Tuple[str, Callable[[CloudSyncQueue, Any], Any]]] = {
+    "enqueue": ("payload", lambda q, deep: q.enqueue(deep)),
+    "enqueue_many": ("payloads[1]", lambda q, deep: q.enqueue_many([{"a": 1}, deep])),
+    "enqueue dict": ("payload", lambda q, deep: q.enqueue({"deep": deep})),
+    "ack": ("ids[0]", lambda q, deep: q.ack([deep])),
+    "ack nested list": ("ids[0]", lambda q, deep: q.ack(deep)),
+    "nack": ("ids[1]", lambda q, deep: q.nack([1, deep])),
+    "requeue_dead_letters": ("ids[0]", lambda q, deep: q.requeue_dead_letters([deep])),
+    "drop_dead_letters": ("ids[0]", lambda q, deep: q.drop_dead_letters([deep])),
+    "ttl_seconds": ("ttl_seconds", lambda q, deep: q.enqueue({"a": 1}, ttl_seconds=deep)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NESTED_CALLS))
+def test_deeply_nested_input_is_named_not_a_recursion_error(queue: CloudSyncQueue, case: str) -> None:
+    """A value nested thousands deep: the error names the argument and says it is nested too
+    deeply (a RecursionError from ``repr`` used to escape instead), and nothing changes."""
+    queue.enqueue({"keep": 1})
+    before = _snapshot(queue)
+    argument, call = NESTED_CALLS[case]
+    with pytest.raises((TypeError, ValueError)) as excinfo:
+        call(queue, _nested(100_000))
+    message = str(excinfo.value)
+    assert message.startswith(argument) and ("nested too deeply" in message or "Recursion limit" in message), message
+    assert _snapshot(queue) == before

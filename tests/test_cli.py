@@ -1,8 +1,10 @@
 """The ``cloud-sync`` command, run as a user would: a subprocess, a real database file and a
 real loopback ingest server. The subprocess uses the backend under test."""
 
+import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from typing import Any, Dict, List
@@ -371,3 +373,57 @@ def test_flush_in_a_backoff_says_so_and_now_ends_it(backend: str, db_path: str) 
         assert "flushed 22 of 22 eligible items; 0 stored; done" in now.stdout
         assert sorted(item["i"] for item in server.items) == list(range(22))
     assert "--now" in run(backend, "flush", "--help").stdout
+
+
+def _foreign_database(path: str, journal: str) -> None:
+    """Another application's SQLite file: its own table, its own user_version."""
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA journal_mode = {journal}")
+    conn.execute("CREATE TABLE readings (sensor TEXT, value REAL)")
+    conn.executemany("INSERT INTO readings VALUES (?, ?)", [("boiler", float(i)) for i in range(100)])
+    conn.execute("PRAGMA user_version = 7")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+@pytest.mark.parametrize(
+    "command",
+    [["stats"], ["stats", "--json"], ["peek"], ["dead-letters"], ["check"], ["purge", "--expired"]],
+    ids=" ".join,
+)
+def test_commands_refuse_a_file_that_is_not_a_queue_and_leave_it_alone(
+    backend: str, tmp_path: Any, command: List[str], journal: str
+) -> None:
+    """Inspection used to add the queue's tables to another application's file, set its
+    user_version and switch it to WAL. It now reads it read-only and refuses: exit 3 and
+    one line on stderr naming the file."""
+    path = os.path.join(tmp_path, "other-app.db")
+    _foreign_database(path, journal)
+    before = {
+        name: hashlib.sha256(open(os.path.join(tmp_path, name), "rb").read()).hexdigest()
+        for name in os.listdir(tmp_path)
+    }
+    done = run(backend, command[0], path, *command[1:])
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert len(done.stderr.splitlines()) == 1 and path in done.stderr and "not a queue" in done.stderr, done.stderr
+    after = {
+        name: hashlib.sha256(open(os.path.join(tmp_path, name), "rb").read()).hexdigest()
+        for name in os.listdir(tmp_path)
+    }
+    assert {name: after.get(name) for name in before} == before
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == journal
+        assert [row[0] for row in conn.execute("SELECT name FROM sqlite_master")] == ["readings"]
+    finally:
+        conn.close()
+
+
+def test_an_empty_file_is_not_a_queue_either(backend: str, tmp_path: Any) -> None:
+    path = os.path.join(tmp_path, "empty.db")
+    open(path, "wb").close()
+    done = run(backend, "stats", path)
+    assert done.returncode == 3 and "not a queue" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert os.path.getsize(path) == 0 and os.listdir(tmp_path) == ["empty.db"]

@@ -714,3 +714,64 @@ def test_the_asyncio_api_seals_and_opens_alike(db_path: str) -> None:
     assert sorted(p["i"] for p in found if "i" in p) == list(range(20))
     assert [p for p in found if "seq" in p] == _payloads(5)
     _assert_no_canary(db_path)
+
+
+# -- a rekey cut short ----------------------------------------------------------------------
+
+_REKEY_KILLED_AFTER_ONE_CHUNK = """
+import os, signal, sys
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, _rekey
+from pyv_edge_agent.cloud_sync._seal import KeyRing
+
+reseal_chunk = _rekey._reseal_chunk
+
+def reseal_then_die(*args, **kwargs):
+    result = reseal_chunk(*args, **kwargs)  # one chunk committed, then the power goes
+    os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+_rekey._reseal_chunk = reseal_then_die
+with CloudSyncQueue(sys.argv[1], encryption_key=KeyRing.from_files(sys.argv[2:])) as queue:
+    queue.rekey()
+"""
+
+
+@pytest.mark.parametrize("before", ["plain", "old key"])
+def test_a_rekey_killed_midway_shows_in_stats_and_check(tmp_path: Any, db_path: str, before: str) -> None:
+    """A rekey killed after its first chunk leaves items under the old key, or in plain
+    text; get_stats() and ``cloud-sync check`` say how many, and a second rekey finishes."""
+    old, new = (os.path.join(os.fspath(tmp_path), name) for name in ("old.key", "new.key"))
+    for path, key in ((old, KEY), (new, OTHER_KEY)):
+        with open(path, "wb") as handle:
+            handle.write(key)
+    items = 2 * _rekey_chunk() + 100
+    with CloudSyncQueue(db_path, **({} if before == "plain" else {"encryption_key": old})) as queue:
+        queue.enqueue_many(_payloads(items))
+        assert queue.get_stats()["rekey_unfinished"] == 0
+    killed = subprocess.run(
+        [sys.executable, "-c", _REKEY_KILLED_AFTER_ONE_CHUNK, db_path, old, new], capture_output=True, timeout=120
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = items - _rekey_chunk()
+
+    check = subprocess.run(
+        [sys.executable, "-m", "pyv_edge_agent.cloud_sync", "--plain", "check", db_path, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert check.returncode == 1 and json.loads(check.stdout)["rekey_unfinished"] == left, check.stdout
+    ring = _seal.KeyRing([KEY, OTHER_KEY])
+    with CloudSyncQueue(db_path, encryption_key=ring) as queue:
+        assert queue.get_stats()["rekey_unfinished"] == left
+        assert queue.pending_count() == items
+        assert queue.rekey() == left
+        assert queue.get_stats()["rekey_unfinished"] == 0
+        assert sorted(item.payload["seq"] for item in queue.peek(n=items)) == list(range(items))
+    assert CloudSyncQueue.verify_file(db_path).rekey_unfinished == 0
+
+
+def _rekey_chunk() -> int:
+    from pyv_edge_agent.cloud_sync import _rekey
+
+    return _rekey.CHUNK

@@ -16,7 +16,7 @@ import operator
 
 import orjson
 
-from ._types import ID_CHUNK_SHAPES, PRIORITY_BY_VALUE, ROW_COLUMNS, Priority, QueueItem
+from ._types import ID_CHUNK_SHAPES, PRIORITY_BY_VALUE, ROW_COLUMNS, Priority, QueueItem, shown
 
 cdef object _orjson_dumps = orjson.dumps
 cdef object _orjson_loads = orjson.loads
@@ -43,7 +43,7 @@ cdef str _dumps(object payload, str argument):
 def encode_payload(payload):
     """Return the stored JSON text of one payload; ``TypeError`` if it is not a dict."""
     if not isinstance(payload, dict):
-        raise TypeError(f"payload must be a dict, got {type(payload).__name__}: {payload!r:.200}")
+        raise TypeError(f"payload must be a dict, got {type(payload).__name__}: {shown(payload, 200)}")
     return _dumps(payload, "payload")
 
 
@@ -55,7 +55,7 @@ def encode_rows(payloads, priority, created_at, ttl_seconds):
         raise TypeError(f"payloads must be a sequence of dicts, got {type(payloads).__name__}")
     for index, payload in enumerate(payloads):
         if not isinstance(payload, dict):
-            raise TypeError(f"payloads[{index}] must be a dict, got {type(payload).__name__}: {payload!r:.200}")
+            raise TypeError(f"payloads[{index}] must be a dict, got {type(payload).__name__}: {shown(payload, 200)}")
         rows.append((_dumps(payload, f"payloads[{index}]"), priority, created_at, ttl_seconds))
     return rows
 
@@ -70,8 +70,10 @@ def decode_payload(text):
 
 cdef object _bad_row(Py_ssize_t index, object row):
     if type(row) is not tuple:
-        return TypeError(f"rows[{index}] must be a tuple, got {type(row).__name__}: {row!r:.200}")
-    return ValueError(f"rows[{index}] must have the {_COLUMNS} columns {ROW_COLUMNS}, got {len(row)}: {row!r:.200}")
+        return TypeError(f"rows[{index}] must be a tuple, got {type(row).__name__}: {shown(row, 200)}")
+    return ValueError(
+        f"rows[{index}] must have the {_COLUMNS} columns {ROW_COLUMNS}, got {len(row)}: {shown(row, 200)}"
+    )
 
 
 def decode_rows(rows):
@@ -131,7 +133,7 @@ def id_chunks(ids, str argument="ids"):
         if type(value) is not int:
             if isinstance(value, bool) or not hasattr(type(value), "__index__"):
                 raise TypeError(
-                    f"{argument}[{index}] must be an integer id, got {type(value).__name__}: {value!r:.100}"
+                    f"{argument}[{index}] must be an integer id, got {type(value).__name__}: {shown(value, 100)}"
                 )
             value = operator.index(value)
         if not _INT64_MIN <= value <= _INT64_MAX:

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import orjson
 
-from ._types import ID_CHUNK_SHAPES, PRIORITY_BY_VALUE, ROW_COLUMNS, Priority, QueueItem
+from ._types import ID_CHUNK_SHAPES, PRIORITY_BY_VALUE, ROW_COLUMNS, Priority, QueueItem, shown
 
 _orjson_dumps = orjson.dumps
 _orjson_loads = orjson.loads
@@ -40,7 +40,7 @@ def _dumps(payload: Any, argument: str) -> str:
 def encode_payload(payload: Any) -> str:
     """Return the stored JSON text of one payload; ``TypeError`` if it is not a dict."""
     if not isinstance(payload, dict):
-        raise TypeError(f"payload must be a dict, got {type(payload).__name__}: {payload!r:.200}")
+        raise TypeError(f"payload must be a dict, got {type(payload).__name__}: {shown(payload, 200)}")
     return _dumps(payload, "payload")
 
 
@@ -53,7 +53,7 @@ def encode_rows(
         raise TypeError(f"payloads must be a sequence of dicts, got {type(payloads).__name__}")
     for index, payload in enumerate(payloads):
         if not isinstance(payload, dict):
-            raise TypeError(f"payloads[{index}] must be a dict, got {type(payload).__name__}: {payload!r:.200}")
+            raise TypeError(f"payloads[{index}] must be a dict, got {type(payload).__name__}: {shown(payload, 200)}")
         rows.append((_dumps(payload, f"payloads[{index}]"), priority, created_at, ttl_seconds))
     return rows
 
@@ -68,8 +68,10 @@ def decode_payload(text: Any) -> Any:
 
 def _bad_row(index: int, row: Any) -> Exception:
     if type(row) is not tuple:
-        return TypeError(f"rows[{index}] must be a tuple, got {type(row).__name__}: {row!r:.200}")
-    return ValueError(f"rows[{index}] must have the {_COLUMNS} columns {ROW_COLUMNS}, got {len(row)}: {row!r:.200}")
+        return TypeError(f"rows[{index}] must be a tuple, got {type(row).__name__}: {shown(row, 200)}")
+    return ValueError(
+        f"rows[{index}] must have the {_COLUMNS} columns {ROW_COLUMNS}, got {len(row)}: {shown(row, 200)}"
+    )
 
 
 def decode_rows(rows: Sequence[Tuple[Any, ...]]) -> List[QueueItem]:
@@ -122,7 +124,7 @@ def id_chunks(ids: Any, argument: str = "ids") -> List[Tuple[int, ...]]:
         if type(value) is not int:
             if isinstance(value, bool) or not hasattr(type(value), "__index__"):
                 raise TypeError(
-                    f"{argument}[{index}] must be an integer id, got {type(value).__name__}: {value!r:.100}"
+                    f"{argument}[{index}] must be an integer id, got {type(value).__name__}: {shown(value, 100)}"
                 )
             value = operator.index(value)
         if not _INT64_MIN <= value <= _INT64_MAX:

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -21,7 +22,14 @@ except ImportError:  # Windows: no advisory locks; quarantine races are not guar
 
 from . import _schema, _storage
 from ._errors import CorruptDatabaseError, DatabaseError
-from ._sql import COUNT_UNSEALED_SQL, READ_COUNTER_SQL, SEALED_FROM_ALL, SEALED_FROM_KEY
+from ._sql import (
+    COUNT_UNSEALED_SQL,
+    READ_COUNTER_SQL,
+    REKEY_TARGET_KEY,
+    REKEY_UNFINISHED_SQL,
+    SEALED_FROM_ALL,
+    SEALED_FROM_KEY,
+)
 
 HEADER_MAGIC = b"SQLite format 3\x00"
 HEADER_SIZE = 100
@@ -29,6 +37,9 @@ WAL_MAGICS = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 SIDE_FILES = ("-wal", "-shm")
 ON_CORRUPT_CHOICES = ("raise", "quarantine")
 LOCK_SUFFIX = ".quarantine-lock"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+# Windows has no uids: ownership and directory modes are not checked there.
+_POSIX_OWNERS = hasattr(os, "geteuid")
 # Queue payloads can be sensitive: files and directories the queue creates are private
 # to their owner, whatever the umask.
 FILE_MODE = 0o600
@@ -48,12 +59,15 @@ class IntegrityReport:
     :param messages: what ``integrity_check`` reported (``["ok"]`` when sound).
     :param schema_version: ``PRAGMA user_version`` of the file (None if unreadable).
     :param path: the database file.
+    :param rekey_unfinished: items not yet under the key an interrupted (or running)
+        ``rekey`` moves them to (see ``rekey_unfinished``); 0 when no rekey was cut short.
     """
 
     ok: bool
     path: str
     schema_version: Optional[int]
     messages: Tuple[str, ...] = field(default_factory=tuple)
+    rekey_unfinished: int = 0
 
     @property
     def message(self) -> str:
@@ -115,6 +129,158 @@ def _has_wal(path: str) -> bool:
         return False
 
 
+def _owner_problem(uid: int) -> str:
+    return (
+        f"it is owned by uid {uid}, not by this process's user (uid {os.geteuid()}),"
+        " who could read the queue's items or swap the file"
+    )
+
+
+def check_directory(path: str) -> bool:
+    """Refuse a directory other users can write, unless it is sticky (like ``/tmp``), and
+    one another user owns: either could swap the queue's files under it. Return whether
+    other users can still create names in it (sticky and shared).
+
+    Group write counts only when the group is not this process's own (Debian gives each
+    user a private group and a umask of 002)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not _POSIX_OWNERS:
+        return False
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return False  # opening fails with its own, clearer error
+    mode = info.st_mode
+    shared = mode & stat.S_IWOTH or (mode & stat.S_IWGRP and info.st_gid != os.getegid())
+    if shared and not mode & stat.S_ISVTX:
+        raise DatabaseError(
+            f"refusing queue database {path!r}: its directory {directory!r} is writable by other users"
+            f" (mode {stat.S_IMODE(mode):04o}) and not sticky, so they could swap its files; make it 0700"
+        )
+    if info.st_uid not in (os.geteuid(), 0):  # its owner can always make it writable
+        raise DatabaseError(
+            f"refusing queue database {path!r}: its directory {directory!r} {_owner_problem(info.st_uid)}"
+        )
+    return bool(shared)
+
+
+def check_own_file(path: str, what: str = "queue file") -> None:
+    """Refuse ``path`` if it is a symbolic link, not a regular file, or owned by another
+    user; a missing ``path`` passes (the queue creates it, private)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise DatabaseError(f"cannot use {path!r} as a {what}: {exc.strerror}") from exc
+    _check_own_stat(path, info, what)
+
+
+def _check_own_stat(path: str, info: os.stat_result, what: str) -> None:
+    if stat.S_ISLNK(info.st_mode):
+        raise DatabaseError(
+            f"refusing {what} {path!r}: it is a symbolic link (the queue never follows links to its files)"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise DatabaseError(f"cannot use {path!r} as a {what}: it is not a regular file")
+    if _POSIX_OWNERS and info.st_uid != os.geteuid():
+        raise DatabaseError(f"refusing {what} {path!r}: {_owner_problem(info.st_uid)}")
+
+
+def check_trust(path: str) -> bool:
+    """Before SQLite opens ``path``: its directory, and the database, ``-wal``, ``-shm`` and
+    lock file beside it, are not links and belong to this process's user (SQLite follows
+    links and, running as root, would adopt a ``-wal`` another user still has open).
+    Return whether other users may create names beside it (see ``create_side_files``)."""
+    shared = check_directory(path)
+    check_own_file(path, "queue database")
+    for suffix in SIDE_FILES + (LOCK_SUFFIX,):
+        check_own_file(path + suffix)
+    return shared
+
+
+def create_side_files(path: str) -> None:
+    """Create the ``-wal`` and ``-shm`` of ``path`` private and exclusively, where missing.
+
+    For a directory like ``/tmp``: another user could create either between the checks and
+    SQLite's opening; made now, they are ours, and the sticky bit keeps them so."""
+    for suffix in SIDE_FILES:
+        side = path + suffix
+        try:
+            os.close(os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, FILE_MODE))
+        except FileExistsError:
+            check_own_file(side)
+        except OSError as exc:
+            raise DatabaseError(f"cannot create {side!r}: {exc.strerror}; {describe_access_problem(side)}") from exc
+
+
+class FileHold:
+    """A descriptor of the open database file (opened without following links) holding a
+    shared ``flock`` for as long as a queue uses the file.
+
+    A quarantine moves a file aside only under an exclusive lock, so it cannot move one that
+    another queue is writing to (those writes would land in the copy, under ids already
+    handed out). ``flock`` locks are independent of SQLite's POSIX locks on local file
+    systems, and belong to the descriptor, so a forked child closing its copy keeps the
+    parent's."""
+
+    def __init__(self, fd: Optional[int]) -> None:
+        self._fd = fd
+
+    def close(self) -> None:
+        """Release the lock (nothing happens the second time)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            self.close()
+
+
+def _open_nofollow(path: str, what: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DatabaseError(
+                f"refusing {what} {path!r}: it is a symbolic link (the queue never follows links to its files)"
+            ) from exc
+        raise DatabaseError(f"cannot open {what} {path!r}: {exc.strerror}") from exc
+
+
+def hold(path: str) -> FileHold:
+    """Open ``path`` without following links, check it is this user's regular file and take
+    a shared lock on it; the file found at ``path`` after the lock is the one locked (a
+    quarantine that ran meanwhile moved the old one aside: the new one is taken)."""
+    if fcntl is None:
+        return FileHold(None)
+    for _ in range(5):
+        fd = _open_nofollow(path, "queue database")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a quarantine moves the file
+            info = os.fstat(fd)
+            _check_own_stat(path, info, "queue database")
+            try:
+                current = os.lstat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_dev, current.st_ino) == (info.st_dev, info.st_ino):
+                return FileHold(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise DatabaseError(f"cannot open queue database {path!r}: it was replaced again and again while opening it")
+
+
+def check_side_files(path: str) -> None:
+    """After SQLite opened ``path``: the ``-wal`` and ``-shm`` it uses are this user's own
+    regular files (a link planted between the checks and the opening is caught here)."""
+    for suffix in SIDE_FILES:
+        check_own_file(path + suffix)
+
+
 def read_only_uri(path: str) -> str:
     """A read-only SQLite URI for ``path``.
 
@@ -124,6 +290,34 @@ def read_only_uri(path: str) -> str:
     """
     quoted = os.path.abspath(path).replace("%", "%25").replace("?", "%3F").replace("#", "%23")
     return "file:" + quoted + "?mode=ro"
+
+
+QUEUE_TABLE_SQL = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'sync_queue'"
+
+
+def require_queue(path: str) -> None:
+    """Refuse, reading ``path`` through a read-only connection only, a file that is not a
+    queue database (another application's SQLite file, an empty file): the operator
+    commands open existing files only, and opening one as a queue would add the queue's
+    tables to it and switch it to WAL."""
+    check_header(path)
+    if os.path.getsize(path) == 0:
+        raise DatabaseError(f"{path!r} is not a queue database: it is an empty file; nothing was changed")
+    try:
+        conn = sqlite3.connect(read_only_uri(path), uri=True)
+    except sqlite3.Error as exc:
+        raise open_error(path, exc) from exc
+    try:
+        found = conn.execute(QUEUE_TABLE_SQL).fetchone()[0]
+    except sqlite3.Error as exc:
+        raise open_error(path, exc) from exc
+    finally:
+        conn.close()
+    if not found:
+        raise DatabaseError(
+            f"{path!r} is not a queue database: it has no sync_queue table (another application's"
+            " SQLite file?); nothing was changed"
+        )
 
 
 def precheck(path: str, busy_timeout: float, *, thorough: bool) -> None:
@@ -203,8 +397,14 @@ def quarantine_lock(path: str) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    lock_path = path + LOCK_SUFFIX
     try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, FILE_MODE)
+    except OSError as exc:
+        check_own_file(lock_path)  # a link: say so
+        raise DatabaseError(f"cannot open {lock_path!r}: {exc.strerror}") from exc
+    try:
+        _check_own_stat(lock_path, os.fstat(fd), "queue file")
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -233,6 +433,35 @@ def quarantine(path: str, wall_time: float) -> str:
     evidence of an earlier quarantine) is ever replaced. The side files go first: a stale
     WAL left beside a fresh database could be replayed into it. Nothing is deleted.
     """
+    fd = _exclusive(path)
+    try:
+        return _move_aside(path, wall_time)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _exclusive(path: str) -> Optional[int]:
+    """A descriptor of ``path`` holding an exclusive lock, or ``CorruptDatabaseError`` when
+    another queue holds its shared one (see ``FileHold``)."""
+    if fcntl is None or not os.path.lexists(path):
+        return None
+    fd = _open_nofollow(path, "queue database")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CorruptDatabaseError(
+            f"{path!r} is damaged, but another queue (this process or another) has it open: not moving it"
+            " aside under that queue, whose new items would go with it; close it, then open again"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _move_aside(path: str, wall_time: float) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall_time))
     present = [suffix for suffix in SIDE_FILES + ("",) if os.path.lexists(path + suffix)]
     target = f"{path}.corrupt-{stamp}"
@@ -302,8 +531,19 @@ def create_private(path: str) -> None:
         os.close(fd)
 
 
+def rekey_unfinished(conn: sqlite3.Connection) -> int:
+    """How many items (dead letters included) are not yet sealed under the key that a
+    ``rekey`` which was cut short (killed, a full disk) or is still running moves them to:
+    some may still be plain text. 0 when no rekey is unfinished."""
+    target = conn.execute(READ_COUNTER_SQL, (REKEY_TARGET_KEY,)).fetchone()
+    if target is None:
+        return 0
+    return int(conn.execute(REKEY_UNFINISHED_SQL, (str(target[0]),)).fetchone()[0])
+
+
 def verify(conn: sqlite3.Connection, path: str) -> IntegrityReport:
-    """Run ``PRAGMA integrity_check`` (reads the whole file, writes nothing)."""
+    """Run ``PRAGMA integrity_check`` (reads the whole file, writes nothing), and count what
+    an unfinished ``rekey`` left behind."""
     version: Optional[int] = None
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -311,7 +551,13 @@ def verify(conn: sqlite3.Connection, path: str) -> IntegrityReport:
         messages += _unsealed_messages(conn)
     except sqlite3.DatabaseError as exc:
         return IntegrityReport(ok=False, path=path, schema_version=version, messages=(str(exc),))
-    return IntegrityReport(ok=messages == ("ok",), path=path, schema_version=version, messages=messages)
+    try:
+        unfinished = rekey_unfinished(conn)
+    except sqlite3.DatabaseError:
+        unfinished = 0  # not a queue's tables (``cloud-sync check`` says so)
+    return IntegrityReport(
+        ok=messages == ("ok",), path=path, schema_version=version, messages=messages, rekey_unfinished=unfinished
+    )
 
 
 def _unsealed_messages(conn: sqlite3.Connection) -> Tuple[str, ...]:
@@ -334,18 +580,26 @@ def _unsealed_messages(conn: sqlite3.Connection) -> Tuple[str, ...]:
 
 def open_database(
     path: str, durability: str, busy_timeout: float, *, thorough: bool, created_dirs: Sequence[str] = ()
-) -> sqlite3.Connection:
+) -> Tuple[sqlite3.Connection, FileHold]:
     """Open and set up the queue file; nothing is written to a file that fails a check.
+
+    Returns the connection and the ``FileHold`` that keeps the file from being quarantined
+    while it is in use (release it when closing the connection).
 
     :param thorough: run SQLite's ``quick_check`` on an existing file first.
     :param created_dirs: directories just created for the file, to be made durable with it.
     """
     created = False
+    held = FileHold(None)
     if _storage.is_file_path(path):
+        shared = check_trust(path)
         precheck(path, busy_timeout, thorough=thorough)
-        created = not os.path.exists(path)
+        created = not os.path.lexists(path)
         if created:
             create_private(path)
+        if shared:
+            create_side_files(path)
+        held = hold(path)
     try:
         conn = sqlite3.connect(
             path,
@@ -355,16 +609,21 @@ def open_database(
             cached_statements=256,
         )
     except sqlite3.Error as exc:
+        held.close()
         raise open_error(path, exc) from exc
     try:
         _storage.configure(conn)
         _schema.configure(conn, durability, busy_timeout)
         _schema.migrate(conn, path)
+        if _storage.is_file_path(path):
+            check_side_files(path)
     except sqlite3.Error as exc:
         conn.close()
+        held.close()
         raise open_error(path, exc) from exc
     except BaseException:
         conn.close()
+        held.close()
         raise
     if created:
         # SQLite syncs a new WAL's directory entry but not a new database file's: without
@@ -372,7 +631,7 @@ def open_database(
         # The same holds for directories created for it: their parents get synced too.
         for entry in [path, *created_dirs]:
             fsync_directory(os.path.dirname(os.path.abspath(entry)))
-    return conn
+    return conn, held
 
 
 def translate_error(exc: sqlite3.Error, path: str) -> Optional[Exception]:

@@ -61,6 +61,11 @@ METRICS: List[Metric] = [
         "bytes_per_second",
     ),
     Metric("link_items_per_second", "gauge", "Items a second that recent uploads carried, a moving average."),
+    Metric(
+        "rekey_unfinished",
+        "gauge",
+        "Items not yet sealed under the key an interrupted (or running) rekey moves them to; run rekey again.",
+    ),
 ]
 BY_KEY: Dict[str, Metric] = {metric.key: metric for metric in METRICS}
 

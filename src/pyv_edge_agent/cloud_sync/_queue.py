@@ -306,7 +306,8 @@ class CloudSyncQueue(FlushingQueue):
         persisted counters ``messages_sent_total``, ``failed_batches``,
         ``dead_lettered_total``, ``last_success_at``, ``last_error`` and ``last_error_at``;
         the storage figures ``evicted_total``, ``expired_purged_total``, ``quarantined_total``,
-        ``clock_jumps_total`` and ``storage_bytes`` (the file and its WAL).
+        ``clock_jumps_total`` and ``storage_bytes`` (the file and its WAL); ``rekey_unfinished``
+        (items a ``rekey`` that was cut short left under an older key or in plain text).
         """
         return _stats.collect(self._store, self._clock())
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 
 from ._errors import CloudSyncError
 from ._seal import Sealer, unsealed_ids
-from ._sql import NEXT_ID_SQL, write_transaction
+from ._sql import DELETE_COUNTER_SQL, NEXT_ID_SQL, REKEY_TARGET_KEY, SET_COUNTER_SQL, write_transaction
 from ._store import Store
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -75,6 +75,9 @@ def rekey(store: Store) -> int:
         for table in TABLES:
             for rows in _each_chunk(conn, table):
                 sealer.open_rows(rows, queue_id, 2, table)
+        # Kept until every chunk is done: a rekey cut short shows in get_stats() and check.
+        with write_transaction(conn):
+            conn.execute(SET_COUNTER_SQL, (REKEY_TARGET_KEY, sealer.header))
         conn.execute("PRAGMA secure_delete = ON")
         try:
             for table in TABLES:
@@ -82,6 +85,8 @@ def rekey(store: Store) -> int:
                 while last != STOP:
                     changed, last = _reseal_chunk(conn, sealer, queue_id, table, last, sealed_from)
                     count += changed
+            with write_transaction(conn):
+                conn.execute(DELETE_COUNTER_SQL, (REKEY_TARGET_KEY,))
         finally:
             conn.execute("PRAGMA secure_delete = FAST")
         # Every item is sealed now (unless a process without the key wrote some meanwhile):

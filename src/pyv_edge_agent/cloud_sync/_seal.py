@@ -196,6 +196,11 @@ class Sealer:
         self.key_id = key_id
         self._header = f"{MARK}{_FORMAT}{self._letter}{key_id}:"
 
+    @property
+    def header(self) -> str:
+        """How every text sealed under the newest key and the configured cipher starts."""
+        return self._header
+
     def is_current(self, text: str) -> bool:
         """Whether ``text`` is sealed under the newest key and the configured cipher."""
         return text.startswith(self._header)

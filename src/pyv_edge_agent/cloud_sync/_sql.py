@@ -99,6 +99,15 @@ FIRST_SEALED_SQL = (
 )
 COUNT_UNSEALED_SQL = "SELECT COUNT(*) FROM sync_queue WHERE id >= ? AND substr(payload, 1, 1) <> '~'"
 RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
+DELETE_COUNTER_SQL = "DELETE FROM sync_meta WHERE key = ?"
+
+# -- rekey: the key a rekey moves every item to, kept until it has ------------------------
+
+REKEY_TARGET_KEY = "rekey_target"
+REKEY_UNFINISHED_SQL = (
+    "SELECT (SELECT COUNT(*) FROM sync_queue WHERE substr(payload, 1, length(?1)) IS NOT ?1)"
+    " + (SELECT COUNT(*) FROM sync_dead_letters WHERE substr(payload, 1, length(?1)) IS NOT ?1)"
+)
 
 # -- the flush: claims, leases, rejections ------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from typing import Any, Dict
 
-from . import _deadletter, _storage
+from . import _deadletter, _integrity, _storage
 from ._sql import DEPTH_BY_PRIORITY_SQL, IN_FLIGHT_SQL, STATS_SQL, UNSEALED_REFUSED_KEY
 from ._store import Store
 from ._types import Priority
@@ -50,4 +50,5 @@ def collect(store: Store, now: float) -> Dict[str, Any]:
         stats["last_error"] = _deadletter.open_note(store.sealer, stats["last_error"], store.queue_id)
         # Storage and durability (issue 4).
         stats.update(_storage.counters(conn, store.path if store.is_file else None))
+        stats["rekey_unfinished"] = _integrity.rekey_unfinished(conn)
     return stats

@@ -91,6 +91,7 @@ class Store:
         self.storage = _storage.StorageGuard(path, limits)
         self.lock = threading.RLock()
         self._db: Optional[sqlite3.Connection] = None
+        self._hold = _integrity.FileHold(None)
         self._closed = False
         self._created_dirs: List[str] = []
         if self.is_file:
@@ -132,7 +133,7 @@ class Store:
         return conn
 
     def _open(self) -> sqlite3.Connection:
-        conn = _integrity.open_database(
+        conn, held = _integrity.open_database(
             self.path,
             self.durability,
             self._busy_timeout,
@@ -146,7 +147,10 @@ class Store:
             self.read_sealed_from(conn)
         except BaseException:
             conn.close()
+            held.close()
             raise
+        self._hold.close()
+        self._hold = held
         return conn
 
     def translate_error(self, exc: sqlite3.Error) -> Optional[Exception]:
@@ -159,6 +163,7 @@ class Store:
         if isinstance(error, CorruptDatabaseError) and self._on_corrupt == "quarantine" and self._db is not None:
             _INHERITED.append(self._db)
             self._db = None
+            self._hold.close()  # this queue's own lock must not stop its quarantine
         return error
 
     def after_fork(self) -> None:
@@ -166,6 +171,8 @@ class Store:
         parent's connection parked, never used or closed; the next call reopens."""
         self.lock = threading.RLock()
         self.clock.after_fork()
+        # The parent keeps its lock: it belongs to the descriptor, which the parent holds too.
+        self._hold.close()
         if self._db is not None:
             _INHERITED.append(self._db)
             self._db = None
@@ -174,11 +181,12 @@ class Store:
         """Close the connection; later calls raise ``CloudSyncError``."""
         with self.lock:
             self._closed = True
-            if self._db is not None:
-                try:
+            try:
+                if self._db is not None:
                     self._db.close()
-                finally:
-                    self._db = None
+            finally:
+                self._db = None
+                self._hold.close()
 
     # -- time -------------------------------------------------------------------------
 

@@ -6,6 +6,16 @@ from enum import Enum
 from typing import Any, Dict, Optional
 
 
+def shown(value: Any, width: int) -> str:
+    """``repr(value)`` cut to ``width`` characters, for error messages. A value nested too
+    deeply for ``repr`` (a list inside a list, thousands deep) is said to be, instead of the
+    ``RecursionError`` that ``repr`` would raise in the middle of reporting bad input."""
+    try:
+        return repr(value)[:width]
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to show>"
+
+
 class Priority(Enum):
     """Queue priority; a lower value is sent first."""
 

@@ -9,7 +9,7 @@ import math
 import os
 from typing import Any
 
-from ._types import Priority
+from ._types import Priority, shown
 
 INT64_MAX = 2**63 - 1
 # A dict lookup is several times cheaper than ``Priority.value`` (an enum property) on the
@@ -22,7 +22,9 @@ def priority_value(priority: Any) -> int:
     if type(priority) is Priority:  # an enum with members cannot be subclassed
         return _PRIORITY_VALUES[priority]
     if isinstance(priority, bool) or not isinstance(priority, int):
-        raise TypeError(f"priority must be a Priority or an int 1..4, got {type(priority).__name__}: {priority!r:.100}")
+        raise TypeError(
+            f"priority must be a Priority or an int 1..4, got {type(priority).__name__}: {shown(priority, 100)}"
+        )
     if not 1 <= priority <= 4:
         raise ValueError(f"priority must be one of 1 (CRITICAL) .. 4 (LOGS), got {priority!r}")
     return int(priority)
@@ -31,7 +33,7 @@ def priority_value(priority: Any) -> int:
 def integer(name: str, value: Any, minimum: int, maximum: int = INT64_MAX) -> int:
     """Return ``value`` if it is an int (not a bool) within ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}: {value!r:.100}")
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}: {shown(value, 100)}")
     if not minimum <= value <= maximum:
         raise ValueError(f"{name} must be between {minimum} and {maximum}, got {value!r}")
     return int(value)
@@ -41,7 +43,7 @@ def number(name: str, value: Any, minimum: float, *, allow_equal: bool = True, m
     """Return ``value`` as a float if it is a finite real number at or above ``minimum``
     (above it unless ``allow_equal``) and at most ``maximum``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r:.100}")
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {shown(value, 100)}")
     result = float(value)
     if not math.isfinite(result) or result < minimum or (not allow_equal and result == minimum):
         relation = "at least" if allow_equal else "greater than"
@@ -58,10 +60,10 @@ def db_path(value: Any) -> str:
     read-only through a ``file:`` URI, in which a path starting with ``//`` names a host.
     """
     if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"db_path must be a str or os.PathLike, got {type(value).__name__}: {value!r:.100}")
+        raise TypeError(f"db_path must be a str or os.PathLike, got {type(value).__name__}: {shown(value, 100)}")
     path = os.fspath(value)
     if not isinstance(path, str) or not path:
-        raise ValueError(f"db_path must be a non-empty text path, got {value!r:.100}")
+        raise ValueError(f"db_path must be a non-empty text path, got {shown(value, 100)}")
     if path[:5].lower() == "file:":
         raise ValueError(
             f"db_path must be a file path, not a SQLite URI, got {path!r:.200} (a file so named: prefix it with ./)"
@@ -88,7 +90,7 @@ def file_path(name: str, value: Any) -> str:
 def choice(name: str, value: Any, allowed: "tuple[str, ...]") -> str:
     """Return ``value`` if it is one of the ``allowed`` strings."""
     if value not in allowed or not isinstance(value, str):
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r:.100}")
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {shown(value, 100)}")
     return value
 
 
@@ -97,14 +99,14 @@ def iterable(name: str, value: Any) -> None:
     try:
         iter(value)
     except TypeError:
-        raise TypeError(f"{name} must be a sequence, got {type(value).__name__}: {value!r:.100}") from None
+        raise TypeError(f"{name} must be a sequence, got {type(value).__name__}: {shown(value, 100)}") from None
 
 
 def boolean(name: str, value: Any) -> bool:
     """Return ``value`` if it is a bool (not merely truthy: ``"false"`` from a configuration
     file would be)."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__}: {value!r:.100}")
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}: {shown(value, 100)}")
     return value
 
 

@@ -10,6 +10,7 @@ import orjson
 
 from .. import CloudSyncQueue, DeadLetter, QueueItem
 from .._errors import MissingExtraError
+from .._integrity import require_queue
 from .._seal import DEFAULT_CIPHER, EXTRA_HINT, KeyRing
 from ._render import Output
 
@@ -24,9 +25,11 @@ def open_queue(path: str, args: Optional[argparse.Namespace] = None, **options: 
     """Open an existing queue file; an operator command never creates one by mistake. The
     ``--key-file``s of a command that reads payloads open sealed ones (the last is the newest);
     ``options`` are more constructor arguments (the flush's pacing), a bad one a ``ValueError``
-    or ``TypeError`` (exit 2) raised before the file is opened."""
+    or ``TypeError`` (exit 2) raised before the file is opened. A file that is not a queue
+    database is refused (``DatabaseError``, exit 3) after a read-only look, unchanged."""
     if not os.path.exists(path):
         raise UsageError(f"no queue database at {path!r}")
+    require_queue(path)
     key_files = getattr(args, "key_file", None)
     if args is not None and key_files:
         options.update(

@@ -25,6 +25,7 @@ from .. import (
 )
 from .._codec import FALLBACK_REASON
 from .._errors import MissingExtraError
+from .._integrity import require_queue
 from .._metrics import BY_KEY, prometheus_text
 from .._schema import SCHEMA_VERSION
 from .._seal import CIPHERS, DEFAULT_CIPHER
@@ -124,6 +125,8 @@ def _cmd_check(args: argparse.Namespace, out: Output) -> int:
     if not os.path.exists(args.db):
         raise UsageError(f"no queue database at {args.db!r}")
     report = CloudSyncQueue.verify_file(args.db)
+    if report.ok:
+        require_queue(args.db)
     if args.json:
         print_json(
             out,
@@ -133,6 +136,7 @@ def _cmd_check(args: argparse.Namespace, out: Output) -> int:
                 "schema_version": report.schema_version,
                 "supported_schema_version": SCHEMA_VERSION,
                 "messages": list(report.messages),
+                "rekey_unfinished": report.rekey_unfinished,
             },
         )
     else:
@@ -144,7 +148,12 @@ def _cmd_check(args: argparse.Namespace, out: Output) -> int:
         if not report.ok:
             for message in report.messages:
                 out.line(f"  {message}")
-    return EXIT_OK if report.ok else EXIT_INCOMPLETE
+        if report.rekey_unfinished:
+            out.line(
+                f"  a rekey was cut short: {report.rekey_unfinished} items are not yet sealed under its key"
+                " (some may be plain text); run cloud-sync rekey again"
+            )
+    return EXIT_OK if report.ok and not report.rekey_unfinished else EXIT_INCOMPLETE
 
 
 # -- rekey --------------------------------------------------------------------------------
