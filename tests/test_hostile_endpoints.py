@@ -32,7 +32,8 @@ once = pytest.mark.parametrize("backend", ["python"], indirect=True)
 
 
 class ScriptedServer:
-    """A loopback HTTP server whose every POST is answered by ``answer(handler)``."""
+    """A loopback HTTP server whose every POST is answered by ``answer(handler)``; the
+    request body, as sent, is ``handler.body``."""
 
     def __init__(self, answer: Answer) -> None:
         script = self
@@ -41,7 +42,7 @@ class ScriptedServer:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 script.answer(self)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -211,6 +212,87 @@ def test_a_redirect_names_its_redacted_target_and_keeps_the_data(
         error = queue.get_stats()["last_error"]
     assert "307" in error and "https://elsewhere.example/in?token=***" in error
     assert "tok-0123456789" not in error and "\x1b" not in error
+
+
+# -- a long partial-success answer ----------------------------------------------------------
+
+
+@once
+def test_a_long_partial_success_answer_keeps_every_refused_item(
+    db_path: str, scripted: Callable[[Answer], ScriptedServer]
+) -> None:
+    """500 items, every odd one refused with a ~100-byte reason in a 2xx answer longer
+    than 64 KiB (it was cut, failed to parse, and all 500 were acked as delivered)."""
+    stored: List[int] = []
+    sizes: List[int] = []
+
+    def partial(handler: BaseHTTPRequestHandler) -> None:
+        body = handler.body  # type: ignore[attr-defined]
+        if handler.headers.get("Content-Encoding") == "gzip":
+            body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        items = json.loads(body)
+        refused = [index for index, item in enumerate(items) if item["n"] % 2]
+        stored.extend(item["n"] for item in items if not item["n"] % 2)
+        reason = "failed validation: odd values are not accepted here".ljust(90, ".")
+        details = [
+            {
+                "index": index,
+                "loc": ["body", index, "n"],
+                "input": items[index],
+                "type": "value_error",
+                "url": "https://errors.example/v1/errors/value_error#odd-values",
+                "reason": f"item {items[index]['n']} {reason}",
+            }
+            for index in refused
+        ]
+        answer = json.dumps({"accepted": len(items) - len(refused), "rejected": refused, "errors": details}).encode()
+        sizes.append(len(answer))
+        reply(handler, 200, answer, Content_Type="application/json")
+
+    server = scripted(partial)
+    uploader = HTTPCloudUploader(server.url, "the-key", timeout=20)
+    with CloudSyncQueue(db_path, max_batch_items=500, max_attempts=1) as queue:
+        queue.enqueue_many([{"n": n} for n in range(500)])
+        queue.maybe_flush(uploader)
+        pending = queue.pending_count()
+        dead = [letter.payload["n"] for letter in queue.dead_letters(1000)]
+        sent_total = queue.get_stats()["messages_sent_total"]
+    uploader.close()
+    assert sizes and sizes[0] > 64 * 1024
+    assert sorted(stored) == list(range(0, 500, 2))
+    assert sorted(dead) == list(range(1, 500, 2)) and pending == 0, "a refused item was acked as delivered"
+    assert sent_total == len(stored)
+
+
+@once
+@pytest.mark.parametrize("cut", ["gzip stream", "content-length"])
+def test_a_2xx_answer_cut_short_is_not_taken_as_accepting_everything(
+    db_path: str, scripted: Callable[[Answer], ScriptedServer], caplog: pytest.LogCaptureFixture, cut: str
+) -> None:
+    answer = json.dumps({"rejected": [1], "error": "item 1 is invalid"}).encode()
+
+    def cut_short(handler: BaseHTTPRequestHandler) -> None:
+        if cut == "gzip stream":  # whole as sent, but the compressed stream stops halfway
+            compressed = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            body = (compressed.compress(answer) + compressed.flush())[:-12]
+            reply(handler, 200, body, Content_Encoding="gzip", Connection="close")
+        else:  # fewer bytes than announced, then the connection closes
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(answer) + 100))
+            handler.send_header("Connection", "close")
+            handler.end_headers()
+            handler.wfile.write(answer)
+            handler.close_connection = True
+
+    server = scripted(cut_short)
+    with CloudSyncQueue(db_path) as queue, caplog.at_level(logging.WARNING):
+        queue.enqueue_many([{"n": 0}, {"n": 1}])
+        assert queue.maybe_flush(HTTPCloudUploader(server.url, "the-key", timeout=5)) == 0
+        assert queue.pending_count() == 2 and queue.get_stats()["messages_sent_total"] == 0
+        last_error = queue.get_stats()["last_error"]
+    # urllib3 2 itself refuses a body shorter than announced ("IncompleteRead"); 1.26 does not.
+    assert "could not be read to its end" in last_error or (cut == "content-length" and "IncompleteRead" in last_error)
+    assert "could not be read to its end" in caplog.text or cut == "content-length"
 
 
 # -- a deadline for the whole request --------------------------------------------------------

@@ -4,7 +4,8 @@ answers read within a fixed size.
 urllib3's timeouts bound each socket operation, so a server that trickles a byte at a
 time holds a request for as long as it likes; a ``Deadline`` shuts the request's socket
 down when its time is up. Answer bodies are read raw and decompressed here, never more
-than ``MAX_ANSWER_BYTES`` of decoded text, whatever the server sends or claims.
+than a set bound of decoded text (``MAX_ANSWER_BYTES`` for an error, ``MAX_ACCEPTED_ANSWER_BYTES``
+for a 2xx answer, which may name rejected items), whatever the server sends or claims.
 """
 
 import socket
@@ -13,11 +14,14 @@ import time
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
-# More than enough for a status text or a list of rejected indices of a full batch.
+# More than enough for an error text: only its first 200 characters are ever shown.
 MAX_ANSWER_BYTES = 64 * 1024
+# A 2xx answer is read to its end, because the items it rejects may come last: a batch of
+# 500 with a few hundred bytes of detail per rejected item (an echo of the item, a reason)
+# is far beyond 64 KiB. The bound limits memory only; an answer beyond it is not read as
+# accepting anything.
+MAX_ACCEPTED_ANSWER_BYTES = 8 * 1024 * 1024
 _READ_CHUNK = 16 * 1024
-# Compressed text that decodes to less than this much is not worth reading further.
-_MAX_RAW_BYTES = 2 * MAX_ANSWER_BYTES
 
 _current = threading.local()
 
@@ -137,7 +141,8 @@ def _decoder(encoding: str) -> "Optional[Any]":
 
 def read_answer(response: Any, limit: int = MAX_ANSWER_BYTES) -> Tuple[bytes, bool]:
     """Read at most ``limit`` decoded bytes of an answer opened with ``preload_content=False``;
-    return them and whether that was all of it.
+    return them and whether that was all of it, read to its end (a compressed stream to
+    its end, as many bytes as ``Content-Length`` announced).
 
     A gzip or deflate body is decompressed here, bounded (a 64 KiB gzip bomb holds 64
     MiB). An answer not read to its end closes its connection, so that no leftover bytes
@@ -146,9 +151,11 @@ def read_answer(response: Any, limit: int = MAX_ANSWER_BYTES) -> Tuple[bytes, bo
     decoder = _decoder(response.headers.get("Content-Encoding", ""))
     out = bytearray()
     raw = 0
+    # Compressed text that decodes to less than the limit is not worth reading further.
+    max_raw = 2 * limit
     complete = False
     try:
-        while len(out) <= limit and raw <= _MAX_RAW_BYTES:
+        while len(out) <= limit and raw <= max_raw:
             room = limit + 1 - len(out)
             if decoder is not None and decoder.unconsumed_tail:
                 out += decoder.decompress(decoder.unconsumed_tail, room)
@@ -166,4 +173,10 @@ def read_answer(response: Any, limit: int = MAX_ANSWER_BYTES) -> Tuple[bytes, bo
     else:
         response.close()
         response.release_conn()
-    return bytes(out[:limit]), complete and len(out) <= limit
+    # Cut short: a compressed stream that did not reach its end, or fewer bytes than the
+    # server announced (urllib3 1.26 does not check that by default).
+    whole = complete and len(out) <= limit and (decoder is None or decoder.eof)
+    announced = response.headers.get("Content-Length", "").strip()
+    if announced.isascii() and announced.isdigit() and int(announced) != raw:
+        whole = False
+    return bytes(out[:limit]), whole

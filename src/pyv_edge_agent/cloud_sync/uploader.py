@@ -397,7 +397,9 @@ class HTTPCloudUploader:
                 preload_content=False,
                 timeout=urllib3.Timeout(connect=deadline.remaining(), read=deadline.remaining()),
             )
-            answer, _ = _http.read_answer(response)
+            accepted = 200 <= response.status < 300
+            limit = _http.MAX_ACCEPTED_ANSWER_BYTES if accepted else _http.MAX_ANSWER_BYTES
+            answer, complete = _http.read_answer(response, limit)
         except UploadError as exc:
             # Raised by the credentials (a token endpoint that failed): scrubbed, not chained.
             raise UploadError(
@@ -408,6 +410,15 @@ class HTTPCloudUploader:
             ) from None
         except Exception as exc:  # noqa: BLE001 - whatever fails on the way is a failed upload
             raise self._failure(exc, sent, deadline) from None
+        if accepted and not complete:
+            # Its end may name rejected items: taking the batch as accepted would delete them.
+            message = (
+                f"ingest endpoint {self.endpoint} answered HTTP {response.status} to a batch of {count} items, but "
+                f"its answer could not be read to its end (more than {limit} bytes, or broken); the batch is not "
+                "counted as delivered and will be sent again under the same Idempotency-Key"
+            )
+            logger.warning("%s", message)
+            raise UploadError(message)
         return self._outcome(response, answer, count, sent)
 
     def _outcome(self, response: Any, answer: bytes, count: int, sent: Mapping[str, str]) -> Union[bool, UploadResult]:
