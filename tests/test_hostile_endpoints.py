@@ -2,6 +2,7 @@
 that cannot leak in any echoed form, answers read within a bound, a deadline for the whole
 request, and answers that cannot break the failure classification."""
 
+import html
 import json
 import logging
 import os
@@ -138,6 +139,38 @@ def test_echoes_of_the_key_in_any_form_are_scrubbed(
         assert "\x1b" not in text and "\x07" not in text, text
 
 
+HTML_SECRET = "pyv&live<SE>CR\"ET'9f8e"
+
+
+@once
+@pytest.mark.parametrize("form", ["html", "html twice", "html without quotes"])
+@pytest.mark.parametrize("status", [200, 422])
+def test_html_entity_echoes_of_the_key_are_scrubbed(
+    db_path: str, scripted: Callable[[Answer], ScriptedServer], caplog: pytest.LogCaptureFixture, form: str, status: int
+) -> None:
+    """A server that shows the request as HTML: ``&amp;``, ``&lt;``, ``&gt;``, ``&quot;``."""
+    echo = {
+        "html": html.escape(HTML_SECRET),
+        "html twice": html.escape(html.escape(HTML_SECRET)),
+        "html without quotes": html.escape(HTML_SECRET, quote=False),
+    }[form]
+    echo = f"<p>your key {echo} is not valid here</p>"
+    if status == 200:
+        body = json.dumps({"rejected": [0], "error": echo}).encode()
+    else:
+        body = ("bad request; " + echo).encode()
+    server = scripted(lambda handler: reply(handler, status, body))
+    uploader = HTTPCloudUploader(server.url, HTML_SECRET, timeout=5, auth_header="X-API-Key")
+    with CloudSyncQueue(db_path, max_attempts=1) as queue, caplog.at_level(logging.DEBUG):
+        queue.enqueue({"a": 1})
+        assert queue.maybe_flush(uploader) == 0
+        letters = queue.dead_letters()
+        shown = [repr(queue.get_stats()), repr(letters)] + [record.getMessage() for record in caplog.records]
+    assert len(letters) == 1 and letters[0].last_error and "is not valid here" in letters[0].last_error
+    for text in shown + [letters[0].last_error]:
+        assert "live" not in text and "9f8e" not in text and "SE&" not in text and "SE&gt;" not in text, text
+
+
 @once
 def test_credentials_in_the_query_string_are_hidden(scripted: Callable[[Answer], ScriptedServer]) -> None:
     token = "sig-0123456789abcdef"
@@ -152,6 +185,21 @@ def test_credentials_in_the_query_string_are_hidden(scripted: Callable[[Answer],
         uploader.post_batch([{"a": 1}])
     assert excinfo.value.status == 500 and "no route for /v1" in str(excinfo.value)
     assert token not in str(excinfo.value) and urllib.parse.quote(token) not in str(excinfo.value)
+
+
+@once
+def test_urllib3_debug_log_hides_a_query_string_credential(
+    scripted: Callable[[Answer], ScriptedServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "sig-0123456789abcdef"
+    server = scripted(lambda handler: reply(handler, 200, b"{}"))
+    uploader = HTTPCloudUploader(f"{server.url}?code={token}&v=2", "the-key", timeout=5)
+    with caplog.at_level(logging.DEBUG):
+        assert uploader.post_batch([{"a": 1}]) is True
+    uploader.close()
+    lines = [record.getMessage() for record in caplog.records if record.name.startswith("urllib3")]
+    assert any("POST /v1?code=***" in line for line in lines), lines
+    assert all(token not in line for line in lines), lines
 
 
 # -- settings refused when the uploader is made -------------------------------------------

@@ -8,11 +8,14 @@ than a set bound of decoded text (``MAX_ANSWER_BYTES`` for an error, ``MAX_ACCEP
 for a 2xx answer, which may name rejected items), whatever the server sends or claims.
 """
 
+import logging
 import socket
 import threading
 import time
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
+
+from ._redact import redact_target
 
 # More than enough for an error text: only its first 200 characters are ever shown.
 MAX_ANSWER_BYTES = 64 * 1024
@@ -24,6 +27,32 @@ MAX_ACCEPTED_ANSWER_BYTES = 8 * 1024 * 1024
 _READ_CHUNK = 16 * 1024
 
 _current = threading.local()
+# urllib3's loggers that may show a request's URL: its DEBUG line of each request
+# (``"POST /v1/ingest?code=... HTTP/1.1" 200``), redirects and retries.
+_URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry")
+
+
+class QueryValuesHidden(logging.Filter):
+    """Hides the query values of every URL argument of a log record: an endpoint's query
+    string often carries a credential (``?code=``, ``?sig=``) that urllib3 logs as is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's string arguments that hold a query string; never drop it."""
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(arg, str) and "?" in arg for arg in args):
+            record.args = tuple(redact_target(arg) if isinstance(arg, str) else arg for arg in args)
+        return True
+
+
+_QUERY_FILTER = QueryValuesHidden()
+
+
+def hide_query_values_in_urllib3_logs() -> None:
+    """Install ``QueryValuesHidden`` on urllib3's loggers (once per process)."""
+    for name in _URLLIB3_LOGGERS:
+        log = logging.getLogger(name)
+        if _QUERY_FILTER not in log.filters:
+            log.addFilter(_QUERY_FILTER)
 
 
 class Deadline:

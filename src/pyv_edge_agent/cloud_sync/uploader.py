@@ -160,6 +160,7 @@ class HTTPCloudUploader:
             self._certificate.load_into(self._ssl_context)
         elif client_key is not None or key_password is not None:
             raise ValueError("client_key and key_password need client_cert (the certificate of that key)")
+        _http.hide_query_values_in_urllib3_logs()
         self._routes = _proxy.ProxyRoutes.configure(proxy_url, trust_env)
         self._proxy = self._routes.proxy_for(parts.scheme, parts.hostname)
         self._api_key = None if api_key is None else Secret(api_key)
