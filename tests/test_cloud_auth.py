@@ -146,6 +146,27 @@ def test_an_encrypted_key_loads_with_its_password(
     uploader.close()
 
 
+NOT_UTF8_PASSWORD = b"\xffk3y\xfe-pa55\x80"
+
+
+def test_a_key_password_in_bytes_that_are_not_utf8_loads(
+    mtls_server: IngestServer, ca: Any, ca_file: str, tmp_path: Any
+) -> None:
+    cert, key, _ = write_client_cert(ca, os.fspath(tmp_path))
+    replace_file(key, _encrypted_key(key, NOT_UTF8_PASSWORD))
+    options = dict(ca_certs=ca_file, client_cert=cert, client_key=key)
+    uploader = HTTPCloudUploader(mtls_server.url, key_password=NOT_UTF8_PASSWORD, **options)
+    assert uploader.post_batch([{"i": 1}]) is True
+    assert "k3y" not in repr(uploader) and "pa55" not in repr(uploader)
+    uploader.close()
+    with pytest.raises(ValueError, match="key_password") as wrong:
+        HTTPCloudUploader(mtls_server.url, key_password=b"\xffwr0ng\xfe", **options)
+    with pytest.raises(ValueError, match="key_password") as surrogate:
+        HTTPCloudUploader(mtls_server.url, key_password="k3y\udcff-pa55", **options)
+    for excinfo in (wrong, surrogate):
+        assert "wr0ng" not in str(excinfo.value) and "pa55" not in str(excinfo.value)
+
+
 def _construction_error(**kwargs: Any) -> str:
     kwargs.setdefault("endpoint", "https://127.0.0.1:9/v1/ingest")
     with pytest.raises((ValueError, TypeError)) as info:
@@ -342,6 +363,37 @@ def test_no_proxy_matches_like_curl() -> None:
     cgi = ProxyRoutes.configure(None, True, {"HTTP_PROXY": "http://evil:8080", "REQUEST_METHOD": "GET"})
     assert cgi.proxy_for("http", "cloud.example") is None
     assert ProxyRoutes.configure(None, False, {"HTTPS_PROXY": "proxy:3128"}).proxy_for("https", "x") is None
+
+
+def test_no_proxy_entries_with_a_port_match_that_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = NoProxy.parse("internal.example:8443, .corp.example:443, 10.1.2.3:8080, [::1]:9000, plain.example")
+    assert rules.bypasses("internal.example", 8443) and not rules.bypasses("internal.example", 443)
+    assert rules.bypasses("a.corp.example", 443) and not rules.bypasses("a.corp.example", 8443)
+    assert rules.bypasses("10.1.2.3", 8080) and not rules.bypasses("10.1.2.3", 80)
+    assert rules.bypasses("::1", 9000) and not rules.bypasses("::1", 9001)
+    assert rules.bypasses("plain.example", 1234) and rules.bypasses("plain.example")
+    monkeypatch.setenv("NO_PROXY", "ingest.example:8443")
+    proxy = "http://127.0.0.1:3128"
+    assert HTTPCloudUploader("https://ingest.example:8443/v1", API_KEY, proxy_url=proxy).proxy is None
+    assert HTTPCloudUploader("https://ingest.example/v1", API_KEY, proxy_url=proxy).proxy == proxy
+    monkeypatch.setenv("NO_PROXY", "ingest.example:443")
+    assert HTTPCloudUploader("https://ingest.example/v1", API_KEY, proxy_url=proxy).proxy is None
+
+
+@pytest.mark.parametrize("password", ["12/34", "12?34", "12#34", "98/76/54", "/1234", "5678/"])
+def test_a_proxy_password_with_an_unencoded_character_is_never_shown(
+    password: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"http://gateway:{password}@127.0.0.1:3128"
+    with pytest.raises(ValueError, match="proxy_url") as given:
+        HTTPCloudUploader("https://ingest.example/v1", API_KEY, proxy_url=url)
+    monkeypatch.setenv("HTTPS_PROXY", url)
+    with pytest.raises(ValueError, match="HTTPS_PROXY") as from_env:
+        HTTPCloudUploader("https://ingest.example/v1", API_KEY)
+    for excinfo in (given, from_env):
+        text = str(excinfo.value)
+        assert all(part not in text for part in password.replace("?", "/").replace("#", "/").split("/") if part), text
+        assert "percent-encode" in text or "malformed" in text, text
 
 
 def test_https_through_tinyproxy_shows_the_tunnel_and_no_secret(

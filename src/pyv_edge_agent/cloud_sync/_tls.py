@@ -56,6 +56,22 @@ def _check_file(value: Any, name: str) -> str:
     return path
 
 
+def _password_bytes(password: Any) -> bytes:
+    """The password as OpenSSL takes it: bytes as given, a str in UTF-8. Errors name the
+    argument, never the password."""
+    if isinstance(password, bytes):
+        return password
+    if not isinstance(password, str):
+        raise TypeError(f"key_password must be a str or bytes, got {type(password).__name__}")
+    try:
+        return password.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"key_password is a str that cannot be encoded as UTF-8 (a lone surrogate at position {exc.start}); "
+            "give the password as bytes"
+        ) from None
+
+
 class ClientCertificate:
     """A client certificate and its private key, loaded into an ``ssl.SSLContext``.
 
@@ -67,11 +83,15 @@ class ClientCertificate:
     def __init__(self, cert: Any, key: Any, password: Any) -> None:
         self._cert = _check_file(cert, "client_cert")
         self._key = None if key is None else _check_file(key, "client_key")
-        if password is not None and not isinstance(password, (str, bytes)):
-            raise TypeError(f"key_password must be a str or bytes, got {type(password).__name__}")
-        if isinstance(password, bytes):
-            password = password.decode("utf-8", "surrogateescape")
-        self._password = None if password is None else Secret(password)
+        self._password_bytes = None if password is None else _password_bytes(password)
+        self._password = None
+        if self._password_bytes is not None:
+            # For scrubbing only: what a server or a repr may echo of it.
+            try:
+                shown = self._password_bytes.decode("utf-8")
+            except UnicodeDecodeError:
+                shown = self._password_bytes.decode("latin-1")  # a repr shows such bytes as \xff
+            self._password = Secret(shown)
         self._lock = threading.Lock()
         self._signature = self._stat()
         self._warned = False
@@ -114,9 +134,9 @@ class ClientCertificate:
         if encrypted and self._password is None:
             # Without a password OpenSSL would prompt for one on the terminal.
             raise ValueError(f"{key_name} is encrypted: give key_password")
-        password = None if self._password is None else self._password.reveal()
         try:
-            context.load_cert_chain(self._cert, self._key, password)
+            # Bytes: OpenSSL takes the password as it is, whatever its encoding.
+            context.load_cert_chain(self._cert, self._key, self._password_bytes)
         except ssl.SSLError as exc:
             raise ValueError(self._explain(exc, encrypted)) from None
         except OSError as exc:

@@ -80,7 +80,8 @@ class HTTPCloudUploader:
     :param client_cert: a PEM file of the client certificate for mutual TLS (AWS IoT Core);
         read again whenever it (or ``client_key``) changes on disk.
     :param client_key: the PEM file of its private key, if not in ``client_cert``.
-    :param key_password: the password of an encrypted ``client_key``; never shown.
+    :param key_password: the password of an encrypted ``client_key`` (a str, sent in UTF-8, or
+        bytes as they are); never shown.
     :param credentials: an object supplying the auth headers of each request and told when
         they are refused, such as ``TokenFileCredentials`` or ``OAuth2ClientCredentials``.
         Exactly one of ``api_key`` and ``credentials``, or neither with ``client_cert``.
@@ -102,7 +103,7 @@ class HTTPCloudUploader:
         allow_insecure_http: bool = False,
         client_cert: "Optional[str | os.PathLike[str]]" = None,
         client_key: "Optional[str | os.PathLike[str]]" = None,
-        key_password: Optional[str] = None,
+        key_password: Optional[Union[str, bytes]] = None,
         credentials: Any = None,
         proxy_url: Optional[str] = None,
         trust_env: bool = True,
@@ -162,7 +163,7 @@ class HTTPCloudUploader:
             raise ValueError("client_key and key_password need client_cert (the certificate of that key)")
         _http.hide_query_values_in_urllib3_logs()
         self._routes = _proxy.ProxyRoutes.configure(proxy_url, trust_env)
-        self._proxy = self._routes.proxy_for(parts.scheme, parts.hostname)
+        self._proxy = self._routes.proxy_for(parts.scheme, parts.hostname, parts.port)
         self._api_key = None if api_key is None else Secret(api_key)
         self._credentials = credentials
         # Scrubbed wherever they might surface; held as Secrets, so that not even vars() shows them.
@@ -308,7 +309,7 @@ class HTTPCloudUploader:
         """POST for a credentials object (a token request): this uploader's pools, proxy,
         TLS settings and deadline; failures come back as scrubbed ``UploadError``."""
         parts = urlsplit(url)
-        proxy = self._routes.proxy_for(parts.scheme, parts.hostname or "")
+        proxy = self._routes.proxy_for(parts.scheme, parts.hostname or "", parts.port)
         urllib3 = _urllib3()
         try:
             left = _http.remaining(self._timeout)
