@@ -341,6 +341,34 @@ def test_a_token_endpoint_that_is_down_is_a_transient_failure(db_path: str) -> N
         uploader.close()
 
 
+@pytest.mark.parametrize("malformed", ["tok\r\nX-Injected: 1", "tok with spaces", "tok\u00e9"])
+def test_a_malformed_renewed_token_keeps_the_current_one_until_it_expires(
+    db_path: str, caplog: pytest.LogCaptureFixture, malformed: str
+) -> None:
+    """Tokens of 5 s are renewed at 4 s; every renewal is malformed. Between 4 s and 5 s
+    the current token goes on being used (one warning); after 5 s the upload fails as a
+    failed token request, naming the access_token but not quoting it."""
+    tokens = TokenServer("gateway-7", CLIENT_SECRET, lifetime=5.0)
+    credentials = OAuth2ClientCredentials(tokens.url, "gateway-7", CLIENT_SECRET)
+    with IngestServer(authorize=tokens.accepts) as server, caplog.at_level(logging.WARNING):
+        uploader = HTTPCloudUploader(server.url, credentials=credentials, timeout=5.0)
+        start = time.monotonic()
+        assert uploader.post_batch([{"i": 0}]) is True
+        tokens.malformed = malformed
+        time.sleep(max(0.0, start + 4.1 - time.monotonic()))
+        assert uploader.post_batch([{"i": 1}]) is True and uploader.post_batch([{"i": 2}]) is True
+        assert tokens.issued >= 3  # each renewal was tried, and failed
+        warnings = [record.getMessage() for record in caplog.records if "renew" in record.getMessage()]
+        assert len(warnings) == 1 and "access_token" in warnings[0], warnings
+        time.sleep(max(0.0, start + 5.2 - time.monotonic()))
+        with pytest.raises(UploadError, match="access_token") as excinfo:
+            uploader.post_batch([{"i": 3}])
+        uploader.close()
+    tokens.close()
+    assert "tok" not in str(excinfo.value).replace("token", "") and "tok" not in caplog.text.replace("token", "")
+    assert [item["i"] for item in server.items] == [0, 1, 2]
+
+
 # -- proxies ----------------------------------------------------------------------------------
 
 
