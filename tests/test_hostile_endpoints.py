@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, List
 
 import pytest
+import slowdns
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, SyncWorker, UploadError, UploadResult
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
@@ -371,6 +372,21 @@ def test_timeout_is_a_deadline_for_the_whole_request(scripted: Callable[[Answer]
     with pytest.raises(UploadError, match="within timeout"):
         uploader.post_batch([{"a": 1}])
     assert cut_off.wait(30) and not finished.is_set()
+
+
+@once
+def test_timeout_bounds_name_resolution_too() -> None:
+    """A DNS server that answers a name after 20 s (in namespaces of their own): under
+    timeout=1 the post fails at its deadline, before that answer comes (it used to wait
+    for the answer, then fail); a name answered in 0.5 s is resolved and posted to."""
+    why = slowdns.unshare_error()
+    if why is not None:
+        pytest.skip(why)
+    late, quick, counts = slowdns.run([("slow.ingest.test", 1.0), ("fast.ingest.test", 15.0)])
+    assert late["accepted"] is False and "within timeout=1 s" in late["error"], late
+    assert late["resolved_first"] is False, "the post waited for the name to resolve, past its deadline"
+    assert quick["accepted"] is True and quick["resolved_first"] is True, quick
+    assert counts == {"stored": 1}
 
 
 @once

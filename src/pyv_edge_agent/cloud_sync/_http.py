@@ -8,6 +8,7 @@ than a set bound of decoded text (``MAX_ANSWER_BYTES`` for an error, ``MAX_ACCEP
 for a 2xx answer, which may name rejected items), whatever the server sends or claims.
 """
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -70,6 +71,10 @@ class Deadline:
         """Seconds left, never below a millisecond (urllib3 refuses a zero timeout)."""
         return max(0.001, self._expires - time.monotonic())
 
+    def passed(self) -> bool:
+        """Whether the time is up (the sockets may not have been shut down yet)."""
+        return self.expired or time.monotonic() >= self._expires
+
     def __enter__(self) -> "Deadline":
         _current.deadline = self
         self._timer.start()
@@ -123,15 +128,82 @@ def _shut_down(connection: Any) -> None:
             pass
 
 
+def _resolve(host: str, port: int, deadline: Deadline) -> List[str]:
+    """The addresses of ``host``, looked up in a thread of its own so that the wait ends
+    with the deadline: a resolver that does not answer holds the lookup (its own timeouts,
+    5 s times the attempts, or more), never the request."""
+    from urllib3.util.connection import allowed_gai_family
+
+    found: Dict[str, Any] = {}
+    done = threading.Event()
+
+    def look_up() -> None:
+        try:
+            found["infos"] = socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+        except OSError as exc:
+            found["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=look_up, name="resolve", daemon=True).start()
+    if not done.wait(deadline.remaining()):
+        raise socket.timeout(f"resolving {host} took longer than the request's timeout")
+    if "error" in found:
+        raise found["error"]
+    addresses: List[str] = []
+    for info in found["infos"]:
+        address = str(info[4][0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _watched(base: type) -> type:
     """A subclass of the urllib3 connection class ``base`` that puts itself under the
-    calling thread's ``Deadline`` whenever it connects or sends a request."""
+    calling thread's ``Deadline`` whenever it resolves a name, connects or sends a request."""
 
     class Watched(base):  # type: ignore[misc]
+        _dns_host: str  # urllib3's (1.26 and 2.x): the name or address it connects to
+
         def connect(self) -> None:
             _attach(self)  # a TLS handshake can trickle too
             super().connect()
             _attach(self)  # the deadline may have passed while connecting
+
+        def _new_conn(self) -> Any:
+            # urllib3 resolves the name in the calling thread, unbounded by any timeout:
+            # resolved here within the deadline, then each address is tried in turn as
+            # urllib3 would (the name itself stays for TLS: only the connect uses it).
+            deadline: Optional[Deadline] = getattr(_current, "deadline", None)
+            host = self._dns_host
+            if deadline is None or _is_address(host):
+                return super()._new_conn()
+            from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+            try:
+                addresses = _resolve(host, self.port, deadline)
+            except socket.timeout as exc:
+                raise ConnectTimeoutError(self, str(exc)) from None
+            except OSError as exc:
+                raise NewConnectionError(self, f"Failed to resolve {host!r} ({exc})") from None
+            failure: Optional[Exception] = None
+            for address in addresses:
+                self._dns_host = address
+                try:
+                    return super()._new_conn()
+                except NewConnectionError as exc:
+                    failure = exc
+                finally:
+                    self._dns_host = host
+            raise failure or NewConnectionError(self, f"{host!r} resolved to no address")
 
         def request(self, *args: Any, **kwargs: Any) -> Any:
             _attach(self)

@@ -285,7 +285,7 @@ class HTTPCloudUploader:
     def _failure(self, exc: Exception, sent: Mapping[str, str], deadline: "_http.Deadline") -> UploadError:
         """An ``UploadError`` for whatever failed below (http.client, ssl, urllib3): its text
         may quote a header, so it is scrubbed, and the original is not chained."""
-        if deadline.expired:
+        if deadline.passed():
             return UploadError(f"ingest endpoint {self.endpoint} did not answer within timeout={self._timeout:g} s")
         reason = scrub(f"{type(exc).__name__}: {exc}", self._secrets(sent))
         refusal = _PROXY_REFUSAL.search(_http.error_chain_text(exc)) if self._proxy is not None else None
