@@ -67,6 +67,7 @@ class _Watchdog:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._deadlines: Dict[socket.socket, float] = {}
+        self._cut: Set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest-server-watchdog", daemon=True)
@@ -84,9 +85,15 @@ class _Watchdog:
             self._deadlines[sock] = time.monotonic() + self.seconds
 
     def release(self, sock: socket.socket) -> None:
-        """The request on ``sock`` has arrived whole: its answer is not timed."""
+        """The request on ``sock`` has arrived whole (or its connection ended): not timed now."""
         with self._lock:
             self._deadlines.pop(sock, None)
+            self._cut.discard(sock)
+
+    def was_cut(self, sock: socket.socket) -> bool:
+        """Whether ``sock`` was shut down at its deadline: what was read of it is not a request."""
+        with self._lock:
+            return sock in self._cut
 
     def _run(self) -> None:
         tick = min(0.25, self.seconds / 4)
@@ -96,6 +103,7 @@ class _Watchdog:
                 late = [sock for sock, deadline in self._deadlines.items() if deadline <= now]
                 for sock in late:
                     del self._deadlines[sock]
+                self._cut.update(late)
             for sock in late:
                 try:
                     # The plain call, also for TLS: it wakes the handler's blocked read.
@@ -467,7 +475,9 @@ class IngestServer:
             def _check_door(self, method: str) -> bool:
                 """Answer a wrong path, a wrong method or a missing credential from the
                 request line and headers alone; True when the request may go on."""
-                if urlsplit(self.path).path != server._path:
+                if watchdog.was_cut(self.connection):  # what came before the cut is no request
+                    self.close_connection = True
+                elif urlsplit(self.path).path != server._path:
                     self._refuse(404, b'{"error": "no such path"}')
                 elif method != "POST":
                     self._refuse(405, b'{"error": "method not allowed"}', Allow="POST")
@@ -498,7 +508,7 @@ class IngestServer:
                 body = b""
                 if fault != "reset":
                     body = self.rfile.read(int(length))
-                    if len(body) < int(length):  # cut off at its deadline, or the client went away
+                    if len(body) < int(length) or watchdog.was_cut(self.connection):  # gone, or cut off
                         server._abandon(headers)
                         self.close_connection = True
                         return None
