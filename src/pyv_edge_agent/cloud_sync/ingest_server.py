@@ -55,8 +55,6 @@ MAX_REQUEST_BYTES = 64 * 1024 * 1024
 DEFAULT_PATH = "/v1/ingest"
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_MAX_CONNECTIONS = 64
-# Methods answered 405 on the ingest path (anything else gets http.server's 501).
-_OTHER_METHODS = ("GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS")
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -73,9 +71,11 @@ class _Watchdog:
         self._thread = threading.Thread(target=self._run, name="ingest-server-watchdog", daemon=True)
 
     def start(self) -> None:
+        """Start watching."""
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop watching (the sockets it watched are left as they are)."""
         self._stop.set()
         self._thread.join()
 
@@ -490,6 +490,7 @@ class IngestServer:
             def _not_allowed(self) -> None:
                 self._check_door(self.command)
 
+            # 405 on the ingest path, 404 elsewhere; other methods get http.server's 501.
             do_GET = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
 
             def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
