@@ -70,6 +70,8 @@ class TokenServer:
         self._lock = threading.Lock()
         self.issued = 0
         self.refused = 0
+        # When set, issued instead of a new token (and never accepted): a broken renewal.
+        self.malformed: Optional[str] = None
         self.forms: List[Dict[str, List[str]]] = []
         owner = self
 
@@ -102,9 +104,11 @@ class TokenServer:
             if authorization != expected or form.get("grant_type") != ["client_credentials"]:
                 self.refused += 1
                 return 401, b'{"error": "invalid_client"}'
+            self.issued += 1
+            if self.malformed is not None:
+                return 200, orjson.dumps({"access_token": self.malformed, "expires_in": self.lifetime})
             token = secrets.token_urlsafe(24)
             self._valid[token] = time.monotonic() + self.valid_for
-            self.issued += 1
         return 200, orjson.dumps({"access_token": token, "token_type": "Bearer", "expires_in": self.lifetime})
 
     def current(self, token: str) -> bool:

@@ -123,6 +123,32 @@ def test_flush_with_key_from_environment_and_file(backend: str, filled: str, tmp
         assert KEY not in done.stdout + done.stderr
 
 
+def test_flush_takes_the_endpoint_from_a_file_or_the_environment(backend: str, filled: str, tmp_path: Any) -> None:
+    """An endpoint with a credential in its query string stays out of the command line (and /proc)."""
+    secret = "query-secret-0123"
+    with IngestServer(api_key=KEY) as server:
+        url = f"{server.url}?code={secret}"
+        nowhere = run(backend, "flush", filled, CLOUD_SYNC_API_KEY=KEY)
+        assert nowhere.returncode == 2
+        assert "--endpoint-file" in nowhere.stderr and "CLOUD_SYNC_ENDPOINT" in nowhere.stderr
+        endpoint_file = os.path.join(tmp_path, "endpoint")
+        with open(endpoint_file, "w") as handle:
+            handle.write(url + "\n")
+        from_file = run(backend, "flush", filled, "--endpoint-file", endpoint_file, "--json", CLOUD_SYNC_API_KEY=KEY)
+        assert from_file.returncode == 0, from_file.stderr
+        assert orjson.loads(from_file.stdout)["flushed"] == 29
+        with CloudSyncQueue(filled) as queue:
+            queue.enqueue({"late": True})
+        from_env = run(backend, "flush", filled, CLOUD_SYNC_API_KEY=KEY, CLOUD_SYNC_ENDPOINT=url)
+        assert from_env.returncode == 0 and "flushed 1 of 1" in from_env.stdout, from_env.stderr
+        both = run(backend, "flush", filled, "--endpoint", url, "--endpoint-file", endpoint_file)
+        assert both.returncode == 2 and "not allowed with" in both.stderr
+    shown = [nowhere, from_file, from_env, both]
+    assert all(secret not in done.stdout + done.stderr for done in shown)
+    helptext = run(backend, "flush", "--help").stdout
+    assert "--endpoint-file" in helptext and "CLOUD_SYNC_ENDPOINT" in helptext
+
+
 def test_flush_that_fails_exits_1_and_keeps_items(backend: str, filled: str) -> None:
     with IngestServer(api_key=KEY) as server:
         server.set_outage(503)

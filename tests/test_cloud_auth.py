@@ -146,6 +146,27 @@ def test_an_encrypted_key_loads_with_its_password(
     uploader.close()
 
 
+NOT_UTF8_PASSWORD = b"\xffk3y\xfe-pa55\x80"
+
+
+def test_a_key_password_in_bytes_that_are_not_utf8_loads(
+    mtls_server: IngestServer, ca: Any, ca_file: str, tmp_path: Any
+) -> None:
+    cert, key, _ = write_client_cert(ca, os.fspath(tmp_path))
+    replace_file(key, _encrypted_key(key, NOT_UTF8_PASSWORD))
+    options = dict(ca_certs=ca_file, client_cert=cert, client_key=key)
+    uploader = HTTPCloudUploader(mtls_server.url, key_password=NOT_UTF8_PASSWORD, **options)
+    assert uploader.post_batch([{"i": 1}]) is True
+    assert "k3y" not in repr(uploader) and "pa55" not in repr(uploader)
+    uploader.close()
+    with pytest.raises(ValueError, match="key_password") as wrong:
+        HTTPCloudUploader(mtls_server.url, key_password=b"\xffwr0ng\xfe", **options)
+    with pytest.raises(ValueError, match="key_password") as surrogate:
+        HTTPCloudUploader(mtls_server.url, key_password="k3y\udcff-pa55", **options)
+    for excinfo in (wrong, surrogate):
+        assert "wr0ng" not in str(excinfo.value) and "pa55" not in str(excinfo.value)
+
+
 def _construction_error(**kwargs: Any) -> str:
     kwargs.setdefault("endpoint", "https://127.0.0.1:9/v1/ingest")
     with pytest.raises((ValueError, TypeError)) as info:
@@ -174,8 +195,10 @@ def test_bad_tls_and_auth_settings_are_refused_at_construction_naming_the_argume
     wrong = _construction_error(api_key=API_KEY, client_cert=cert, client_key=locked, key_password="wrong-horse")
     assert "key_password" in wrong and "wrong-horse" not in wrong
     assert "give key_password" in _construction_error(api_key=API_KEY, client_cert=cert, client_key=locked)
+    # Bytes go to OpenSSL as they are (test_a_key_password_in_bytes_that_are_not_utf8_loads):
+    # a wrong one is only wrong, and never shown.
     not_utf8 = _construction_error(api_key=API_KEY, client_cert=cert, client_key=locked, key_password=b"\xffh0rse")
-    assert not_utf8.startswith("key_password must be text") and "h0rse" not in not_utf8
+    assert "key_password" in not_utf8 and "h0rse" not in not_utf8
     assert "client_cert" in _construction_error(api_key=API_KEY, client_key=key)
 
     token_path = os.path.join(directory, "token")
@@ -322,6 +345,34 @@ def test_a_token_endpoint_that_is_down_is_a_transient_failure(db_path: str) -> N
         uploader.close()
 
 
+@pytest.mark.parametrize("malformed", ["tok\r\nX-Injected: 1", "tok with spaces", "tok\u00e9"])
+def test_a_malformed_renewed_token_keeps_the_current_one_until_it_expires(
+    db_path: str, caplog: pytest.LogCaptureFixture, malformed: str
+) -> None:
+    """Tokens of 5 s are renewed at 4 s; every renewal is malformed. Between 4 s and 5 s
+    the current token goes on being used (one warning); after 5 s the upload fails as a
+    failed token request, naming the access_token but not quoting it."""
+    tokens = TokenServer("gateway-7", CLIENT_SECRET, lifetime=5.0)
+    credentials = OAuth2ClientCredentials(tokens.url, "gateway-7", CLIENT_SECRET)
+    with IngestServer(authorize=tokens.accepts) as server, caplog.at_level(logging.WARNING):
+        uploader = HTTPCloudUploader(server.url, credentials=credentials, timeout=5.0)
+        start = time.monotonic()
+        assert uploader.post_batch([{"i": 0}]) is True
+        tokens.malformed = malformed
+        time.sleep(max(0.0, start + 4.1 - time.monotonic()))
+        assert uploader.post_batch([{"i": 1}]) is True and uploader.post_batch([{"i": 2}]) is True
+        assert tokens.issued >= 3  # each renewal was tried, and failed
+        warnings = [record.getMessage() for record in caplog.records if "renew" in record.getMessage()]
+        assert len(warnings) == 1 and "access_token" in warnings[0], warnings
+        time.sleep(max(0.0, start + 5.2 - time.monotonic()))
+        with pytest.raises(UploadError, match="access_token") as excinfo:
+            uploader.post_batch([{"i": 3}])
+        uploader.close()
+    tokens.close()
+    assert "tok" not in str(excinfo.value).replace("token", "") and "tok" not in caplog.text.replace("token", "")
+    assert [item["i"] for item in server.items] == [0, 1, 2]
+
+
 # -- proxies ----------------------------------------------------------------------------------
 
 
@@ -344,6 +395,37 @@ def test_no_proxy_matches_like_curl() -> None:
     cgi = ProxyRoutes.configure(None, True, {"HTTP_PROXY": "http://evil:8080", "REQUEST_METHOD": "GET"})
     assert cgi.proxy_for("http", "cloud.example") is None
     assert ProxyRoutes.configure(None, False, {"HTTPS_PROXY": "proxy:3128"}).proxy_for("https", "x") is None
+
+
+def test_no_proxy_entries_with_a_port_match_that_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = NoProxy.parse("internal.example:8443, .corp.example:443, 10.1.2.3:8080, [::1]:9000, plain.example")
+    assert rules.bypasses("internal.example", 8443) and not rules.bypasses("internal.example", 443)
+    assert rules.bypasses("a.corp.example", 443) and not rules.bypasses("a.corp.example", 8443)
+    assert rules.bypasses("10.1.2.3", 8080) and not rules.bypasses("10.1.2.3", 80)
+    assert rules.bypasses("::1", 9000) and not rules.bypasses("::1", 9001)
+    assert rules.bypasses("plain.example", 1234) and rules.bypasses("plain.example")
+    monkeypatch.setenv("NO_PROXY", "ingest.example:8443")
+    proxy = "http://127.0.0.1:3128"
+    assert HTTPCloudUploader("https://ingest.example:8443/v1", API_KEY, proxy_url=proxy).proxy is None
+    assert HTTPCloudUploader("https://ingest.example/v1", API_KEY, proxy_url=proxy).proxy == proxy
+    monkeypatch.setenv("NO_PROXY", "ingest.example:443")
+    assert HTTPCloudUploader("https://ingest.example/v1", API_KEY, proxy_url=proxy).proxy is None
+
+
+@pytest.mark.parametrize("password", ["12/34", "12?34", "12#34", "98/76/54", "/1234", "5678/"])
+def test_a_proxy_password_with_an_unencoded_character_is_never_shown(
+    password: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"http://gateway:{password}@127.0.0.1:3128"
+    with pytest.raises(ValueError, match="proxy_url") as given:
+        HTTPCloudUploader("https://ingest.example/v1", API_KEY, proxy_url=url)
+    monkeypatch.setenv("HTTPS_PROXY", url)
+    with pytest.raises(ValueError, match="HTTPS_PROXY") as from_env:
+        HTTPCloudUploader("https://ingest.example/v1", API_KEY)
+    for excinfo in (given, from_env):
+        text = str(excinfo.value)
+        assert all(part not in text for part in password.replace("?", "/").replace("#", "/").split("/") if part), text
+        assert "percent-encode" in text or "malformed" in text, text
 
 
 def test_https_through_tinyproxy_shows_the_tunnel_and_no_secret(

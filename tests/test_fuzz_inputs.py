@@ -246,7 +246,7 @@ def test_fuzzed_content_length_at_the_ingest_server() -> None:
             declared = int(length) if length.isascii() and length.isdigit() else None
             body = b"[]" + b" " * (declared - 2) if declared is not None and declared <= 4096 else b"[]"
             with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-                head = f"POST /v1 HTTP/1.1\r\nAuthorization: Bearer fuzz-key\r\nContent-Length: {length}\r\n\r\n"
+                head = f"POST /v1/ingest HTTP/1.1\r\nAuthorization: Bearer fuzz-key\r\nContent-Length: {length}\r\n\r\n"
                 sock.sendall(head.encode("utf-8") + body[: declared if declared is not None else 2])
                 status = int(sock.recv(4096).split(b" ")[1])
             if declared is None:

@@ -2,6 +2,7 @@
 that cannot leak in any echoed form, answers read within a bound, a deadline for the whole
 request, and answers that cannot break the failure classification."""
 
+import html
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, List
 
 import pytest
+import slowdns
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, SyncWorker, UploadError, UploadResult
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
@@ -32,7 +34,8 @@ once = pytest.mark.parametrize("backend", ["python"], indirect=True)
 
 
 class ScriptedServer:
-    """A loopback HTTP server whose every POST is answered by ``answer(handler)``."""
+    """A loopback HTTP server whose every POST is answered by ``answer(handler)``; the
+    request body, as sent, is ``handler.body``."""
 
     def __init__(self, answer: Answer) -> None:
         script = self
@@ -41,7 +44,7 @@ class ScriptedServer:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 script.answer(self)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -137,6 +140,38 @@ def test_echoes_of_the_key_in_any_form_are_scrubbed(
         assert "\x1b" not in text and "\x07" not in text, text
 
 
+HTML_SECRET = "pyv&live<SE>CR\"ET'9f8e"
+
+
+@once
+@pytest.mark.parametrize("form", ["html", "html twice", "html without quotes"])
+@pytest.mark.parametrize("status", [200, 422])
+def test_html_entity_echoes_of_the_key_are_scrubbed(
+    db_path: str, scripted: Callable[[Answer], ScriptedServer], caplog: pytest.LogCaptureFixture, form: str, status: int
+) -> None:
+    """A server that shows the request as HTML: ``&amp;``, ``&lt;``, ``&gt;``, ``&quot;``."""
+    echo = {
+        "html": html.escape(HTML_SECRET),
+        "html twice": html.escape(html.escape(HTML_SECRET)),
+        "html without quotes": html.escape(HTML_SECRET, quote=False),
+    }[form]
+    echo = f"<p>your key {echo} is not valid here</p>"
+    if status == 200:
+        body = json.dumps({"rejected": [0], "error": echo}).encode()
+    else:
+        body = ("bad request; " + echo).encode()
+    server = scripted(lambda handler: reply(handler, status, body))
+    uploader = HTTPCloudUploader(server.url, HTML_SECRET, timeout=5, auth_header="X-API-Key")
+    with CloudSyncQueue(db_path, max_attempts=1) as queue, caplog.at_level(logging.DEBUG):
+        queue.enqueue({"a": 1})
+        assert queue.maybe_flush(uploader) == 0
+        letters = queue.dead_letters()
+        shown = [repr(queue.get_stats()), repr(letters)] + [record.getMessage() for record in caplog.records]
+    assert len(letters) == 1 and letters[0].last_error and "is not valid here" in letters[0].last_error
+    for text in shown + [letters[0].last_error]:
+        assert "live" not in text and "9f8e" not in text and "SE&" not in text and "SE&gt;" not in text, text
+
+
 @once
 def test_credentials_in_the_query_string_are_hidden(scripted: Callable[[Answer], ScriptedServer]) -> None:
     token = "sig-0123456789abcdef"
@@ -151,6 +186,21 @@ def test_credentials_in_the_query_string_are_hidden(scripted: Callable[[Answer],
         uploader.post_batch([{"a": 1}])
     assert excinfo.value.status == 500 and "no route for /v1" in str(excinfo.value)
     assert token not in str(excinfo.value) and urllib.parse.quote(token) not in str(excinfo.value)
+
+
+@once
+def test_urllib3_debug_log_hides_a_query_string_credential(
+    scripted: Callable[[Answer], ScriptedServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "sig-0123456789abcdef"
+    server = scripted(lambda handler: reply(handler, 200, b"{}"))
+    uploader = HTTPCloudUploader(f"{server.url}?code={token}&v=2", "the-key", timeout=5)
+    with caplog.at_level(logging.DEBUG):
+        assert uploader.post_batch([{"a": 1}]) is True
+    uploader.close()
+    lines = [record.getMessage() for record in caplog.records if record.name.startswith("urllib3")]
+    assert any("POST /v1?code=***" in line for line in lines), lines
+    assert all(token not in line for line in lines), lines
 
 
 # -- settings refused when the uploader is made -------------------------------------------
@@ -213,6 +263,87 @@ def test_a_redirect_names_its_redacted_target_and_keeps_the_data(
     assert "tok-0123456789" not in error and "\x1b" not in error
 
 
+# -- a long partial-success answer ----------------------------------------------------------
+
+
+@once
+def test_a_long_partial_success_answer_keeps_every_refused_item(
+    db_path: str, scripted: Callable[[Answer], ScriptedServer]
+) -> None:
+    """500 items, every odd one refused with a ~100-byte reason in a 2xx answer longer
+    than 64 KiB (it was cut, failed to parse, and all 500 were acked as delivered)."""
+    stored: List[int] = []
+    sizes: List[int] = []
+
+    def partial(handler: BaseHTTPRequestHandler) -> None:
+        body = handler.body  # type: ignore[attr-defined]
+        if handler.headers.get("Content-Encoding") == "gzip":
+            body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        items = json.loads(body)
+        refused = [index for index, item in enumerate(items) if item["n"] % 2]
+        stored.extend(item["n"] for item in items if not item["n"] % 2)
+        reason = "failed validation: odd values are not accepted here".ljust(90, ".")
+        details = [
+            {
+                "index": index,
+                "loc": ["body", index, "n"],
+                "input": items[index],
+                "type": "value_error",
+                "url": "https://errors.example/v1/errors/value_error#odd-values",
+                "reason": f"item {items[index]['n']} {reason}",
+            }
+            for index in refused
+        ]
+        answer = json.dumps({"accepted": len(items) - len(refused), "rejected": refused, "errors": details}).encode()
+        sizes.append(len(answer))
+        reply(handler, 200, answer, Content_Type="application/json")
+
+    server = scripted(partial)
+    uploader = HTTPCloudUploader(server.url, "the-key", timeout=20)
+    with CloudSyncQueue(db_path, max_batch_items=500, max_attempts=1) as queue:
+        queue.enqueue_many([{"n": n} for n in range(500)])
+        queue.maybe_flush(uploader)
+        pending = queue.pending_count()
+        dead = [letter.payload["n"] for letter in queue.dead_letters(1000)]
+        sent_total = queue.get_stats()["messages_sent_total"]
+    uploader.close()
+    assert sizes and sizes[0] > 64 * 1024
+    assert sorted(stored) == list(range(0, 500, 2))
+    assert sorted(dead) == list(range(1, 500, 2)) and pending == 0, "a refused item was acked as delivered"
+    assert sent_total == len(stored)
+
+
+@once
+@pytest.mark.parametrize("cut", ["gzip stream", "content-length"])
+def test_a_2xx_answer_cut_short_is_not_taken_as_accepting_everything(
+    db_path: str, scripted: Callable[[Answer], ScriptedServer], caplog: pytest.LogCaptureFixture, cut: str
+) -> None:
+    answer = json.dumps({"rejected": [1], "error": "item 1 is invalid"}).encode()
+
+    def cut_short(handler: BaseHTTPRequestHandler) -> None:
+        if cut == "gzip stream":  # whole as sent, but the compressed stream stops halfway
+            compressed = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            body = (compressed.compress(answer) + compressed.flush())[:-12]
+            reply(handler, 200, body, Content_Encoding="gzip", Connection="close")
+        else:  # fewer bytes than announced, then the connection closes
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(answer) + 100))
+            handler.send_header("Connection", "close")
+            handler.end_headers()
+            handler.wfile.write(answer)
+            handler.close_connection = True
+
+    server = scripted(cut_short)
+    with CloudSyncQueue(db_path) as queue, caplog.at_level(logging.WARNING):
+        queue.enqueue_many([{"n": 0}, {"n": 1}])
+        assert queue.maybe_flush(HTTPCloudUploader(server.url, "the-key", timeout=5)) == 0
+        assert queue.pending_count() == 2 and queue.get_stats()["messages_sent_total"] == 0
+        last_error = queue.get_stats()["last_error"]
+    # urllib3 2 itself refuses a body shorter than announced ("IncompleteRead"); 1.26 does not.
+    assert "could not be read to its end" in last_error or (cut == "content-length" and "IncompleteRead" in last_error)
+    assert "could not be read to its end" in caplog.text or cut == "content-length"
+
+
 # -- a deadline for the whole request --------------------------------------------------------
 
 
@@ -241,6 +372,21 @@ def test_timeout_is_a_deadline_for_the_whole_request(scripted: Callable[[Answer]
     with pytest.raises(UploadError, match="within timeout"):
         uploader.post_batch([{"a": 1}])
     assert cut_off.wait(30) and not finished.is_set()
+
+
+@once
+def test_timeout_bounds_name_resolution_too() -> None:
+    """A DNS server that answers a name after 20 s (in namespaces of their own): under
+    timeout=1 the post fails at its deadline, before that answer comes (it used to wait
+    for the answer, then fail); a name answered in 0.5 s is resolved and posted to."""
+    why = slowdns.unshare_error()
+    if why is not None:
+        pytest.skip(why)
+    late, quick, counts = slowdns.run([("slow.ingest.test", 1.0), ("fast.ingest.test", 15.0)])
+    assert late["accepted"] is False and "within timeout=1 s" in late["error"], late
+    assert late["resolved_first"] is False, "the post waited for the name to resolve, past its deadline"
+    assert quick["accepted"] is True and quick["resolved_first"] is True, quick
+    assert counts == {"stored": 1}
 
 
 @once

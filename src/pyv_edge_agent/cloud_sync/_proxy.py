@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from ._redact import Secret
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,15 @@ def parse_proxy(value: object, name: str) -> Proxy:
     text = value.strip()
     if "://" not in text:
         text = "http://" + text
+    rest = text.partition("://")[2]
+    address = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in rest and "@" not in address:
+        # An unencoded / ? or # in the password ends the address early: any part shown
+        # could be part of the password.
+        raise ValueError(
+            f"{name} has a user:password part with a character that ends a URL's address (/, ? or #); "
+            "percent-encode it (%2F, %3F, %23) (the URL is not shown)"
+        )
     try:
         parts = urlsplit(text)
         port = parts.port
@@ -85,47 +95,76 @@ def parse_proxy(value: object, name: str) -> Proxy:
     return Proxy(parts.hostname.lower(), port or 80, credentials)
 
 
+def _split_port(entry: str) -> Tuple[str, Optional[int], bool]:
+    """``host[:port]`` or ``[v6]:port`` into the host and its port (None: any port), and
+    whether the entry is well formed. A bare IPv6 address keeps its colons."""
+    host, port = entry, ""
+    if entry.startswith("["):
+        close = entry.find("]")
+        host, rest = entry[1:close], entry[close + 1 :]
+        if close < 0 or (rest and not rest.startswith(":")):
+            return entry, None, False
+        port = rest[1:]
+    elif entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+    if not port:
+        return host, None, True
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return host, None, False
+    return host, int(port), True
+
+
 @dataclass(frozen=True)
 class NoProxy:
     """A parsed ``NO_PROXY`` list: host names (matching themselves and their subdomains),
-    IP addresses and CIDR ranges, or ``*`` for every host."""
+    IP addresses and CIDR ranges, each for any port or for the one it names
+    (``internal.example:8443``), or ``*`` for every host."""
 
     everything: bool = False
-    domains: Tuple[str, ...] = ()
-    networks: Tuple[IPNetwork, ...] = ()
+    domains: Tuple[Tuple[str, Optional[int]], ...] = ()
+    networks: Tuple[Tuple[IPNetwork, Optional[int]], ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> "NoProxy":
         """Read a comma (or blank) separated list; an entry that is neither a name nor an
-        address is ignored, as curl ignores it."""
+        address (with an optional port) is ignored, as curl ignores it."""
         entries = [entry for entry in text.replace(",", " ").split() if entry]
         if entries == ["*"]:
             return cls(everything=True)
-        domains: List[str] = []
-        networks: List[IPNetwork] = []
+        domains: List[Tuple[str, Optional[int]]] = []
+        networks: List[Tuple[IPNetwork, Optional[int]]] = []
         for entry in entries:
-            bare = entry.strip("[]")
+            bare, port, valid = _split_port(entry)
+            if not valid:
+                continue
             try:
-                networks.append(ipaddress.ip_network(bare, strict=False))
+                networks.append((ipaddress.ip_network(bare, strict=False), port))
                 continue
             except ValueError:
                 pass
-            name = entry.lower().rstrip(".")
+            name = bare.lower().rstrip(".")
             name = name[2:] if name.startswith("*.") else name.lstrip(".")
             if name:
-                domains.append(name)
+                domains.append((name, port))
         return cls(domains=tuple(domains), networks=tuple(networks))
 
-    def bypasses(self, host: str) -> bool:
-        """Whether ``host`` (a name or an address, without port) is reached directly."""
+    def bypasses(self, host: str, port: Optional[int] = None) -> bool:
+        """Whether ``host`` (a name or an address) on ``port`` is reached directly; an entry
+        with a port matches only that port (and never a request whose port is not given)."""
         if self.everything:
             return True
         host = host.strip("[]").lower().rstrip(".")
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
-            return any(host == domain or host.endswith("." + domain) for domain in self.domains)
-        return any(address.version == network.version and address in network for network in self.networks)
+            return any(
+                (host == domain or host.endswith("." + domain)) and (wanted is None or wanted == port)
+                for domain, wanted in self.domains
+            )
+        return any(
+            address.version == network.version and address in network and (wanted is None or wanted == port)
+            for network, wanted in self.networks
+        )
 
 
 def _environ_value(environ: Mapping[str, str], name: str) -> Tuple[str, str]:
@@ -165,10 +204,13 @@ class ProxyRoutes:
         no_proxy = NoProxy.parse(_environ_value(env, "no_proxy")[0]) if trust_env else NoProxy()
         return cls(by_scheme, no_proxy)
 
-    def proxy_for(self, scheme: str, host: str) -> Optional[Proxy]:
-        """The proxy a request to ``scheme://host`` goes through, or None to go direct."""
+    def proxy_for(self, scheme: str, host: str, port: Optional[int] = None) -> Optional[Proxy]:
+        """The proxy a request to ``scheme://host[:port]`` goes through, or None to go direct
+        (``port`` defaults to the scheme's)."""
         proxy = self.by_scheme.get(scheme)
-        if proxy is None or self.no_proxy.bypasses(host):
+        if port is None:
+            port = DEFAULT_PORTS.get(scheme)
+        if proxy is None or self.no_proxy.bypasses(host, port):
             return None
         return proxy
 

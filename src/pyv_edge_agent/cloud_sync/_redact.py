@@ -1,7 +1,8 @@
 """Keeping credentials and hostile server text out of what the package shows.
 
 ``Secret`` holds a credential and scrubs it from text in every form a server may echo it
-back in (raw, JSON or Python escapes, percent-encoding, HTML entities); ``clean`` strips
+back in (raw, JSON or Python escapes, percent-encoding, HTML entities, named or numeric,
+also escaped twice); ``clean`` strips
 the control characters (terminal escapes, bidirectional overrides) from text that came
 from elsewhere; ``redact_url`` removes credentials from a URL before it is shown.
 """
@@ -24,6 +25,12 @@ def clean(text: str) -> str:
     return _CONTROL.sub(" ", text)
 
 
+# The named HTML entities of the characters html.escape() and template engines replace.
+_NAMED_ENTITIES = {"&": "amp", "<": "lt", ">": "gt", '"': "quot", "'": "apos"}
+# An entity, or one escaped again (``&amp;lt;``, ``&amp;amp;#60;``).
+_ENTITY = "&(?:amp;)*"
+
+
 def _char_forms(char: str) -> str:
     """A regex alternation matching one character raw or in any escaped form."""
     code = ord(char)
@@ -33,9 +40,11 @@ def _char_forms(char: str) -> str:
         rf"\\+u{code:04x}",  # JSON \u00e9
         rf"\\+U{code:08x}",
         "".join(rf"%(?:25)*{byte:02x}" for byte in char.encode("utf-8", "surrogatepass")),  # also encoded twice
-        rf"&#0*{code};",
-        rf"&#x0*{code:x};",
+        rf"{_ENTITY}#0*{code};",
+        rf"{_ENTITY}#x0*{code:x};",
     ]
+    if char in _NAMED_ENTITIES:
+        forms.append(rf"{_ENTITY}{_NAMED_ENTITIES[char]};")
     if code < 256:
         forms.append(rf"\\+x{code:02x}")  # a Python repr's \xe9
     return "(?:" + "|".join(forms) + ")"
@@ -99,10 +108,19 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<a malformed URL>"
-    query = "&".join(
-        field.partition("=")[0] + ("=" + HIDDEN if "=" in field else "") for field in parts.query.split("&") if field
+    return urlunsplit((parts.scheme, _host_port(parts.netloc), parts.path, _hide_values(parts.query), ""))
+
+
+def _hide_values(query: str) -> str:
+    return "&".join(
+        field.partition("=")[0] + ("=" + HIDDEN if "=" in field else "") for field in query.split("&") if field
     )
-    return urlunsplit((parts.scheme, _host_port(parts.netloc), parts.path, query, ""))
+
+
+def redact_target(target: str) -> str:
+    """A request target (``/path?query``) with every query value hidden, as ``redact_url`` does."""
+    path, mark, query = target.partition("?")
+    return path + mark + _hide_values(query.partition("#")[0]) if mark else target
 
 
 def query_values(parts: SplitResult) -> List[str]:

@@ -83,21 +83,20 @@ def _no_prompt() -> str:
     raise ValueError("client_key is encrypted: give key_password")
 
 
-def check_key_password(password: Any) -> Optional[str]:
-    """``key_password`` as OpenSSL takes it: str, or bytes that are UTF-8. Errors name the
-    argument, never the value."""
-    if password is None:
-        return None
+def _password_bytes(password: Any) -> bytes:
+    """The password as OpenSSL takes it: bytes as given, a str in UTF-8. Errors name the
+    argument, never the password."""
     if isinstance(password, bytes):
-        try:
-            password = password.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError("key_password must be text: a str, or bytes that are UTF-8 (these are not)") from None
+        return password
     if not isinstance(password, str):
         raise TypeError(f"key_password must be a str or bytes, got {type(password).__name__}")
-    if "\x00" in password:
-        raise ValueError("key_password must not contain a NUL character")
-    return password
+    try:
+        return password.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"key_password is a str that cannot be encoded as UTF-8 (a lone surrogate at position {exc.start}); "
+            "give the password as bytes"
+        ) from None
 
 
 class ClientCertificate:
@@ -111,8 +110,15 @@ class ClientCertificate:
     def __init__(self, cert: Any, key: Any, password: Any) -> None:
         self._cert = _check_file(cert, "client_cert")
         self._key = None if key is None else _check_file(key, "client_key")
-        password = check_key_password(password)
-        self._password = None if password is None else Secret(password)
+        self._password_bytes = None if password is None else _password_bytes(password)
+        self._password = None
+        if self._password_bytes is not None:
+            # For scrubbing only: what a server or a repr may echo of it.
+            try:
+                shown = self._password_bytes.decode("utf-8")
+            except UnicodeDecodeError:
+                shown = self._password_bytes.decode("latin-1")  # a repr shows such bytes as \xff
+            self._password = Secret(shown)
         self._lock = threading.Lock()
         self._signature = self._stat()
         self._warned = False
@@ -155,8 +161,9 @@ class ClientCertificate:
         if encrypted and self._password is None:
             # Without a password OpenSSL would prompt for one on the terminal.
             raise ValueError(f"{key_name} is encrypted: give key_password")
-        password: "str | Callable[[], str]" = _no_prompt if self._password is None else self._password.reveal()
+        password: "bytes | Callable[[], str]" = _no_prompt if self._password_bytes is None else self._password_bytes
         try:
+            # Bytes: OpenSSL takes the password as it is, whatever its encoding.
             context.load_cert_chain(self._cert, self._key, password)
         except ValueError as exc:  # from _no_prompt: OpenSSL found the key encrypted after all
             raise ValueError(f"{key_name} is encrypted: give key_password") from exc

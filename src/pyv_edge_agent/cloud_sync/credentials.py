@@ -177,8 +177,9 @@ class OAuth2ClientCredentials(Credentials):
 
     A token is fetched on first use and again at about 80% of its lifetime (``expires_in``)
     or after a refusal, through the uploader's connection pool (its proxy, CA bundle and
-    client certificate apply). If a renewal fails while the token still has time left, the
-    old one goes on being used. The client secret and every token are scrubbed from error
+    client certificate apply). If a renewal fails (the endpoint is down, or answers a token
+    that cannot be sent, with a line break or a space) while the token still has time
+    left, the old one goes on being used, with one warning. The client secret and every token are scrubbed from error
     texts like the API key.
 
     :param token_url: the token endpoint (``https://``; ``http://`` only to loopback).
@@ -237,6 +238,7 @@ class OAuth2ClientCredentials(Credentials):
         self._old: List[str] = []
         self._refresh_at = 0.0
         self._expires_at = 0.0
+        self._renewal_warned = False
         self.fetched = 0  # tokens fetched so far: a figure for tests and operators
 
     def __repr__(self) -> str:
@@ -253,10 +255,16 @@ class OAuth2ClientCredentials(Credentials):
             if self._token is None or now >= self._refresh_at:
                 try:
                     self._fetch(now)
-                except UploadError:
+                except UploadError as exc:
                     if self._token is None or now >= self._expires_at:
                         raise
-                    logger.warning("renewing the OAuth2 token failed; the current one is still valid, using it")
+                    if not self._renewal_warned:  # tried again at each request: said once
+                        logger.warning(
+                            "renewing the OAuth2 token failed (%s); the current one is valid for %.0f s more, using it",
+                            exc,
+                            self._expires_at - now,
+                        )
+                        self._renewal_warned = True
             assert self._token is not None
             return {"Authorization": "Bearer " + self._token.reveal()}
 
@@ -320,11 +328,16 @@ class OAuth2ClientCredentials(Credentials):
         token = token_answer.get("access_token") if isinstance(token_answer, dict) else None
         if not isinstance(token, str) or not token:
             raise UploadError(f"the token endpoint {where} answered without an access_token")
-        _check_visible(token, "the access_token from the token endpoint")
+        try:
+            _check_visible(token, "the access_token from the token endpoint")
+        except ValueError as exc:
+            # Not sendable in a header: a failed renewal, never a crash of the upload.
+            raise UploadError(f"{exc} (token endpoint {where})") from None
         lifetime = token_answer.get("expires_in") if isinstance(token_answer, dict) else None
         if self._token is not None:
             self._old = [self._token.reveal()]
         self._token = Secret(token)
+        self._renewal_warned = False
         self.fetched += 1
         if isinstance(lifetime, (int, float)) and not isinstance(lifetime, bool) and lifetime > 0:
             self._refresh_at = now + REFRESH_AT * float(lifetime)

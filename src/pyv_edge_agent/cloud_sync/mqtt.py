@@ -116,8 +116,8 @@ class MQTTUploader:
         rotating token such as ``azure_iot_sas_token``). Never shown anywhere.
     :param tls: verify the broker against the system's CAs or ``ca_certs``; ``client_cert``
         and ``client_key`` (PEM files) add a client certificate (mutual TLS).
-    :param key_password: the password of an encrypted ``client_key`` (str, or UTF-8 bytes);
-        never shown. An encrypted key without it is refused at construction.
+    :param key_password: the password of an encrypted ``client_key`` (a str, sent in UTF-8,
+        or bytes, given to OpenSSL as they are); never shown. An encrypted key without it is refused at construction.
     :param allow_insecure: permit plain TCP (``tls=False``) to a host that is not loopback.
     :param client_id: the MQTT client id; by default a random one, new in each process (a
         broker drops the older of two connections with one id, so give each process its own).

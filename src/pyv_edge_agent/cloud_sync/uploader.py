@@ -80,7 +80,8 @@ class HTTPCloudUploader:
     :param client_cert: a PEM file of the client certificate for mutual TLS (AWS IoT Core);
         read again whenever it (or ``client_key``) changes on disk.
     :param client_key: the PEM file of its private key, if not in ``client_cert``.
-    :param key_password: the password of an encrypted ``client_key``; never shown.
+    :param key_password: the password of an encrypted ``client_key`` (a str, sent in UTF-8, or
+        bytes as they are); never shown.
     :param credentials: an object supplying the auth headers of each request and told when
         they are refused, such as ``TokenFileCredentials`` or ``OAuth2ClientCredentials``.
         Exactly one of ``api_key`` and ``credentials``, or neither with ``client_cert``.
@@ -102,7 +103,7 @@ class HTTPCloudUploader:
         allow_insecure_http: bool = False,
         client_cert: "Optional[str | os.PathLike[str]]" = None,
         client_key: "Optional[str | os.PathLike[str]]" = None,
-        key_password: Optional[str] = None,
+        key_password: Optional[Union[str, bytes]] = None,
         credentials: Any = None,
         proxy_url: Optional[str] = None,
         trust_env: bool = True,
@@ -157,8 +158,9 @@ class HTTPCloudUploader:
             self._certificate.load_into(self._ssl_context)
         elif client_key is not None or key_password is not None:
             raise ValueError("client_key and key_password need client_cert (the certificate of that key)")
+        _http.hide_query_values_in_urllib3_logs()
         self._routes = _proxy.ProxyRoutes.configure(proxy_url, trust_env)
-        self._proxy = self._routes.proxy_for(parts.scheme, parts.hostname)
+        self._proxy = self._routes.proxy_for(parts.scheme, parts.hostname, parts.port)
         self._api_key = None if api_key is None else Secret(api_key)
         self._credentials = credentials
         # Scrubbed wherever they might surface; held as Secrets, so that not even vars() shows them.
@@ -280,7 +282,7 @@ class HTTPCloudUploader:
     def _failure(self, exc: Exception, sent: Mapping[str, str], deadline: "_http.Deadline") -> UploadError:
         """An ``UploadError`` for whatever failed below (http.client, ssl, urllib3): its text
         may quote a header, so it is scrubbed, and the original is not chained."""
-        if deadline.expired:
+        if deadline.passed():
             return UploadError(f"ingest endpoint {self.endpoint} did not answer within timeout={self._timeout:g} s")
         reason = scrub(f"{type(exc).__name__}: {exc}", self._secrets(sent))
         refusal = _PROXY_REFUSAL.search(_http.error_chain_text(exc)) if self._proxy is not None else None
@@ -304,7 +306,7 @@ class HTTPCloudUploader:
         """POST for a credentials object (a token request): this uploader's pools, proxy,
         TLS settings and deadline; failures come back as scrubbed ``UploadError``."""
         parts = urlsplit(url)
-        proxy = self._routes.proxy_for(parts.scheme, parts.hostname or "")
+        proxy = self._routes.proxy_for(parts.scheme, parts.hostname or "", parts.port)
         urllib3 = _urllib3()
         try:
             left = _http.remaining(self._timeout)
@@ -394,7 +396,9 @@ class HTTPCloudUploader:
                 preload_content=False,
                 timeout=urllib3.Timeout(connect=deadline.remaining(), read=deadline.remaining()),
             )
-            answer, _ = _http.read_answer(response)
+            accepted = 200 <= response.status < 300
+            limit = _http.MAX_ACCEPTED_ANSWER_BYTES if accepted else _http.MAX_ANSWER_BYTES
+            answer, complete = _http.read_answer(response, limit)
         except UploadError as exc:
             # Raised by the credentials (a token endpoint that failed): scrubbed, not chained.
             raise UploadError(
@@ -405,6 +409,15 @@ class HTTPCloudUploader:
             ) from None
         except Exception as exc:  # noqa: BLE001 - whatever fails on the way is a failed upload
             raise self._failure(exc, sent, deadline) from None
+        if accepted and not complete:
+            # Its end may name rejected items: taking the batch as accepted would delete them.
+            message = (
+                f"ingest endpoint {self.endpoint} answered HTTP {response.status} to a batch of {count} items, but "
+                f"its answer could not be read to its end (more than {limit} bytes, or broken); the batch is not "
+                "counted as delivered and will be sent again under the same Idempotency-Key"
+            )
+            logger.warning("%s", message)
+            raise UploadError(message)
         return self._outcome(response, answer, count, sent)
 
     def _outcome(self, response: Any, answer: bytes, count: int, sent: Mapping[str, str]) -> Union[bool, UploadResult]:

@@ -17,6 +17,7 @@ from ._render import Output, TrackingUploader, human_duration
 COUNT_ELIGIBLE_SQL = "SELECT COUNT(*) FROM sync_queue WHERE next_retry_at <= ? AND created_at + ttl_seconds > ?"
 DEFAULT_KEY_ENV = "CLOUD_SYNC_API_KEY"
 DEFAULT_MQTT_PASSWORD_ENV = "CLOUD_SYNC_MQTT_PASSWORD"
+ENDPOINT_ENV = "CLOUD_SYNC_ENDPOINT"
 
 
 def flush_options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -37,6 +38,22 @@ def read_api_key(args: argparse.Namespace) -> str:
     if not key:
         raise UsageError(f"set the API key in the environment variable {args.api_key_env} or use --api-key-file")
     return key
+
+
+def read_endpoint(args: argparse.Namespace) -> str:
+    """The ingest URL from ``--endpoint``, ``--endpoint-file`` or ``CLOUD_SYNC_ENDPOINT``:
+    a URL that carries a credential (``?code=``) stays out of the command line."""
+    if args.endpoint:
+        return str(args.endpoint)
+    if args.endpoint_file:
+        return _connection.read_secret_file(args.endpoint_file, "--endpoint-file").strip()
+    endpoint = os.environ.get(ENDPOINT_ENV, "").strip()
+    if not endpoint:
+        raise UsageError(
+            f"give the ingest URL with --endpoint URL, --endpoint-file PATH or the environment variable {ENDPOINT_ENV} "
+            "(or an MQTT broker with --mqtt URL)"
+        )
+    return endpoint
 
 
 def count_eligible(path: str) -> int:
@@ -104,7 +121,7 @@ def cmd_flush(args: argparse.Namespace, out: Output) -> int:
     else:
         credentials = _connection.credentials(args)
         uploader = HTTPCloudUploader(
-            args.endpoint,
+            read_endpoint(args),
             read_api_key(args) if _connection.wants_api_key(args, credentials is not None) else None,
             timeout=args.timeout,
             auth_header=args.auth_header,

@@ -42,7 +42,7 @@ from ._common import (
     show_entries,
 )
 from ._dead_letters_cmd import cmd_dead_letters
-from ._flush_cmd import DEFAULT_KEY_ENV, DEFAULT_MQTT_PASSWORD_ENV, cmd_flush
+from ._flush_cmd import DEFAULT_KEY_ENV, DEFAULT_MQTT_PASSWORD_ENV, ENDPOINT_ENV, cmd_flush
 from ._render import Output, human_age, human_bytes, human_duration
 
 
@@ -271,8 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
         "2 usage (or an option whose extra is not installed); 3 unusable database",
     )
     flush.add_argument("db", help="the queue's SQLite file")
-    target = flush.add_mutually_exclusive_group(required=True)
-    target.add_argument("--endpoint", help="the ingest URL")
+    # Not required: the endpoint may come from the environment instead.
+    target = flush.add_mutually_exclusive_group()
+    target.add_argument(
+        "--endpoint",
+        help="the ingest URL; other users see a command line (ps, /proc), so an endpoint with a credential in it "
+        f"(?code=...) belongs in --endpoint-file or the environment variable {ENDPOINT_ENV}",
+    )
+    target.add_argument(
+        "--endpoint-file",
+        metavar="PATH",
+        help=f"a file holding the ingest URL (instead of --endpoint or {ENDPOINT_ENV})",
+    )
     target.add_argument("--mqtt", metavar="URL", help="an MQTT broker: mqtts://HOST:8883 (TLS) or mqtt://HOST:1883")
     flush.add_argument(
         "--api-key-env",
