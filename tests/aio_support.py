@@ -42,7 +42,8 @@ class StreamUploader:
     """Posts each batch as a coroutine on the event loop: the ready body through
     ``post_encoded_batch`` (what the flush uses), or payloads through ``post_batch``.
 
-    Records the threads its coroutines ran on, and counts the uploads begun and ended.
+    Records the threads its coroutines ran on, and counts the uploads begun, sent (the
+    whole request handed to the socket) and ended.
     """
 
     def __init__(self, url: str, api_key: str) -> None:
@@ -54,6 +55,7 @@ class StreamUploader:
         self._api_key = api_key
         self.threads: Set[int] = set()
         self.started = 0
+        self.sent = 0
         self.finished = 0
 
     async def post_batch(self, payloads: List[Any]) -> Optional[UploadResult]:
@@ -89,6 +91,7 @@ class StreamUploader:
             )
             writer.write(head.encode() + body)
             await writer.drain()
+            self.sent += 1
             status_line = await reader.readline()
             if not status_line:
                 raise ConnectionError("the endpoint closed the connection without answering")

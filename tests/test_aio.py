@@ -395,7 +395,8 @@ def test_an_upload_cut_short_by_the_loop_ending_keeps_its_batch(db_path: str, se
     async def main() -> None:
         await queue.enqueue_many([{"i": i} for i in range(10)])
         asyncio.ensure_future(queue.flush(uploader))
-        assert await eventually(lambda: uploader.started == 1)
+        # Sent, not only begun: a cancel before the request left would give the server nothing.
+        assert await eventually(lambda: uploader.sent == 1)
 
     run(main)
     sync_queue = queue.queue
