@@ -70,15 +70,23 @@ root_is_current() {
         [[ -z "$(find "$STAMP" -mtime "+${ROOT_MAX_AGE_DAYS:-30}")" ]]
 }
 
-# Make the root unless a current one is cached. An exclusive lock while making it, then a
-# shared one for the rest of the run, so a parallel run never remakes a root in use.
+# Make the root unless a current one is cached. Every run holds a shared lock to its end,
+# so a parallel run never remakes a root in use. A current root is checked under that
+# shared lock (a long emulated suite must not hold up a wheel build in the same root); only
+# making one takes the exclusive lock, and checks again once it has it.
 root_ensure() {
     local started=$SECONDS packages
     mkdir -p "$ROOTS"
     exec {ROOT_LOCK}>"$ROOTS/$RELEASE-$ARCH.lock"
-    flock "$ROOT_LOCK"
+    flock -s "$ROOT_LOCK"
     if [[ "${FRESH:-0}" != 1 ]] && root_is_current; then
         log "reusing $ROOT"
+        return 0
+    fi
+    flock -u "$ROOT_LOCK"
+    flock "$ROOT_LOCK"
+    if [[ "${FRESH:-0}" != 1 ]] && root_is_current; then
+        log "reusing $ROOT (made by a parallel run)"
     else
         log "making $ROOT (debootstrap $RELEASE, $ARCH)"
         rm -rf --one-file-system "$ROOT.new"
