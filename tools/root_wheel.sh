@@ -106,5 +106,19 @@ smoke() {
         'tests/test_power_cuts.py::test_power_cuts_in_full_mode_lose_nothing' ${SMOKE_ARGS:-}"
 }
 
+# MODE=fallback: what a gateway without a compiler gets from the sdist: a compiler that
+# always fails stands in for none; the install must succeed with the pure backend and say so.
+fallback() {
+    step "the sdist with no compiler"
+    python3 -m venv venv
+    venv/bin/python -m pip install -q --upgrade pip
+    CC=/bin/false CXX=/bin/false LDSHARED=/bin/false \
+        venv/bin/pip install -v "/work/wheelhouse/pyv_edge_agent-$version.tar.gz" > install.log 2>&1 ||
+        { tail -n 40 install.log; exit 1; }
+    grep 'WARNING: pyv-edge-agent: compiled backend not built' install.log
+    cd /work/src
+    /work/venv/bin/python -c "import pyv_edge_agent.cloud_sync as cs; print('BACKEND =', cs.BACKEND); assert cs.BACKEND == 'python', cs.BACKEND"
+}
+
 "$MODE"
 step "done"

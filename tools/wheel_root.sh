@@ -12,6 +12,8 @@
 #   tools/wheel_root.sh smoke ARCH RELEASE [-- pytest args]
 #                                              # that wheel from a local index, binaries only,
 #                                              # in a fresh venv of a clean root: smoke tests
+#   tools/wheel_root.sh fallback ARCH RELEASE  # the built sdist with no compiler: pure backend,
+#                                              # and the warning line
 # RELEASE defaults to bullseye (glibc 2.31, Python 3.9: the oldest Raspberry Pi OS we
 # support), whose wheel is tagged manylinux_2_31 and installs on every later release with
 # the same Python. tools/wheels.sh runs this for all architectures.
@@ -23,8 +25,8 @@ RELEASE=bullseye
 shift 2 || true
 if [[ "${1:-}" =~ ^[a-z]+$ ]]; then RELEASE="$1"; shift; fi
 if [[ "${1:-}" == "--" ]]; then shift; fi
-if [[ ! "$MODE" =~ ^(build|smoke)$ || ! "$ARCH" =~ ^(amd64|arm64|armhf)$ ]]; then
-    echo "usage: $0 build|smoke amd64|arm64|armhf [RELEASE] [-- pytest args]" >&2
+if [[ ! "$MODE" =~ ^(build|smoke|fallback)$ || ! "$ARCH" =~ ^(amd64|arm64|armhf)$ ]]; then
+    echo "usage: $0 build|smoke|fallback amd64|arm64|armhf [RELEASE] [-- pytest args]" >&2
     exit 2
 fi
 
