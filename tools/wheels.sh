@@ -42,7 +42,8 @@ rm -f "$WHEELHOUSE"/pyv_edge_agent-"$version"-*.whl "$WHEELHOUSE"/results.md
 # there if it is not bullseye, and smoke. A row of the summary per step.
 arch_job() {
     local arch="$1" release started status row
-    for release in bullseye $smoke_releases; do
+    # bullseye first, each release once (--smoke bullseye must not smoke it twice).
+    for release in $(printf '%s\n' bullseye $smoke_releases | awk '!seen[$0]++'); do
         if [[ "$release" != bullseye || ! -e "$logs/$arch-bullseye-build.log" ]]; then
             started=$SECONDS
             status=passed
