@@ -16,11 +16,12 @@ from urllib.parse import parse_qs
 
 import orjson
 import pytest
+from crypto_extra import import_or_skip
 
 
 def trustme() -> Any:
     """The trustme module, or skip (cryptography has no wheel for musl armv7l)."""
-    return pytest.importorskip("trustme")
+    return import_or_skip("trustme")
 
 
 def server_context(ca: Any, *, require_client_cert: bool = False) -> ssl.SSLContext:

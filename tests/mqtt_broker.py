@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import orjson
 import pytest
+from crypto_extra import import_or_skip
 
 USER, PASSWORD = "edge", "edge-secret-pw-42"
 READER, READER_PASSWORD = "reader", "reader-secret-pw-7"
@@ -180,7 +181,7 @@ def mosquitto_or_skip() -> None:
             pytest.fail(f"CI must run the MQTT tests, but {', '.join(missing)} is missing (Debian package mosquitto)")
         pytest.skip(f"{', '.join(missing)} not installed (Debian package mosquitto; tools/system-deps.sh installs it)")
     pytest.importorskip("paho.mqtt", reason="paho-mqtt is not installed (the 'mqtt' extra)")
-    pytest.importorskip("trustme", reason="trustme is not installed (the 'test' extra)")
+    import_or_skip("trustme", reason="trustme is not installed (the 'test' extra)")
 
 
 class Subscriber:

