@@ -354,7 +354,7 @@ class Flusher:
         _batchkeys.forget(conn, ids)
         stored = self._stored(error)
         conn.executemany(COUNT_REJECTION_SQL, [(row_id, status, stored) for row_id in ids])
-        self._note_error(conn, error)
+        self._note_error(conn, stored)
         exhausted: List[int] = []
         for chunk in _codec.id_chunks(ids):
             limit = (self._policy.max_attempts,)
@@ -380,10 +380,11 @@ class Flusher:
         error = _short(error or "rejected by the endpoint")
         _batchkeys.forget(conn, ids)
         chunks = _codec.id_chunks(ids)
-        store.run_chunks(MOVE_TO_DEAD_SQL, (status, self._stored(error), store.now()), chunks)
+        stored = self._stored(error)
+        store.run_chunks(MOVE_TO_DEAD_SQL, (status, stored, store.now()), chunks)
         moved = store.run_chunks(ACK_SQL, (), chunks)
         store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
-        self._note_error(conn, error)
+        self._note_error(conn, stored)
         if moved:
             conn.execute(ADD_COUNTER_SQL, ("dead_lettered_total", moved))
             self._dead_count += moved
@@ -446,7 +447,7 @@ class Flusher:
     ) -> None:
         now = self._store.now()
         conn.execute(ADD_COUNTER_SQL, ("failed_batches", 1))
-        self._note_error(conn, error, now)
+        self._note_error(conn, self._stored(error), now)
         detail = f"{self._shown(status, error)}; keeping {count} items, next try in {delay:.1f} s"
         self._link.failed(kind, detail, now + delay, held, self._credentials_subject)
 
@@ -466,11 +467,11 @@ class Flusher:
         answer = "no status" if status is None else f"status {status}"
         return f"{answer}; an error text of {len(error)} characters, kept sealed (payloads are sealed)"
 
-    def _note_error(self, conn: sqlite3.Connection, error: str, now: Optional[float] = None) -> None:
-        """Show ``error`` (already scrubbed of secrets by the uploader, and short) as the
-        queue's ``last_error``, sealed where payloads are: a refusal of items is as much an
+    def _note_error(self, conn: sqlite3.Connection, stored: str, now: Optional[float] = None) -> None:
+        """Show ``stored`` (an error text as ``_stored`` gives it: scrubbed, short, sealed
+        where payloads are) as the queue's ``last_error``: a refusal of items is as much an
         error as a dead link."""
-        conn.execute(SET_COUNTER_SQL, ("last_error", self._stored(error)))
+        conn.execute(SET_COUNTER_SQL, ("last_error", stored))
         conn.execute(SET_COUNTER_SQL, ("last_error_at", self._store.now() if now is None else now))
 
 
