@@ -7,9 +7,9 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from pyv_edge_agent.cloud_sync import _codec
-from pyv_edge_agent.cloud_sync._env import no_extensions
+from pyv_edge_agent.cloud_sync._codec._env import no_extensions
 
-BACKEND_MODULES = {"cython": "pyv_edge_agent.cloud_sync._codec_c", "python": "pyv_edge_agent.cloud_sync._codec_py"}
+BACKEND_MODULES = {"cython": "pyv_edge_agent.cloud_sync._codec._c", "python": "pyv_edge_agent.cloud_sync._codec._py"}
 CODEC_FUNCTIONS = ("decode_payload", "decode_rows", "encode_payload", "encode_rows", "id_chunks", "splice_body")
 
 

@@ -1,6 +1,6 @@
 """Build the optional compiled backend; everything else is in pyproject.toml.
 
-The extension is compiled from ``_codec_c.pyx`` by the Cython pinned in
+The extension is compiled from ``_codec/_c.pyx`` by the Cython pinned in
 ``build-system.requires``; no generated C is shipped (see docs/platforms.md for why).
 
 ``PYV_EDGE_AGENT_NO_EXTENSIONS=1`` builds nothing. A missing compiler or Cython also gives
@@ -32,7 +32,7 @@ CYTHON_DIRECTIVES = {
 
 def _load_env_module():  # type: ignore[no-untyped-def]
     # Loaded by path so that the build does not import the package (or its dependencies).
-    spec = importlib.util.spec_from_file_location("_cloud_sync_env", os.path.join(PACKAGE_DIR, "_env.py"))
+    spec = importlib.util.spec_from_file_location("_cloud_sync_env", os.path.join(PACKAGE_DIR, "_codec", "_env.py"))
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
@@ -101,8 +101,8 @@ def _extensions() -> "list[Extension]":
         return []
     return [
         Extension(
-            "pyv_edge_agent.cloud_sync._codec_c",
-            [os.path.join("src", "pyv_edge_agent", "cloud_sync", "_codec_c.pyx")],
+            "pyv_edge_agent.cloud_sync._codec._c",
+            [os.path.join("src", "pyv_edge_agent", "cloud_sync", "_codec", "_c.pyx")],
         )
     ]
 

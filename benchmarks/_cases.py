@@ -28,7 +28,8 @@ from _support import (
     rows,
 )
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, _sql
+from pyv_edge_agent.cloud_sync import CloudSyncQueue
+from pyv_edge_agent.cloud_sync._store import sql
 
 THREADS = 8
 
@@ -58,7 +59,7 @@ class SplicingUploader:
 
 
 def _count(conn: sqlite3.Connection) -> int:
-    return int(conn.execute(_sql.COUNT_SQL).fetchone()[0])
+    return int(conn.execute(sql.COUNT_SQL).fetchone()[0])
 
 
 def enqueue_single(path: str, impl: str, durability: str, count: int) -> Case:
@@ -69,7 +70,7 @@ def enqueue_single(path: str, impl: str, durability: str, count: int) -> Case:
 
         def insert() -> None:
             for row in prepared:
-                conn.execute(_sql.INSERT_SQL, row)
+                conn.execute(sql.INSERT_SQL, row)
 
         return Case(insert, count, lambda: _count(conn))
     queue = fresh_queue(path, durability=durability)
@@ -138,7 +139,7 @@ def read(path: str, impl: str, method: str, count: int) -> Case:
     if impl == "floor":
         conn = floor_connection(path, fresh=False)
         return Case(
-            lambda: floor_select(conn, _sql.SELECT_ELIGIBLE_SQL, count, time.time()), count, lambda: _count(conn)
+            lambda: floor_select(conn, sql.SELECT_ELIGIBLE_SQL, count, time.time()), count, lambda: _count(conn)
         )
     queue = CloudSyncQueue(path)
     return Case(getattr(queue, method), count, queue.pending_count, lambda: ((count,), {}))
@@ -154,8 +155,8 @@ def ack_nack(path: str, impl: str, operation: str, count: int) -> Case:
 
         def change() -> int:
             if operation == "ack":
-                return floor_chunks(conns[-1], _sql.ACK_SQL, (), chunks)
-            return floor_chunks(conns[-1], _sql.NACK_SQL, (time.time() + 60.0,), chunks)
+                return floor_chunks(conns[-1], sql.ACK_SQL, (), chunks)
+            return floor_chunks(conns[-1], sql.NACK_SQL, (time.time() + 60.0,), chunks)
 
         return Case(change, count, lambda: _count(conns[-1]), setup_floor)
     queues, setup = _fresh_queues(path, prepared, (ids,))
@@ -198,7 +199,7 @@ def threads(path: str, impl: str, durability: str, per_thread: int) -> Case:
         def insert(worker: int) -> None:
             conn = conns[worker]
             for row in prepared:
-                conn.execute(_sql.INSERT_SQL, row)
+                conn.execute(sql.INSERT_SQL, row)
 
         return Case(lambda: in_threads(insert), per_thread * THREADS, lambda: _count(conns[0]))
     queue = fresh_queue(path, durability=durability)

@@ -16,7 +16,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import orjson
 import pytest
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, QueueItem, _codec, _schema, _sql
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, QueueItem, _codec
+from pyv_edge_agent.cloud_sync._store import schema
+from pyv_edge_agent.cloud_sync._store import sql as _sql
 
 # The earlier release's pattern lives with the tests, which write legacy databases with it.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
@@ -79,7 +81,7 @@ def floor_connection(path: str, durability: str = "full", *, fresh: bool = True)
         remove_db(path)
     CloudSyncQueue(path, durability=durability).close()
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=256)
-    _schema.configure(conn, durability, 30.0)
+    schema.configure(conn, durability, 30.0)
     return conn
 
 
@@ -191,3 +193,27 @@ def persist_queue(path: str, **options: Any) -> Any:
         for name in os.listdir(path):
             os.remove(os.path.join(path, name))
     return persistqueue.SQLiteAckQueue(path, serializer=pq_json, **options)
+
+
+# Encryption at rest, for the benchmarks that compare each cipher with none.
+CIPHER_KEY = bytes(range(32))
+CIPHERS = ["none", "chacha20-poly1305", "aes-256-gcm"]
+
+
+def cipher_options(cipher: str) -> Dict[str, Any]:
+    """The queue options for ``cipher`` ("none": no key)."""
+    return {} if cipher == "none" else {"encryption_key": CIPHER_KEY, "encryption_cipher": cipher}
+
+
+class SplicingUploader:
+    """Accepts every batch at once, taking the spliced body."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def post_batch(self, items: Sequence[Dict[str, Any]]) -> bool:
+        raise AssertionError("the flush must take the post_encoded_batch path")
+
+    def post_encoded_batch(self, body: bytes, count: int) -> bool:
+        self.received += count
+        return True

@@ -16,8 +16,7 @@ from typing import Any, Callable, Dict, List
 from pyv_edge_agent.cloud_sync import BACKEND, CloudSyncQueue
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _support import payloads, remove_db  # noqa: E402
-from test_bench_encryption import CIPHERS, SplicingUploader, _options  # noqa: E402
+from _support import CIPHERS, SplicingUploader, cipher_options, payloads, remove_db  # noqa: E402
 
 
 def _timed(work: Callable[[], Any]) -> float:
@@ -37,7 +36,7 @@ def measure(rounds: int, items: int) -> Dict[str, Dict[str, float]]:
         for turn in range(rounds):
             for cipher in CIPHERS[turn % 3 :] + CIPHERS[: turn % 3]:
                 remove_db(path)
-                with CloudSyncQueue(path, **_options(cipher)) as queue:
+                with CloudSyncQueue(path, **cipher_options(cipher)) as queue:
                     times["enqueue_many"][cipher].append(_timed(lambda: queue.enqueue_many(batch)))
                     times["dequeue"][cipher].append(_timed(lambda: [queue.dequeue(500) for _ in range(20)]))
                     times["flush"][cipher].append(_timed(lambda: queue.maybe_flush(SplicingUploader())))

@@ -27,7 +27,8 @@ from _support import (
     run,
 )
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, QueueItem, _sql
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, QueueItem
+from pyv_edge_agent.cloud_sync._store import sql
 
 PEERS = ["floor", "reference", "persist-queue"]
 
@@ -131,7 +132,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     path = _cases.fill(os.path.join(os.fspath(tmp_path_factory.mktemp("filled")), "filled.db"), 10_000)
     reference = ReferenceQueue(os.path.join(os.path.dirname(path), "reference.db"))
     conn = __import__("sqlite3").connect(reference.path)
-    conn.executemany(_sql.INSERT_SQL, rows(10_000))
+    conn.executemany(sql.INSERT_SQL, rows(10_000))
     conn.commit()
     conn.close()
     return {"path": path, "reference": reference}
@@ -184,7 +185,7 @@ def test_ack_nack_peers(benchmark: Any, tmp_path: Any, size: Size, operation: st
         def setup_ref() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
             refs.append(ReferenceQueue(_path(tmp_path, "reference.db")))
             conn = __import__("sqlite3").connect(refs[-1].path)
-            conn.executemany(_sql.INSERT_SQL, prepared)
+            conn.executemany(sql.INSERT_SQL, prepared)
             conn.commit()
             conn.close()
             return (), {}
@@ -235,15 +236,15 @@ def test_consume_peers(benchmark: Any, tmp_path: Any, size: Size, backend: str) 
 
         def consume() -> int:
             conn = state[-1]
-            found = floor_select(conn, _sql.SELECT_ELIGIBLE_SQL, count, time.time())
-            return floor_chunks(conn, _sql.ACK_SQL, (), id_chunk_params([row[0] for row in found]))
+            found = floor_select(conn, sql.SELECT_ELIGIBLE_SQL, count, time.time())
+            return floor_chunks(conn, sql.ACK_SQL, (), id_chunk_params([row[0] for row in found]))
 
     elif backend == "reference":
 
         def setup() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
             state.append(ReferenceQueue(_path(tmp_path, f"reference{len(state)}.db")))
             conn = __import__("sqlite3").connect(state[-1].path)
-            conn.executemany(_sql.INSERT_SQL, prepared)
+            conn.executemany(sql.INSERT_SQL, prepared)
             conn.commit()
             conn.close()
             return (), {}

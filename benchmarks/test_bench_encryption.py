@@ -2,42 +2,21 @@
 same operations without a key, in the same run (the groups read as ratios to "none")."""
 
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
-from _support import Size, fresh_queue, payloads, run
+from _support import CIPHERS, Size, SplicingUploader, cipher_options, fresh_queue, payloads, run
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
 
 pytest.importorskip("cryptography")
-
-KEY = bytes(range(32))
-CIPHERS = ["none", "chacha20-poly1305", "aes-256-gcm"]
-
-
-def _options(cipher: str) -> Dict[str, Any]:
-    return {} if cipher == "none" else {"encryption_key": KEY, "encryption_cipher": cipher}
-
-
-class SplicingUploader:
-    """Accepts every batch at once, taking the spliced body."""
-
-    def __init__(self) -> None:
-        self.received = 0
-
-    def post_batch(self, items: Sequence[Dict[str, Any]]) -> bool:
-        raise AssertionError("the flush must take the post_encoded_batch path")
-
-    def post_encoded_batch(self, body: bytes, count: int) -> bool:
-        self.received += count
-        return True
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)
 def test_enqueue_many_sealed(benchmark: Any, tmp_path: Any, size: Size, cipher: str) -> None:
     count = size(10_000, 200)
     benchmark.group = f"enqueue_many {count:,} (encryption)"
-    queue = fresh_queue(os.path.join(os.fspath(tmp_path), "q.db"), **_options(cipher))
+    queue = fresh_queue(os.path.join(os.fspath(tmp_path), "q.db"), **cipher_options(cipher))
     items = payloads(count)
     run(benchmark, queue.enqueue_many, items=count, rounds=size(10, 1), cipher=cipher, setup=lambda: ((items,), {}))
     assert queue.pending_count() == count * size(11, 1)
@@ -48,7 +27,7 @@ def test_enqueue_many_sealed(benchmark: Any, tmp_path: Any, size: Size, cipher: 
 def test_dequeue_sealed(benchmark: Any, tmp_path: Any, size: Size, cipher: str) -> None:
     count = 500
     benchmark.group = f"dequeue {count} (encryption)"
-    queue = fresh_queue(os.path.join(os.fspath(tmp_path), "q.db"), **_options(cipher))
+    queue = fresh_queue(os.path.join(os.fspath(tmp_path), "q.db"), **cipher_options(cipher))
     queue.enqueue_many(payloads(size(20_000, 600)))
     found = run(benchmark, lambda: queue.dequeue(count), items=count, rounds=size(200, 1), cipher=cipher)
     assert len(found) == count and found[0].payload == payloads(1)[0]
@@ -67,7 +46,7 @@ def test_flush_sealed(benchmark: Any, tmp_path: Any, size: Size, cipher: str) ->
     def setup() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
         if queues:
             queues[-1].close()
-        queues.append(fresh_queue(path, **_options(cipher)))
+        queues.append(fresh_queue(path, **cipher_options(cipher)))
         queues[-1].enqueue_many(items)
         return (uploader,), {}
 

@@ -16,7 +16,7 @@ from _support import (
 )
 
 from pyv_edge_agent.cloud_sync import HTTPCloudUploader, _codec
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 
 class ReencodingUploader:

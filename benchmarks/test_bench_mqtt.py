@@ -18,8 +18,8 @@ import pytest
 from _support import Size, fresh_queue, rows, run
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
-from pyv_edge_agent.cloud_sync._mqtt_message import PackedProperties
-from pyv_edge_agent.cloud_sync._outgoing import item_key
+from pyv_edge_agent.cloud_sync._flush.outgoing import item_key
+from pyv_edge_agent.cloud_sync.delivery.mqtt.message import PackedProperties
 
 TOPIC = "bench/telemetry"
 

@@ -1,4 +1,4 @@
-"""Links that come and go, measured on a real shaped link (issue 15): 256 kbit/s on the
+"""Links that come and go, measured on a real shaped link: 256 kbit/s on the
 loopback of a network namespace made for the run (``tests/shapedlink.py``).
 
 Figures, not rates: the drain time against the physical limit (bytes that crossed the

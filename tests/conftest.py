@@ -8,7 +8,7 @@ import reliability
 from mounts import tmpfs_dir
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 PROXY_VARIABLES = ("https_proxy", "http_proxy", "no_proxy", "all_proxy")
 

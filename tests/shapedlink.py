@@ -170,7 +170,7 @@ def drain(workdir: str, items: int, max_batch_seconds: float, max_batch_items: i
     """Drain ``items`` after an outage; a critical item enqueued when half have arrived
     and half a batch more has gone by."""
     from pyv_edge_agent.cloud_sync import HTTPCloudUploader, Priority
-    from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+    from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
     queue = _queue(
         workdir, max_batch_seconds=max_batch_seconds, max_batch_items=max_batch_items, max_batch_bytes=16 << 20
@@ -216,7 +216,7 @@ def rate(workdir: str, items_per_second: float, window: float) -> Dict[str, Any]
     """Items a second the endpoint receives under ``max_items_per_second`` over ``window``
     seconds from the first batch (a small burst, 0.2 s of the rate)."""
     from pyv_edge_agent.cloud_sync import HTTPCloudUploader
-    from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+    from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
     queue = _queue(workdir, max_items_per_second=items_per_second, pacing_burst_seconds=0.2)
     queue.enqueue_many(_telemetry(int(items_per_second * window * 2) + 100))
@@ -235,7 +235,7 @@ def rate(workdir: str, items_per_second: float, window: float) -> Dict[str, Any]
 def cut(workdir: str, probe_interval: float, down_seconds: float) -> Dict[str, Any]:
     """Cut the link under a running worker, restore it; time to the first batch after."""
     from pyv_edge_agent.cloud_sync import HTTPCloudUploader
-    from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+    from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
     queue = _queue(workdir, probe_interval=probe_interval, retry_base_seconds=300.0, retry_max_seconds=300.0)
     arrivals = Arrivals()

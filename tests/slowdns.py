@@ -108,7 +108,7 @@ def _serve_dns(sock: socket.socket) -> None:
 
 def _scenario(posts: List[Tuple[str, float]]) -> None:
     from pyv_edge_agent.cloud_sync import HTTPCloudUploader, UploadError
-    from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+    from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
     dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dns.bind(("127.0.0.1", 53))

@@ -14,7 +14,7 @@ from aio_support import StreamUploader, run
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority
 from pyv_edge_agent.cloud_sync.aio import AsyncCloudSyncQueue
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 KEY = "test-key"
 ROUNDS = 25

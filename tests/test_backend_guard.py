@@ -9,7 +9,7 @@ from typing import Dict
 import pytest
 
 from pyv_edge_agent.cloud_sync import BACKEND
-from pyv_edge_agent.cloud_sync._env import REQUIRE_EXTENSIONS_VAR, no_extensions, require_extensions
+from pyv_edge_agent.cloud_sync._codec._env import REQUIRE_EXTENSIONS_VAR, no_extensions, require_extensions
 
 # The backend does not matter here: one run, on the backend in use (see ../conftest.py).
 pytestmark = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
@@ -68,7 +68,7 @@ import sys
 
 class _Missing:
     def find_spec(self, name, path=None, target=None):
-        if name == "pyv_edge_agent.cloud_sync._codec_c":
+        if name == "pyv_edge_agent.cloud_sync._codec._c":
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
@@ -100,7 +100,7 @@ def test_a_fallback_is_a_warning_and_shows_in_version(tmp_path: "os.PathLike[str
     assert "python backend: PYV_EDGE_AGENT_NO_EXTENSIONS=1" in shown.stdout
     # Required: the fallback is an error.
     required = _without_compiled_twin(tmp_path, PROBE, PYV_EDGE_AGENT_REQUIRE_EXTENSIONS="1")
-    assert required.returncode != 0 and "ModuleNotFoundError" in required.stderr and "_codec_c" in required.stderr
+    assert required.returncode != 0 and "ModuleNotFoundError" in required.stderr and "_codec._c" in required.stderr
 
 
 def test_requiring_and_switching_off_at_once_is_an_error(tmp_path: "os.PathLike[str]") -> None:

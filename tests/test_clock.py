@@ -13,7 +13,7 @@ import pytest
 import rawsql
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, QueueItem
-from pyv_edge_agent.cloud_sync._clock import QueueClock
+from pyv_edge_agent.cloud_sync._store.clock import QueueClock
 
 YEAR = 365 * 24 * 3600.0
 T0 = 1_800_000_000.0

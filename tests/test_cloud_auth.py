@@ -26,8 +26,8 @@ from pyv_edge_agent.cloud_sync import (
     TokenFileCredentials,
     UploadError,
 )
-from pyv_edge_agent.cloud_sync._proxy import NoProxy, ProxyRoutes
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.delivery.http.proxy import NoProxy, ProxyRoutes
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 pytestmark = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
 

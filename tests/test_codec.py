@@ -14,15 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyv_edge_agent.cloud_sync import BACKEND, Priority, QueueItem
-from pyv_edge_agent.cloud_sync._env import no_extensions
+from pyv_edge_agent.cloud_sync._codec._env import no_extensions
 
-PURE = importlib.import_module("pyv_edge_agent.cloud_sync._codec_py")
+PURE = importlib.import_module("pyv_edge_agent.cloud_sync._codec._py")
 
 
 def _twins() -> List[ModuleType]:
     twins = [PURE]
     if not no_extensions():
-        twins.append(importlib.import_module("pyv_edge_agent.cloud_sync._codec_c"))
+        twins.append(importlib.import_module("pyv_edge_agent.cloud_sync._codec._c"))
     return twins
 
 

@@ -17,7 +17,7 @@ import rawsql
 from mounts import remount_read_only, tmpfs_dir
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, CorruptDatabaseError, DatabaseError
-from pyv_edge_agent.cloud_sync._schema import SCHEMA_VERSION
+from pyv_edge_agent.cloud_sync._store.schema import SCHEMA_VERSION
 
 
 def _digest(path: str) -> str:

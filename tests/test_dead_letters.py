@@ -10,8 +10,8 @@ import pytest
 import rawsql
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, DeadLetter, HTTPCloudUploader, Priority, UploadError
-from pyv_edge_agent.cloud_sync._schema import SCHEMA_VERSION
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync._store.schema import SCHEMA_VERSION
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 # Version 1 as the first release of this package wrote it.
 V1_META_DDL = """

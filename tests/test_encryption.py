@@ -29,10 +29,10 @@ from pyv_edge_agent.cloud_sync import (
     MissingKeyError,
     Priority,
     _codec,
-    _seal,
 )
+from pyv_edge_agent.cloud_sync._store import seal
 from pyv_edge_agent.cloud_sync.cli import main as cli_main
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 import_or_skip("cryptography")
 
@@ -85,7 +85,7 @@ class Recorder:
 # -- the round trip -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cipher", _seal.CIPHERS)
+@pytest.mark.parametrize("cipher", seal.CIPHERS)
 def test_sealed_items_read_back_and_nothing_plain_reaches_the_files(db_path: str, cipher: str) -> None:
     with CloudSyncQueue(db_path, encryption_key=KEY, encryption_cipher=cipher) as queue:
         first = queue.enqueue({"secret": CANARY, "single": True}, Priority.CRITICAL)
@@ -140,7 +140,7 @@ _TEXT = st.characters(blacklist_categories=("Cs",))
         min_size=1,
         max_size=8,
     ),
-    cipher=st.sampled_from(_seal.CIPHERS),
+    cipher=st.sampled_from(seal.CIPHERS),
 )
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_payloads_round_trip_byte_for_byte(tmp_path: Any, payloads: List[Dict[str, Any]], cipher: str) -> None:
@@ -376,7 +376,7 @@ def test_a_server_error_echoing_the_payload_is_sealed_in_the_file_and_kept_out_o
 def test_without_the_key_reads_and_flushes_fail_clearly_and_change_nothing(db_path: str) -> None:
     with _sealed_queue(db_path):
         pass
-    key_id = _seal.key_id_of(KEY)
+    key_id = seal.key_id_of(KEY)
     for other in ({}, {"encryption_key": OTHER_KEY}):
         with CloudSyncQueue(db_path, **other) as queue:
             before = _table(queue)
@@ -413,7 +413,7 @@ def test_a_flush_without_the_key_sends_the_plain_items_and_keeps_the_sealed(db_p
 def test_a_wrong_key_under_the_right_id_does_not_authenticate(db_path: str) -> None:
     with _sealed_queue(db_path):
         pass
-    key_id = _seal.key_id_of(KEY)
+    key_id = seal.key_id_of(KEY)
     with CloudSyncQueue(db_path, encryption_key=lambda kid: ("new", OTHER_KEY) if kid is None else OTHER_KEY) as queue:
         with pytest.raises(DecryptionError, match=f"key id {key_id!r}") as caught:
             queue.peek()
@@ -597,7 +597,7 @@ def test_key_files_raw_hex_and_base64_give_the_same_key(tmp_path: Any, db_path: 
         queue.enqueue({"a": 1})
     for path in paths:
         with CloudSyncQueue.from_dict({"db_path": db_path, "encryption_key": path}) as queue:
-            assert queue.encryption_key_id == _seal.key_id_of(KEY)
+            assert queue.encryption_key_id == seal.key_id_of(KEY)
             assert queue.peek()[0].payload == {"a": 1}
 
 
@@ -646,7 +646,7 @@ def test_bad_cipher_and_no_key_material_in_repr(db_path: str) -> None:
     with pytest.raises(ValueError, match="encryption_cipher"):
         CloudSyncQueue(db_path, encryption_key=KEY, encryption_cipher="rot13")
     with CloudSyncQueue(db_path, encryption_key=KEY) as queue:
-        shown = repr(queue) + repr(_seal.KeyRing([KEY, OTHER_KEY]))
+        shown = repr(queue) + repr(seal.KeyRing([KEY, OTHER_KEY]))
         for secret in (KEY, OTHER_KEY):
             assert secret.hex() not in shown and repr(secret) not in shown
         assert "chacha20-poly1305" in repr(queue)
@@ -689,7 +689,7 @@ def test_cli_reads_with_key_files_and_rekeys(tmp_path: Any, db_path: str, capsys
         stored = conn.execute("SELECT payload FROM sync_queue").fetchone()[0]
     finally:
         conn.close()
-    assert stored.startswith("~1a" + _seal.key_id_of(OTHER_KEY) + ":")
+    assert stored.startswith("~1a" + seal.key_id_of(OTHER_KEY) + ":")
     assert cli_main(["--plain", "dead-letters", db_path, "--json", "--key-file", new]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert cli_main(["--plain", "peek", db_path, "--json", "--key-file", new]) == 0
@@ -721,8 +721,9 @@ def test_the_asyncio_api_seals_and_opens_alike(db_path: str) -> None:
 
 _REKEY_KILLED_AFTER_ONE_CHUNK = """
 import os, signal, sys
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, _rekey
-from pyv_edge_agent.cloud_sync._seal import KeyRing
+from pyv_edge_agent.cloud_sync import CloudSyncQueue
+from pyv_edge_agent.cloud_sync._store import rekey as _rekey
+from pyv_edge_agent.cloud_sync._store.seal import KeyRing
 
 reseal_chunk = _rekey._reseal_chunk
 
@@ -762,7 +763,7 @@ def test_a_rekey_killed_midway_shows_in_stats_and_check(tmp_path: Any, db_path: 
         timeout=120,
     )
     assert check.returncode == 1 and json.loads(check.stdout)["rekey_unfinished"] == left, check.stdout
-    ring = _seal.KeyRing([KEY, OTHER_KEY])
+    ring = seal.KeyRing([KEY, OTHER_KEY])
     with CloudSyncQueue(db_path, encryption_key=ring) as queue:
         assert queue.get_stats()["rekey_unfinished"] == left
         assert queue.pending_count() == items
@@ -773,6 +774,6 @@ def test_a_rekey_killed_midway_shows_in_stats_and_check(tmp_path: Any, db_path: 
 
 
 def _rekey_chunk() -> int:
-    from pyv_edge_agent.cloud_sync import _rekey
+    from pyv_edge_agent.cloud_sync._store import rekey as _rekey
 
     return _rekey.CHUNK

@@ -16,7 +16,7 @@ import rawsql
 import reliability
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 
 @pytest.fixture

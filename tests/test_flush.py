@@ -12,7 +12,7 @@ import pytest
 import rawsql
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, UploadError
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 KEY = "test-key"
 

@@ -14,14 +14,8 @@ from typing import Any, Dict, List
 import pytest
 import rawsql
 
-from pyv_edge_agent.cloud_sync import (
-    CloudSyncQueue,
-    HTTPCloudUploader,
-    Priority,
-    UploadError,
-    UploadResult,
-)
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, UploadError, UploadResult
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 KEY = "test-key"
 

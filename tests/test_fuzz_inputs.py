@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, DatabaseError, HTTPCloudUploader, Priority
-from pyv_edge_agent.cloud_sync.ingest_server import MAX_REQUEST_BYTES, IngestServer
+from pyv_edge_agent.cloud_sync.testing.ingest_server import MAX_REQUEST_BYTES, IngestServer
 
 anything = st.recursive(
     st.one_of(
@@ -263,7 +263,7 @@ def test_fuzzed_content_length_at_the_ingest_server() -> None:
 def test_fuzzed_retry_after_never_breaks_classification() -> None:
     """Any Retry-After a server sends reads as seconds (ASCII digits or an HTTP date) or as
     nothing: it never raises, which once turned a 413 into a transient failure."""
-    from pyv_edge_agent.cloud_sync.uploader import parse_retry_after
+    from pyv_edge_agent.cloud_sync.delivery.http.uploader import parse_retry_after
 
     dates = st.datetimes().map(lambda when: when.strftime("%a, %d %b %Y %H:%M:%S GMT"))
 

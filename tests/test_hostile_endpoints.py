@@ -20,8 +20,8 @@ import pytest
 import slowdns
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, SyncWorker, UploadError, UploadResult
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
-from pyv_edge_agent.cloud_sync.uploader import parse_retry_after
+from pyv_edge_agent.cloud_sync.delivery.http.uploader import parse_retry_after
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 # Visible ASCII with the characters that each escaping scheme changes: / " ' \ and %.
 SECRET = "pyv/live'SE\"CR\\ET%9f8e"

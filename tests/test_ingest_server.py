@@ -10,7 +10,7 @@ from typing import Any, Iterator, List, Tuple
 import pytest
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, UploadError
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 # Run once: these tests do not touch the codec.
 pytestmark = pytest.mark.parametrize("backend", ["python"], indirect=True)

@@ -1,4 +1,4 @@
-"""Links that come and go: pacing, batches sized to a time, probes and kick() (issue 15).
+"""Links that come and go: pacing, batches sized to a time, probes and kick().
 
 Nothing here measures speed: the token buckets run on a fake clock, batch sizes come from
 a throughput seeded in the file, and the worker tests wait for an outcome with a patience
@@ -23,11 +23,11 @@ from aio_support import run as aio_run
 from waiting import wait_for as _wait_for
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, SyncWorker, UploadError
-from pyv_edge_agent.cloud_sync._metrics import BY_KEY, prometheus_text
-from pyv_edge_agent.cloud_sync._pacing import FIRST_BATCH_BYTES, Pacer, ThroughputMeter, TokenBucket
-from pyv_edge_agent.cloud_sync._resume import prober
+from pyv_edge_agent.cloud_sync._flush.pacing import FIRST_BATCH_BYTES, Pacer, ThroughputMeter, TokenBucket
 from pyv_edge_agent.cloud_sync.aio import AsyncCloudSyncQueue, AsyncSyncWorker
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.cli._metrics import BY_KEY, prometheus_text
+from pyv_edge_agent.cloud_sync.delivery.probe import prober
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 KEY = "test-key"
 LONG_BACKOFF = {"retry_base_seconds": 3000.0, "retry_max_seconds": 3000.0}

@@ -31,7 +31,7 @@ from mqtt_broker import (
 )
 
 from pyv_edge_agent.cloud_sync import BACKEND, CloudSyncQueue, Priority, SyncWorker, UploadError
-from pyv_edge_agent.cloud_sync._outgoing import item_key
+from pyv_edge_agent.cloud_sync._flush.outgoing import item_key
 
 LOGGER = "pyv_edge_agent.cloud_sync"
 
@@ -472,7 +472,7 @@ def test_missing_paho_names_the_extra() -> None:
 
 @ONCE
 def test_azure_sas_token_is_signed_with_the_key() -> None:
-    from pyv_edge_agent.cloud_sync.mqtt import azure_iot_sas_token
+    from pyv_edge_agent.cloud_sync.delivery.mqtt.uploader import azure_iot_sas_token
 
     key = base64.b64encode(b"device-key-bytes-0123456789abcdef").decode()
     before = int(time.time())
@@ -561,7 +561,7 @@ def test_sealed_queue_publishes_the_opened_json(live_broker: Broker, db_path: st
         sub.close()
 
 
-# -- settings that only failed at use (issue 22, item 10) -------------------------------------
+# -- settings that only failed at use -------------------------------------------------------
 
 
 def _encrypted_key(key_path: str, password: bytes) -> bytes:

@@ -17,7 +17,7 @@ import pytest
 import reliability
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 pytestmark = pytest.mark.skipif(crashfs.unavailable() is not None, reason=f"{crashfs.unavailable()}")
 

@@ -11,7 +11,8 @@ from typing import List
 import pytest
 import rawsql
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, _sql
+from pyv_edge_agent.cloud_sync import CloudSyncQueue
+from pyv_edge_agent.cloud_sync._store import sql as _sql
 
 # SQLite before 3.36 (Bullseye ships 3.34) words a step "SEARCH TABLE t ..." / "SCAN TABLE t";
 # later releases drop "TABLE". Only that word is normalised: index, columns and ranges must match.

@@ -14,7 +14,7 @@ import pytest
 import rawsql
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, DatabaseError, Priority, QueueItem
-from pyv_edge_agent.cloud_sync._schema import QUEUE_DDL, SCHEMA_VERSION
+from pyv_edge_agent.cloud_sync._store.schema import QUEUE_DDL, SCHEMA_VERSION
 
 
 def _ids(items: List[QueueItem]) -> List[int]:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, QueueItem
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 
 def test_enqueue_example(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:

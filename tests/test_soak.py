@@ -9,7 +9,7 @@ from typing import Any, Dict
 import pytest
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 ITEMS = 3000
 FAULTS = [408, 425, 429, 500, 502, 503, 504, 404, 413, 400, 422, 401, 403, "reset", "lost", "slow"]

@@ -15,7 +15,10 @@ from pyv_edge_agent.cloud_sync import CloudSyncQueue
 pytestmark = pytest.mark.parametrize("backend", [cloud_sync.BACKEND], indirect=True)
 
 # Modules an enqueue-only process never needs (see __getattr__ in the package).
-DEFERRED = tuple(f"pyv_edge_agent.cloud_sync.{name}" for name in ("_flush", "uploader", "worker"))
+DEFERRED = tuple(
+    f"pyv_edge_agent.cloud_sync.{name}"
+    for name in ("_flush.flusher", "_flush.claim", "_flush.outgoing", "delivery", "uploader", "worker")
+)
 
 OPEN_SCRIPT = """
 import sys

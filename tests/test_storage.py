@@ -13,7 +13,8 @@ import legacy
 import pytest
 import rawsql
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, DiskFullError, Priority, QueueFullError, _storage
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, DiskFullError, Priority, QueueFullError
+from pyv_edge_agent.cloud_sync._store import storage as _storage
 
 LOGS, TELEMETRY, ANOMALY, CRITICAL = Priority.LOGS, Priority.TELEMETRY, Priority.ANOMALY, Priority.CRITICAL
 

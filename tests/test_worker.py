@@ -12,7 +12,7 @@ from waiting import PATIENCE
 from waiting import wait_for as _wait_for
 
 from pyv_edge_agent.cloud_sync import BACKEND, CloudSyncQueue, HTTPCloudUploader, Priority, SyncWorker
-from pyv_edge_agent.cloud_sync.ingest_server import IngestServer
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 KEY = "test-key"
 

@@ -19,7 +19,7 @@ from typing import List, Set, Tuple
 # ELF header: e_ident[EI_CLASS] (1: 32-bit, 2: 64-bit) and e_machine for each target.
 ELF_TARGETS = {"x86_64": (2, 0x3E), "aarch64": (2, 0xB7), "armv7l": (1, 0x28)}
 SOURCE_SUFFIXES = (".py", ".pyx", ".pyi", ".typed")
-COMPILED = re.compile(r"^pyv_edge_agent/cloud_sync/_codec_c\.cpython-\d+-[a-z0-9_]+-linux-[a-z0-9_]+\.so$")
+COMPILED = re.compile(r"^pyv_edge_agent/cloud_sync/_codec/_c\.cpython-\d+-[a-z0-9_]+-linux-[a-z0-9_]+\.so$")
 
 
 def source_files(package_dir: str) -> Set[str]:
@@ -49,7 +49,7 @@ def check(wheel: str, package_dir: str, machine: str) -> List[str]:
         names = [name for name in archive.namelist() if not name.endswith("/")]
         compiled = [name for name in names if COMPILED.match(name)]
         if len(compiled) != 1:
-            problems.append(f"expected one compiled _codec_c module, found {compiled or 'none'}")
+            problems.append(f"expected one compiled _codec._c module, found {compiled or 'none'}")
         for name in compiled:
             target = elf_target(archive.read(name)[:64])
             if target != ELF_TARGETS[machine]:

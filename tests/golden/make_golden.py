@@ -37,7 +37,7 @@ NACKED_INDEX = 2  # this item is nacked once (retry_count 1, due immediately)
 def _write_with_queue(path: str, backend: str) -> None:
     from pyv_edge_agent.cloud_sync import CloudSyncQueue, _codec
 
-    module = importlib.import_module(f"pyv_edge_agent.cloud_sync._codec_{'c' if backend == 'cython' else 'py'}")
+    module = importlib.import_module(f"pyv_edge_agent.cloud_sync._codec._{'c' if backend == 'cython' else 'py'}")
     for name in ("encode_payload", "encode_rows", "decode_rows", "id_chunks"):
         setattr(_codec, name, getattr(module, name))
     with CloudSyncQueue(path) as queue:

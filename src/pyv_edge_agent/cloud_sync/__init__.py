@@ -7,12 +7,12 @@ stay on disk, most important first, until the cloud has accepted them.
 import importlib
 from typing import TYPE_CHECKING, Any, List
 
-from ._schema import check_sqlite_version
+from ._store.schema import check_sqlite_version
 
 check_sqlite_version()
 
 from ._codec import BACKEND  # noqa: E402
-from ._errors import (  # noqa: E402
+from ._errors import (
     CloudSyncError,
     CorruptDatabaseError,
     DatabaseError,
@@ -22,32 +22,35 @@ from ._errors import (  # noqa: E402
     QueueFullError,
     UploadError,
 )
-from ._integrity import IntegrityReport  # noqa: E402
 from ._queue import CloudSyncQueue  # noqa: E402
+from ._store.integrity import IntegrityReport  # noqa: E402
 from ._types import DeadLetter, Priority, QueueItem  # noqa: E402
 
 if TYPE_CHECKING:
-    from ._upload_types import UploadResult
-    from .credentials import Credentials, OAuth2ClientCredentials, TokenFileCredentials
-    from .mqtt import MQTTUploader
-    from .uploader import HTTPCloudUploader
+    from ._upload_types import AsyncUploader, OutgoingItem, Uploader, UploadResult
+    from .delivery.http.credentials import Credentials, OAuth2ClientCredentials, TokenFileCredentials
+    from .delivery.http.uploader import HTTPCloudUploader
+    from .delivery.mqtt.uploader import MQTTUploader
     from .worker import SyncWorker
 
 # Imported on first use (PEP 562): a process that only enqueues never needs the uploader,
 # the sync worker or the flush machinery behind them, a tenth of the package's import time.
 _LAZY = {
-    "HTTPCloudUploader": "uploader",
-    "MQTTUploader": "mqtt",
+    "HTTPCloudUploader": "delivery.http.uploader",
+    "MQTTUploader": "delivery.mqtt.uploader",
     "UploadResult": "_upload_types",
+    "Uploader": "_upload_types",
+    "AsyncUploader": "_upload_types",
+    "OutgoingItem": "_upload_types",
     "SyncWorker": "worker",
-    "Credentials": "credentials",
-    "TokenFileCredentials": "credentials",
-    "OAuth2ClientCredentials": "credentials",
+    "Credentials": "delivery.http.credentials",
+    "TokenFileCredentials": "delivery.http.credentials",
+    "OAuth2ClientCredentials": "delivery.http.credentials",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Import the uploaders, their credentials, ``UploadResult`` and ``SyncWorker`` when first asked for."""
+    """Import the uploaders, their contract and credentials, and ``SyncWorker`` when first asked for."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -64,6 +67,7 @@ def __dir__() -> List[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncUploader",
     "BACKEND",
     "CloudSyncError",
     "CloudSyncQueue",
@@ -77,6 +81,7 @@ __all__ = [
     "IntegrityReport",
     "MQTTUploader",
     "MissingKeyError",
+    "OutgoingItem",
     "OAuth2ClientCredentials",
     "Priority",
     "QueueFullError",
@@ -85,5 +90,6 @@ __all__ = [
     "TokenFileCredentials",
     "UploadError",
     "UploadResult",
+    "Uploader",
     "__version__",
 ]

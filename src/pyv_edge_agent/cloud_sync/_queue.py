@@ -1,21 +1,35 @@
 """``CloudSyncQueue``: the public face of the queue. It validates, encodes and hands work to
-its parts: the ``Store`` (connection, lock, transactions, clock), the ``StorageGuard``
-(limits, eviction, purge), a ``GroupCommitter`` for single enqueues, and, for a flush, the
-``FlushPolicy``, the ``LinkState`` and a ``_flush.Flusher``. The flushing methods come from
-``FlushingQueue`` (``_queue_flush``). See docs/architecture.md."""
+the parts it holds: its ``Store`` (connection, lock and error translation, transactions,
+clock, storage limits), a ``GroupCommitter`` for single enqueues, its ``FlushPolicy`` and
+this process's ``LinkState``, and for each flush a ``Flusher``. See docs/architecture.md."""
 
+import contextlib
 import os
+import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from . import _codec, _deadletter, _integrity, _schema, _seal, _stats, _storage, _validate
-from ._group_commit import GroupCommitter
-from ._integrity import IntegrityReport
-from ._policy import FlushPolicy, LinkState
-from ._queue_flush import FlushingQueue, sqlite_errors
-from ._sql import ACK_SQL, COUNT_SQL, NACK_SQL, SELECT_ELIGIBLE_SQL
-from ._store import Store
-from ._types import DeadLetter, Priority, QueueItem
+from . import _codec, _validate
+from ._flush.policy import ALL_LEVELS, FlushPolicy, LinkState, release_held
+from ._store import deadletter, schema, stats
+from ._store import integrity as _integrity
+from ._store import seal as _seal
+from ._store import storage as _storage
+from ._store.clock import HIGH_WATER_LEAD_SECONDS
+from ._store.group_commit import GroupCommitter
+from ._store.integrity import IntegrityReport
+from ._store.sql import (
+    ACK_SQL,
+    COUNT_SQL,
+    NACK_SQL,
+    RESET_DAILY_SQL,
+    RESUME_HELD_SQL,
+    SELECT_ELIGIBLE_SQL,
+    WAITING_STAMPS_SQL,
+)
+from ._store.store import Store
+from ._types import CRITICAL, Column, DeadLetter, Priority, QueueItem
+from ._upload_types import Uploader
 
 # The constructor's arguments that ``from_dict`` takes (all but ``clock``).
 CONFIG_KEYS = tuple(
@@ -24,10 +38,9 @@ CONFIG_KEYS = tuple(
     " daily_message_limit encryption_key encryption_cipher max_items_per_second max_bytes_per_second"
     " pacing_burst_seconds critical_bypasses_pacing max_batch_seconds probe_interval".split()
 )
-_ALL_LEVELS = (1, 2, 3, 4)
 
 
-class CloudSyncQueue(FlushingQueue):
+class CloudSyncQueue:
     """A persistent, priority-ordered store-and-forward queue backed by one SQLite file.
 
     Thread-safe through one ``threading.RLock``; several processes may share the file
@@ -118,8 +131,8 @@ class CloudSyncQueue(FlushingQueue):
         probe_interval: Optional[float] = 10.0,
     ) -> None:
         path = _validate.db_path(db_path)
-        durability = _validate.choice("durability", durability, tuple(_schema.SYNCHRONOUS))
-        busy_timeout = _validate.number("busy_timeout", busy_timeout, 0.0, maximum=_schema.MAX_BUSY_TIMEOUT)
+        durability = _validate.choice("durability", durability, tuple(schema.SYNCHRONOUS))
+        busy_timeout = _validate.number("busy_timeout", busy_timeout, 0.0, maximum=schema.MAX_BUSY_TIMEOUT)
         policy = FlushPolicy(
             max_batch_items,
             max_batch_bytes,
@@ -151,7 +164,10 @@ class CloudSyncQueue(FlushingQueue):
             limits=limits,
             sealer=sealer,
         )
-        super().__init__(store, policy, link)
+        self._store = store
+        self._policy = policy
+        self._link = link
+        self._clock: Callable[[], float] = store.now
         self._committer: GroupCommitter[Tuple[str, int, int]] = GroupCommitter(self._write_group)
 
     def close(self) -> None:
@@ -185,7 +201,6 @@ class CloudSyncQueue(FlushingQueue):
 
     # -- writing ----------------------------------------------------------------------
 
-    @sqlite_errors
     def enqueue(
         self, payload: Dict[str, Any], priority: Priority = Priority.TELEMETRY, ttl_seconds: int = 86400
     ) -> int:
@@ -200,7 +215,7 @@ class CloudSyncQueue(FlushingQueue):
         level = _validate.priority_value(priority)
         ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
         row_id = self._committer.submit((text, level, ttl))
-        if level == 1 and self._link.wakers:
+        if level == CRITICAL and self._link.wakers:
             self._link.wake()
         return row_id
 
@@ -214,7 +229,6 @@ class CloudSyncQueue(FlushingQueue):
         enqueue path goes through here."""
         return self._store.insert(rows)
 
-    @sqlite_errors
     def enqueue_many(
         self, payloads: Sequence[Dict[str, Any]], priority: Priority = Priority.TELEMETRY, ttl_seconds: int = 86400
     ) -> List[int]:
@@ -230,11 +244,10 @@ class CloudSyncQueue(FlushingQueue):
         if not rows:
             return []
         ids = self._insert_rows(rows)
-        if level == 1 and self._link.wakers:
+        if level == CRITICAL and self._link.wakers:
             self._link.wake()
         return ids
 
-    @sqlite_errors
     def ack(self, ids: Sequence[int]) -> int:
         """Delete the given items; return how many rows were deleted. Unknown ids are ignored."""
         chunks = _codec.id_chunks(ids)
@@ -243,7 +256,6 @@ class CloudSyncQueue(FlushingQueue):
             self._store.storage.maintain(self._store.conn())
             return deleted
 
-    @sqlite_errors
     def nack(self, ids: Sequence[int], retry_delay_seconds: float = 60.0) -> int:
         """Count a failed attempt on the given items and hide them for ``retry_delay_seconds``.
 
@@ -256,7 +268,6 @@ class CloudSyncQueue(FlushingQueue):
 
     # -- reading ----------------------------------------------------------------------
 
-    @sqlite_errors
     def dequeue(self, batch_size: int = 10) -> List[QueueItem]:
         """Return up to ``batch_size`` eligible items in priority order without removing them.
 
@@ -264,14 +275,13 @@ class CloudSyncQueue(FlushingQueue):
         priority, then ``next_retry_at``, then id. Call ``ack`` after a successful upload.
         """
         limit = _validate.integer("batch_size", batch_size, 1)
-        return self._eligible(limit, _ALL_LEVELS)
+        return self._eligible(limit, ALL_LEVELS)
 
-    @sqlite_errors
     def peek(self, n: int = 5, *, priority: Optional[Priority] = None) -> List[QueueItem]:
         """Return up to ``n`` eligible items, exactly as ``dequeue`` would, for inspection;
         ``priority`` keeps only that level."""
         limit = _validate.integer("n", n, 1)
-        levels = _ALL_LEVELS if priority is None else (_validate.priority_value(priority),)
+        levels = ALL_LEVELS if priority is None else (_validate.priority_value(priority),)
         return self._eligible(limit, levels)
 
     def _eligible(self, limit: int, levels: Tuple[int, ...]) -> List[QueueItem]:
@@ -286,16 +296,14 @@ class CloudSyncQueue(FlushingQueue):
             queue_id = self._store.queue_id
             unsealed = _seal.unsealed_ids(rows, self._store.sealed_from)
         if unsealed:  # never handed out: a flush moves them to the dead-letter table
-            rows = [row for row in rows if row[0] not in unsealed]
+            rows = [row for row in rows if row[Column.ID] not in unsealed]
         return _seal.decoded(self._store.sealer, rows, queue_id, "sync_queue", _codec.decode_rows)
 
-    @sqlite_errors
     def pending_count(self) -> int:
         """Return the number of stored items, whatever their TTL or retry state."""
         with self._store.lock:
             return int(self._store.conn().execute(COUNT_SQL).fetchone()[0])
 
-    @sqlite_errors
     def get_stats(self) -> Dict[str, Any]:
         """Return queue statistics.
 
@@ -309,17 +317,15 @@ class CloudSyncQueue(FlushingQueue):
         ``clock_jumps_total`` and ``storage_bytes`` (the file and its WAL); ``rekey_unfinished``
         (items a ``rekey`` that was cut short left under an older key or in plain text).
         """
-        return _stats.collect(self._store, self._clock())
+        return stats.collect(self._store, self._clock())
 
     # -- storage and integrity --------------------------------------------------------
 
-    @sqlite_errors
     def purge_expired(self) -> int:
         """Delete the items whose TTL has run out and return how many; counted in
         ``get_stats()["expired_purged_total"]``."""
         return self._store.purge_expired(when_due=False)
 
-    @sqlite_errors
     def rekey(self) -> int:
         """Re-seal every stored item and dead letter under the newest key (asked of a
         callable ``encryption_key`` again) and the configured cipher, plain ones from before
@@ -329,7 +335,7 @@ class CloudSyncQueue(FlushingQueue):
         ``DecryptionError`` and nothing is changed. Then the file is rewritten (``VACUUM``)
         and its WAL truncated, so that the old texts do not linger in free pages.
         """
-        from . import _rekey
+        from ._store import rekey as _rekey
 
         return _rekey.rekey(self._store)
 
@@ -347,29 +353,146 @@ class CloudSyncQueue(FlushingQueue):
         with self._store.lock:
             return _integrity.verify(self._store.conn(), self.db_path)
 
-    @sqlite_errors
     def compact(self) -> None:
         """Rewrite the file to its smallest size (SQLite ``VACUUM``) and switch a file made by
         an earlier release to incremental auto-vacuum, so that it shrinks by itself from
         then on. Needs free disk space about the size of the stored items."""
         self._store.compact()
 
-    # (flushing, the link's backoff and the daily counter: ``FlushingQueue``, _queue_flush.py)
+    # -- flushing, the link's backoff and the daily counter -------------------------------
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a batch being uploaded stays hidden from other flushers; an uploader's
+        ``timeout`` must be below it."""
+        return self._policy.lease_seconds
+
+    @property
+    def messages_sent_today(self) -> int:
+        """Items acked by ``maybe_flush`` since the last ``reset_daily_counters()``; persisted."""
+        return self._store.sent_today()
+
+    def reset_daily_counters(self) -> None:
+        """Reset ``messages_sent_today`` to 0; call it from a job at midnight."""
+        with self._store.lock:
+            self._store.conn().execute(RESET_DAILY_SQL)
+
+    def maybe_flush(self, uploader: Optional[Uploader] = None, *, stop: Optional[threading.Event] = None) -> int:
+        """Send eligible items through ``uploader.post_batch`` in priority order; return how
+        many were acked.
+
+        Items go in batches bounded by ``max_batch_items`` and ``max_batch_bytes``; each
+        accepted batch is acked. A failure is classified (see the README): a transient
+        one nacks the batch with backoff and ends the call, a 413 splits the batch, a
+        rejection isolates the bad items and in the end dead-letters them, refused
+        credentials keep every item and back off long. Without an uploader nothing is
+        sent and nothing is removed. Once ``stop`` is set, the call returns after the
+        batch in flight (``SyncWorker`` stops this way).
+        """
+        if stop is not None and not isinstance(stop, threading.Event):
+            raise TypeError(f"stop must be a threading.Event or None, got {type(stop).__name__}: {stop!r:.100}")
+        if uploader is None:
+            return 0
+        # The flush machinery loads on the first flush: a process that only enqueues never
+        # needs it, and it is a tenth of the import time.
+        from ._flush.flusher import Flusher
+
+        # Checks the uploader before anything is written.
+        flusher = Flusher(self._store, self._policy, self._link, uploader, stop)
+        # Housekeeping on the way: expired items go every ``purge_interval``, space goes back.
+        self._store.purge_expired(when_due=True)
+        return flusher.run()
+
+    @property
+    def backoff_seconds(self) -> float:
+        """Seconds left of the backoff that the last failed upload of this queue object set (0 if none)."""
+        return self._link.backoff_seconds(self._clock())
+
+    @property
+    def probe_interval(self) -> Optional[float]:
+        """How often a sync loop probes the link while backing off after an upload that got
+        no answer (None: it does not)."""
+        return self._policy.probe_interval
+
+    @property
+    def link_down(self) -> bool:
+        """True while this queue object backs off after an upload that got no answer at
+        all (refused, unreachable, timed out): the kind of backoff a probe may end."""
+        return self._link.link_down
+
+    def end_backoff(self) -> bool:
+        """End a backoff after an upload that got no answer, because the link is back (a
+        probe succeeded, a network-up hook ran): the batches it held are due now, each
+        still whole, so its retry carries the same idempotency key. Returns whether a
+        backoff ended. A backoff after refused credentials (401/403) or an answer of the
+        endpoint (5xx, 429, ``Retry-After``) stays: a working link does not end those."""
+        with self._store.lock:
+            stamps = self._link.resume(self._clock())
+            if stamps is None:
+                return False
+            with self._store.write() as conn:
+                release_held(conn, stamps)
+        return True
+
+    def retry_now(self) -> int:
+        """End every backoff now, whatever failure set it and whichever process: the items
+        waiting for a retry are due at once, each retried batch still whole (so it carries
+        the same idempotency key) and in its order. Items that a flush is sending (under a
+        live lease) are left alone. Returns how many items became due.
+
+        For an operator who fixed the cause (a key, a certificate, the endpoint) and wants
+        the queue sent now (``cloud-sync flush --now``); ``end_backoff`` is the narrower
+        call for a link that came back.
+        """
+        with self._store.lock:
+            now = self._clock()
+            with self._store.write() as conn:
+                stamps = sorted(stamp for (stamp,) in conn.execute(WAITING_STAMPS_SQL, (now, now)))
+                self._link.end()
+                if not stamps:
+                    return 0
+                # One shift for all, as LinkState.resume does: batches keep distinct stamps.
+                # The last lands a clock lead before now: another process's clock (which
+                # may be behind this one by up to the lead, see _clock) finds it due too.
+                shift = stamps[-1] - (now - HIGH_WATER_LEAD_SECONDS)
+                return int(conn.executemany(RESUME_HELD_SQL, [(stamp - shift, stamp) for stamp in stamps]).rowcount)
+
+    def next_due_in(self) -> Optional[float]:
+        """Seconds until ``maybe_flush`` has something to send: 0 when an item is due now,
+        None when nothing is stored but expired items.
+
+        Counts the current backoff, and leaves out non-critical items once the daily
+        message budget is spent. A sync loop sleeps this long instead of polling.
+        """
+        with self._store.lock:
+            now = self._clock()
+            due = self._store.earliest_due(self._policy.levels(self._store.sent_today), now)
+        return None if due is None else max(0.0, due - now, self._link.backoff_until - now)
+
+    @contextlib.contextmanager
+    def waking(self, event: threading.Event) -> Iterator[threading.Event]:
+        """While the block runs, set ``event`` whenever a critical item is enqueued through
+        this queue object (a sync loop waits on it; ``SyncWorker`` does)."""
+        self._link.wakers.append(event)
+        try:
+            yield event
+        finally:
+            self._link.wakers.remove(event)
 
     # -- dead letters -----------------------------------------------------------------
 
     def dead_letters(self, limit: int = 100) -> List[DeadLetter]:
         """Return up to ``limit`` items from the dead-letter table, oldest first."""
-        return _deadletter.list_dead(self._store, limit)
+        return deadletter.list_dead(self._store, limit)
 
     def requeue_dead_letters(self, ids: Optional[Sequence[int]] = None) -> int:
         """Move dead letters (all, or those with the given ids) back into the queue, due now
         and with a fresh TTL; return how many moved."""
-        return _deadletter.requeue(self._store, ids)
+        return deadletter.requeue(self._store, ids)
 
     def drop_dead_letters(self, ids: Optional[Sequence[int]] = None) -> int:
         """Delete dead letters (all, or those with the given ids) for good; return how many."""
-        return _deadletter.drop(self._store, ids)
+        return deadletter.drop(self._store, ids)
 
     # -- construction from configuration ------------------------------------------------
 

@@ -3,7 +3,7 @@
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Final, Optional, Tuple
 
 
 def shown(value: Any, width: int) -> str:
@@ -73,8 +73,32 @@ class DeadLetter:
 # Constants both codec twins share, so that they are written once.
 # The stored integer to its member: a dict lookup is much cheaper than ``Priority(n)``.
 PRIORITY_BY_VALUE = {member.value: member for member in Priority}
-# The columns of a row that ``decode_rows`` turns into a ``QueueItem``, in order.
+# The columns of an item row, in the one order of every SELECT of items (a dead letter's
+# row adds its own after them); ``decode_rows`` turns such a row into a ``QueueItem``.
 ROW_COLUMNS = ("id", "payload", "priority", "created_at", "ttl_seconds", "retry_count", "next_retry_at")
+
+
+class Column:
+    """Where each of ``ROW_COLUMNS`` is in an item row: ``row[Column.PRIORITY]``."""
+
+    ID: Final = 0
+    PAYLOAD: Final = 1
+    PRIORITY: Final = 2
+    CREATED_AT: Final = 3
+    TTL_SECONDS: Final = 4
+    RETRY_COUNT: Final = 5
+    NEXT_RETRY_AT: Final = 6
+
+
+# ``Priority.CRITICAL`` as stored, to compare with a row's priority column.
+CRITICAL: Final[int] = Priority.CRITICAL.value
+
+
+def expires_at(row: Tuple[Any, ...]) -> float:
+    """When the item of an item row expires (``created_at + ttl_seconds``)."""
+    return float(row[Column.CREATED_AT] + row[Column.TTL_SECONDS])
+
+
 # Chunk shapes for ``WHERE id IN (?, ...)``: a short id list is padded up to the next
 # shape so that a handful of prepared statements serve every list length. 512 stays
 # under SQLite's 999-variable limit (before 3.32) with room for the other parameters.

@@ -1,17 +1,74 @@
-"""What an uploader hands back to a flush, whatever carries the batch (HTTP, MQTT, ...).
+"""The contract between a flush and an uploader, whatever carries the batch (HTTP, MQTT, ...).
 
-``UploadResult`` (the endpoint took part of a batch), ``UploadError`` (an attempt failed)
-and ``OutcomeKind`` (how the flush treats an attempt). Nothing here imports transport code,
-so a flush, and an uploader for another protocol, need none.
+``Uploader`` and ``AsyncUploader`` (what a flush calls), ``OutgoingItem`` (one item as
+``post_items`` gets it), ``UploadResult`` (the endpoint took part of a batch),
+``UploadError`` (an attempt failed) and ``OutcomeKind`` (how the flush treats an attempt).
+Nothing here imports transport code, so a flush, and an uploader for another protocol,
+need none.
 """
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Protocol, Sequence
 
 from ._errors import UploadError
+from ._types import Priority
 
-__all__ = ["OutcomeKind", "UploadError", "UploadResult"]
+__all__ = ["AsyncUploader", "OutcomeKind", "OutgoingItem", "UploadError", "UploadResult", "Uploader"]
+
+
+class Uploader(Protocol):
+    """What ``maybe_flush`` and ``SyncWorker`` send through: any object with a
+    ``post_batch(payloads)`` method (``HTTPCloudUploader`` and ``MQTTUploader`` are two).
+
+    ``post_batch`` gets the decoded payloads of one batch, most important first. Returning
+    (None, True or anything else) means the endpoint took them all; ``False`` or raising
+    means the batch failed and is retried later (an ``UploadError`` with a ``status`` is
+    classified like that HTTP status); an ``UploadResult`` says which items were refused.
+
+    A flush also uses these when the uploader has them (they are looked up, not required):
+
+    - ``post_encoded_batch(body, count, idempotency_key=...)``: the batch as one JSON array
+      spliced from the stored texts, with a key that its retries share, instead of
+      ``post_batch``;
+    - ``post_items(items)``: a list of ``OutgoingItem``, for a transport that sends items one
+      by one, instead of both;
+    - ``timeout``: seconds; must be below the queue's ``lease_seconds``;
+    - ``probe()``: whether the link works now, asked while a worker backs off (see
+      ``SyncWorker``), and ``endpoint``, a URL probed with a TCP connect when there is no
+      ``probe``;
+    - ``credentials_subject``: who refused the credentials, for the log line.
+    """
+
+    def post_batch(self, payloads: List[Dict[str, Any]]) -> object:
+        """Send one batch; see the class docstring for what the return value means."""
+
+
+class AsyncUploader(Protocol):
+    """What ``AsyncCloudSyncQueue.flush`` and ``AsyncSyncWorker`` also take: an ``Uploader``
+    whose methods (``post_batch``, ``post_encoded_batch``, ``post_items``, ``probe``) are
+    coroutine functions, run on the event loop while the flush waits in its thread."""
+
+    async def post_batch(self, payloads: List[Dict[str, Any]]) -> object:
+        """Send one batch; as ``Uploader.post_batch``."""
+
+
+class OutgoingItem(NamedTuple):
+    """One item of a batch for ``post_items(items)`` (a tuple: a flush makes one per item).
+
+    :param id: the item's queue id.
+    :param text: the stored JSON text of the payload, as stored (UTF-8).
+    :param priority: the item's priority.
+    :param ttl_left: seconds until the item expires, by the queue's clock (at least 0).
+    :param key: an idempotency key for this item alone: the same on every retry of the
+        item, different for every other item of the same queue file.
+    """
+
+    id: int
+    text: bytes
+    priority: Priority
+    ttl_left: float
+    key: str
 
 
 class OutcomeKind(Enum):

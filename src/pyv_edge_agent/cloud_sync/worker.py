@@ -3,11 +3,14 @@
 import logging
 import threading
 import time
-from typing import Any, Optional
+from typing import Optional
 
-from . import _flush, _outgoing, _resume, _validate
+from . import _validate
+from ._flush.flusher import check_uploader
 from ._queue import CloudSyncQueue
 from ._sigterm import SigtermHook
+from ._upload_types import Uploader
+from .delivery.probe import prober
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 
@@ -53,7 +56,7 @@ class SyncWorker:
     def __init__(
         self,
         queue: CloudSyncQueue,
-        uploader: Any,
+        uploader: Uploader,
         *,
         interval: float = 10.0,
         handle_sigterm: bool = True,
@@ -61,8 +64,7 @@ class SyncWorker:
     ) -> None:
         if not isinstance(queue, CloudSyncQueue):
             raise TypeError(f"queue must be a CloudSyncQueue, got {type(queue).__name__}")
-        _outgoing.poster(uploader)  # refuses an object without post_batch now rather than in the thread
-        _flush.check_deadline(queue.lease_seconds, uploader)
+        check_uploader(uploader, queue.lease_seconds)  # now, rather than in the thread
         self._queue = queue
         self._uploader = uploader
         self._interval = _validate.number("interval", interval, 0.0, allow_equal=False)
@@ -75,7 +77,7 @@ class SyncWorker:
         self._kicked = threading.Event()
         # Set once the application waits for the loop: after SIGTERM it ends the process itself.
         self._joined = threading.Event()
-        self._probe = _resume.prober(uploader)
+        self._probe = prober(uploader)
         self._thread: Optional[threading.Thread] = None
         self._sigterm = SigtermHook(self._ask_to_stop, self._ended, self._joined.is_set, queue.lease_seconds)
         self.flushed = 0

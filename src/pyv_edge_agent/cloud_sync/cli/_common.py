@@ -10,8 +10,8 @@ import orjson
 
 from .. import CloudSyncQueue, DeadLetter, QueueItem
 from .._errors import MissingExtraError
-from .._integrity import require_queue
-from .._seal import DEFAULT_CIPHER, EXTRA_HINT, KeyRing
+from .._store.integrity import require_queue
+from .._store.seal import DEFAULT_CIPHER, EXTRA_HINT, KeyRing
 from ._render import Output
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_DATABASE = 0, 1, 2, 3

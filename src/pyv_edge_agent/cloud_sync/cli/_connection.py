@@ -8,7 +8,7 @@ import os
 from typing import Any, Dict, Optional
 from urllib.parse import quote
 
-from ..credentials import OAuth2ClientCredentials, TokenFileCredentials
+from ..delivery.http.credentials import OAuth2ClientCredentials, TokenFileCredentials
 
 # The environment variables read by default (their names can be changed by options).
 KEY_PASSWORD_ENV = "CLOUD_SYNC_KEY_PASSWORD"

@@ -11,7 +11,7 @@ import time
 from typing import Dict, List
 
 from .. import CloudSyncQueue, HTTPCloudUploader, Priority
-from ..ingest_server import IngestServer
+from ..testing.ingest_server import IngestServer
 from ._render import Output, TrackingUploader
 
 DEMO_API_KEY = "pyv_demo_local_only"

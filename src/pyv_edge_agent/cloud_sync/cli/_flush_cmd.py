@@ -8,8 +8,8 @@ import time
 from typing import Any, Dict, Optional
 
 from .. import HTTPCloudUploader
-from .._integrity import read_only_uri
-from ..uploader import DEFAULT_GZIP_MIN_BYTES
+from .._store.integrity import read_only_uri
+from ..delivery.http.uploader import DEFAULT_GZIP_MIN_BYTES
 from . import _connection
 from ._common import EXIT_INCOMPLETE, EXIT_OK, UsageError, open_queue, print_json
 from ._render import Output, TrackingUploader, human_duration
@@ -83,7 +83,7 @@ def mqtt_uploader(args: argparse.Namespace) -> Any:
     """An ``MQTTUploader`` from ``--mqtt mqtts://host:8883`` (TLS) or ``mqtt://host:1883``."""
     from urllib.parse import urlsplit
 
-    from ..mqtt import MQTTUploader
+    from ..delivery.mqtt.uploader import MQTTUploader
 
     url = urlsplit(args.mqtt)
     if url.scheme not in ("mqtt", "mqtts") or not url.hostname or url.username or url.password:

@@ -13,23 +13,13 @@ import signal
 import threading
 from typing import Any, List, Optional
 
-from .. import (
-    BACKEND,
-    CloudSyncError,
-    CloudSyncQueue,
-    DatabaseError,
-    MissingKeyError,
-    Priority,
-    QueueItem,
-    __version__,
-)
+from .. import BACKEND, CloudSyncError, CloudSyncQueue, DatabaseError, MissingKeyError, Priority, QueueItem, __version__
 from .._codec import FALLBACK_REASON
 from .._errors import MissingExtraError
-from .._integrity import require_queue
-from .._metrics import BY_KEY, prometheus_text
-from .._schema import SCHEMA_VERSION
-from .._seal import CIPHERS, DEFAULT_CIPHER
-from ..ingest_server import IngestServer
+from .._store.integrity import require_queue
+from .._store.schema import SCHEMA_VERSION
+from .._store.seal import CIPHERS, DEFAULT_CIPHER
+from ..testing.ingest_server import IngestServer
 from . import _connection
 from ._common import (
     EXIT_DATABASE,
@@ -43,6 +33,7 @@ from ._common import (
 )
 from ._dead_letters_cmd import cmd_dead_letters
 from ._flush_cmd import DEFAULT_KEY_ENV, DEFAULT_MQTT_PASSWORD_ENV, ENDPOINT_ENV, cmd_flush
+from ._metrics import BY_KEY, prometheus_text
 from ._render import Output, human_age, human_bytes, human_duration
 
 

@@ -1,0 +1,135 @@
+"""Schema, pragmas and migrations of the queue file.
+
+The documented ``sync_queue`` table and its index are kept exactly as earlier releases
+wrote them, so their databases open unchanged. Everything newer lives in extra tables and
+is tracked by ``PRAGMA user_version``.
+"""
+
+import sqlite3
+
+from .._errors import DatabaseError
+from .sql import write_transaction
+
+SCHEMA_VERSION = 3
+MIN_SQLITE_VERSION = (3, 31, 0)
+# SQLite keeps its busy timeout in milliseconds in a C int; beyond it the value wraps.
+MAX_BUSY_TIMEOUT = (2**31 - 1) / 1000.0
+
+QUEUE_DDL = """\
+CREATE TABLE IF NOT EXISTS sync_queue (
+id INTEGER PRIMARY KEY AUTOINCREMENT,
+payload TEXT NOT NULL,
+priority INTEGER NOT NULL,
+created_at REAL NOT NULL,
+ttl_seconds INTEGER NOT NULL,
+retry_count INTEGER NOT NULL DEFAULT 0,
+next_retry_at REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS idx_sync_queue_priority
+ON sync_queue(priority, next_retry_at);
+"""
+
+# Counters and other small state that must survive a restart.
+META_DDL = """\
+CREATE TABLE IF NOT EXISTS sync_meta (
+key TEXT PRIMARY KEY,
+value NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('messages_sent_today', 0);
+INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('messages_sent_total', 0);
+"""
+
+# Version 2: items that the endpoint refused for good, with why and when; the rejection
+# count of items still queued (kept apart from ``retry_count``, which transient failures
+# raise, so that a long outage never dead-letters anything); batches in flight, so that
+# statistics can count leased items; and a random identity of this queue file, which went
+# into idempotency keys until version 3.
+DEAD_LETTER_DDL = """\
+CREATE TABLE IF NOT EXISTS sync_dead_letters (
+id INTEGER PRIMARY KEY,
+payload TEXT NOT NULL,
+priority INTEGER NOT NULL,
+created_at REAL NOT NULL,
+ttl_seconds INTEGER NOT NULL,
+retry_count INTEGER NOT NULL DEFAULT 0,
+next_retry_at REAL NOT NULL DEFAULT 0,
+last_status INTEGER,
+last_error TEXT,
+dead_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sync_rejections (
+id INTEGER PRIMARY KEY,
+rejections INTEGER NOT NULL,
+last_status INTEGER,
+last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS sync_leases (
+token TEXT PRIMARY KEY,
+items INTEGER NOT NULL,
+expires_at REAL NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('queue_id', lower(hex(randomblob(16))));
+"""
+
+# Version 3: the random Idempotency-Key of each batch sent, under a digest of its item ids
+# (see ``_batchkeys``); ``queue_id`` is no longer part of a key.
+BATCH_KEYS_DDL = """\
+CREATE TABLE IF NOT EXISTS sync_batch_keys (
+digest TEXT PRIMARY KEY,
+batch_key TEXT NOT NULL,
+first_id INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+# The DDL that brings a file from version ``n - 1`` to ``n``. Version 0 is a new file or
+# one written by the earlier release (only ``sync_queue``); every step is idempotent.
+MIGRATIONS = {1: QUEUE_DDL + META_DDL, 2: DEAD_LETTER_DDL, 3: BATCH_KEYS_DDL}
+
+# Synchronous levels by durability mode. FULL syncs the WAL on every commit, so a returned
+# id survives power loss; NORMAL syncs only at checkpoints: a crash of the process loses
+# nothing, a power cut may lose the last transactions but never corrupts the file.
+SYNCHRONOUS = {"full": "FULL", "fast": "NORMAL"}
+
+
+def check_sqlite_version(version: str = sqlite3.sqlite_version) -> None:
+    """Raise ImportError when the linked SQLite is older than the supported floor."""
+    found = tuple(int(part) for part in version.split(".")[:3])
+    if found < MIN_SQLITE_VERSION:
+        floor = ".".join(map(str, MIN_SQLITE_VERSION))
+        raise ImportError(
+            f"pyv_edge_agent.cloud_sync needs SQLite {floor} or newer; Python's sqlite3 is linked "
+            f"against SQLite {version}"
+        )
+
+
+def configure(conn: sqlite3.Connection, durability: str, busy_timeout: float) -> None:
+    """Apply the per-connection pragmas."""
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
+    # Some builds (Debian's among them) default to secure_delete=ON, which also zero-fills
+    # pages as they are freed: extra writes to the flash for every batch acked. FAST still
+    # clears deleted rows inside the pages that are written anyway, and durability is
+    # untouched.
+    conn.execute("PRAGMA secure_delete = FAST")
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Create or upgrade the schema to ``SCHEMA_VERSION`` in one transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"{path!r} has schema version {version}, written by a newer release of "
+            f"pyv-edge-agent (this one understands up to {SCHEMA_VERSION}); upgrade the package"
+        )
+    with write_transaction(conn):
+        # Re-read inside the write lock: another process may have migrated meanwhile.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for ddl in MIGRATIONS[step].split(";\n"):
+                if ddl.strip():
+                    conn.execute(ddl)
+        if version < SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -1,0 +1,230 @@
+"""``AsyncSyncWorker``: the task that flushes an ``AsyncCloudSyncQueue``, sleeping until an
+item is due or a critical one wakes it, and probing a dead link while it backs off.
+"""
+
+import asyncio
+import inspect
+import logging
+import threading
+from typing import Awaitable, Callable, Optional, Union
+
+from .. import _validate
+from .._sigterm import SigtermHook
+from .._upload_types import AsyncUploader, Uploader
+from ..delivery.probe import prober
+from .loop_uploader import check_uploader
+from .queue import AsyncCloudSyncQueue
+from .threads import in_thread
+
+logger = logging.getLogger("pyv_edge_agent.cloud_sync")
+
+# After a flush that sent nothing although items were due, the worker waits at least this
+# long (or its interval, if shorter).
+IDLE_FLOOR_SECONDS = 1.0
+
+
+class AsyncSyncWorker:
+    """Flushes ``queue`` through ``uploader`` from a task on the running event loop.
+
+    Like ``SyncWorker``: the loop sleeps until an item is due (at most ``interval``
+    seconds) and through the backoff the last failure set, so a dead link costs no CPU;
+    a critical item enqueued through the same queue (by a coroutine, or by sync code
+    through ``queue.queue`` in another thread) wakes it at once, backoff or not. ``await
+    stop()`` lets the batch in flight finish and be acked or nacked: nothing is lost or
+    sent twice. The loop also ends when the queue is closed. While it backs off after an
+    upload that got no answer it probes the link every ``probe_interval`` of the queue (the
+    uploader's ``probe()``, awaited when it is a coroutine function, or a TCP connect to its
+    endpoint in a thread) and ends the backoff when the link answers; ``kick()`` ends a
+    wait from outside.
+
+    :param interval: the longest sleep between two looks at the queue, in seconds.
+    :param handle_sigterm: as for ``SyncWorker``: when ``start()`` runs in the main thread,
+        SIGTERM stops the loop after the batch in flight is settled, and then ends the
+        process with SIGTERM (at most the queue's ``lease_seconds`` later) unless the
+        application awaits ``stop()`` itself or had installed a SIGTERM handler, which is
+        called (a ``loop.add_signal_handler`` one included).
+    """
+
+    def __init__(
+        self,
+        queue: AsyncCloudSyncQueue,
+        uploader: Union[Uploader, AsyncUploader],
+        *,
+        interval: float = 10.0,
+        handle_sigterm: bool = True,
+        name: str = "cloud-sync-worker",
+    ) -> None:
+        if not isinstance(queue, AsyncCloudSyncQueue):
+            raise TypeError(f"queue must be an AsyncCloudSyncQueue, got {type(queue).__name__}")
+        check_uploader(uploader)
+        self._queue = queue
+        self._uploader = uploader
+        self._interval = _validate.number("interval", interval, 0.0, allow_equal=False)
+        if not isinstance(handle_sigterm, bool):
+            raise TypeError(f"handle_sigterm must be a bool, got {type(handle_sigterm).__name__}")
+        self._handle_sigterm = handle_sigterm
+        self._name = str(name)
+        self._stop = threading.Event()
+        self._wake: Optional[asyncio.Event] = None
+        self._task: Optional["asyncio.Task[None]"] = None
+        self._error: Optional[Exception] = None
+        self._kicked = False
+        self._probe = _async_prober(uploader)
+        # Set when the task is done, and when the application awaits stop(): what SIGTERM's
+        # handler (in another thread) waits for and asks.
+        self._ended = threading.Event()
+        self._awaited = threading.Event()
+        lease = queue.queue.lease_seconds
+        self._sigterm = SigtermHook(self._ask_to_stop, self._ended.wait, self._awaited.is_set, lease)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self.flushed = 0
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_alive() else "stopped"
+        return (
+            f"AsyncSyncWorker(queue={self._queue!r}, uploader={self._uploader!r}, interval={self._interval!r}, {state})"
+        )
+
+    def start(self) -> "AsyncSyncWorker":
+        """Start the loop as a task of the running event loop; returns self."""
+        if self._task is not None:
+            raise RuntimeError("an AsyncSyncWorker can be started once")
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._loop = loop
+        self._task = loop.create_task(self._run(self._wake), name=self._name)
+        self._task.add_done_callback(lambda _: self._ended.set())
+        if self._handle_sigterm:
+            self._sigterm.install()
+        return self
+
+    async def stop(self) -> None:
+        """Ask the loop to end after the batch in flight and wait until it has. From the
+        main thread it also puts back the SIGTERM handler that ``start()`` replaced."""
+        self._awaited.set()
+        self._stop.set()
+        if self._wake is not None:
+            self._wake.set()
+        self._sigterm.uninstall()
+        if self._task is not None:
+            await asyncio.wait([self._task])  # cancelling this wait leaves the task be
+
+    def is_alive(self) -> bool:
+        """True while the loop runs."""
+        return self._task is not None and not self._task.done()
+
+    def kick(self) -> None:
+        """End the loop's wait now: the link is back (a network-up hook; call it on the
+        loop's thread, or through ``loop.call_soon_threadsafe``). As ``SyncWorker.kick``: a
+        backoff after an upload that got no answer ends, one after refused credentials or
+        an answer of the endpoint stays."""
+        self._kicked = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def _ask_to_stop(self) -> None:
+        """Stop from SIGTERM's handler, which may run between two steps of the loop."""
+        self._stop.set()
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+    async def __aenter__(self) -> "AsyncSyncWorker":
+        return self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _run(self, wake: asyncio.Event) -> None:
+        with self._queue.waking(wake):
+            while not self._stop.is_set() and not self._queue.closed:
+                woken = wake.is_set()
+                wake.clear()
+                try:
+                    if self._kicked:
+                        self._kicked = False
+                        await self._queue.end_backoff()
+                    sleep = await self._sleep_time()
+                    if not woken and sleep > 0:
+                        await self._sleep(wake, sleep)
+                        continue
+                    flushed = await self._queue.flush(self._uploader, stop=self._stop)
+                except Exception as exc:  # a full disk must not end the loop silently
+                    if self._queue.closed:
+                        break
+                    self._failing(exc)
+                    await _wait(wake, self._interval)
+                    continue
+                self._failing(None)
+                self.flushed += flushed
+                if not flushed:  # items were due, yet none went: never spin on such an uploader
+                    await _wait(wake, min(self._interval, IDLE_FLOOR_SECONDS))
+
+    async def _sleep(self, wake: asyncio.Event, seconds: float) -> None:
+        """Sleep ``seconds`` or until woken; while the queue backs off after an upload that
+        got no answer, probe the link every ``probe_interval`` and end the backoff (and the
+        sleep) when it answers."""
+        underneath = self._queue.queue
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            left = deadline - loop.time()
+            interval = underneath.probe_interval
+            if self._probe is None or interval is None or not underneath.link_down:
+                await _wait(wake, max(0.0, left))
+                return
+            if left <= 0.0:
+                return
+            await _wait(wake, min(left, interval))
+            if wake.is_set():
+                return
+            if underneath.link_down and await self._probe(interval) and await self._queue.end_backoff():
+                logger.info("the link answers again: ending the backoff early")
+                return
+
+    async def _sleep_time(self) -> float:
+        """How long the loop may sleep (0: flush now): through a backoff the whole way, else
+        until the next item is due, looking again at least every ``interval``."""
+        due = await self._queue.next_due_in()
+        if due == 0:
+            return 0.0
+        backoff = await self._queue.backoff_seconds()
+        if backoff > 0:
+            return backoff
+        return self._interval if due is None else min(due, self._interval)
+
+    def _failing(self, error: Optional[Exception]) -> None:
+        """Log the start and the end of a run of failed looks at the queue, once each."""
+        if error is not None and self._error is None:
+            logger.error("the sync worker cannot flush: %s: %s", type(error).__name__, error)
+        elif error is None and self._error is not None:
+            logger.info("the sync worker flushes again")
+        self._error = error
+
+
+def _async_prober(uploader: Union[Uploader, AsyncUploader]) -> Optional[Callable[[float], Awaitable[bool]]]:
+    """How to probe the link of ``uploader`` from the loop (None: it cannot be probed): an
+    ``async def probe()`` is awaited, anything else runs in a thread (see ``delivery.probe``)."""
+    own = getattr(uploader, "probe", None)
+    if inspect.iscoroutinefunction(own):
+
+        async def probe_own(timeout: float) -> bool:
+            try:
+                return (await own()) is True
+            except Exception as exc:  # a probe that fails says the link is down, nothing more
+                logger.debug("the uploader's probe failed: %s: %s", type(exc).__name__, exc)
+                return False
+
+        return probe_own
+    blocking = prober(uploader)
+    if blocking is None:
+        return None
+    return lambda timeout: in_thread(lambda: blocking(timeout), "cloud-sync-probe")
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Sleep until ``event`` is set or ``timeout`` seconds have passed."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,1 @@
+"""``MQTTUploader`` and what it is made of (public import: ``cloud_sync.mqtt``)."""
