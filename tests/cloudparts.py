@@ -140,7 +140,7 @@ class Tinyproxy:
     def __init__(self, directory: str, user: str, password: str) -> None:
         binary = shutil.which("tinyproxy") or ("/usr/bin/tinyproxy" if os.path.exists("/usr/bin/tinyproxy") else None)
         if binary is None:
-            pytest.skip("tinyproxy is not installed (tools/system-packages.txt lists it)")
+            pytest.skip("tinyproxy is not installed (tools/internal/system-packages.txt lists it)")
         self.user, self.password = user, password
         self.log_path = os.path.join(directory, "tinyproxy.log")
         config = os.path.join(directory, "tinyproxy.conf")

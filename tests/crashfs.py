@@ -43,7 +43,7 @@ def unavailable() -> Optional[str]:
     if not os.path.exists("/dev/fuse"):
         return "no /dev/fuse on this machine"
     if shutil.which("fusermount3") is None:
-        return "fusermount3 not found (Debian package fuse3, see tools/system-packages.txt)"
+        return "fusermount3 not found (Debian package fuse3, see tools/internal/system-packages.txt)"
     if os.geteuid() != 0:
         return "FUSE mounts for the power-cut tests need root"
     try:

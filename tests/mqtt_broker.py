@@ -174,12 +174,12 @@ use_identity_as_username true
 
 
 def mosquitto_or_skip() -> None:
-    """Skip, naming why, where the broker cannot run; CI installs it (tools/system-packages.txt)."""
+    """Skip, naming why, where the broker cannot run; CI installs it (tools/internal/system-packages.txt)."""
     missing = [tool for tool in ("mosquitto", "mosquitto_passwd") if shutil.which(tool) is None]
     if missing:
         if os.environ.get("PYV_EDGE_AGENT_REQUIRE_SYSTEM_DEPS") == "1":
             pytest.fail(f"CI must run the MQTT tests, but {', '.join(missing)} is missing (Debian package mosquitto)")
-        pytest.skip(f"{', '.join(missing)} not installed (Debian package mosquitto; tools/system-deps.sh installs it)")
+        pytest.skip(f"{', '.join(missing)} not installed (Debian package mosquitto; tools/internal/system-deps.sh installs it)")
     pytest.importorskip("paho.mqtt", reason="paho-mqtt is not installed (the 'mqtt' extra)")
     import_or_skip("trustme", reason="trustme is not installed (the 'test' extra)")
 

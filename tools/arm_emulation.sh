@@ -14,7 +14,7 @@
 #   tools/arm_emulation.sh [arm64|armhf] [RELEASE] [-- extra pytest args]
 #
 # Roots are cached under $DEBIAN_ROOTS (default /var/cache/pyv-edge-agent-roots) and reused;
-# see tools/debian_root.sh for the environment it reads (FRESH=1, ROOT_ONLY=1, ...).
+# see tools/internal/debian_root.sh for the environment it reads (FRESH=1, ROOT_ONLY=1, ...).
 set -euo pipefail
 
 ARCH="${1:-arm64}"
@@ -27,7 +27,7 @@ case "$ARCH" in
     *) echo "usage: $0 [arm64|armhf] [RELEASE] [-- pytest args]" >&2; exit 2 ;;
 esac
 
-. "$(dirname "${BASH_SOURCE[0]}")/debian_root.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/internal/debian_root.sh"
 root_enter_namespace "$ARCH" "$RELEASE" -- "$@"
 # cffi (under cryptography, the crypto extra) publishes no armv7l wheel: pip builds it from
 # its sdist, which needs libffi's headers. cryptography itself has a cp39-abi3 armv7l wheel,

@@ -9,9 +9,9 @@
 #   tools/debian_release.sh bullseye [-- extra pytest args]
 #
 # The root is made once (about a minute) under $DEBIAN_ROOTS and remade when its recipe
-# (release, packages, tools/debian_root.sh's recipe version) changes or it is older than
+# (release, packages, tools/internal/debian_root.sh's recipe version) changes or it is older than
 # ROOT_MAX_AGE_DAYS; the package is rebuilt from the checkout on every run. See
-# tools/debian_root.sh for the environment it reads.
+# tools/internal/debian_root.sh for the environment it reads.
 set -euo pipefail
 
 RELEASE="${1:-}"
@@ -22,7 +22,7 @@ fi
 shift
 if [[ "${1:-}" == "--" ]]; then shift; fi
 
-. "$(dirname "${BASH_SOURCE[0]}")/debian_root.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/internal/debian_root.sh"
 root_enter_namespace "$RELEASE" -- "$@"
 ARCH="$(dpkg --print-architecture)"
 root_setup

@@ -14,7 +14,7 @@ SITE_DIR=${SITE_DIR:-site}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 requirements=$(mktemp)
 trap 'rm -f "$requirements"' EXIT
-"$VENV/bin/python" tools/extra_requirements.py docs > "$requirements"
+"$VENV/bin/python" tools/internal/extra_requirements.py docs > "$requirements"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
 # Material prints a banner about its successor on every build unless told not to.
 NO_MKDOCS_2_WARNING=1 "$VENV/bin/python" -m mkdocs build --strict --site-dir "$SITE_DIR" "$@"

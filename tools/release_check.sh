@@ -12,7 +12,7 @@ VENV=${VENV:-.venv-docs}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-"$VENV/bin/python" tools/extra_requirements.py release > "$out/requirements.txt"
+"$VENV/bin/python" tools/internal/extra_requirements.py release > "$out/requirements.txt"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$out/requirements.txt"
 "$VENV/bin/python" -m build --outdir "$out/dist" . > "$out/build.log" 2>&1 || { cat "$out/build.log"; exit 1; }
 "$VENV/bin/python" -m twine check --strict "$out"/dist/*

@@ -10,7 +10,7 @@ VENV=${VENV:-.venv-test}
 # The compiled backend is expected here: a failed build or import is an error, not a
 # quiet fallback. Set it to 0 to test a machine without a compiler.
 export PYV_EDGE_AGENT_REQUIRE_EXTENSIONS=${PYV_EDGE_AGENT_REQUIRE_EXTENSIONS:-1}
-bash tools/system-deps.sh
+bash tools/internal/system-deps.sh
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[test,crypto]"
 "$VENV/bin/python" -c 'import pyv_edge_agent.cloud_sync as c, sqlite3, sys; print("python", sys.version.split()[0], "sqlite", sqlite3.sqlite_version, "backend", c.BACKEND)'

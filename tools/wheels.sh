@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One command for the Linux wheels of every gateway, built here as cibuildwheel would:
 # x86_64 natively, aarch64 and armv7l under qemu-user, each in a Debian bullseye root
-# (glibc 2.31, Python 3.9) and repaired to manylinux_2_31 (tools/wheel_root.sh build). With
+# (glibc 2.31, Python 3.9) and repaired to manylinux_2_31 (tools/internal/wheel_root.sh build). With
 # --smoke, each wheel is then installed from a local index, binaries only, into a fresh
-# venv in a clean root of each release named, and smoke-tested (tools/wheel_root.sh smoke).
+# venv in a clean root of each release named, and smoke-tested (tools/internal/wheel_root.sh smoke).
 # A release other than bullseye has another Python, which the cp39 wheel does not fit: its
 # wheel is built in its own root first (tagged with that release's glibc).
 #
@@ -47,14 +47,14 @@ arch_job() {
         if [[ "$release" != bullseye || ! -e "$logs/$arch-bullseye-build.log" ]]; then
             started=$SECONDS
             status=passed
-            bash tools/wheel_root.sh build "$arch" "$release" > "$logs/$arch-$release-build.log" 2>&1 || status=FAILED
+            bash tools/internal/wheel_root.sh build "$arch" "$release" > "$logs/$arch-$release-build.log" 2>&1 || status=FAILED
             echo "| $arch | $release | build | $(date -u +%F) | $commit | $(wheel_of "$logs/$arch-$release-build.log") | $status | $((SECONDS - started)) s |" >> "$logs/$arch.rows"
             [[ "$status" == passed ]] || return 1
         fi
         [[ " $smoke_releases " == *" $release "* ]] || continue
         started=$SECONDS
         status=0
-        bash tools/wheel_root.sh smoke "$arch" "$release" -- "${pytest_args[@]}" \
+        bash tools/internal/wheel_root.sh smoke "$arch" "$release" -- "${pytest_args[@]}" \
             > "$logs/$arch-$release-smoke.log" 2>&1 || status=$?
         row="$(tail -n 40 "$logs/$arch-$release-smoke.log" | grep -E '^=*.* (passed|failed|error)' | tail -n 1 | tr -d '=' | sed 's/^ *//; s/ in [0-9.]*s.*//')"
         echo "| $arch | $release | smoke | $(date -u +%F) | $commit | $(wheel_of "$logs/$arch-$release-build.log") | $([[ $status == 0 ]] || echo 'FAILED: ')${row:-no pytest summary} | $((SECONDS - started)) s |" >> "$logs/$arch.rows"

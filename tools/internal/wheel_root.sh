@@ -2,17 +2,17 @@
 # Build or smoke-test a pyv-edge-agent wheel in a Debian root of one release and
 # architecture (amd64 natively, arm64 and armhf under qemu-user), with that release's own
 # Python: what cibuildwheel would do for Linux, without GitHub or its containers. The roots
-# are tools/debian_root.sh's (made once, cached, never written by a run); the in-root steps
-# are tools/root_wheel.sh's.
+# are tools/internal/debian_root.sh's (made once, cached, never written by a run); the in-root steps
+# are tools/internal/root_wheel.sh's.
 #
 # Usage (as root, on a Debian/Ubuntu host):
-#   tools/wheel_root.sh build ARCH [RELEASE]   # sdist + wheel, auditwheel repair to
+#   tools/internal/wheel_root.sh build ARCH [RELEASE]   # sdist + wheel, auditwheel repair to
 #                                              # manylinux_2_<glibc>_<machine>, checked, into
 #                                              # $WHEELHOUSE (default: wheelhouse/ here)
-#   tools/wheel_root.sh smoke ARCH RELEASE [-- pytest args]
+#   tools/internal/wheel_root.sh smoke ARCH RELEASE [-- pytest args]
 #                                              # that wheel from a local index, binaries only,
 #                                              # in a fresh venv of a clean root: smoke tests
-#   tools/wheel_root.sh fallback ARCH RELEASE  # the built sdist with no compiler: pure backend,
+#   tools/internal/wheel_root.sh fallback ARCH RELEASE  # the built sdist with no compiler: pure backend,
 #                                              # and the warning line
 # RELEASE defaults to bullseye (glibc 2.31, Python 3.9: the oldest Raspberry Pi OS we
 # support), whose wheel is tagged manylinux_2_31 and installs on every later release with
@@ -49,5 +49,5 @@ root_bind "$WHEELHOUSE" "$ROOT/work/wheelhouse"
 quoted=""
 if (($#)); then quoted="$(printf '%q ' "$@")"; fi
 log "$MODE inside the root"
-root_script tools/root_wheel.sh MODE="$MODE" EXPECT_MACHINE="$(root_machine "$ARCH")" SMOKE_ARGS="$quoted"
+root_script tools/internal/root_wheel.sh MODE="$MODE" EXPECT_MACHINE="$(root_machine "$ARCH")" SMOKE_ARGS="$quoted"
 log "$MODE OK in $SECONDS s"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install the Debian packages listed in tools/system-packages.txt that are missing.
+# Install the Debian packages listed in tools/internal/system-packages.txt that are missing.
 # As root it runs apt-get; otherwise it names what is missing and the tests that need a
 # package skip with that reason. Quiet when everything is already there.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-mapfile -t wanted < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' tools/system-packages.txt)
+cd "$(dirname "$0")/../.."
+mapfile -t wanted < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' tools/internal/system-packages.txt)
 [ "${#wanted[@]}" -gt 0 ] || exit 0
 missing=()
 for pkg in "${wanted[@]}"; do

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Runs INSIDE a Debian root made by tools/debian_root.sh (see tools/wheel_root.sh), with
+# Runs INSIDE a Debian root made by tools/internal/debian_root.sh (see tools/internal/wheel_root.sh), with
 # /work/src a copy of the checkout and /work/wheelhouse the host's wheel directory.
 #
 # MODE=build: what cibuildwheel does for one CPython, without its container: the sdist, a
 #   wheel compiled from that sdist (a failed or warning compile is an error), repaired by
 #   auditwheel to manylinux_2_<this glibc>_<machine>, checked (auditwheel show agrees on
-#   the tag; tools/wheel_contents.py: the compiled module for this machine, every source
+#   the tag; tools/internal/wheel_contents.py: the compiled module for this machine, every source
 #   file, nothing stray), copied with the sdist to /work/wheelhouse.
 # MODE=smoke: the built wheel as a gateway gets it: a local index made with pip download
 #   from /work/wheelhouse (our wheel) and PyPI (its dependencies, wheels only), installed with

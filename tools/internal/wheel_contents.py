@@ -3,7 +3,7 @@ package, the .pyx/.pyi/py.typed package data, exactly one compiled module for th
 machine, the dist-info, and nothing else (no generated C, no build leftovers, no libraries
 grafted by auditwheel, which would mean the extension links something it should not).
 
-    python tools/wheel_contents.py WHEEL SOURCE_PACKAGE_DIR MACHINE
+    python tools/internal/wheel_contents.py WHEEL SOURCE_PACKAGE_DIR MACHINE
 
 SOURCE_PACKAGE_DIR is ``src/pyv_edge_agent`` of the checkout; MACHINE is ``uname -m`` of the
 target (x86_64, aarch64, armv7l). Prints a one-line summary, or the problems and exits 1.

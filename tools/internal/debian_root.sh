@@ -1,6 +1,6 @@
 # Shared by tools/debian_release.sh (native) and tools/arm_emulation.sh (qemu-user): make or
 # reuse a cached Debian root of one release and architecture, then build the package in it
-# with that release's Python and SQLite and run the suite (tools/root_suite.sh, inside).
+# with that release's Python and SQLite and run the suite (tools/internal/root_suite.sh, inside).
 # Sourced, not run. Callers set RELEASE and ARCH (a Debian architecture), call
 # root_enter_namespace "$@" first, then root_setup, root_ensure, root_mount and root_run.
 #
@@ -18,7 +18,7 @@
 ROOT_RECIPE_VERSION=2
 # What every root needs to build and test: Python with headers and venv, a C compiler. The
 # release's libsqlite3-0 comes with its python3. The test suite's own Debian packages
-# (tools/system-packages.txt) are added, so tests that need them run in the root too.
+# (tools/internal/system-packages.txt) are added, so tests that need them run in the root too.
 ROOT_BASE_PACKAGES=(python3 python3-dev python3-venv gcc libc6-dev ca-certificates)
 # Packages only some roots need; a caller sets them after sourcing this file, before
 # root_setup (the ARM roots: libffi-dev, to build cffi). They join the recipe, so adding
@@ -36,7 +36,7 @@ root_enter_namespace() {
 }
 
 root_setup() {
-    REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
     ROOTS="${DEBIAN_ROOTS:-/var/cache/pyv-edge-agent-roots}"
     ROOT="$ROOTS/$RELEASE-$ARCH"
     MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -175,7 +175,7 @@ root_run() {
     shift 3
     if (($#)); then quoted="$(printf '%q ' "$@")"; fi
     log "building and testing inside the root"
-    root_script tools/root_suite.sh EXPECT_MACHINE="$machine" EXTRAS="$extras" SUITE="$suite" PYTEST_ARGS="$quoted"
+    root_script tools/internal/root_suite.sh EXPECT_MACHINE="$machine" EXTRAS="$extras" SUITE="$suite" PYTEST_ARGS="$quoted"
 }
 
 # The machine (uname -m) a root of a Debian architecture reports.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs INSIDE a Debian root made by tools/debian_root.sh, with /work/src a copy of the
+# Runs INSIDE a Debian root made by tools/internal/debian_root.sh, with /work/src a copy of the
 # checkout: build the sdist with this release's Python, compile a wheel from that sdist
 # (as cibuildwheel does; a failed or warning compile is an error), install the wheel with
 # the test extras into a fresh venv and run the suite on both backends, compiled required.

@@ -4,7 +4,7 @@ The docs and release checks need only their tools, not the package (mkdocstrings
 src/ without importing it), so they install these instead of ``.[docs]``: no compile of
 the extension, and a virtualenv that already holds the package keeps its build.
 
-    python tools/extra_requirements.py docs release > requirements.txt
+    python tools/internal/extra_requirements.py docs release > requirements.txt
 """
 
 import sys
@@ -14,7 +14,7 @@ import tomllib  # Python 3.11+: these checks run on the CI host only
 
 
 def main(extras: "list[str]") -> int:
-    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     optional = pyproject["project"]["optional-dependencies"]
     unknown = [name for name in extras if name not in optional]
     if unknown or not extras:
