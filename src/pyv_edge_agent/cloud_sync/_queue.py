@@ -72,7 +72,7 @@ class CloudSyncQueue:
         and stays untouched. ``"quarantine"``: it is renamed aside with a timestamp and an
         empty queue starts, so an unattended agent never wedges on it.
     :param clock: the wall clock, seconds since the epoch (default ``time.time``); the
-        queue never lets its time run backwards, see ``_clock``.
+        queue never lets its time run backwards, see ``_store.clock``.
     :param max_attempts: how many times the endpoint may reject an item (HTTP 400/422 or
         an ``UploadResult``) before it moves to the dead-letter table.
     :param daily_message_limit: when set, ``maybe_flush`` sends no more non-critical
@@ -453,7 +453,7 @@ class CloudSyncQueue:
                     return 0
                 # One shift for all, as LinkState.resume does: batches keep distinct stamps.
                 # The last lands a clock lead before now: another process's clock (which
-                # may be behind this one by up to the lead, see _clock) finds it due too.
+                # may be behind this one by up to the lead, see _store/clock.py) finds it due too.
                 shift = stamps[-1] - (now - HIGH_WATER_LEAD_SECONDS)
                 return int(conn.executemany(RESUME_HELD_SQL, [(stamp - shift, stamp) for stamp in stamps]).rowcount)
 

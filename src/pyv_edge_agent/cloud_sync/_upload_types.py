@@ -70,7 +70,7 @@ class OutgoingItem(NamedTuple):
 
 
 class OutcomeKind(Enum):
-    """How a flush settles one upload attempt (see ``_flush``)."""
+    """How a flush settles one upload attempt (see ``_flush.flusher``)."""
 
     ACCEPTED = "accepted"
     TRANSIENT = "transient"

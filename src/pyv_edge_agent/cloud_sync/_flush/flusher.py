@@ -14,7 +14,7 @@ them meanwhile), hands each to the uploader and settles the outcome in one trans
 - credentials (401, 403): every item is kept and the flush backs off long.
 
 Retried batches keep their composition, so that a retry carries the same
-``Idempotency-Key`` (see ``_batchkeys``) and a server can drop the duplicate a lost
+``Idempotency-Key`` (see ``batchkeys``) and a server can drop the duplicate a lost
 response causes: the items of a batch get one shared ``next_retry_at`` (the lease, then the
 backoff), unique to that batch, and a claim never mixes such a group with other items.
 Items never tried (``next_retry_at`` 0) are batched freely.

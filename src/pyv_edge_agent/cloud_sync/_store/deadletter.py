@@ -1,6 +1,6 @@
 """The dead-letter table: items the endpoint refused for good, kept for an operator.
 
-``maybe_flush`` moves items here (see ``_flush``); these functions list them, put them
+``maybe_flush`` moves items here (see ``_flush.flusher``); these functions list them, put them
 back in the queue, or drop them, on the queue's ``Store``.
 """
 

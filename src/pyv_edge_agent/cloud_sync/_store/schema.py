@@ -72,7 +72,7 @@ INSERT OR IGNORE INTO sync_meta (key, value) VALUES ('queue_id', lower(hex(rando
 """
 
 # Version 3: the random Idempotency-Key of each batch sent, under a digest of its item ids
-# (see ``_batchkeys``); ``queue_id`` is no longer part of a key.
+# (see ``batchkeys``); ``queue_id`` is no longer part of a key.
 BATCH_KEYS_DDL = """\
 CREATE TABLE IF NOT EXISTS sync_batch_keys (
 digest TEXT PRIMARY KEY,

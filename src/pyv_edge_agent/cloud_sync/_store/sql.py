@@ -84,7 +84,7 @@ ADD_COUNTER_SQL = (
 SET_COUNTER_SQL = (
     "INSERT INTO sync_meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 )
-# From the first sealed item on, the file's items are sealed from this id on (``_seal``):
+# From the first sealed item on, the file's items are sealed from this id on (``seal``):
 # every one when the file held no plain item then, else those written from then on, so
 # that plain items from before encryption was turned on wait for ``rekey``.
 SEALED_FROM_KEY = "sealed_from_id"

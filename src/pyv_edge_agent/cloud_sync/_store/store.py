@@ -4,7 +4,7 @@ Every use of the file runs under ``Store.lock``, and the lock is where SQLite's 
 become the package's (a full disk, a damaged file, naming the path): no caller can forget
 the translation.
 
-Opening (integrity precheck, pragmas, migration) is ``_integrity.open_database``; a damaged
+Opening (integrity precheck, pragmas, migration) is ``integrity.open_database``; a damaged
 file is refused or, with ``on_corrupt="quarantine"``, moved aside and started afresh. After
 a fork the child drops the parent's connection and locks (see ``after_fork``).
 """
@@ -94,10 +94,10 @@ class Store:
     refuses once ``close()`` ran.
 
     :param path: the database path (``:memory:`` is no file on disk).
-    :param clock: the wall clock; ``now()`` is the queue's time built on it (see ``_clock``).
+    :param clock: the wall clock; ``now()`` is the queue's time built on it (see ``clock``).
     :param limits: the storage limits that every insert is admitted under (``storage``).
     :param sealer: seals payloads before they are stored (None: stored as they come); see
-        ``_seal``. ``queue_id`` is the open file's identity, which sealing binds items to;
+        ``seal``. ``queue_id`` is the open file's identity, which sealing binds items to;
         ``sealed_from`` the id from which on its items must be sealed (None: the file never
         held a sealed item), as last read.
     """
@@ -226,7 +226,7 @@ class Store:
     # -- time -------------------------------------------------------------------------
 
     def now(self) -> float:
-        """The queue's time (see ``_clock``); moves stored timestamps after a forward step."""
+        """The queue's time (see ``clock``); moves stored timestamps after a forward step."""
         now = self.clock.now()
         if self.clock.pending_jump is not None:
             with self.lock:

@@ -22,9 +22,9 @@ from ..._errors import UploadError
 from ..._redact import Secret, clean, query_values, redact_url, scrub
 from ..._upload_types import UploadResult as UploadResult  # also importable from here, as before
 from .. import tls
-from . import deadline as _http
+from . import deadline as _deadline
 from . import proxy as _proxy
-from . import settings as _upload_checks
+from . import settings as _settings
 from .answer import ERROR_SNIPPET, rejected_indices
 from .answer import parse_retry_after as parse_retry_after  # importable from here, as before
 from .headers import OWNED_HEADERS as OWNED_HEADERS  # importable from here, as before
@@ -114,7 +114,7 @@ class HTTPCloudUploader:
     ) -> None:
         if not isinstance(endpoint, str):
             raise TypeError(f"endpoint must be a str URL, got {type(endpoint).__name__}")
-        parts = _upload_checks.split_endpoint(endpoint)
+        parts = _settings.split_endpoint(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"endpoint must be an http:// or https:// URL with a host, got {redact_url(endpoint)!r}")
         if "@" in parts.netloc:
@@ -123,7 +123,7 @@ class HTTPCloudUploader:
                 f"endpoint {redact_url(endpoint)!r} carries a user:password part, which is never sent; "
                 "give the credential as api_key (and auth_header) instead"
             )
-        _upload_checks.check_port(parts, endpoint)
+        _settings.check_port(parts, endpoint)
         if not isinstance(allow_insecure_http, bool):
             raise TypeError(f"allow_insecure_http must be a bool, got {type(allow_insecure_http).__name__}")
         if parts.scheme == "http" and not allow_insecure_http and not _validate.is_loopback(parts.hostname):
@@ -139,9 +139,9 @@ class HTTPCloudUploader:
                 "or client_cert for an endpoint that authenticates by certificate alone"
             )
         if api_key is not None:
-            _upload_checks.check_api_key(api_key)
+            _settings.check_api_key(api_key)
         if credentials is not None:
-            _upload_checks.check_credentials(credentials)
+            _settings.check_credentials(credentials)
         if not isinstance(auth_header, str) or not auth_header.isascii() or not auth_header.replace("-", "").isalnum():
             raise ValueError(f"auth_header must be an HTTP header name such as 'X-API-Key', got {auth_header!r:.100}")
         if auth_header.lower() in OWNED_HEADERS:
@@ -162,7 +162,7 @@ class HTTPCloudUploader:
             self._certificate.load_into(self._ssl_context)
         elif client_key is not None or key_password is not None:
             raise ValueError("client_key and key_password need client_cert (the certificate of that key)")
-        _http.hide_query_values_in_urllib3_logs()
+        _deadline.hide_query_values_in_urllib3_logs()
         self._routes = _proxy.ProxyRoutes.configure(proxy_url, trust_env)
         self._proxy = self._routes.proxy_for(parts.scheme, parts.hostname, parts.port)
         self._api_key = None if api_key is None else Secret(api_key)
@@ -267,7 +267,7 @@ class HTTPCloudUploader:
             auth = proxy.auth_header()
             headers = None if auth is None else {"Proxy-Authorization": auth}
             pool = lib.ProxyManager(proxy.url, proxy_headers=headers, **options)
-        pool.pool_classes_by_scheme = _http.pool_classes(lib)
+        pool.pool_classes_by_scheme = _deadline.pool_classes(lib)
         return pool
 
     def _clear_pools(self) -> None:
@@ -283,7 +283,7 @@ class HTTPCloudUploader:
             found += [secret for secret in self._credentials.secrets() if isinstance(secret, str)]
         return found + header_secrets(sent)
 
-    def _failure(self, exc: Exception, sent: Mapping[str, str], deadline: "_http.Deadline") -> UploadError:
+    def _failure(self, exc: Exception, sent: Mapping[str, str], deadline: "_deadline.Deadline") -> UploadError:
         """An ``UploadError`` for whatever failed below (http.client, ssl, urllib3): its text
         may quote a header, so it is scrubbed, and the original is not chained."""
         if deadline.passed():
@@ -313,7 +313,7 @@ class HTTPCloudUploader:
         proxy = self._routes.proxy_for(parts.scheme, parts.hostname or "", parts.port)
         urllib3 = _urllib3()
         try:
-            left = _http.remaining(self._timeout)
+            left = _deadline.remaining(self._timeout)
             response = self._pool_for(proxy).request(
                 "POST",
                 url,
@@ -323,7 +323,7 @@ class HTTPCloudUploader:
                 preload_content=False,
                 timeout=urllib3.Timeout(connect=left, read=left),
             )
-            answer, _ = _http.read_answer(response)
+            answer, _ = _deadline.read_answer(response)
         except Exception as exc:  # noqa: BLE001 - whatever fails on the way is a failed request
             reason = scrub(f"{type(exc).__name__}: {exc}", self._secrets(headers))
             raise UploadError(f"cannot reach {redact_url(url)}: {reason}") from None
@@ -353,7 +353,7 @@ class HTTPCloudUploader:
         if self._gzip_min_bytes is not None and len(body) >= self._gzip_min_bytes:
             body = gzip.compress(body, compresslevel=5, mtime=0)
             headers["Content-Encoding"] = "gzip"
-        with _http.Deadline(self._timeout) as deadline:
+        with _deadline.Deadline(self._timeout) as deadline:
             try:
                 return self._attempt(body, count, headers, deadline)
             except UploadError as refusal:
@@ -380,7 +380,7 @@ class HTTPCloudUploader:
         return reloaded
 
     def _attempt(
-        self, body: bytes, count: int, headers: Dict[str, str], deadline: "_http.Deadline"
+        self, body: bytes, count: int, headers: Dict[str, str], deadline: "_deadline.Deadline"
     ) -> Union[bool, UploadResult]:
         sent: Dict[str, str] = {}
         try:
@@ -401,8 +401,8 @@ class HTTPCloudUploader:
                 timeout=urllib3.Timeout(connect=deadline.remaining(), read=deadline.remaining()),
             )
             accepted = 200 <= response.status < 300
-            limit = _http.MAX_ACCEPTED_ANSWER_BYTES if accepted else _http.MAX_ANSWER_BYTES
-            answer, complete = _http.read_answer(response, limit)
+            limit = _deadline.MAX_ACCEPTED_ANSWER_BYTES if accepted else _deadline.MAX_ANSWER_BYTES
+            answer, complete = _deadline.read_answer(response, limit)
         except UploadError as exc:
             # Raised by the credentials (a token endpoint that failed): scrubbed, not chained.
             raise UploadError(
