@@ -16,16 +16,13 @@ from ._store import integrity as _integrity
 from ._store import seal as _seal
 from ._store import storage as _storage
 from ._store.clock import HIGH_WATER_LEAD_SECONDS
+from ._store.deliveries import SINGLE
 from ._store.group_commit import GroupCommitter
 from ._store.integrity import IntegrityReport
 from ._store.sql import (
     ACK_SQL,
-    COUNT_SQL,
     NACK_SQL,
     RESET_DAILY_SQL,
-    RESUME_HELD_SQL,
-    SELECT_ELIGIBLE_SQL,
-    WAITING_STAMPS_SQL,
 )
 from ._store.store import Store
 from ._types import CRITICAL, Column, DeadLetter, Priority, QueueItem
@@ -167,6 +164,7 @@ class CloudSyncQueue:
         self._store = store
         self._policy = policy
         self._link = link
+        self._deliveries = SINGLE
         self._clock: Callable[[], float] = store.now
         self._committer: GroupCommitter[Tuple[str, int, int]] = GroupCommitter(self._write_group)
 
@@ -286,11 +284,12 @@ class CloudSyncQueue:
 
     def _eligible(self, limit: int, levels: Tuple[int, ...]) -> List[QueueItem]:
         rows: List[Tuple[Any, ...]] = []
+        eligible, key = self._deliveries.eligible, self._deliveries.key
         with self._store.lock:
             now = self._clock()
             conn = self._store.conn()
             for level in levels:
-                rows += conn.execute(SELECT_ELIGIBLE_SQL, (level, now, now, limit - len(rows))).fetchall()
+                rows += conn.execute(eligible, key + (level, now, now, limit - len(rows))).fetchall()
                 if len(rows) >= limit:
                     break
             queue_id = self._store.queue_id
@@ -302,7 +301,7 @@ class CloudSyncQueue:
     def pending_count(self) -> int:
         """Return the number of stored items, whatever their TTL or retry state."""
         with self._store.lock:
-            return int(self._store.conn().execute(COUNT_SQL).fetchone()[0])
+            return int(self._store.conn().execute(self._deliveries.count, self._deliveries.key).fetchone()[0])
 
     def get_stats(self) -> Dict[str, Any]:
         """Return queue statistics.
@@ -398,7 +397,7 @@ class CloudSyncQueue:
         from ._flush.flusher import Flusher
 
         # Checks the uploader before anything is written.
-        flusher = Flusher(self._store, self._policy, self._link, uploader, stop)
+        flusher = Flusher(self._store, self._policy, self._link, uploader, stop, deliveries=self._deliveries)
         # Housekeeping on the way: expired items go every ``purge_interval``, space goes back.
         self._store.purge_expired(when_due=True)
         return flusher.run()
@@ -431,7 +430,7 @@ class CloudSyncQueue:
             if stamps is None:
                 return False
             with self._store.write() as conn:
-                release_held(conn, stamps)
+                release_held(conn, self._deliveries, stamps)
         return True
 
     def retry_now(self) -> int:
@@ -446,8 +445,11 @@ class CloudSyncQueue:
         """
         with self._store.lock:
             now = self._clock()
+            deliveries = self._deliveries
             with self._store.write() as conn:
-                stamps = sorted(stamp for (stamp,) in conn.execute(WAITING_STAMPS_SQL, (now, now)))
+                stamps = sorted(
+                    stamp for (stamp,) in conn.execute(deliveries.waiting_stamps, deliveries.key + (now, now))
+                )
                 self._link.end()
                 if not stamps:
                     return 0
@@ -455,7 +457,8 @@ class CloudSyncQueue:
                 # The last lands a clock lead before now: another process's clock (which
                 # may be behind this one by up to the lead, see _store/clock.py) finds it due too.
                 shift = stamps[-1] - (now - HIGH_WATER_LEAD_SECONDS)
-                return int(conn.executemany(RESUME_HELD_SQL, [(stamp - shift, stamp) for stamp in stamps]).rowcount)
+                moved = [deliveries.key + (stamp - shift, stamp) for stamp in stamps]
+                return int(conn.executemany(deliveries.resume_held, moved).rowcount)
 
     def next_due_in(self) -> Optional[float]:
         """Seconds until ``maybe_flush`` has something to send: 0 when an item is due now,
@@ -466,7 +469,7 @@ class CloudSyncQueue:
         """
         with self._store.lock:
             now = self._clock()
-            due = self._store.earliest_due(self._policy.levels(self._store.sent_today), now)
+            due = self._store.earliest_due(self._deliveries, self._policy.levels(self._store.sent_today), now)
         return None if due is None else max(0.0, due - now, self._link.backoff_until - now)
 
     @contextlib.contextmanager

@@ -8,7 +8,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import AbstractSet, Dict, List, Optional, Tuple
 
-from .._store.sql import SELECT_CLAIM_SQL, SELECT_GROUP_SQL
+from .._store.deliveries import Deliveries
 from .._types import CRITICAL, Column
 from .outgoing import Row
 from .policy import ALL_LEVELS, CRITICAL_LEVEL, FlushPolicy
@@ -28,6 +28,7 @@ class Claim:
 
 def pick(
     conn: sqlite3.Connection,
+    deliveries: Deliveries,
     now: float,
     policy: FlushPolicy,
     budget: Optional[int],
@@ -38,7 +39,9 @@ def pick(
     ``bounds``, items and bytes), whichever comes first in priority order; never an item
     in ``rejected``, and no more than the daily ``budget`` allows."""
     levels = CRITICAL_LEVEL if budget == 0 else ALL_LEVELS
-    first = next((rows[0] for level in levels for rows in [_select(conn, now, level, 1, rejected)] if rows), None)
+    first = next(
+        (rows[0] for level in levels for rows in [_select(conn, deliveries, now, level, 1, rejected)] if rows), None
+    )
     if first is None:
         return []
     rows: List[Row] = []
@@ -46,13 +49,15 @@ def pick(
         # A retried batch goes whole: under the fixed bounds, which it was formed within.
         limit, size = policy.max_batch_items, policy.max_batch_bytes
         for level in levels:
-            rows += conn.execute(SELECT_GROUP_SQL, (level, first[Column.NEXT_RETRY_AT], now, limit)).fetchall()
+            rows += conn.execute(
+                deliveries.group, deliveries.key + (level, first[Column.NEXT_RETRY_AT], now, limit)
+            ).fetchall()
         rows = [row for row in rows if row[Column.ID] not in rejected]
     else:
         limit, size = bounds
         for level in levels:
             room = limit - len(rows)
-            found = _select(conn, now, level, room, rejected) if room > 0 else []
+            found = _select(conn, deliveries, now, level, room, rejected) if room > 0 else []
             fresh = [row for row in found if row[Column.NEXT_RETRY_AT] <= 0]
             rows += fresh
             if len(fresh) < len(found) or len(rows) >= limit:
@@ -66,8 +71,10 @@ def pick(
     return _bounded(rows[:limit], size)
 
 
-def _select(conn: sqlite3.Connection, now: float, level: int, limit: int, rejected: AbstractSet[int]) -> List[Row]:
-    rows = conn.execute(SELECT_CLAIM_SQL, (level, now, now, limit + len(rejected))).fetchall()
+def _select(
+    conn: sqlite3.Connection, deliveries: Deliveries, now: float, level: int, limit: int, rejected: AbstractSet[int]
+) -> List[Row]:
+    rows = conn.execute(deliveries.claim, deliveries.key + (level, now, now, limit + len(rejected))).fetchall()
     if rejected:
         rows = [row for row in rows if row[Column.ID] not in rejected]
     return rows[:limit]

@@ -33,8 +33,8 @@ from .. import _codec
 from .._errors import DecryptionError
 from .._redact import clean
 from .._store import batchkeys, seal
+from .._store.deliveries import SINGLE, Deliveries
 from .._store.sql import (
-    ACK_SQL,
     ADD_COUNTER_SQL,
     COUNT_REJECTION_SQL,
     DELETE_EXPIRED_LEASES_SQL,
@@ -43,9 +43,6 @@ from .._store.sql import (
     FORGET_REJECTIONS_SQL,
     INSERT_LEASE_SQL,
     MOVE_TO_DEAD_SQL,
-    NACK_SQL,
-    RELEASE_SQL,
-    RESTORE_RETRY_SQL,
     SEALED_FROM_ALL,
     SELECT_EXHAUSTED_SQL,
     SET_COUNTER_SQL,
@@ -107,10 +104,13 @@ class Flusher:
         link: LinkState,
         uploader: Uploader,
         stop: Optional[threading.Event] = None,
+        *,
+        deliveries: Deliveries = SINGLE,
     ) -> None:
         self._store = store
         self._policy = policy
         self._link = link
+        self._deliveries = deliveries
         self._post = poster(uploader)
         check_deadline(policy.lease_seconds, uploader)
         if stop is not None and not callable(getattr(stop, "is_set", None)):
@@ -210,9 +210,11 @@ class Flusher:
             with store.write() as conn:
                 if unsealed:
                     self._refuse_unsealed(conn, sorted(unsealed))
+                key = self._deliveries.key
+                restored = [row for row in claim.rows if row[Column.ID] in failed]
                 conn.executemany(
-                    RESTORE_RETRY_SQL,
-                    [(row[Column.NEXT_RETRY_AT], row[Column.ID]) for row in claim.rows if row[Column.ID] in failed],
+                    self._deliveries.restore_retry,
+                    [key + (row[Column.NEXT_RETRY_AT], row[Column.ID]) for row in restored],
                 )
                 if not rows:
                     conn.execute(DELETE_LEASE_SQL, (claim.token,))
@@ -285,7 +287,7 @@ class Flusher:
                 store.read_sealed_from(conn)  # another process may have sealed items since
                 budget = self._policy.budget_left(store.sent_today)
                 bounds = (self._max_items, self._max_bytes)
-                rows = pick(conn, now, self._policy, budget, bounds, self._rejected)
+                rows = pick(conn, self._deliveries, now, self._policy, budget, bounds, self._rejected)
                 claim = None
                 if rows:
                     ids = [row[Column.ID] for row in rows]
@@ -293,7 +295,7 @@ class Flusher:
                     # Stored with the lease: a retry in any process finds it.
                     claim.keys[tuple(ids)] = batchkeys.key_for(conn, ids)
                     until = now + self._policy.lease_seconds
-                    store.run_chunks(RELEASE_SQL, (until,), _codec.id_chunks(ids))
+                    store.run_chunks(self._deliveries.release, self._deliveries.key + (until,), _codec.id_chunks(ids))
                     conn.execute(DELETE_EXPIRED_LEASES_SQL, (now,))
                     conn.execute(INSERT_LEASE_SQL, (claim.token, len(rows), until))
         return claim
@@ -306,7 +308,7 @@ class Flusher:
         with store.lock:
             until = store.now() + self._policy.lease_seconds
             with store.write() as conn:
-                store.run_chunks(RELEASE_SQL, (until,), _codec.id_chunks(ids))
+                store.run_chunks(self._deliveries.release, self._deliveries.key + (until,), _codec.id_chunks(ids))
                 conn.execute(EXTEND_LEASE_SQL, (until, claim.token))
                 batchkeys.forget(conn, parent)
                 for part in claim.pending[-2:]:
@@ -314,6 +316,19 @@ class Flusher:
                     claim.keys[tuple(part_ids)] = batchkeys.key_for(conn, part_ids)
 
     # -- settling ---------------------------------------------------------------------
+
+    def _remove(self, chunks: List[Tuple[int, ...]]) -> int:
+        """Take items off this destination's list (acked, dead-lettered); the items leave the
+        file once no destination needs them. Returns how many deliveries ended."""
+        deliveries = self._deliveries
+        removed = self._store.run_chunks(deliveries.ack, deliveries.key, chunks)
+        if deliveries.leave is not None:
+            self._store.run_chunks(deliveries.leave, (), chunks)
+        return removed
+
+    def _nack(self, ids: List[int], until: float) -> None:
+        """Count a failed attempt on ``ids`` and hold them back until ``until``."""
+        self._store.run_chunks(self._deliveries.nack, self._deliveries.key + (until,), _codec.id_chunks(ids))
 
     @contextlib.contextmanager
     def _settling(self, claim: Claim) -> Iterator[sqlite3.Connection]:
@@ -330,12 +345,12 @@ class Flusher:
         refused = {*outcome.rejected, *outcome.retry, *outcome.too_large, *outcome.credentials}
         ids = [row[Column.ID] for index, row in enumerate(part) if index not in refused]
         chunks = _codec.id_chunks(ids)
-        acked = store.run_chunks(ACK_SQL, (), chunks)
+        acked = self._remove(chunks)
         store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
         if acked:
             self._count_sent(conn, acked)
         if not outcome.credentials:  # a refusal of part of a batch is not a recovered link
-            release_held(conn, self._link.accepted(store.now()))
+            release_held(conn, self._deliveries, self._link.accepted(store.now()))
         meter = self._link.meter
         for key, value in zip(THROUGHPUT_KEYS, (meter.bytes_per_second, meter.items_per_second)):
             if value is not None:
@@ -379,7 +394,7 @@ class Flusher:
         self._rejected.update(row[Column.ID] for row in held)
         if held:
             delay = self._policy.backoff_delay(max(row[Column.RETRY_COUNT] for row in held))
-            store.run_chunks(NACK_SQL, (store.now() + delay,), _codec.id_chunks([row[Column.ID] for row in held]))
+            self._nack([row[Column.ID] for row in held], store.now() + delay)
             logger.debug(
                 "the endpoint rejected %d items (%s); retrying them later", len(held), self._shown(status, error)
             )
@@ -394,7 +409,7 @@ class Flusher:
         chunks = _codec.id_chunks(ids)
         stored = self._stored(error)
         store.run_chunks(MOVE_TO_DEAD_SQL, (status, stored, store.now()), chunks)
-        moved = store.run_chunks(ACK_SQL, (), chunks)
+        moved = self._remove(chunks)
         store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
         self._note_error(conn, stored)
         if moved:
@@ -410,7 +425,7 @@ class Flusher:
             delay = max(delay, min(outcome.retry_after, MAX_RETRY_AFTER))
         until = self._store.now() + delay
         ids = [row[Column.ID] for row in part]
-        self._store.run_chunks(NACK_SQL, (until,), _codec.id_chunks(ids))
+        self._nack(ids, until)
         held = [until, self._hold_rest(claim, until)]
         # No answer at all: the link itself may be down, and a probe may end the wait.
         link_down = outcome.status is None and outcome.retry_after is None
@@ -421,7 +436,7 @@ class Flusher:
         """Keep every item and wait long: a bad key is fixed by a person, not by retrying."""
         delay = self._policy.credentials_delay()
         until = self._store.now() + delay
-        self._store.run_chunks(NACK_SQL, (until,), _codec.id_chunks([row[Column.ID] for row in part]))
+        self._nack([row[Column.ID] for row in part], until)
         self._hold_rest(claim, until)
         error = _short(outcome.error or "credentials refused")
         self._record_failure(conn, CREDENTIALS, outcome.status, error, delay, len(part))
@@ -436,7 +451,7 @@ class Flusher:
         claim.pending = []
         stamp = math.nextafter(until, math.inf)
         if rest:
-            self._store.run_chunks(RELEASE_SQL, (stamp,), _codec.id_chunks(rest))
+            self._store.run_chunks(self._deliveries.release, self._deliveries.key + (stamp,), _codec.id_chunks(rest))
         return stamp
 
     def _count_sent(self, conn: sqlite3.Connection, count: int) -> None:

@@ -10,7 +10,7 @@ import sqlite3
 from .._errors import DatabaseError
 from .sql import write_transaction
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIN_SQLITE_VERSION = (3, 31, 0)
 # SQLite keeps its busy timeout in milliseconds in a C int; beyond it the value wraps.
 MAX_BUSY_TIMEOUT = (2**31 - 1) / 1000.0
@@ -81,9 +81,32 @@ first_id INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
 
+# Version 4: named destinations (see ``deliveries``). A file fed to one destination leaves
+# these tables empty. ``first_item_id``: a destination receives the items enqueued from
+# its registration on. A delivery row is what one destination still has to do for one
+# item; its index yields a destination's rows of a priority in the order they are due.
+DESTINATIONS_DDL = """\
+CREATE TABLE IF NOT EXISTS sync_destinations (
+id INTEGER PRIMARY KEY,
+name TEXT NOT NULL UNIQUE,
+added_at REAL NOT NULL,
+first_item_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sync_deliveries (
+destination INTEGER NOT NULL,
+item_id INTEGER NOT NULL,
+priority INTEGER NOT NULL,
+retry_count INTEGER NOT NULL DEFAULT 0,
+next_retry_at REAL NOT NULL DEFAULT 0,
+PRIMARY KEY (destination, item_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_sync_deliveries_due
+ON sync_deliveries(destination, priority, next_retry_at);
+"""
+
 # The DDL that brings a file from version ``n - 1`` to ``n``. Version 0 is a new file or
 # one written by the earlier release (only ``sync_queue``); every step is idempotent.
-MIGRATIONS = {1: QUEUE_DDL + META_DDL, 2: DEAD_LETTER_DDL, 3: BATCH_KEYS_DDL}
+MIGRATIONS = {1: QUEUE_DDL + META_DDL, 2: DEAD_LETTER_DDL, 3: BATCH_KEYS_DDL, 4: DESTINATIONS_DDL}
 
 # Synchronous levels by durability mode. FULL syncs the WAL on every commit, so a returned
 # id survives power loss; NORMAL syncs only at checkpoints: a crash of the process loses

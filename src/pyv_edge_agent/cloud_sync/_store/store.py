@@ -30,7 +30,6 @@ from .sql import (
     INSERT_ID_SQL,
     INSERT_SQL,
     LAST_ROWID_SQL,
-    NEXT_DUE_SQL,
     NEXT_ID_SQL,
     READ_COUNTER_SQL,
     SEALED_FROM_ALL,
@@ -40,6 +39,7 @@ from .sql import (
 )
 
 if TYPE_CHECKING:
+    from .deliveries import Deliveries
     from .seal import Sealer
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -329,11 +329,13 @@ class Store:
             self.storage.maintain(conn, force=not when_due)
         return deleted
 
-    def earliest_due(self, levels: Sequence[int], now: float) -> Optional[float]:
-        """The earliest ``next_retry_at`` of an unexpired item of ``levels`` (None: none)."""
+    def earliest_due(self, deliveries: "Deliveries", levels: Sequence[int], now: float) -> Optional[float]:
+        """The earliest ``next_retry_at`` of an unexpired item of ``levels`` that
+        ``deliveries`` still has to deliver (None: none)."""
+        statement, key = deliveries.next_due, deliveries.key
         with self.lock:
             conn = self.conn()
-            due = [float(row[0]) for level in levels for row in conn.execute(NEXT_DUE_SQL, (level, now))]
+            due = [float(due) for level in levels for (due,) in conn.execute(statement, key + (level, now))]
         return min(due) if due else None
 
     def counter(self, key: str, default: Any = 0) -> Any:
