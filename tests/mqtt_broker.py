@@ -179,7 +179,7 @@ def mosquitto_or_skip() -> None:
     if missing:
         if os.environ.get("PYV_EDGE_AGENT_REQUIRE_SYSTEM_DEPS") == "1":
             pytest.fail(f"CI must run the MQTT tests, but {', '.join(missing)} is missing (Debian package mosquitto)")
-        pytest.skip(f"{', '.join(missing)} not installed (Debian package mosquitto; tools/internal/system-deps.sh installs it)")
+        pytest.skip(f"{', '.join(missing)} not installed (Debian package mosquitto; tools/internal/system-deps.sh)")
     pytest.importorskip("paho.mqtt", reason="paho-mqtt is not installed (the 'mqtt' extra)")
     import_or_skip("trustme", reason="trustme is not installed (the 'test' extra)")
 

@@ -286,3 +286,39 @@ def test_two_processes_quarantining_at_once_keep_the_evidence_and_each_others_it
         assert _digest(os.path.join(workdir, aside[0])) == original
         with CloudSyncQueue(path) as queue:
             assert sorted(item.payload["from"] for item in queue.peek(n=10)) == ["one", "two"], delay
+
+
+def _dead_letter_everything(path: str) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "INSERT INTO sync_dead_letters (id, payload, priority, created_at, ttl_seconds, last_status, dead_at)"
+            " SELECT id, payload, priority, created_at, ttl_seconds, 400, created_at FROM sync_queue"
+        )
+        conn.execute("DELETE FROM sync_queue")
+    conn.execute("VACUUM")
+    conn.close()
+
+
+@pytest.mark.parametrize("call", ["dead_letters", "requeue_dead_letters", "drop_dead_letters"])
+def test_damage_met_by_the_dead_letter_calls_is_the_packages_error(directory: str, call: str) -> None:
+    # These calls once bypassed the translation and let sqlite3.DatabaseError through.
+    path = os.path.join(directory, "q.db")
+    _make_queue_file(path)
+    _dead_letter_everything(path)
+    with CloudSyncQueue(path) as queue:
+        _damage_a_page(path)
+        rawsql.execute(queue, "PRAGMA cache_size = 0")  # read the damaged page from disk
+        method = getattr(queue, call)
+        with pytest.raises(CorruptDatabaseError, match="q.db"):
+            method(3000) if call == "dead_letters" else method(list(range(1, 3001)))
+
+
+def test_damage_met_by_peek_is_the_packages_error(directory: str) -> None:
+    path = os.path.join(directory, "q.db")
+    _make_queue_file(path)
+    with CloudSyncQueue(path) as queue:
+        _damage_a_page(path)
+        rawsql.execute(queue, "PRAGMA cache_size = 0")
+        with pytest.raises(CorruptDatabaseError, match="q.db"):
+            queue.peek(3000)

@@ -1,4 +1,5 @@
-"""The value types users see: ``Priority``, ``QueueItem`` and ``DeadLetter``."""
+"""The value types users see (``Priority``, ``QueueItem``, ``DeadLetter``), and the item row
+layout (``ROW_COLUMNS``, ``Column``) that the codec twins, the store and the flush share."""
 
 import time
 from dataclasses import asdict, dataclass, field
