@@ -7,7 +7,7 @@ import contextlib
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _codec, _validate
 from ._flush.policy import ALL_LEVELS, FlushPolicy, LinkState, release_held
@@ -17,6 +17,8 @@ from ._store import seal as _seal
 from ._store import storage as _storage
 from ._store.clock import HIGH_WATER_LEAD_SECONDS
 from ._store.deliveries import SINGLE
+from ._store.destinations import mask_of
+from ._store.destinations import names_of as destination_names
 from ._store.group_commit import GroupCommitter
 from ._store.integrity import IntegrityReport
 from ._store.sql import (
@@ -33,8 +35,17 @@ CONFIG_KEYS = tuple(
     "db_path durability busy_timeout max_batch_items max_batch_bytes retry_base_seconds retry_max_seconds"
     " lease_seconds max_queue_items max_queue_bytes min_free_disk_bytes purge_interval on_corrupt max_attempts"
     " daily_message_limit encryption_key encryption_cipher max_items_per_second max_bytes_per_second"
-    " pacing_burst_seconds critical_bypasses_pacing max_batch_seconds probe_interval".split()
+    " pacing_burst_seconds critical_bypasses_pacing max_batch_seconds probe_interval destinations".split()
 )
+# The options a destination may set for itself: how it is flushed. Storage limits and
+# durability belong to the file.
+DESTINATION_KEYS = tuple(
+    "max_batch_items max_batch_bytes retry_base_seconds retry_max_seconds lease_seconds max_attempts"
+    " daily_message_limit max_items_per_second max_bytes_per_second pacing_burst_seconds"
+    " critical_bypasses_pacing max_batch_seconds probe_interval".split()
+)
+# Each entry a single enqueue hands the group committer: text, priority, TTL, route.
+_Entry = Tuple[str, int, int, int]
 
 
 class CloudSyncQueue:
@@ -126,6 +137,7 @@ class CloudSyncQueue:
         critical_bypasses_pacing: bool = True,
         max_batch_seconds: Optional[float] = None,
         probe_interval: Optional[float] = 10.0,
+        destinations: "Optional[Union[Sequence[str], Mapping[str, Mapping[str, Any]]]]" = None,
     ) -> None:
         path = _validate.db_path(db_path)
         durability = _validate.choice("durability", durability, tuple(schema.SYNCHRONOUS))
@@ -152,6 +164,9 @@ class CloudSyncQueue:
         limits = _storage.StorageLimits.validated(max_queue_items, max_queue_bytes, min_free_disk_bytes, purge_interval)
         cipher = _validate.choice("encryption_cipher", encryption_cipher, _seal.CIPHERS)
         sealer = None if encryption_key is None else _seal.Sealer(encryption_key, cipher)
+        names = None if destinations is None else destination_names(destinations)
+        if isinstance(destinations, Mapping):
+            _check_destination_options(destinations)
         store = Store(
             path,
             durability=durability,
@@ -166,7 +181,10 @@ class CloudSyncQueue:
         self._link = link
         self._deliveries = SINGLE
         self._clock: Callable[[], float] = store.now
-        self._committer: GroupCommitter[Tuple[str, int, int]] = GroupCommitter(self._write_group)
+        # Each destination's id, which is its bit in an item's route (none: one destination).
+        self._destinations: Dict[str, int] = {} if names is None else store.register_destinations(names)
+        self._all_routes = mask_of(list(self._destinations.values()))
+        self._committer: GroupCommitter[_Entry] = GroupCommitter(self._write_group)
 
     def close(self) -> None:
         """Close the connection; later calls raise ``CloudSyncError``."""
@@ -200,7 +218,11 @@ class CloudSyncQueue:
     # -- writing ----------------------------------------------------------------------
 
     def enqueue(
-        self, payload: Dict[str, Any], priority: Priority = Priority.TELEMETRY, ttl_seconds: int = 86400
+        self,
+        payload: Dict[str, Any],
+        priority: Priority = Priority.TELEMETRY,
+        ttl_seconds: int = 86400,
+        destinations: Optional[Sequence[str]] = None,
     ) -> int:
         """Store one payload and return its id; the id is durable when this returns.
 
@@ -212,23 +234,57 @@ class CloudSyncQueue:
         text = _codec.encode_payload(payload)
         level = _validate.priority_value(priority)
         ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
-        row_id = self._committer.submit((text, level, ttl))
+        route = self._route(destinations)
+        row_id = self._committer.submit((text, level, ttl, route))
         if level == CRITICAL and self._link.wakers:
             self._link.wake()
         return row_id
 
-    def _write_group(self, entries: List[Tuple[str, int, int]]) -> List[int]:
-        """The group committer's write: one transaction for every entry, stamped alike."""
+    def _write_group(self, entries: List[_Entry]) -> List[int]:
+        """The group committer's write: one transaction for every entry, stamped alike (one
+        per route, when entries go to different destinations)."""
         now = self._clock()
-        return self._insert_rows([(text, level, now, ttl) for text, level, ttl in entries])
+        route = entries[0][3]
+        if all(entry[3] == route for entry in entries):
+            return self._insert_rows([(text, level, now, ttl) for text, level, ttl, _ in entries], route)
+        ids: Dict[int, int] = {}
+        for each in sorted({entry[3] for entry in entries}):
+            group = [index for index, entry in enumerate(entries) if entry[3] == each]
+            rows = [(entries[i][0], entries[i][1], now, entries[i][2]) for i in group]
+            ids.update(zip(group, self._insert_rows(rows, each)))
+        return [ids[index] for index in range(len(entries))]
 
-    def _insert_rows(self, rows: List[Tuple[str, int, float, int]]) -> List[int]:
+    def _insert_rows(self, rows: List[Tuple[str, int, float, int]], route: int) -> List[int]:
         """Insert ``rows`` in one write transaction and return their ids in order; every
         enqueue path goes through here."""
-        return self._store.insert(rows)
+        return self._store.insert(rows, route)
+
+    def _route(self, destinations: Optional[Sequence[str]]) -> int:
+        """The route bits of an enqueue's ``destinations`` (None: every destination; 0 for a
+        queue without destinations); raises ``ValueError`` naming the argument."""
+        if destinations is None:
+            return self._all_routes
+        if not self._destinations:
+            raise ValueError(f"destinations: this queue has no destinations, got {destinations!r:.100}")
+        if isinstance(destinations, str) or not isinstance(destinations, Sequence):
+            raise TypeError(f"destinations must be a sequence of destination names or None, got {destinations!r:.100}")
+        if not destinations:
+            raise ValueError("destinations must name at least one destination (None: every destination)")
+        if len(set(destinations)) != len(destinations):
+            raise ValueError(f"destinations names one more than once: {list(destinations)!r:.200}")
+        unknown = [name for name in destinations if name not in self._destinations]
+        if unknown:
+            raise ValueError(
+                f"destinations: unknown destination {unknown[0]!r:.100}; this queue's are {sorted(self._destinations)}"
+            )
+        return mask_of([self._destinations[name] for name in destinations])
 
     def enqueue_many(
-        self, payloads: Sequence[Dict[str, Any]], priority: Priority = Priority.TELEMETRY, ttl_seconds: int = 86400
+        self,
+        payloads: Sequence[Dict[str, Any]],
+        priority: Priority = Priority.TELEMETRY,
+        ttl_seconds: int = 86400,
+        destinations: Optional[Sequence[str]] = None,
     ) -> List[int]:
         """Store many payloads in one transaction; return their ids in input order.
 
@@ -238,10 +294,11 @@ class CloudSyncQueue:
         level = _validate.priority_value(priority)
         ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
         _validate.iterable("payloads", payloads)
+        route = self._route(destinations)
         rows = _codec.encode_rows(payloads, level, self._clock(), ttl)
         if not rows:
             return []
-        ids = self._insert_rows(rows)
+        ids = self._insert_rows(rows, route)
         if level == CRITICAL and self._link.wakers:
             self._link.wake()
         return ids
@@ -298,10 +355,19 @@ class CloudSyncQueue:
             rows = [row for row in rows if row[Column.ID] not in unsealed]
         return _seal.decoded(self._store.sealer, rows, queue_id, "sync_queue", _codec.decode_rows)
 
-    def pending_count(self) -> int:
-        """Return the number of stored items, whatever their TTL or retry state."""
+    def pending_count(self, destination: Optional[str] = None) -> int:
+        """Return the number of stored items, whatever their TTL or retry state; with
+        ``destination``, how many of them that destination still has to deliver."""
+        if destination is not None:
+            return self._store.pending_for(self._destination_id(destination))
         with self._store.lock:
             return int(self._store.conn().execute(self._deliveries.count, self._deliveries.key).fetchone()[0])
+
+    def _destination_id(self, destination: str) -> int:
+        if destination not in self._destinations:
+            known = sorted(self._destinations) or "none (a queue without destinations)"
+            raise ValueError(f"destination: unknown destination {destination!r:.100}; this queue's are {known}")
+        return self._destinations[destination]
 
     def get_stats(self) -> Dict[str, Any]:
         """Return queue statistics.
@@ -509,3 +575,15 @@ class CloudSyncQueue:
         if unknown:
             raise ValueError(f"unknown CloudSyncQueue configuration keys {unknown}; valid keys are {list(CONFIG_KEYS)}")
         return cls(**d)
+
+
+def _check_destination_options(destinations: Mapping[str, Any]) -> None:
+    """Each destination's options must be a mapping of the flush-side keys."""
+    for name, options in destinations.items():
+        if not isinstance(options, Mapping):
+            raise TypeError(f"destinations[{name!r}] must be a mapping of options, got {type(options).__name__}")
+        unknown = sorted(str(key) for key in options if key not in DESTINATION_KEYS)
+        if unknown:
+            raise ValueError(
+                f"destinations[{name!r}]: unknown options {unknown}; a destination may set {list(DESTINATION_KEYS)}"
+            )

@@ -81,17 +81,30 @@ first_id INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
 
-# Version 4: named destinations (see ``deliveries``). A file fed to one destination leaves
-# these tables empty. ``first_item_id``: a destination receives the items enqueued from
-# its registration on. A delivery row is what one destination still has to do for one
-# item; its index yields a destination's rows of a priority in the order they are due.
+# Version 4: named destinations (see ``destinations`` and ``deliveries``); a file fed to one
+# destination leaves these tables empty. ``sync_routes``: for each item of a file with
+# destinations, the bit of every destination that still has to deliver it, and how many
+# those are (the item leaves the file at 0). A destination finds its new items through
+# its cursor per priority (the last item id its claims examined) and keeps a delivery row
+# only for items it has claimed (leased, retrying).
 DESTINATIONS_DDL = """\
 CREATE TABLE IF NOT EXISTS sync_destinations (
-id INTEGER PRIMARY KEY,
+id INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 62),
 name TEXT NOT NULL UNIQUE,
 added_at REAL NOT NULL,
 first_item_id INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sync_routes (
+item_id INTEGER PRIMARY KEY,
+destinations INTEGER NOT NULL,
+pending INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sync_cursors (
+destination INTEGER NOT NULL,
+priority INTEGER NOT NULL,
+last_id INTEGER NOT NULL,
+PRIMARY KEY (destination, priority)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sync_deliveries (
 destination INTEGER NOT NULL,
 item_id INTEGER NOT NULL,

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 from .._errors import CloudSyncError, CorruptDatabaseError, MissingKeyError
-from . import batchkeys
+from . import batchkeys, destinations
 from . import clock as _clock
 from . import integrity as _integrity
 from . import storage as _storage
@@ -280,9 +280,11 @@ class Store:
 
     # -- items --------------------------------------------------------------------------
 
-    def insert(self, rows: List[Tuple[str, int, float, int]]) -> List[int]:
+    def insert(self, rows: List[Tuple[str, int, float, int]], route: int = 0) -> List[int]:
         """Insert ``rows`` in one write transaction, admitted by ``storage`` (it may evict or
         raise ``QueueFullError``, and then nothing is written); return their ids in order.
+        ``route``: the bits of the destinations they go to (0: a queue without destinations),
+        written in the same transaction.
         With a ``sealer`` the payloads are sealed first, under the ids they get; without
         one, a file that holds sealed items refuses them (``MissingKeyError``): a plain item
         there would be plaintext in a sealed file, and a flush would not deliver it."""
@@ -309,11 +311,25 @@ class Store:
                 else:
                     conn.executemany(sql, params)
                     last = conn.execute(LAST_ROWID_SQL).fetchone()[0]
+                if route:
+                    destinations.route(conn, last - len(rows) + 1, len(rows), route)
             if mark is not None:
                 self.sealed_from = mark
             self.storage.maintain(conn)
         # AUTOINCREMENT under the write lock hands out consecutive ids.
         return list(range(last - len(rows) + 1, last + 1))
+
+    def register_destinations(self, names: Sequence[str]) -> Dict[str, int]:
+        """Register ``names`` as the file's destinations (see ``destinations.register``) and
+        return each one's id."""
+        with self.write() as conn:
+            next_id = int(conn.execute(NEXT_ID_SQL).fetchone()[0])
+            return destinations.register(conn, names, next_id, self.now())
+
+    def pending_for(self, destination: int) -> int:
+        """How many items the destination of id ``destination`` still has to deliver."""
+        with self.lock:
+            return destinations.pending_count(self.conn(), destination)
 
     def purge_expired(self, *, when_due: bool) -> int:
         """Delete the items whose TTL has run out (``when_due``: only if ``purge_interval`` has

@@ -1,0 +1,110 @@
+"""The destinations a queue file feeds: their names and ids, and which items each one still
+has to deliver (``sync_routes``).
+
+Each destination has an id from 1 to 62 and is one bit of an item's route: the bit is set
+while that destination still has to deliver the item, and the item leaves the file when
+its last bit is cleared (``pending`` counts them). A destination registered later receives
+the items enqueued from then on (``first_item_id``).
+"""
+
+import re
+import sqlite3
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
+
+MAX_DESTINATIONS = 62
+# A name shows in metric labels, log lines and command lines: kept to a plain word.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+SELECT_ALL_SQL = "SELECT name, id FROM sync_destinations"
+REGISTER_SQL = "INSERT INTO sync_destinations (id, name, added_at, first_item_id) VALUES (?, ?, ?, ?)"
+UNREGISTER_SQL = "DELETE FROM sync_destinations WHERE id = ?"
+ROUTE_SQL = "INSERT INTO sync_routes (item_id, destinations, pending) VALUES (?, ?, ?)"
+# Counting walks the routes: a destination's bit can be anywhere.
+COUNT_PENDING_SQL = "SELECT COUNT(*) FROM sync_routes WHERE destinations & ?"
+ANY_PENDING_SQL = "SELECT EXISTS (SELECT 1 FROM sync_routes WHERE destinations & ?)"
+# Items of the file written without destinations (no route): such a file cannot be split
+# between destinations without saying whose they are.
+UNROUTED_SQL = "SELECT COUNT(*) FROM sync_queue WHERE id NOT IN (SELECT item_id FROM sync_routes)"
+
+
+def names_of(destinations: Iterable[Any]) -> Tuple[str, ...]:
+    """The destination names of a constructor's ``destinations`` (a sequence of names or a
+    mapping of names to options), checked; raises ``ValueError``/``TypeError`` naming it."""
+    if isinstance(destinations, (str, bytes)) or not hasattr(destinations, "__iter__"):
+        raise TypeError(
+            "destinations must be a sequence of names or a mapping of names to options,"
+            f" got {type(destinations).__name__}: {destinations!r:.100}"
+        )
+    names = tuple(destinations)
+    if not names:
+        raise ValueError("destinations must name at least one destination, got none")
+    if len(names) > MAX_DESTINATIONS:
+        raise ValueError(f"destinations may name at most {MAX_DESTINATIONS}, got {len(names)}")
+    for name in names:
+        if not isinstance(name, str) or NAME.fullmatch(name) is None:
+            raise ValueError(
+                f"destinations: {name!r:.100} is not a destination name (letters, digits, '_', '.', '-';"
+                " at most 64, starting with a letter or digit)"
+            )
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"destinations names {duplicates} more than once")
+    return names
+
+
+def register(conn: sqlite3.Connection, names: Sequence[str], next_item_id: int, now: float) -> Dict[str, int]:
+    """Bring the file's registry in line with ``names`` inside the caller's write
+    transaction and return each name's id. A new name is registered to receive the items
+    from ``next_item_id`` on. A registered name left out while it still has items to
+    deliver is a ``ValueError`` naming it and ``remove_destination``: nothing is dropped
+    unasked. One left out with nothing pending is unregistered."""
+    registered: Dict[str, int] = dict(conn.execute(SELECT_ALL_SQL).fetchall())
+    if not registered:
+        unrouted = int(conn.execute(UNROUTED_SQL).fetchone()[0])
+        if unrouted:
+            raise ValueError(
+                f"destinations: the file holds {unrouted} items of a queue without destinations; deliver"
+                " them (or purge them) before opening it with destinations"
+            )
+    for name, ident in sorted(registered.items()):
+        if name in names:
+            continue
+        if conn.execute(ANY_PENDING_SQL, (1 << ident,)).fetchone()[0]:
+            pending = int(conn.execute(COUNT_PENDING_SQL, (1 << ident,)).fetchone()[0])
+            raise ValueError(
+                f"destinations: {name!r} is missing but still has {pending} items to deliver; open the"
+                f" queue with it, or call remove_destination({name!r}) to drop them on purpose"
+            )
+        conn.execute(UNREGISTER_SQL, (ident,))
+        del registered[name]
+    free = [ident for ident in range(1, MAX_DESTINATIONS + 1) if ident not in registered.values()]
+    for name in names:
+        if name not in registered:
+            registered[name] = free.pop(0)
+            conn.execute(REGISTER_SQL, (registered[name], name, now, next_item_id))
+    return {name: registered[name] for name in names}
+
+
+def route(conn: sqlite3.Connection, first_id: int, count: int, mask: int) -> None:
+    """Address the ``count`` items from ``first_id`` on to the destinations of ``mask``,
+    inside the transaction that inserted them (the fan-out: all of them or none)."""
+    pending = bin(mask).count("1")
+    conn.executemany(ROUTE_SQL, [(item_id, mask, pending) for item_id in range(first_id, first_id + count)])
+
+
+def pending_count(conn: sqlite3.Connection, ident: int) -> int:
+    """How many items the destination of id ``ident`` still has to deliver."""
+    return int(conn.execute(COUNT_PENDING_SQL, (1 << ident,)).fetchone()[0])
+
+
+def mask_of(ids: Sequence[int]) -> int:
+    """The route bits of the destinations of ``ids``."""
+    mask = 0
+    for ident in ids:
+        mask |= 1 << ident
+    return mask
+
+
+def ids_in(mask: int) -> List[int]:
+    """The destination ids whose bit is set in ``mask``."""
+    return [ident for ident in range(1, MAX_DESTINATIONS + 1) if mask >> ident & 1]

@@ -1,0 +1,163 @@
+"""Several destinations in one queue file (issue 24, in progress): routing, fan-out stored
+once and atomically, and changing the set of destinations. The flush per destination is
+not built yet; these tests cover what is."""
+
+import os
+import sqlite3
+from typing import Any
+
+import pytest
+import rawsql
+
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, QueueFullError
+
+TWO = ("iot", "archive")
+
+
+@pytest.fixture
+def two(db_path: str) -> Any:
+    with CloudSyncQueue(db_path, destinations=TWO) as queue:
+        yield queue
+
+
+def test_each_destination_counts_what_it_still_has_to_deliver(two: CloudSyncQueue) -> None:
+    two.enqueue({"n": 1})
+    two.enqueue_many([{"n": n} for n in range(5)], destinations=("archive",))
+    two.enqueue({"n": 2}, destinations=["iot"])
+    assert two.pending_count() == 7
+    assert two.pending_count(destination="iot") == 2
+    assert two.pending_count(destination="archive") == 6
+
+
+def test_a_payload_for_every_destination_is_stored_once(two: CloudSyncQueue) -> None:
+    ids = two.enqueue_many([{"n": n} for n in range(10)])
+    assert rawsql.execute(two, "SELECT COUNT(*) FROM sync_queue").fetchone()[0] == 10
+    routes = rawsql.execute(two, "SELECT item_id, pending FROM sync_routes ORDER BY item_id").fetchall()
+    assert routes == [(item_id, 2) for item_id in ids]
+
+
+def test_concurrent_single_enqueues_to_different_destinations_keep_their_routes(two: CloudSyncQueue) -> None:
+    import threading
+
+    results: dict = {}
+
+    def put(index: int) -> None:
+        target = (TWO[index % 2],)
+        results[index] = (two.enqueue({"i": index}, destinations=target), target)
+
+    threads = [threading.Thread(target=put, args=(index,)) for index in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert two.pending_count(destination="iot") == two.pending_count(destination="archive") == 20
+    bits = {name: 1 << ident for name, ident in rawsql.execute(two, "SELECT name, id FROM sync_destinations")}
+    for item_id, (target,) in results.values():
+        (mask,) = rawsql.execute(two, "SELECT destinations FROM sync_routes WHERE item_id = ?", (item_id,)).fetchone()
+        assert mask == bits[target]
+
+
+@pytest.mark.parametrize(
+    "destinations, error, match",
+    [
+        (("nowhere",), ValueError, "unknown destination 'nowhere'"),
+        ((), ValueError, "at least one destination"),
+        (("iot", "iot"), ValueError, "more than once"),
+        ("iot", TypeError, "sequence of destination names"),
+    ],
+)
+def test_bad_routing_is_refused_before_anything_is_written(
+    two: CloudSyncQueue, destinations: Any, error: type, match: str
+) -> None:
+    two.enqueue({"before": True})
+    with pytest.raises(error, match=match):
+        two.enqueue({"n": 1}, destinations=destinations)
+    with pytest.raises(error, match=match):
+        two.enqueue_many([{"n": 1}], destinations=destinations)
+    assert two.pending_count() == 1 and two.pending_count(destination="iot") == 1
+
+
+def test_a_queue_without_destinations_refuses_a_route_and_a_destination_name(queue: CloudSyncQueue) -> None:
+    with pytest.raises(ValueError, match="this queue has no destinations"):
+        queue.enqueue({"n": 1}, destinations=("iot",))
+    with pytest.raises(ValueError, match="unknown destination 'iot'"):
+        queue.pending_count(destination="iot")
+    assert queue.pending_count() == 0
+
+
+@pytest.mark.parametrize(
+    "destinations, error, match",
+    [
+        ((), ValueError, "at least one"),
+        (("a", "a"), ValueError, "more than once"),
+        (("",), ValueError, "not a destination name"),
+        (("has space",), ValueError, "not a destination name"),
+        ("iot", TypeError, "sequence of names or a mapping"),
+        ({"iot": {"max_queue_items": 5}}, ValueError, "unknown options \\['max_queue_items'\\]"),
+        ({"iot": 5}, TypeError, "must be a mapping of options"),
+        (tuple(f"d{n}" for n in range(63)), ValueError, "at most 62"),
+    ],
+)
+def test_bad_destinations_are_refused_before_the_file_is_made(
+    db_path: str, destinations: Any, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        CloudSyncQueue(db_path, destinations=destinations)
+    assert not os.path.exists(db_path)  # refused before the file was made
+
+
+def _registered(path: str) -> list:
+    conn = sqlite3.connect(path)
+    try:
+        return [row[0] for row in conn.execute("SELECT name FROM sync_destinations ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def test_fan_out_is_all_or_nothing(db_path: str) -> None:
+    with CloudSyncQueue(db_path, destinations=TWO, max_queue_items=3) as queue:
+        queue.enqueue_many([{"n": n} for n in range(3)], priority=1)  # critical: never evicted
+        with pytest.raises(QueueFullError):
+            queue.enqueue_many([{"late": n} for n in range(2)], priority=1)
+        assert rawsql.execute(queue, "SELECT COUNT(*) FROM sync_routes").fetchone()[0] == 3
+        assert queue.pending_count(destination="archive") == 3
+
+
+def test_a_destination_added_later_receives_what_is_enqueued_from_then_on(db_path: str) -> None:
+    with CloudSyncQueue(db_path, destinations=("iot",)) as queue:
+        queue.enqueue_many([{"n": n} for n in range(4)])
+    with CloudSyncQueue(db_path, destinations=("iot", "archive")) as queue:
+        queue.enqueue({"new": True})
+        assert queue.pending_count(destination="iot") == 5
+        assert queue.pending_count(destination="archive") == 1
+
+
+def test_leaving_out_a_destination_with_items_to_deliver_names_it_and_the_way_out(db_path: str) -> None:
+    with CloudSyncQueue(db_path, destinations=TWO) as queue:
+        queue.enqueue_many([{"n": n} for n in range(3)], destinations=("archive",))
+    with pytest.raises(
+        ValueError, match=r"'archive' is missing but still has 3 items.*remove_destination\('archive'\)"
+    ):
+        CloudSyncQueue(db_path, destinations=("iot",))
+    assert _registered(db_path) == ["iot", "archive"]  # nothing changed
+
+
+def test_leaving_out_a_destination_with_nothing_to_deliver_unregisters_it(db_path: str) -> None:
+    with CloudSyncQueue(db_path, destinations=TWO) as queue:
+        queue.enqueue({"n": 1}, destinations=("iot",))
+    with CloudSyncQueue(db_path, destinations=("iot",)) as queue:
+        assert queue.pending_count(destination="iot") == 1
+    assert _registered(db_path) == ["iot"]
+
+
+def test_a_file_with_items_of_a_queue_without_destinations_is_not_split_silently(db_path: str) -> None:
+    with CloudSyncQueue(db_path) as queue:
+        queue.enqueue({"n": 1})
+    with pytest.raises(ValueError, match="holds 1 items of a queue without destinations"):
+        CloudSyncQueue(db_path, destinations=TWO)
+
+
+def test_from_dict_takes_destinations(db_path: str) -> None:
+    with CloudSyncQueue.from_dict({"db_path": db_path, "destinations": {"iot": {"max_batch_items": 10}}}) as queue:
+        queue.enqueue({"n": 1})
+        assert queue.pending_count(destination="iot") == 1
