@@ -1,5 +1,5 @@
 """Links that come and go, measured on a real shaped link: 256 kbit/s on the
-loopback of a network namespace made for the run (``tests/shapedlink.py``).
+loopback of a network namespace made for the run (``tests/support/shapedlink.py``).
 
 Figures, not rates: the drain time against the physical limit (bytes that crossed the
 link, headers included, over its rate), the delay of a critical item enqueued mid-drain,
@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "support"))
 import shapedlink  # noqa: E402 - lives with the tests, which assert the same scenarios
 
 from pyv_edge_agent.cloud_sync import BACKEND  # noqa: E402
