@@ -6,7 +6,7 @@ link, headers included, over its rate), the delay of a critical item enqueued mi
 the items a second under ``max_items_per_second=50``, and the delay from restoring a cut
 link to the first batch. Measuring runs the issue's sizes (20,000 items, a 30 s window);
 a plain test run a small drain and a 3 s window. The targets are asserted in
-``tests/test_shaped_link.py``; here they are only reported (``extra_info`` and printed).
+``tests/flush/test_shaped_link.py``; here they are only reported (``extra_info`` and printed).
 """
 
 import os

@@ -12,7 +12,7 @@ import pytest
 from pyv_edge_agent.cloud_sync import BACKEND
 from pyv_edge_agent.cloud_sync._store.group_commit import GroupCommitter
 
-# No codec involved: one run, on the backend in use (see ../conftest.py).
+# No codec involved: one run, on the backend in use (see ../../conftest.py).
 pytestmark = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
 
 THREADS = 8
