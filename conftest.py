@@ -1,4 +1,7 @@
-"""Fixtures shared by tests/ and benchmarks/: every test runs once per codec backend."""
+"""Fixtures shared by tests/ and benchmarks/: every test runs once per codec backend,
+except in the folders where the backend does not matter (tests/cli/, tests/delivery/),
+whose conftest.py puts a ``backend`` fixture of its own in place of this one: one run, on
+the backend in use."""
 
 import importlib
 from types import ModuleType

@@ -2,7 +2,7 @@
 
 Floor: the queue's own SQL through the stdlib ``sqlite3`` on a connection configured like the
 queue's, with every parameter built before the clock starts and nothing decoded. Reference:
-the earlier release's pattern (``tests/legacy.py``): a connection opened per operation,
+the earlier release's pattern (``tests/support/legacy.py``): a connection opened per operation,
 ``json`` for payloads, the default rollback journal. persist-queue: its ``SQLiteAckQueue``
 with the JSON serialiser (a bench-only dependency; scenarios skip without it).
 """
@@ -20,8 +20,9 @@ from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, QueueItem, _code
 from pyv_edge_agent.cloud_sync._store import schema
 from pyv_edge_agent.cloud_sync._store import sql as _sql
 
-# The earlier release's pattern lives with the tests, which write legacy databases with it.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+# The earlier release's pattern lives with the tests' helpers, which write legacy databases
+# with it (on sys.path already under pytest; gate.py runs without it).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "support"))
 import legacy  # noqa: E402
 
 Row = Tuple[str, int, float, int]
@@ -158,7 +159,7 @@ def floor_flush(conn: sqlite3.Connection, batch_items: int = 500, lease: float =
 
 
 class ReferenceQueue:
-    """The earlier release's pattern (``tests/legacy.py``), building ``QueueItem`` objects as
+    """The earlier release's pattern (``tests/support/legacy.py``), building ``QueueItem`` objects as
     it did."""
 
     def __init__(self, path: str) -> None:

@@ -1,12 +1,12 @@
 """Links that come and go, measured on a real shaped link: 256 kbit/s on the
-loopback of a network namespace made for the run (``tests/shapedlink.py``).
+loopback of a network namespace made for the run (``tests/support/shapedlink.py``).
 
 Figures, not rates: the drain time against the physical limit (bytes that crossed the
 link, headers included, over its rate), the delay of a critical item enqueued mid-drain,
 the items a second under ``max_items_per_second=50``, and the delay from restoring a cut
 link to the first batch. Measuring runs the issue's sizes (20,000 items, a 30 s window);
 a plain test run a small drain and a 3 s window. The targets are asserted in
-``tests/test_shaped_link.py``; here they are only reported (``extra_info`` and printed).
+``tests/flush/test_shaped_link.py``; here they are only reported (``extra_info`` and printed).
 """
 
 import os
@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "support"))
 import shapedlink  # noqa: E402 - lives with the tests, which assert the same scenarios
 
 from pyv_edge_agent.cloud_sync import BACKEND  # noqa: E402

@@ -101,9 +101,9 @@ smoke() {
     # The power-cut round mounts a FUSE file system; without FUSE in the root it skips (said).
     [[ -n "$fuse" ]] || echo "note: no FUSE here; the power-cut round skips"
     eval "/work/venv/bin/python -m pytest -p no:cacheprovider -q \
-        tests/test_backend_guard.py tests/test_codec.py tests/test_queue.py tests/test_flush.py \
-        'tests/test_faults.py::test_sigkill_at_random_points_loses_nothing' \
-        'tests/test_power_cuts.py::test_power_cuts_in_full_mode_lose_nothing' ${SMOKE_ARGS:-}"
+        tests/test_backend_guard.py tests/codec/test_codec.py tests/test_queue.py tests/flush/test_flush.py \
+        'tests/faults/test_faults.py::test_sigkill_at_random_points_loses_nothing' \
+        'tests/faults/test_power_cuts.py::test_power_cuts_in_full_mode_lose_nothing' ${SMOKE_ARGS:-}"
 }
 
 # MODE=fallback: what a gateway without a compiler gets from the sdist: a compiler that

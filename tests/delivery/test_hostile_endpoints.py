@@ -29,9 +29,6 @@ ESC = "\x1b]0;owned\x07\x1b[2J"  # a terminal title change and a screen wipe
 
 Answer = Callable[[BaseHTTPRequestHandler], None]
 
-# Run once: these tests do not touch the codec.
-once = pytest.mark.parametrize("backend", ["python"], indirect=True)
-
 
 class ScriptedServer:
     """A loopback HTTP server whose every POST is answered by ``answer(handler)``; the
@@ -86,7 +83,6 @@ def reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, **headers: 
 # -- keys that could leak ------------------------------------------------------------------
 
 
-@once
 @pytest.mark.parametrize("key", [SECRET + "\n", SECRET + "\r\nX-Other: 1", "two\nlines", "sp ace", "tab\tbed", "é" * 8])
 def test_a_key_that_is_not_visible_ascii_is_refused_unshown(key: str) -> None:
     with pytest.raises(ValueError, match="api_key") as excinfo:
@@ -94,7 +90,6 @@ def test_a_key_that_is_not_visible_ascii_is_refused_unshown(key: str) -> None:
     assert key.strip() not in str(excinfo.value) and "position" in str(excinfo.value)
 
 
-@once
 def test_every_failure_on_the_request_path_is_a_scrubbed_upload_error(server: IngestServer) -> None:
     uploader = HTTPCloudUploader(server.url, "test-key", timeout=5)
     # http.client refuses the header value and quotes it; here the quoted value holds the key.
@@ -115,7 +110,6 @@ def _echo_forms(key: str) -> List[str]:
     ]
 
 
-@once
 @pytest.mark.parametrize("form", range(6))
 @pytest.mark.parametrize("status", [200, 422])
 def test_echoes_of_the_key_in_any_form_are_scrubbed(
@@ -143,7 +137,6 @@ def test_echoes_of_the_key_in_any_form_are_scrubbed(
 HTML_SECRET = "pyv&live<SE>CR\"ET'9f8e"
 
 
-@once
 @pytest.mark.parametrize("form", ["html", "html twice", "html without quotes"])
 @pytest.mark.parametrize("status", [200, 422])
 def test_html_entity_echoes_of_the_key_are_scrubbed(
@@ -172,7 +165,6 @@ def test_html_entity_echoes_of_the_key_are_scrubbed(
         assert "live" not in text and "9f8e" not in text and "SE&" not in text and "SE&gt;" not in text, text
 
 
-@once
 def test_credentials_in_the_query_string_are_hidden(scripted: Callable[[Answer], ScriptedServer]) -> None:
     token = "sig-0123456789abcdef"
 
@@ -188,7 +180,6 @@ def test_credentials_in_the_query_string_are_hidden(scripted: Callable[[Answer],
     assert token not in str(excinfo.value) and urllib.parse.quote(token) not in str(excinfo.value)
 
 
-@once
 def test_urllib3_debug_log_hides_a_query_string_credential(
     scripted: Callable[[Answer], ScriptedServer], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -206,7 +197,6 @@ def test_urllib3_debug_log_hides_a_query_string_credential(
 # -- settings refused when the uploader is made -------------------------------------------
 
 
-@once
 @pytest.mark.parametrize("header", ["Host", "content-type", "Content-Length", "Content-Encoding",
                                     "Transfer-Encoding", "Connection", "Idempotency-Key"])  # fmt: skip
 def test_an_auth_header_the_uploader_writes_itself_is_refused(header: str) -> None:
@@ -214,13 +204,11 @@ def test_an_auth_header_the_uploader_writes_itself_is_refused(header: str) -> No
         HTTPCloudUploader("http://127.0.0.1:9/x", "key", auth_header=header)
 
 
-@once
 def test_a_missing_ca_file_is_refused(tmp_path: Any) -> None:
     with pytest.raises(ValueError, match="ca_certs"):
         HTTPCloudUploader("https://127.0.0.1/x", "key", ca_certs=os.path.join(tmp_path, "missing.pem"))
 
 
-@once
 @pytest.mark.parametrize("port", ["0", "65536", "99999999"])
 def test_a_port_out_of_range_is_refused_without_the_password(port: str) -> None:
     with pytest.raises(ValueError, match="endpoint") as excinfo:
@@ -233,13 +221,11 @@ def test_a_port_out_of_range_is_refused_without_the_password(port: str) -> None:
 # -- answers that could break classification -----------------------------------------------
 
 
-@once
 @pytest.mark.parametrize("value", ["²", "١٢", "12\u0663", " 7 "])
 def test_retry_after_takes_ascii_digits_only(value: str) -> None:
     assert parse_retry_after(value) == (7.0 if value.strip() == "7" else None)
 
 
-@once
 def test_a_413_with_a_strange_retry_after_is_still_split(db_path: str, server: IngestServer) -> None:
     server.fail_next(413, retry_after="²")
     with CloudSyncQueue(db_path) as queue:
@@ -248,7 +234,6 @@ def test_a_413_with_a_strange_retry_after_is_still_split(db_path: str, server: I
     assert [len(batch) for batch in server.batches] == [1, 1]
 
 
-@once
 def test_a_redirect_names_its_redacted_target_and_keeps_the_data(
     db_path: str, scripted: Callable[[Answer], ScriptedServer]
 ) -> None:
@@ -266,7 +251,6 @@ def test_a_redirect_names_its_redacted_target_and_keeps_the_data(
 # -- a long partial-success answer ----------------------------------------------------------
 
 
-@once
 def test_a_long_partial_success_answer_keeps_every_refused_item(
     db_path: str, scripted: Callable[[Answer], ScriptedServer]
 ) -> None:
@@ -313,7 +297,6 @@ def test_a_long_partial_success_answer_keeps_every_refused_item(
     assert sent_total == len(stored)
 
 
-@once
 @pytest.mark.parametrize("cut", ["gzip stream", "content-length"])
 def test_a_2xx_answer_cut_short_is_not_taken_as_accepting_everything(
     db_path: str, scripted: Callable[[Answer], ScriptedServer], caplog: pytest.LogCaptureFixture, cut: str
@@ -347,7 +330,6 @@ def test_a_2xx_answer_cut_short_is_not_taken_as_accepting_everything(
 # -- a deadline for the whole request --------------------------------------------------------
 
 
-@once
 def test_timeout_is_a_deadline_for_the_whole_request(scripted: Callable[[Answer], ScriptedServer]) -> None:
     """A server trickling its answer a byte at a time, each well within the timeout, is cut
     off: the uploader hangs up before the server has finished."""
@@ -374,7 +356,6 @@ def test_timeout_is_a_deadline_for_the_whole_request(scripted: Callable[[Answer]
     assert cut_off.wait(30) and not finished.is_set()
 
 
-@once
 def test_timeout_bounds_name_resolution_too() -> None:
     """A DNS server that answers a name after 20 s (in namespaces of their own): under
     timeout=1 the post fails at its deadline, before that answer comes (it used to wait
@@ -389,7 +370,6 @@ def test_timeout_bounds_name_resolution_too() -> None:
     assert counts == {"stored": 1}
 
 
-@once
 def test_an_uploader_slower_than_the_lease_is_refused(db_path: str, server: IngestServer) -> None:
     with CloudSyncQueue(db_path, lease_seconds=30.0) as queue:
         queue.enqueue({"a": 1})
@@ -455,7 +435,6 @@ print((after - before) * 1024)
 """
 
 
-@once
 @pytest.mark.parametrize("kind", ["gzip", "plain"])
 def test_a_huge_or_bomb_answer_costs_little_memory(kind: str) -> None:
     """A 64 KiB gzip bomb (64 MiB decoded) or a 64 MiB body raises the peak RSS of a fresh
@@ -479,14 +458,12 @@ def _raw_post(port: int, content_length: str) -> bytes:
         return sock.recv(4096)
 
 
-@once
 @pytest.mark.parametrize("length, status", [("-1", b"400"), ("abc", b"400"), (str(2**40), b"413")])
 def test_the_ingest_server_answers_a_bad_content_length(server: IngestServer, length: str, status: bytes) -> None:
     answer = _raw_post(server.port, length)
     assert answer.split(b" ")[1] == status and server.items == []
 
 
-@once
 @pytest.mark.parametrize("how", ["raise", "result"])
 def test_a_custom_uploader_passing_on_server_text_stores_it_inert(db_path: str, how: str) -> None:
     class PassesOn:
@@ -503,7 +480,6 @@ def test_a_custom_uploader_passing_on_server_text_stores_it_inert(db_path: str, 
     assert "\x1b" not in letter.last_error and "\x07" not in letter.last_error
 
 
-@once
 def test_the_ingest_server_bounds_a_decompressed_body(server: IngestServer) -> None:
     """A gzip body that decodes to more than the server takes is refused with 413 (it was
     inflated whole, then refused as not JSON)."""

@@ -1,11 +1,11 @@
-"""Write the golden queue files under tests/golden/ (run from the repository root).
+"""Write the golden queue files under tests/store/golden/ (run from the repository root).
 
-    python tests/golden/make_golden.py
+    python tests/store/golden/make_golden.py
 
 Each file holds the same items: one written through the earlier release's pattern
 (``legacy.py``: a connection per operation, ``json.dumps(default=str)``, rollback
 journal), one by each codec backend of this release. Every later release must open them
-and find the items unchanged (tests/test_golden.py). Regenerate only when adding a file;
+and find the items unchanged (tests/store/test_golden.py). Regenerate only when adding a file;
 never rewrite a committed one.
 """
 
@@ -18,7 +18,7 @@ import time
 from typing import Any, Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "support"))
 
 import legacy  # noqa: E402
 

@@ -1,8 +1,6 @@
 """HTTPS that reaches real clouds, against real parts on loopback: mutual TLS with trustme
 certificates (rotated mid-run), rotating credentials (a token file, an OAuth2 token
-endpoint issuing 2-second tokens), and Debian's tinyproxy with Basic auth.
-
-Run once: nothing here depends on the codec backend."""
+endpoint issuing 2-second tokens), and Debian's tinyproxy with Basic auth."""
 
 import json
 import logging
@@ -18,7 +16,6 @@ import reliability
 from cloudparts import Tinyproxy, TokenServer, replace_file, server_context, trustme, write_client_cert
 
 from pyv_edge_agent.cloud_sync import (
-    BACKEND,
     CloudSyncQueue,
     HTTPCloudUploader,
     OAuth2ClientCredentials,
@@ -28,8 +25,6 @@ from pyv_edge_agent.cloud_sync import (
 )
 from pyv_edge_agent.cloud_sync.delivery.http.proxy import NoProxy, ProxyRoutes
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
-
-pytestmark = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
 
 API_KEY = "pyv_live_Kx9-proxy-test-key"
 CLIENT_SECRET = "oauth-client-s3cret-value"

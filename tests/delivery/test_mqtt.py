@@ -1,7 +1,8 @@
 """``MQTTUploader`` against a real Mosquitto broker on loopback (see ``mqtt_broker.py``).
 
-The delivery scenarios go through ``maybe_flush`` and run on both backends; the ones that
-do not touch the codec (arguments, secrets, TLS, fork, the worker) run once.
+The delivery scenarios go through ``maybe_flush``; the rest try arguments, secrets, TLS,
+fork and the worker. All run once, as the whole folder does (see conftest.py): the queue's
+side of a flush runs on both backends in ../flush/.
 """
 
 import base64
@@ -30,7 +31,7 @@ from mqtt_broker import (
     mosquitto_or_skip,
 )
 
-from pyv_edge_agent.cloud_sync import BACKEND, CloudSyncQueue, Priority, SyncWorker, UploadError
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, SyncWorker, UploadError
 from pyv_edge_agent.cloud_sync._flush.outgoing import item_key
 
 LOGGER = "pyv_edge_agent.cloud_sync"
@@ -52,10 +53,6 @@ def live_broker(broker: Broker) -> Broker:
     if broker.process is None or broker.process.poll() is not None:
         broker.start()
     return broker
-
-
-# For the tests that do not depend on the codec: one run, on the backend in use.
-ONCE = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
 
 
 class Clock:
@@ -85,7 +82,7 @@ def subscriber(broker: Broker, topic: str, protocol: str = "5") -> Iterator[Subs
         sub.close()
 
 
-# -- delivery, on both backends ------------------------------------------------------------
+# -- delivery ------------------------------------------------------------
 
 
 RANK = {p.name.lower(): p.value for p in Priority}
@@ -277,10 +274,9 @@ def test_item_without_the_topic_field_is_rejected_to_dead_letters_and_the_rest_f
         sub.close()
 
 
-# -- once: what does not depend on the codec backend ------------------------------------------
+# -- arguments, secrets, TLS, fork and the worker ------------------------------------------
 
 
-@ONCE
 def test_tls_with_client_certificate_works_and_without_it_nothing_is_lost(live_broker: Broker, db_path: str) -> None:
     sub = Subscriber(live_broker, "sensors/tls/#")
     tls = dict(port=live_broker.tls_port, tls=True, ca_certs=live_broker.ca_file, username=None, password=None)
@@ -310,7 +306,6 @@ def test_tls_with_client_certificate_works_and_without_it_nothing_is_lost(live_b
         sub.close()
 
 
-@ONCE
 def test_wrong_password_takes_the_credentials_path_and_never_shows_it(
     live_broker: Broker, db_path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -332,7 +327,6 @@ def test_wrong_password_takes_the_credentials_path_and_never_shows_it(
     assert "ingest endpoint" not in logged
 
 
-@ONCE
 def test_callable_password_is_called_at_each_connect(live_broker: Broker) -> None:
     calls: List[float] = []
 
@@ -354,7 +348,6 @@ def test_callable_password_is_called_at_each_connect(live_broker: Broker) -> Non
     up.close()
 
 
-@ONCE
 def test_fork_child_makes_its_own_connection(live_broker: Broker) -> None:
     sub = Subscriber(live_broker, "sensors/fork/#")
     try:
@@ -376,7 +369,6 @@ def test_fork_child_makes_its_own_connection(live_broker: Broker) -> None:
         sub.close()
 
 
-@ONCE
 def test_works_under_sync_worker_with_qos_0(live_broker: Broker, db_path: str) -> None:
     sub = Subscriber(live_broker, "sensors/worker/#")
     try:
@@ -395,7 +387,6 @@ def test_works_under_sync_worker_with_qos_0(live_broker: Broker, db_path: str) -
         sub.close()
 
 
-@ONCE
 def test_unreachable_broker_is_transient_and_names_no_secret(db_path: str) -> None:
     from mqtt_broker import free_port
 
@@ -414,7 +405,6 @@ def test_unreachable_broker_is_transient_and_names_no_secret(db_path: str) -> No
     assert not any(secret in text for text in (str(info.value), stats, repr(up)))
 
 
-@ONCE
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -449,7 +439,6 @@ def test_bad_arguments_are_refused_naming_them(options: Dict[str, Any], message:
         MQTTUploader(host, port, **settings)
 
 
-@ONCE
 def test_plain_tcp_beyond_loopback_needs_allow_insecure() -> None:
     pytest.importorskip("paho.mqtt")
     from pyv_edge_agent.cloud_sync import MQTTUploader
@@ -458,7 +447,6 @@ def test_plain_tcp_beyond_loopback_needs_allow_insecure() -> None:
     assert "broker.example" in repr(up) and up.topic == "t"
 
 
-@ONCE
 def test_missing_paho_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['paho'] = None\n"
@@ -470,7 +458,6 @@ def test_missing_paho_names_the_extra() -> None:
     assert "pyv-edge-agent[mqtt]" in out.stdout, out.stderr
 
 
-@ONCE
 def test_azure_sas_token_is_signed_with_the_key() -> None:
     from pyv_edge_agent.cloud_sync.delivery.mqtt.uploader import azure_iot_sas_token
 
@@ -488,7 +475,6 @@ def test_azure_sas_token_is_signed_with_the_key() -> None:
         azure_iot_sas_token("h/devices/d", "not base64!")
 
 
-@ONCE
 def test_cli_flush_to_mqtt_with_password_from_env_or_file(live_broker: Broker, db_path: str, tmp_path: Any) -> None:
     sub = Subscriber(live_broker, "sensors/cli/#")
     try:
@@ -529,7 +515,6 @@ def test_cli_flush_to_mqtt_with_password_from_env_or_file(live_broker: Broker, d
         sub.close()
 
 
-@ONCE
 def test_acl_denial_with_a_full_window_in_flight_is_still_a_refusal(live_broker: Broker) -> None:
     # Mosquitto answers a denied publish with 0x87 and closes the connection; the messages
     # behind it in the window make the write fail before the answer is read. The uploader
@@ -543,7 +528,6 @@ def test_acl_denial_with_a_full_window_in_flight_is_still_a_refusal(live_broker:
     up.close()
 
 
-@ONCE
 def test_sealed_queue_publishes_the_opened_json(live_broker: Broker, db_path: str) -> None:
     import_or_skip("cryptography", reason="encryption at rest needs the 'crypto' extra")
     sub = Subscriber(live_broker, "sensors/sealed/#")
@@ -576,7 +560,6 @@ def _encrypted_key(key_path: str, password: bytes) -> bytes:
     )
 
 
-@ONCE
 def test_an_encrypted_client_key_needs_key_password_at_construction_and_then_works(
     live_broker: Broker, db_path: str, tmp_path: Any
 ) -> None:

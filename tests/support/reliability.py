@@ -49,7 +49,7 @@ def summary_lines() -> List[str]:
     return lines
 
 
-# Power cuts on the crash file system (tests/crashfs.py, tests/test_power_cuts.py).
+# Power cuts on the crash file system (tests/support/crashfs.py, tests/faults/test_power_cuts.py).
 POWER_CUTS: Dict[str, int] = {
     "cuts": 0,
     "items checked": 0,

@@ -11,11 +11,8 @@ from typing import Any, Iterator, Tuple
 
 import pytest
 
-from pyv_edge_agent.cloud_sync import BACKEND, CloudSyncQueue, HTTPCloudUploader, SyncWorker, UploadError
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, SyncWorker, UploadError
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
-
-# The backend does not matter here: one run, on the backend in use (see ../conftest.py).
-pytestmark = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
 
 SECRET = "pyv_live_SECRET_9f8e7d"
 

@@ -9,11 +9,9 @@ from typing import Any
 import pytest
 from hostile_broker import MAXIMUM_PACKET_SIZE, HostileBroker
 
-from pyv_edge_agent.cloud_sync import BACKEND, CloudSyncQueue
+from pyv_edge_agent.cloud_sync import CloudSyncQueue
 
 pytest.importorskip("paho.mqtt")
-
-ONCE = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
 
 
 def _uploader(broker: HostileBroker, timeout: float, **options: Any) -> Any:
@@ -22,7 +20,6 @@ def _uploader(broker: HostileBroker, timeout: float, **options: Any) -> Any:
     return MQTTUploader("127.0.0.1", broker.port, topic="t/x", tls=False, timeout=timeout, **options)
 
 
-@ONCE
 def test_pubacks_one_by_one_cannot_keep_a_batch_past_its_timeout(db_path: str) -> None:
     timeout = 2.0
     with HostileBroker(puback_every=1.5) as broker, CloudSyncQueue(db_path, lease_seconds=5.0) as queue:
@@ -41,7 +38,6 @@ def test_pubacks_one_by_one_cannot_keep_a_batch_past_its_timeout(db_path: str) -
     assert broker.connects and broker.connects[0].get(MAXIMUM_PACKET_SIZE, 0) > 0
 
 
-@ONCE
 def test_an_oversized_connack_is_refused_before_it_is_decoded(db_path: str) -> None:
     timeout = 3.0
     with HostileBroker(connack_padding=256 * 1024) as broker, CloudSyncQueue(db_path) as queue:
@@ -55,7 +51,6 @@ def test_an_oversized_connack_is_refused_before_it_is_decoded(db_path: str) -> N
         assert broker.published == []
 
 
-@ONCE
 def test_a_puback_0x95_keeps_the_items_for_a_retry(db_path: str) -> None:
     # 0x95 (Packet too large) is a DISCONNECT reason; a PUBACK carrying it is malformed
     # (paho drops the connection on it), not a verdict on the item: it is kept and retried,

@@ -12,9 +12,6 @@ import pytest
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, UploadError
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
-# Run once: these tests do not touch the codec.
-pytestmark = pytest.mark.parametrize("backend", ["python"], indirect=True)
-
 KEY = "door-key-0123"
 MIB = 1024 * 1024
 

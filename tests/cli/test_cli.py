@@ -13,13 +13,10 @@ import orjson
 import pytest
 import urllib3
 
-from pyv_edge_agent.cloud_sync import BACKEND, CloudSyncQueue, Priority, UploadResult
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, UploadResult
 from pyv_edge_agent.cloud_sync._codec._env import no_extensions
 from pyv_edge_agent.cloud_sync.cli._metrics import BY_KEY, prometheus_text
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
-
-# The backend does not matter here: one run, on the backend in use (see ../conftest.py).
-pytestmark = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
 
 KEY = "cli-secret-key-123"
 

@@ -147,7 +147,7 @@ def test_id_chunks_accept_index_types(codec: ModuleType) -> None:
     assert codec.id_chunks((x for x in [Id(), 3])) == [(9, 3)]
 
 
-# The tests below call both twins themselves: one run is enough (see ../conftest.py).
+# The tests below call both twins themselves: one run is enough (see ../../conftest.py).
 BOTH_TWINS_AT_ONCE = pytest.mark.parametrize("backend", [BACKEND], indirect=True)
 
 
