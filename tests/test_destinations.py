@@ -161,3 +161,78 @@ def test_from_dict_takes_destinations(db_path: str) -> None:
     with CloudSyncQueue.from_dict({"db_path": db_path, "destinations": {"iot": {"max_batch_items": 10}}}) as queue:
         queue.enqueue({"n": 1})
         assert queue.pending_count(destination="iot") == 1
+
+
+# -- the flush per destination ---------------------------------------------------------------
+
+
+class Recording:
+    """An uploader that takes every batch and keeps the payloads, or fails every one."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.received: list = []
+
+    def post_batch(self, payloads: list) -> bool:
+        if self.fail:
+            raise ConnectionRefusedError("the destination is down")
+        self.received += payloads
+        return True
+
+
+def test_each_destination_delivers_its_own_items_once(two: CloudSyncQueue) -> None:
+    two.enqueue_many([{"n": n} for n in range(5)])
+    two.enqueue_many([{"only": "archive", "n": n} for n in range(3)], destinations=("archive",))
+    iot, archive = Recording(), Recording()
+    assert two.maybe_flush(iot, destination="iot") == 5
+    assert two.maybe_flush(iot, destination="iot") == 0
+    assert [p["n"] for p in iot.received] == list(range(5))
+    assert two.pending_count() == 8  # archive has all of them still
+    assert two.maybe_flush(archive, destination="archive") == 8
+    assert two.pending_count() == 0 and two.pending_count(destination="archive") == 0
+    assert rawsql.execute(two, "SELECT COUNT(*) FROM sync_routes").fetchone()[0] == 0
+
+
+def test_a_dead_destination_does_not_hold_back_a_live_one(two: CloudSyncQueue) -> None:
+    dead, live = Recording(fail=True), Recording()
+    for round_ in range(3):
+        two.enqueue_many([{"round": round_, "n": n} for n in range(10)])
+        assert two.maybe_flush(dead, destination="archive") == 0
+        assert two.maybe_flush(live, destination="iot") == 10
+    assert len(live.received) == 30
+    assert two.pending_count(destination="iot") == 0 and two.pending_count(destination="archive") == 30
+    assert two.pending_count() == 30  # stored once, for archive
+
+
+def test_most_important_first_for_each_destination(two: CloudSyncQueue) -> None:
+    two.enqueue_many([{"log": n} for n in range(3)], priority=4)
+    two.enqueue({"alarm": 1}, priority=1)
+    iot = Recording()
+    two.maybe_flush(iot, destination="iot")
+    assert iot.received[0] == {"alarm": 1}
+
+
+def test_several_destinations_need_the_destination_named(two: CloudSyncQueue) -> None:
+    two.enqueue({"n": 1})
+    with pytest.raises(ValueError, match=r"destination is required.*\['archive', 'iot'\]"):
+        two.maybe_flush(Recording())
+    with pytest.raises(ValueError, match="unknown destination 'nowhere'"):
+        two.maybe_flush(Recording(), destination="nowhere")
+    assert two.pending_count(destination="iot") == 1
+
+
+def test_a_claim_examines_each_item_once_per_destination(db_path: str) -> None:
+    # alarms gets one item in a thousand: its cursor moves past the others' items, so its
+    # next claim does not walk them again.
+    with CloudSyncQueue(db_path, destinations=("telemetry", "alarms")) as queue:
+        queue.enqueue_many([{"n": n} for n in range(1000)], destinations=("telemetry",))
+        queue.enqueue({"alarm": 1}, destinations=("alarms",))
+        alarms = Recording()
+        assert queue.maybe_flush(alarms, destination="alarms") == 1
+        (cursor,) = rawsql.execute(
+            queue,
+            "SELECT c.last_id FROM sync_cursors AS c JOIN sync_destinations AS d ON d.id = c.destination"
+            " WHERE d.name = 'alarms' AND c.priority = 3",
+        ).fetchone()
+        assert cursor == 1001
+        assert queue.pending_count(destination="telemetry") == 1000

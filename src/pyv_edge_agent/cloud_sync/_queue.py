@@ -16,7 +16,7 @@ from ._store import integrity as _integrity
 from ._store import seal as _seal
 from ._store import storage as _storage
 from ._store.clock import HIGH_WATER_LEAD_SECONDS
-from ._store.deliveries import SINGLE
+from ._store.deliveries import SINGLE, Deliveries, for_destination
 from ._store.destinations import mask_of
 from ._store.destinations import names_of as destination_names
 from ._store.group_commit import GroupCommitter
@@ -184,6 +184,8 @@ class CloudSyncQueue:
         # Each destination's id, which is its bit in an item's route (none: one destination).
         self._destinations: Dict[str, int] = {} if names is None else store.register_destinations(names)
         self._all_routes = mask_of(list(self._destinations.values()))
+        # Each destination's own link state (backoff, pacing), made on its first flush.
+        self._links: Dict[int, LinkState] = {}
         self._committer: GroupCommitter[_Entry] = GroupCommitter(self._write_group)
 
     def close(self) -> None:
@@ -442,7 +444,13 @@ class CloudSyncQueue:
         with self._store.lock:
             self._store.conn().execute(RESET_DAILY_SQL)
 
-    def maybe_flush(self, uploader: Optional[Uploader] = None, *, stop: Optional[threading.Event] = None) -> int:
+    def maybe_flush(
+        self,
+        uploader: Optional[Uploader] = None,
+        *,
+        stop: Optional[threading.Event] = None,
+        destination: Optional[str] = None,
+    ) -> int:
         """Send eligible items through ``uploader.post_batch`` in priority order; return how
         many were acked.
 
@@ -452,8 +460,10 @@ class CloudSyncQueue:
         rejection isolates the bad items and in the end dead-letters them, refused
         credentials keep every item and back off long. Without an uploader nothing is
         sent and nothing is removed. Once ``stop`` is set, the call returns after the
-        batch in flight (``SyncWorker`` stops this way).
+        batch in flight (``SyncWorker`` stops this way). With several destinations,
+        ``destination`` names the one ``uploader`` delivers to; each has its own backoff.
         """
+        deliveries, link = self._delivery_of(destination)
         if stop is not None and not isinstance(stop, threading.Event):
             raise TypeError(f"stop must be a threading.Event or None, got {type(stop).__name__}: {stop!r:.100}")
         if uploader is None:
@@ -463,10 +473,25 @@ class CloudSyncQueue:
         from ._flush.flusher import Flusher
 
         # Checks the uploader before anything is written.
-        flusher = Flusher(self._store, self._policy, self._link, uploader, stop, deliveries=self._deliveries)
+        flusher = Flusher(self._store, self._policy, link, uploader, stop, deliveries=deliveries)
         # Housekeeping on the way: expired items go every ``purge_interval``, space goes back.
         self._store.purge_expired(when_due=True)
         return flusher.run()
+
+    def _delivery_of(self, destination: Optional[str]) -> Tuple[Deliveries, LinkState]:
+        """The delivery statements and link state of ``destination`` (None: the only one)."""
+        if destination is None:
+            if len(self._destinations) > 1:
+                raise ValueError(
+                    f"destination is required: this queue feeds {sorted(self._destinations)}; name the one to flush"
+                )
+            if not self._destinations:
+                return self._deliveries, self._link
+            destination = next(iter(self._destinations))
+        ident = self._destination_id(destination)
+        if ident not in self._links:
+            self._links[ident] = LinkState(self._policy.pacer())
+        return for_destination(ident), self._links[ident]
 
     @property
     def backoff_seconds(self) -> float:

@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from typing import Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .. import _codec
 from .._errors import DecryptionError
@@ -52,7 +52,7 @@ from .._store.sql import (
 from .._store.store import Store
 from .._types import CRITICAL, Column
 from .._upload_types import OutcomeKind, Uploader
-from .claim import Claim, pick
+from .claim import Claim, Scanned, advance_cursors, pick
 from .outcome import ACCEPTED, CREDENTIALS, REJECTED, TOO_LARGE, TRANSIENT, Outcome, send
 from .outgoing import Row, poster
 from .policy import FlushPolicy, LinkState, release_held
@@ -287,7 +287,9 @@ class Flusher:
                 store.read_sealed_from(conn)  # another process may have sealed items since
                 budget = self._policy.budget_left(store.sent_today)
                 bounds = (self._max_items, self._max_bytes)
-                rows = pick(conn, self._deliveries, now, self._policy, budget, bounds, self._rejected)
+                scans: Dict[int, Scanned] = {}
+                rows = pick(conn, self._deliveries, now, self._policy, budget, bounds, self._rejected, scans)
+                advance_cursors(conn, self._deliveries, rows, scans)
                 claim = None
                 if rows:
                     ids = [row[Column.ID] for row in rows]
@@ -322,8 +324,8 @@ class Flusher:
         file once no destination needs them. Returns how many deliveries ended."""
         deliveries = self._deliveries
         removed = self._store.run_chunks(deliveries.ack, deliveries.key, chunks)
-        if deliveries.leave is not None:
-            self._store.run_chunks(deliveries.leave, (), chunks)
+        for statements, leading in deliveries.after_ack:
+            self._store.run_chunks(statements, leading, chunks)
         return removed
 
     def _nack(self, ids: List[int], until: float) -> None:

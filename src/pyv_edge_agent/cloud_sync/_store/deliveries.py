@@ -36,8 +36,11 @@ class Deliveries:
     """The statements of one destination's delivery state (see the module docstring).
 
     :param key: the parameters that name the destination, put before each statement's own.
-    :param leave: removes the items that no destination needs any more after an ack (None:
-        the ack itself removed them).
+    :param after_ack: statements run on the same id chunks after an ack, each with its
+        own leading parameters: for a named destination, clearing its bit in the routes and
+        removing the items no destination needs any more (none: the ack removed them).
+    :param fresh: how a named destination finds items it has not claimed yet (None: they are
+        rows of ``claim`` like any other).
     """
 
     key: Tuple[int, ...]
@@ -52,7 +55,23 @@ class Deliveries:
     release: Dict[int, str]
     ack: Dict[int, str]
     nack: Dict[int, str]
-    leave: Optional[Dict[int, str]] = None
+    after_ack: Tuple[Tuple[Dict[int, str], Tuple[int, ...]], ...] = ()
+    fresh: Optional["FreshScan"] = None
+
+
+@dataclass(frozen=True)
+class FreshScan:
+    """How a named destination finds the items it has not claimed yet: a scan of the items
+    of one priority past its cursor (the last id its claims took or passed), keeping those
+    whose route carries its ``bit``. Every item is examined once per destination, whatever
+    the others' backlogs."""
+
+    destination: int
+    bit: int
+    scan: str
+    read_cursor: str
+    write_cursor: str
+    level_end: str
 
 
 SINGLE = Deliveries(
@@ -101,23 +120,45 @@ RESUME_HELD_DELIVERIES_SQL = (
     " WHERE destination = ?1 AND priority IN (1, 2, 3, 4) AND next_retry_at = ?3"
 )
 RESTORE_DELIVERY_SQL = "UPDATE sync_deliveries SET next_retry_at = ?2 WHERE destination = ?1 AND item_id = ?3"
-RELEASE_DELIVERIES_SQL = by_id_chunk_shape(
-    "UPDATE sync_deliveries SET next_retry_at = ?2 WHERE destination = ?1 AND item_id IN {ids}"
-)
 ACK_DELIVERIES_SQL = by_id_chunk_shape("DELETE FROM sync_deliveries WHERE destination = ? AND item_id IN {ids}")
 NACK_DELIVERIES_SQL = by_id_chunk_shape(
     "UPDATE sync_deliveries SET retry_count = retry_count + 1, next_retry_at = ?2"
     " WHERE destination = ?1 AND item_id IN {ids}"
 )
-# After a destination's ack: the items of those ids that no destination needs any more.
-LEAVE_SQL = by_id_chunk_shape(
-    "DELETE FROM sync_queue WHERE id IN {ids}"
-    " AND NOT EXISTS (SELECT 1 FROM sync_deliveries AS d WHERE d.item_id = sync_queue.id)"
+# The destination's new items of one priority past its cursor (params: level, cursor, now,
+# bit, limit); their delivery state is the fresh one (no attempt, due now).
+FRESH_SQL = (
+    "SELECT q.id, CAST(q.payload AS BLOB), q.priority, q.created_at, q.ttl_seconds, 0, 0.0"
+    " FROM sync_queue AS q JOIN sync_routes AS r ON r.item_id = q.id"
+    " WHERE q.priority = ? AND q.next_retry_at = 0 AND q.id > ? AND q.created_at + q.ttl_seconds > ?"
+    " AND r.destinations & ? ORDER BY q.next_retry_at, q.id LIMIT ?"
 )
+READ_CURSOR_SQL = "SELECT last_id FROM sync_cursors WHERE destination = ? AND priority = ?"
+WRITE_CURSOR_SQL = (
+    "INSERT INTO sync_cursors (destination, priority, last_id) VALUES (?, ?, ?)"
+    " ON CONFLICT(destination, priority) DO UPDATE SET last_id = max(last_id, excluded.last_id)"
+)
+LEVEL_END_SQL = "SELECT COALESCE(MAX(id), 0) FROM sync_queue WHERE priority = ? AND next_retry_at = 0"
+# A claim leases fresh and retried items alike: a delivery row is written for a fresh one.
+LEASE_DELIVERIES_SQL = by_id_chunk_shape(
+    "INSERT INTO sync_deliveries (destination, item_id, priority, next_retry_at)"
+    " SELECT ?1, id, priority, ?2 FROM sync_queue WHERE id IN {ids} AND true"
+    " ON CONFLICT(destination, item_id) DO UPDATE SET next_retry_at = excluded.next_retry_at"
+)
+# An ack clears the destination's bit; an item whose last bit went leaves with its route.
+CLEAR_ROUTES_SQL = by_id_chunk_shape(
+    "UPDATE sync_routes SET destinations = destinations & ~?1, pending = pending - 1"
+    " WHERE destinations & ?1 AND item_id IN {ids}"
+)
+LEAVE_ROUTED_SQL = by_id_chunk_shape(
+    "DELETE FROM sync_queue WHERE id IN {ids} AND id IN (SELECT item_id FROM sync_routes WHERE pending <= 0)"
+)
+DROP_ROUTES_SQL = by_id_chunk_shape("DELETE FROM sync_routes WHERE pending <= 0 AND item_id IN {ids}")
 
 
 def for_destination(destination: int) -> Deliveries:
     """The statements of the destination registered under the id ``destination``."""
+    bit = 1 << destination
     return Deliveries(
         key=(destination,),
         eligible=ELIGIBLE_SQL,
@@ -128,8 +169,9 @@ def for_destination(destination: int) -> Deliveries:
         waiting_stamps=WAITING_DELIVERY_STAMPS_SQL,
         resume_held=RESUME_HELD_DELIVERIES_SQL,
         restore_retry=RESTORE_DELIVERY_SQL,
-        release=RELEASE_DELIVERIES_SQL,
+        release=LEASE_DELIVERIES_SQL,
         ack=ACK_DELIVERIES_SQL,
         nack=NACK_DELIVERIES_SQL,
-        leave=LEAVE_SQL,
+        after_ack=((CLEAR_ROUTES_SQL, (bit,)), (LEAVE_ROUTED_SQL, ()), (DROP_ROUTES_SQL, ())),
+        fresh=FreshScan(destination, bit, FRESH_SQL, READ_CURSOR_SQL, WRITE_CURSOR_SQL, LEVEL_END_SQL),
     )

@@ -1,10 +1,7 @@
-"""The statements of a named destination's delivery state (``_store.deliveries``), on a
-real queue file: the order a destination claims in, an ack that leaves an item in the file
-while another destination still needs it, and the index every hot statement uses.
-
-The facade does not route items to named destinations yet (issue 24 in progress): these
-tests write the delivery rows as the fan-out will, and drive the statements directly.
-"""
+"""The statements of a named destination's delivery rows (``_store.deliveries``), on a real
+queue file: the order its claimed and retried items come back in, changes that touch only
+its rows, and the index every hot statement uses. The rows are written here as a claim
+writes them; tests/test_destinations.py drives the same through the queue."""
 
 import re
 import time
@@ -57,18 +54,6 @@ def test_a_destination_claims_its_own_rows_in_priority_order(queue: CloudSyncQue
     assert _run(queue, archive.count, archive.key) == [(3,)]
 
 
-def test_an_ack_leaves_the_item_for_the_destination_that_still_needs_it(queue: CloudSyncQueue) -> None:
-    ids = queue.enqueue_many([{"n": n} for n in range(4)])
-    _fan_out(queue, ids, [IOT, ARCHIVE])
-    iot, archive = for_destination(IOT), for_destination(ARCHIVE)
-    assert _chunked(queue, iot.ack, iot.key, ids) == 4
-    assert iot.leave is not None and _chunked(queue, iot.leave, (), ids) == 0
-    assert queue.pending_count() == 4  # archive has not delivered them
-    assert _chunked(queue, archive.ack, archive.key, ids[:2]) == 2
-    assert archive.leave is not None and _chunked(queue, archive.leave, (), ids[:2]) == 2
-    assert [row[0] for row in _run(queue, "SELECT id FROM sync_queue ORDER BY id", ())] == ids[2:]
-
-
 def test_a_nack_and_a_release_move_only_that_destinations_rows(queue: CloudSyncQueue) -> None:
     ids = queue.enqueue_many([{"n": n} for n in range(3)])
     _fan_out(queue, ids, [IOT, ARCHIVE])
@@ -107,7 +92,7 @@ def test_a_destinations_claim_walks_its_index_in_order(queue: CloudSyncQueue, na
 
 
 def test_the_single_destination_keeps_the_statements_of_earlier_releases() -> None:
-    assert SINGLE.key == () and SINGLE.leave is None
+    assert SINGLE.key == () and SINGLE.after_ack == () and SINGLE.fresh is None
     assert SINGLE.claim.startswith("SELECT id, CAST(payload AS BLOB), priority, created_at, ttl_seconds,")
     assert isinstance(for_destination(IOT), Deliveries)
     assert _deliveries.ELIGIBLE_SQL.count("?") == 5
