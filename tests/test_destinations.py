@@ -236,3 +236,47 @@ def test_a_claim_examines_each_item_once_per_destination(db_path: str) -> None:
         ).fetchone()
         assert cursor == 1001
         assert queue.pending_count(destination="telemetry") == 1000
+
+
+# -- the worker, one loop per destination, on real HTTP servers ----------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_worker_keeps_a_live_destination_flowing_beside_a_dead_one(db_path: str) -> None:
+    from waiting import wait_for
+
+    from pyv_edge_agent.cloud_sync import HTTPCloudUploader, SyncWorker
+    from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
+
+    dead = HTTPCloudUploader(f"http://127.0.0.1:{_free_port()}/ingest", "k", timeout=2.0)  # nothing listens
+    with (
+        IngestServer(api_key="k") as server,
+        CloudSyncQueue(db_path, destinations=TWO, retry_base_seconds=5.0) as queue,
+    ):
+        live = HTTPCloudUploader(server.url, "k", timeout=5.0)
+        with SyncWorker(queue, {"iot": live, "archive": dead}, interval=0.2, handle_sigterm=False) as worker:
+            for round_ in range(5):
+                queue.enqueue_many([{"round": round_, "n": n} for n in range(20)])
+                assert wait_for(lambda: queue.pending_count(destination="iot") == 0)
+            queue.enqueue({"alarm": True}, priority=1)  # wakes both loops; the live one sends it
+            assert wait_for(lambda: queue.pending_count(destination="iot") == 0)
+            assert worker.is_alive()
+        assert len(server.items) == 101
+        assert queue.pending_count(destination="archive") == 101
+        assert queue.pending_count() == 101  # kept once, for the dead destination
+
+
+def test_a_worker_mapping_names_known_destinations(two: CloudSyncQueue) -> None:
+    from pyv_edge_agent.cloud_sync import SyncWorker
+
+    with pytest.raises(ValueError, match="unknown destination 'nowhere'"):
+        SyncWorker(two, {"nowhere": Recording()}, handle_sigterm=False)
+    with pytest.raises(ValueError, match="mapping of destinations to uploaders is empty"):
+        SyncWorker(two, {}, handle_sigterm=False)

@@ -256,7 +256,7 @@ class CloudSyncQueue:
             ids.update(zip(group, self._insert_rows(rows, each)))
         return [ids[index] for index in range(len(entries))]
 
-    def _insert_rows(self, rows: List[Tuple[str, int, float, int]], route: int) -> List[int]:
+    def _insert_rows(self, rows: List[Tuple[str, int, float, int]], route: int = 0) -> List[int]:
         """Insert ``rows`` in one write transaction and return their ids in order; every
         enqueue path goes through here."""
         return self._store.insert(rows, route)
@@ -510,21 +510,23 @@ class CloudSyncQueue:
         all (refused, unreachable, timed out): the kind of backoff a probe may end."""
         return self._link.link_down
 
-    def end_backoff(self) -> bool:
+    def end_backoff(self, destination: Optional[str] = None) -> bool:
         """End a backoff after an upload that got no answer, because the link is back (a
         probe succeeded, a network-up hook ran): the batches it held are due now, each
         still whole, so its retry carries the same idempotency key. Returns whether a
         backoff ended. A backoff after refused credentials (401/403) or an answer of the
-        endpoint (5xx, 429, ``Retry-After``) stays: a working link does not end those."""
+        endpoint (5xx, 429, ``Retry-After``) stays: a working link does not end those.
+        With several destinations, ``destination`` names whose backoff ends."""
+        deliveries, link = self._delivery_of(destination)
         with self._store.lock:
-            stamps = self._link.resume(self._clock())
+            stamps = link.resume(self._clock())
             if stamps is None:
                 return False
             with self._store.write() as conn:
-                release_held(conn, self._deliveries, stamps)
+                release_held(conn, deliveries, stamps)
         return True
 
-    def retry_now(self) -> int:
+    def retry_now(self, destination: Optional[str] = None) -> int:
         """End every backoff now, whatever failure set it and whichever process: the items
         waiting for a retry are due at once, each retried batch still whole (so it carries
         the same idempotency key) and in its order. Items that a flush is sending (under a
@@ -532,16 +534,17 @@ class CloudSyncQueue:
 
         For an operator who fixed the cause (a key, a certificate, the endpoint) and wants
         the queue sent now (``cloud-sync flush --now``); ``end_backoff`` is the narrower
-        call for a link that came back.
+        call for a link that came back. With several destinations, ``destination`` names
+        whose backoff ends.
         """
+        deliveries, link = self._delivery_of(destination)
         with self._store.lock:
             now = self._clock()
-            deliveries = self._deliveries
             with self._store.write() as conn:
                 stamps = sorted(
                     stamp for (stamp,) in conn.execute(deliveries.waiting_stamps, deliveries.key + (now, now))
                 )
-                self._link.end()
+                link.end()
                 if not stamps:
                     return 0
                 # One shift for all, as LinkState.resume does: batches keep distinct stamps.
@@ -551,17 +554,25 @@ class CloudSyncQueue:
                 moved = [deliveries.key + (stamp - shift, stamp) for stamp in stamps]
                 return int(conn.executemany(deliveries.resume_held, moved).rowcount)
 
-    def next_due_in(self) -> Optional[float]:
+    def next_due_in(self, destination: Optional[str] = None) -> Optional[float]:
         """Seconds until ``maybe_flush`` has something to send: 0 when an item is due now,
-        None when nothing is stored but expired items.
+        None when nothing is stored but expired items (with several destinations: for
+        ``destination``).
 
         Counts the current backoff, and leaves out non-critical items once the daily
         message budget is spent. A sync loop sleeps this long instead of polling.
         """
+        deliveries, link = self._delivery_of(destination)
         with self._store.lock:
             now = self._clock()
-            due = self._store.earliest_due(self._deliveries, self._policy.levels(self._store.sent_today), now)
-        return None if due is None else max(0.0, due - now, self._link.backoff_until - now)
+            due = self._store.earliest_due(deliveries, self._policy.levels(self._store.sent_today), now)
+        return None if due is None else max(0.0, due - now, link.backoff_until - now)
+
+    def destination(self, name: str) -> "Destination":
+        """One destination of this queue as a sync loop sees it: its flush, backoff and
+        link (``SyncWorker`` runs one loop per destination on these)."""
+        _, link = self._delivery_of(name)
+        return Destination(self, name, link, self._clock)
 
     @contextlib.contextmanager
     def waking(self, event: threading.Event) -> Iterator[threading.Event]:
@@ -612,3 +623,53 @@ def _check_destination_options(destinations: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"destinations[{name!r}]: unknown options {unknown}; a destination may set {list(DESTINATION_KEYS)}"
             )
+
+
+class Destination:
+    """One destination of a ``CloudSyncQueue`` (``queue.destination(name)``): what a sync
+    loop calls, for that destination alone."""
+
+    def __init__(self, queue: CloudSyncQueue, name: str, link: LinkState, clock: Callable[[], float]) -> None:
+        self.queue = queue
+        self.name = name
+        self._link = link
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"Destination({self.name!r} of {self.queue!r})"
+
+    @property
+    def lease_seconds(self) -> float:
+        """The queue's ``lease_seconds``."""
+        return self.queue.lease_seconds
+
+    @property
+    def probe_interval(self) -> Optional[float]:
+        """The queue's ``probe_interval``."""
+        return self.queue.probe_interval
+
+    @property
+    def backoff_seconds(self) -> float:
+        """Seconds left of this destination's backoff (0 if none)."""
+        return self._link.backoff_seconds(self._clock())
+
+    @property
+    def link_down(self) -> bool:
+        """True while this destination backs off after an upload that got no answer."""
+        return self._link.link_down
+
+    def maybe_flush(self, uploader: Optional[Uploader] = None, *, stop: Optional[threading.Event] = None) -> int:
+        """``CloudSyncQueue.maybe_flush`` for this destination."""
+        return self.queue.maybe_flush(uploader, stop=stop, destination=self.name)
+
+    def next_due_in(self) -> Optional[float]:
+        """``CloudSyncQueue.next_due_in`` for this destination."""
+        return self.queue.next_due_in(self.name)
+
+    def end_backoff(self) -> bool:
+        """``CloudSyncQueue.end_backoff`` for this destination."""
+        return self.queue.end_backoff(self.name)
+
+    def waking(self, event: threading.Event) -> "contextlib.AbstractContextManager[threading.Event]":
+        """``CloudSyncQueue.waking``: a critical item wakes every destination's loop."""
+        return self.queue.waking(event)

@@ -348,9 +348,15 @@ class Store:
     def earliest_due(self, deliveries: "Deliveries", levels: Sequence[int], now: float) -> Optional[float]:
         """The earliest ``next_retry_at`` of an unexpired item of ``levels`` that
         ``deliveries`` still has to deliver (None: none)."""
-        statement, key = deliveries.next_due, deliveries.key
+        statement, key, fresh = deliveries.next_due, deliveries.key, deliveries.fresh
         with self.lock:
             conn = self.conn()
+            if fresh is not None:  # a named destination: an unclaimed item is due now
+                for level in levels:
+                    found = conn.execute(fresh.read_cursor, (fresh.destination, level)).fetchone()
+                    cursor = 0 if found is None else int(found[0])
+                    if conn.execute(fresh.scan, (level, cursor, now, fresh.bit, 1)).fetchone() is not None:
+                        return 0.0
             due = [float(due) for level in levels for (due,) in conn.execute(statement, key + (level, now))]
         return min(due) if due else None
 
