@@ -280,3 +280,19 @@ def test_a_worker_mapping_names_known_destinations(two: CloudSyncQueue) -> None:
         SyncWorker(two, {"nowhere": Recording()}, handle_sigterm=False)
     with pytest.raises(ValueError, match="mapping of destinations to uploaders is empty"):
         SyncWorker(two, {}, handle_sigterm=False)
+
+
+def test_dequeue_and_peek_show_what_a_destination_still_has_to_send(two: CloudSyncQueue) -> None:
+    two.enqueue_many([{"n": n} for n in range(3)])
+    two.enqueue({"alarm": 1}, priority=1, destinations=("archive",))
+    assert two.maybe_flush(Recording(), destination="iot") == 3
+    assert two.dequeue(10, destination="iot") == []
+    archive = two.dequeue(10, destination="archive")
+    assert [item.payload for item in archive] == [{"alarm": 1}, {"n": 0}, {"n": 1}, {"n": 2}]
+    assert two.peek(2, destination="archive") == archive[:2]
+    assert [item.payload for item in two.peek(5, priority=1, destination="archive")] == [{"alarm": 1}]
+    dead = Recording(fail=True)
+    two.maybe_flush(dead, destination="archive")  # all four back off: none is due now
+    assert two.dequeue(10, destination="archive") == []
+    with pytest.raises(ValueError, match="destination is required"):
+        two.dequeue(10)

@@ -325,29 +325,39 @@ class CloudSyncQueue:
 
     # -- reading ----------------------------------------------------------------------
 
-    def dequeue(self, batch_size: int = 10) -> List[QueueItem]:
+    def dequeue(self, batch_size: int = 10, *, destination: Optional[str] = None) -> List[QueueItem]:
         """Return up to ``batch_size`` eligible items in priority order without removing them.
 
         Eligible: ``next_retry_at <= now`` and ``created_at + ttl_seconds > now``. Order:
         priority, then ``next_retry_at``, then id. Call ``ack`` after a successful upload.
+        With several destinations, ``destination`` names whose items these are.
         """
         limit = _validate.integer("batch_size", batch_size, 1)
-        return self._eligible(limit, ALL_LEVELS)
+        return self._eligible(limit, ALL_LEVELS, destination)
 
-    def peek(self, n: int = 5, *, priority: Optional[Priority] = None) -> List[QueueItem]:
+    def peek(
+        self, n: int = 5, *, priority: Optional[Priority] = None, destination: Optional[str] = None
+    ) -> List[QueueItem]:
         """Return up to ``n`` eligible items, exactly as ``dequeue`` would, for inspection;
-        ``priority`` keeps only that level."""
+        ``priority`` keeps only that level, ``destination`` names whose items."""
         limit = _validate.integer("n", n, 1)
         levels = ALL_LEVELS if priority is None else (_validate.priority_value(priority),)
-        return self._eligible(limit, levels)
+        return self._eligible(limit, levels, destination)
 
-    def _eligible(self, limit: int, levels: Tuple[int, ...]) -> List[QueueItem]:
+    def _eligible(self, limit: int, levels: Tuple[int, ...], destination: Optional[str]) -> List[QueueItem]:
         rows: List[Tuple[Any, ...]] = []
-        eligible, key = self._deliveries.eligible, self._deliveries.key
+        deliveries, _ = self._delivery_of(destination)
+        eligible, key, fresh = deliveries.eligible, deliveries.key, deliveries.fresh
         with self._store.lock:
             now = self._clock()
             conn = self._store.conn()
             for level in levels:
+                if fresh is not None:  # a named destination's unclaimed items come first
+                    found = conn.execute(fresh.read_cursor, (fresh.destination, level)).fetchone()
+                    cursor = 0 if found is None else int(found[0])
+                    rows += conn.execute(fresh.eligible, (level, cursor, now, fresh.bit, limit - len(rows))).fetchall()
+                    if len(rows) >= limit:
+                        break
                 rows += conn.execute(eligible, key + (level, now, now, limit - len(rows))).fetchall()
                 if len(rows) >= limit:
                     break

@@ -72,6 +72,7 @@ class FreshScan:
     read_cursor: str
     write_cursor: str
     level_end: str
+    eligible: str
 
 
 SINGLE = Deliveries(
@@ -133,6 +134,8 @@ FRESH_SQL = (
     " WHERE q.priority = ? AND q.next_retry_at = 0 AND q.id > ? AND q.created_at + q.ttl_seconds > ?"
     " AND r.destinations & ? ORDER BY q.next_retry_at, q.id LIMIT ?"
 )
+# The same rows as ``dequeue`` reads them: the payload as stored text.
+FRESH_ELIGIBLE_SQL = FRESH_SQL.replace("CAST(q.payload AS BLOB)", "q.payload", 1)
 READ_CURSOR_SQL = "SELECT last_id FROM sync_cursors WHERE destination = ? AND priority = ?"
 WRITE_CURSOR_SQL = (
     "INSERT INTO sync_cursors (destination, priority, last_id) VALUES (?, ?, ?)"
@@ -173,5 +176,7 @@ def for_destination(destination: int) -> Deliveries:
         ack=ACK_DELIVERIES_SQL,
         nack=NACK_DELIVERIES_SQL,
         after_ack=((CLEAR_ROUTES_SQL, (bit,)), (LEAVE_ROUTED_SQL, ()), (DROP_ROUTES_SQL, ())),
-        fresh=FreshScan(destination, bit, FRESH_SQL, READ_CURSOR_SQL, WRITE_CURSOR_SQL, LEVEL_END_SQL),
+        fresh=FreshScan(
+            destination, bit, FRESH_SQL, READ_CURSOR_SQL, WRITE_CURSOR_SQL, LEVEL_END_SQL, FRESH_ELIGIBLE_SQL
+        ),
     )
