@@ -296,3 +296,20 @@ def test_dequeue_and_peek_show_what_a_destination_still_has_to_send(two: CloudSy
     assert two.dequeue(10, destination="archive") == []
     with pytest.raises(ValueError, match="destination is required"):
         two.dequeue(10)
+
+
+def test_evicted_and_expired_items_leave_every_destination(db_path: str) -> None:
+    with CloudSyncQueue(db_path, destinations=TWO, max_queue_items=5) as queue:
+        queue.enqueue_many([{"old": n} for n in range(5)], priority=4)
+        assert queue.maybe_flush(Recording(), destination="iot") == 5  # archive still owes them
+        queue.enqueue_many([{"new": n} for n in range(3)])  # evicts three of the old logs
+        assert queue.pending_count() == 5
+        assert queue.pending_count(destination="archive") == 5
+        assert queue.pending_count(destination="iot") == 3
+        queue.enqueue({"short": 1}, ttl_seconds=0, destinations=("iot",))  # evicts one more, expires at once
+        assert queue.purge_expired() == 1
+        assert queue.pending_count(destination="iot") == 3
+        routes = rawsql.execute(queue, "SELECT COUNT(*) FROM sync_routes").fetchone()[0]
+        assert routes == queue.pending_count() == 4
+        orphans = "SELECT COUNT(*) FROM sync_deliveries WHERE item_id NOT IN (SELECT id FROM sync_queue)"
+        assert rawsql.execute(queue, orphans).fetchone()[0] == 0

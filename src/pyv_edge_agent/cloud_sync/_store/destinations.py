@@ -11,6 +11,8 @@ import re
 import sqlite3
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
+from .sql import by_id_chunk_shape
+
 MAX_DESTINATIONS = 62
 # A name shows in metric labels, log lines and command lines: kept to a plain word.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -83,6 +85,29 @@ def register(conn: sqlite3.Connection, names: Sequence[str], next_item_id: int, 
             registered[name] = free.pop(0)
             conn.execute(REGISTER_SQL, (registered[name], name, now, next_item_id))
     return {name: registered[name] for name in names}
+
+
+# Items that left the file for all destinations at once (evicted, expired) take their
+# routes and delivery rows with them, in the same transaction.
+FORGET_ROUTES_SQL = by_id_chunk_shape("DELETE FROM sync_routes WHERE item_id IN {ids}")
+FORGET_DELIVERIES_SQL = by_id_chunk_shape(
+    "DELETE FROM sync_deliveries WHERE destination IN (SELECT id FROM sync_destinations) AND item_id IN {ids}"
+)
+FORGET_ORPHAN_ROUTES_SQL = "DELETE FROM sync_routes WHERE item_id NOT IN (SELECT id FROM sync_queue)"
+FORGET_ORPHAN_DELIVERIES_SQL = "DELETE FROM sync_deliveries WHERE item_id NOT IN (SELECT id FROM sync_queue)"
+
+
+def forget(conn: sqlite3.Connection, chunks: Iterable[Tuple[int, ...]]) -> None:
+    """Drop the routes and delivery rows of items deleted by id (an eviction)."""
+    for chunk in chunks:
+        conn.execute(FORGET_ROUTES_SQL[len(chunk)], chunk)
+        conn.execute(FORGET_DELIVERIES_SQL[len(chunk)], chunk)
+
+
+def forget_orphans(conn: sqlite3.Connection) -> None:
+    """Drop the routes and delivery rows whose item is gone (after a purge of expired items)."""
+    conn.execute(FORGET_ORPHAN_ROUTES_SQL)
+    conn.execute(FORGET_ORPHAN_DELIVERIES_SQL)
 
 
 def route(conn: sqlite3.Connection, first_id: int, count: int, mask: int) -> None:
