@@ -200,8 +200,9 @@ class LinkState:
             event.set()
 
 
-def release_held(conn: sqlite3.Connection, stamps: List[Tuple[float, float]]) -> None:
+def release_held(conn: sqlite3.Connection, stamps: List[Tuple[float, float]]) -> int:
     """Move each held batch from its old ``next_retry_at`` stamp to its new one (see
-    ``LinkState.resume``), inside the caller's write transaction."""
-    if stamps:
-        conn.executemany(RESUME_HELD_SQL, [(new, old) for old, new in stamps])
+    ``LinkState.resume``), inside the caller's write transaction; return how many items moved."""
+    if not stamps:
+        return 0
+    return int(conn.executemany(RESUME_HELD_SQL, [(new, old) for old, new in stamps]).rowcount)
