@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from _support import (
     Row,
     Setup,
+    SplicingUploader,
     floor_chunks,
     floor_connection,
     floor_flush,
@@ -42,20 +43,6 @@ class Case:
     items: int
     stored: Callable[[], int]
     setup: Optional[Setup] = None
-
-
-class SplicingUploader:
-    """Accepts every batch at once, taking the spliced body (the path HTTPCloudUploader uses)."""
-
-    def __init__(self) -> None:
-        self.received = 0
-
-    def post_batch(self, payloads: Sequence[Dict[str, Any]]) -> bool:
-        raise AssertionError("the flush must take the post_encoded_batch path")
-
-    def post_encoded_batch(self, body: bytes, count: int) -> bool:
-        self.received += count
-        return True
 
 
 def _count(conn: sqlite3.Connection) -> int:

@@ -207,7 +207,7 @@ def cipher_options(cipher: str) -> Dict[str, Any]:
 
 
 class SplicingUploader:
-    """Accepts every batch at once, taking the spliced body."""
+    """Accepts every batch at once, taking the spliced body (the path HTTPCloudUploader uses)."""
 
     def __init__(self) -> None:
         self.received = 0

@@ -28,9 +28,12 @@ needs_namespace = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
 
 MAX_BATCH_SECONDS = 2.0
 PROBE_INTERVAL = 1.0
-# Upload of the first batch after the restore: a few kB of compressed telemetry and a
-# round trip on the 256 kbit/s link, counted on top of the probe interval.
-FIRST_BATCH_ALLOWANCE = 1.0
+# The probe's own connect and the 10 ms polling that sees the backoff end, on top of the
+# probe interval.
+PROBE_ALLOWANCE = 0.5
+# The first batch after the restore also crosses the 256 kbit/s link (a few kB and a
+# round trip); on a loaded 2-core machine that took up to 1.1 s, so it gets its own bound.
+FIRST_BATCH_ALLOWANCE = 3.0
 
 
 def _report(name: str, figures: Any) -> None:
@@ -64,4 +67,6 @@ def test_link_cut_and_restored_resumes_within_a_probe_interval(backend: str, tmp
     _report("cut and restore", result)
     assert result["failed_batches"] >= 1 and result["delivered"] == 210
     assert result["resume_delay"] is not None
-    assert result["resume_delay"] <= PROBE_INTERVAL + FIRST_BATCH_ALLOWANCE
+    assert result["resume_delay"] <= PROBE_INTERVAL + PROBE_ALLOWANCE
+    assert result["first_batch_delay"] is not None
+    assert result["first_batch_delay"] <= PROBE_INTERVAL + FIRST_BATCH_ALLOWANCE

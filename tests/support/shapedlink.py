@@ -16,8 +16,8 @@ Scenarios:
   link rate) and the critical item's delay.
 - ``rate``: a ``max_items_per_second`` pacing, items counted at the endpoint over a window.
 - ``cut``: the link cut (``ip link set lo down``) under a running worker and restored; the
-  delay from the restore to the first batch the endpoint receives, against the backoff
-  that was left.
+  delay from the restore to the end of the backoff (the worker's probe found the link),
+  and to the first batch the endpoint receives, against the backoff that was left.
 """
 
 import json
@@ -232,6 +232,15 @@ def rate(workdir: str, items_per_second: float, window: float) -> Dict[str, Any]
     return {"items_per_second": counted / window, "window": window, "batches": len(arrivals.batches)}
 
 
+def _when_backoff_ends(queue: Any, deadline: float) -> Optional[float]:
+    """When the worker's probe ended the backoff of ``queue`` (polled every 10 ms), or None."""
+    while time.monotonic() < deadline:
+        if queue.backoff_seconds == 0:
+            return time.monotonic()
+        time.sleep(0.01)
+    return None
+
+
 def cut(workdir: str, probe_interval: float, down_seconds: float) -> Dict[str, Any]:
     """Cut the link under a running worker, restore it; time to the first batch after."""
     from pyv_edge_agent.cloud_sync import HTTPCloudUploader
@@ -254,6 +263,7 @@ def cut(workdir: str, probe_interval: float, down_seconds: float) -> Dict[str, A
         backoff_left = queue.backoff_seconds
         restored = time.monotonic()
         _ip("link", "set", "lo", "up")
+        resumed_at = _when_backoff_ends(queue, restored + 60)
         resumed = arrivals.wait_for(lambda: arrivals.total > 10, 60)
         first_after = next(at for at, _ in arrivals.batches[1:] if at > restored) if resumed else None
         arrivals.wait_for(lambda: arrivals.total >= 210, 60)
@@ -262,7 +272,8 @@ def cut(workdir: str, probe_interval: float, down_seconds: float) -> Dict[str, A
     return {
         "failed_batches": failed,
         "backoff_left_at_restore": backoff_left,
-        "resume_delay": None if first_after is None else first_after - restored,
+        "resume_delay": None if resumed_at is None else resumed_at - restored,
+        "first_batch_delay": None if first_after is None else first_after - restored,
         "probe_interval": probe_interval,
         "delivered": delivered,
     }

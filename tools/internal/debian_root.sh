@@ -49,10 +49,13 @@ root_setup() {
         echo "$0 needs root (debootstrap, chroot, mounts)" >&2
         exit 2
     fi
-    command -v debootstrap >/dev/null || bash "$REPO/tools/system-deps.sh"
+    command -v debootstrap >/dev/null || bash "$REPO/tools/internal/system-deps.sh"
+    # Read through a process substitution, whose failure would go unseen: check first.
+    [[ -r "$REPO/tools/internal/system-packages.txt" ]] ||
+        { echo "$REPO/tools/internal/system-packages.txt is missing" >&2; exit 2; }
     mapfile -t ROOT_PACKAGES < <(
         { printf '%s\n' "${ROOT_BASE_PACKAGES[@]}" "${ROOT_EXTRA_PACKAGES[@]}"
-          sed -e 's/#.*//' -e '/^[[:space:]]*$/d' -e 's/[[:space:]]//g' "$REPO/tools/system-packages.txt"
+          sed -e 's/#.*//' -e '/^[[:space:]]*$/d' -e 's/[[:space:]]//g' "$REPO/tools/internal/system-packages.txt"
         } | sort -u)
     RUN_DIR=""
     MOUNTS=()
@@ -175,7 +178,8 @@ root_run() {
     shift 3
     if (($#)); then quoted="$(printf '%q ' "$@")"; fi
     log "building and testing inside the root"
-    root_script tools/internal/root_suite.sh EXPECT_MACHINE="$machine" EXTRAS="$extras" SUITE="$suite" PYTEST_ARGS="$quoted"
+    root_script tools/internal/root_suite.sh EXPECT_MACHINE="$machine" EXTRAS="$extras" SUITE="$suite" \
+        REQUIRE_SYSTEM_DEPS="${REQUIRE_SYSTEM_DEPS:-0}" PYTEST_ARGS="$quoted"
 }
 
 # The machine (uname -m) a root of a Debian architecture reports.

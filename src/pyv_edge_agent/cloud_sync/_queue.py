@@ -11,10 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from . import _codec, _validate
 from ._flush.policy import ALL_LEVELS, FlushPolicy, LinkState, release_held
-from ._store import deadletter, schema, stats
-from ._store import integrity as _integrity
-from ._store import seal as _seal
-from ._store import storage as _storage
+from ._store import deadletter, integrity, schema, seal, stats, storage
 from ._store.clock import HIGH_WATER_LEAD_SECONDS
 from ._store.deliveries import SINGLE, Deliveries, for_destination
 from ._store.destinations import mask_of
@@ -123,14 +120,14 @@ class CloudSyncQueue:
         lease_seconds: float = 300.0,
         max_queue_items: Optional[int] = None,
         max_queue_bytes: Optional[int] = None,
-        min_free_disk_bytes: int = _storage.DEFAULT_MIN_FREE_DISK_BYTES,
-        purge_interval: Optional[float] = _storage.DEFAULT_PURGE_INTERVAL,
+        min_free_disk_bytes: int = storage.DEFAULT_MIN_FREE_DISK_BYTES,
+        purge_interval: Optional[float] = storage.DEFAULT_PURGE_INTERVAL,
         on_corrupt: str = "raise",
         clock: Callable[[], float] = time.time,
         max_attempts: int = 5,
         daily_message_limit: Optional[int] = None,
         encryption_key: Any = None,
-        encryption_cipher: str = _seal.DEFAULT_CIPHER,
+        encryption_cipher: str = seal.DEFAULT_CIPHER,
         max_items_per_second: Optional[float] = None,
         max_bytes_per_second: Optional[float] = None,
         pacing_burst_seconds: float = 1.0,
@@ -158,12 +155,12 @@ class CloudSyncQueue:
             probe_interval,
         )
         link = LinkState(policy.pacer())
-        on_corrupt = _validate.choice("on_corrupt", on_corrupt, _integrity.ON_CORRUPT_CHOICES)
+        on_corrupt = _validate.choice("on_corrupt", on_corrupt, integrity.ON_CORRUPT_CHOICES)
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds since the epoch, got {clock!r:.100}")
-        limits = _storage.StorageLimits.validated(max_queue_items, max_queue_bytes, min_free_disk_bytes, purge_interval)
-        cipher = _validate.choice("encryption_cipher", encryption_cipher, _seal.CIPHERS)
-        sealer = None if encryption_key is None else _seal.Sealer(encryption_key, cipher)
+        limits = storage.StorageLimits.validated(max_queue_items, max_queue_bytes, min_free_disk_bytes, purge_interval)
+        cipher = _validate.choice("encryption_cipher", encryption_cipher, seal.CIPHERS)
+        sealer = None if encryption_key is None else seal.Sealer(encryption_key, cipher)
         names = None if destinations is None else destination_names(destinations)
         if isinstance(destinations, Mapping):
             _check_destination_options(destinations)
@@ -362,10 +359,10 @@ class CloudSyncQueue:
                 if len(rows) >= limit:
                     break
             queue_id = self._store.queue_id
-            unsealed = _seal.unsealed_ids(rows, self._store.sealed_from)
+            unsealed = seal.unsealed_ids(rows, self._store.sealed_from)
         if unsealed:  # never handed out: a flush moves them to the dead-letter table
             rows = [row for row in rows if row[Column.ID] not in unsealed]
-        return _seal.decoded(self._store.sealer, rows, queue_id, "sync_queue", _codec.decode_rows)
+        return seal.decoded(self._store.sealer, rows, queue_id, "sync_queue", _codec.decode_rows)
 
     def pending_count(self, destination: Optional[str] = None) -> int:
         """Return the number of stored items, whatever their TTL or retry state; with
@@ -420,7 +417,7 @@ class CloudSyncQueue:
     def verify_file(db_path: "str | os.PathLike[str]") -> IntegrityReport:
         """Check a queue file without opening it as a queue: read-only, never creates or
         changes anything, and reports a damaged or unreadable file instead of raising."""
-        return _integrity.verify_file(os.fspath(db_path))
+        return integrity.verify_file(os.fspath(db_path))
 
     def verify(self) -> IntegrityReport:
         """Check the whole file with SQLite's ``integrity_check``; writes nothing.
@@ -428,7 +425,7 @@ class CloudSyncQueue:
         Returns an ``IntegrityReport`` (``ok``, ``messages``, ``schema_version``, ``path``).
         """
         with self._store.lock:
-            return _integrity.verify(self._store.conn(), self.db_path)
+            return integrity.verify(self._store.conn(), self.db_path)
 
     def compact(self) -> None:
         """Rewrite the file to its smallest size (SQLite ``VACUUM``) and switch a file made by
@@ -561,8 +558,7 @@ class CloudSyncQueue:
                 # The last lands a clock lead before now: another process's clock (which
                 # may be behind this one by up to the lead, see _store/clock.py) finds it due too.
                 shift = stamps[-1] - (now - HIGH_WATER_LEAD_SECONDS)
-                moved = [deliveries.key + (stamp - shift, stamp) for stamp in stamps]
-                return int(conn.executemany(deliveries.resume_held, moved).rowcount)
+                return release_held(conn, deliveries, [(stamp, stamp - shift) for stamp in stamps])
 
     def next_due_in(self, destination: Optional[str] = None) -> Optional[float]:
         """Seconds until ``maybe_flush`` has something to send: 0 when an item is due now,

@@ -223,16 +223,24 @@ class _Loop:
     def _wait(self, seconds: float) -> None:
         """Sleep ``seconds`` or until woken; while the queue backs off after an upload that
         got no answer, probe the link every ``probe_interval`` and end the backoff (and the
-        sleep) when it answers."""
-        deadline = time.monotonic() + seconds
+        sleep) when it answers. Probes start every ``probe_interval`` whatever each one
+        took, so one that hung until its timeout while the link came back does not delay the
+        next by a whole interval."""
+        now = time.monotonic()
+        deadline = now + seconds
+        next_probe = now + (self._target.probe_interval or 0.0)
         while True:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             interval = self._target.probe_interval
             if self._probe is None or interval is None or not self._target.link_down:
                 self._wake.wait(max(0.0, left))
                 return
-            if left <= 0.0 or self._wake.wait(min(left, interval)):
+            if left <= 0.0 or self._wake.wait(max(0.0, min(left, next_probe - now))):
                 return
+            if time.monotonic() < next_probe:
+                continue
+            next_probe = time.monotonic() + interval
             if self._target.link_down and self._probe(interval) and self._target.end_backoff():
                 logger.info("the link answers again: ending the backoff early")
                 return

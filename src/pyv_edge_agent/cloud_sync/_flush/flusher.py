@@ -54,7 +54,7 @@ from .._types import CRITICAL, Column
 from .._upload_types import OutcomeKind, Uploader
 from .claim import Claim, Scanned, advance_cursors, pick
 from .outcome import ACCEPTED, CREDENTIALS, REJECTED, TOO_LARGE, TRANSIENT, Outcome, send
-from .outgoing import Row, poster
+from .outgoing import Post, Row, poster
 from .policy import FlushPolicy, LinkState, release_held
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -72,11 +72,12 @@ CREDENTIALS_SUBJECT = "the ingest endpoint refused the credentials (key, token o
 THROUGHPUT_KEYS = ("link_bytes_per_second", "link_items_per_second")
 
 
-def check_uploader(uploader: Uploader, lease: float) -> None:
+def check_uploader(uploader: Uploader, lease: float) -> Post:
     """Refuse an uploader that a flush could not use (no ``post_batch``, a coroutine method,
-    a timeout not below the lease) before a sync loop starts with it."""
-    poster(uploader)
+    a timeout not below the lease); return how a flush hands it a batch (``poster``)."""
+    post = poster(uploader)
     check_deadline(lease, uploader)
+    return post
 
 
 def check_deadline(lease: float, uploader: Uploader) -> None:
@@ -111,8 +112,7 @@ class Flusher:
         self._policy = policy
         self._link = link
         self._deliveries = deliveries
-        self._post = poster(uploader)
-        check_deadline(policy.lease_seconds, uploader)
+        self._post = check_uploader(uploader, policy.lease_seconds)
         if stop is not None and not callable(getattr(stop, "is_set", None)):
             raise TypeError(f"stop must be a threading.Event (or None), got {type(stop).__name__}: {stop!r:.100}")
         self._stop = stop

@@ -200,8 +200,10 @@ class LinkState:
             event.set()
 
 
-def release_held(conn: sqlite3.Connection, deliveries: Deliveries, stamps: List[Tuple[float, float]]) -> None:
-    """Move each held batch from its old ``next_retry_at`` stamp to its new one (see
-    ``LinkState.resume``), inside the caller's write transaction."""
-    if stamps:
-        conn.executemany(deliveries.resume_held, [deliveries.key + (new, old) for old, new in stamps])
+def release_held(conn: sqlite3.Connection, deliveries: Deliveries, stamps: List[Tuple[float, float]]) -> int:
+    """Move each held batch of ``deliveries`` from its old ``next_retry_at`` stamp to its
+    new one (see ``LinkState.resume``), inside the caller's write transaction; return how
+    many items moved."""
+    if not stamps:
+        return 0
+    return int(conn.executemany(deliveries.resume_held, [deliveries.key + (new, old) for old, new in stamps]).rowcount)

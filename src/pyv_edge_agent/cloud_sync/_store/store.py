@@ -19,10 +19,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 from .._errors import CloudSyncError, CorruptDatabaseError, MissingKeyError
-from . import batchkeys, destinations
+from . import batchkeys, destinations, integrity, storage
 from . import clock as _clock
-from . import integrity as _integrity
-from . import storage as _storage
 from .sql import (
     ADD_COUNTER_SQL,
     ANY_PLAIN_SQL,
@@ -110,7 +108,7 @@ class Store:
         busy_timeout: float,
         on_corrupt: str,
         clock: Callable[[], float],
-        limits: _storage.StorageLimits,
+        limits: storage.StorageLimits,
         sealer: "Optional[Sealer]" = None,
     ) -> None:
         self.path = path
@@ -118,19 +116,19 @@ class Store:
         self.queue_id = ""
         self.sealed_from: Optional[int] = None
         self.durability = durability
-        self.is_file = _storage.is_file_path(path)
+        self.is_file = storage.is_file_path(path)
         self._busy_timeout = busy_timeout
         self._on_corrupt = on_corrupt
         self._wall = clock
         self.clock = _clock.QueueClock(clock)
-        self.storage = _storage.StorageGuard(path, limits)
+        self.storage = storage.StorageGuard(path, limits)
         self.lock = FileLock(self.translate_error)
         self._db: Optional[sqlite3.Connection] = None
-        self._hold = _integrity.FileHold(None)
+        self._hold = integrity.FileHold(None)
         self._closed = False
         self._created_dirs: List[str] = []
         if self.is_file:
-            self._created_dirs = _integrity.make_directories(os.path.dirname(os.path.abspath(path)), path)
+            self._created_dirs = integrity.make_directories(os.path.dirname(os.path.abspath(path)), path)
         self._connect()
         _ALL_STORES.add(self)
 
@@ -147,7 +145,7 @@ class Store:
 
     def _connect(self) -> sqlite3.Connection:
         if self._on_corrupt == "quarantine" and self.is_file:
-            with _integrity.quarantine_lock(self.path):
+            with integrity.quarantine_lock(self.path):
                 conn = self._open_or_quarantine()
         else:
             conn = self._open()
@@ -158,17 +156,17 @@ class Store:
         try:
             return self._open()
         except CorruptDatabaseError as exc:
-            aside = _integrity.quarantine(self.path, self._wall())
+            aside = integrity.quarantine(self.path, self._wall())
             logger.error(
                 "queue database %r is damaged (%s); moved it to %r and started an empty queue", self.path, exc, aside
             )
         conn = self._open()
         with write_transaction(conn):
-            conn.execute(ADD_COUNTER_SQL, (_integrity.QUARANTINED_KEY, 1))
+            conn.execute(ADD_COUNTER_SQL, (integrity.QUARANTINED_KEY, 1))
         return conn
 
     def _open(self) -> sqlite3.Connection:
-        conn, held = _integrity.open_database(
+        conn, held = integrity.open_database(
             self.path,
             self.durability,
             self._busy_timeout,
@@ -194,7 +192,7 @@ class Store:
         With ``on_corrupt="quarantine"`` a damaged file also drops the connection: the next
         call reopens, finds the damage and moves the file aside.
         """
-        error = _integrity.translate_error(exc, self.path)
+        error = integrity.translate_error(exc, self.path)
         if isinstance(error, CorruptDatabaseError) and self._on_corrupt == "quarantine" and self._db is not None:
             _INHERITED.append(self._db)
             self._db = None
@@ -374,7 +372,7 @@ class Store:
         """Rewrite the file to its smallest size, switching it to incremental auto-vacuum."""
         with self.lock:
             conn = self.conn()
-            _storage.convert_to_incremental(conn)
+            storage.convert_to_incremental(conn)
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def counters(self, keys: Sequence[str]) -> Dict[str, Any]:

@@ -163,21 +163,27 @@ class AsyncSyncWorker:
     async def _sleep(self, wake: asyncio.Event, seconds: float) -> None:
         """Sleep ``seconds`` or until woken; while the queue backs off after an upload that
         got no answer, probe the link every ``probe_interval`` and end the backoff (and the
-        sleep) when it answers."""
+        sleep) when it answers. Probes start every ``probe_interval`` whatever each one
+        took (see ``SyncWorker._wait``)."""
         underneath = self._queue.queue
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
+        next_probe = loop.time() + (underneath.probe_interval or 0.0)
         while True:
-            left = deadline - loop.time()
+            now = loop.time()
+            left = deadline - now
             interval = underneath.probe_interval
             if self._probe is None or interval is None or not underneath.link_down:
                 await _wait(wake, max(0.0, left))
                 return
             if left <= 0.0:
                 return
-            await _wait(wake, min(left, interval))
+            await _wait(wake, max(0.0, min(left, next_probe - now)))
             if wake.is_set():
                 return
+            if loop.time() < next_probe:
+                continue
+            next_probe = loop.time() + interval
             if underneath.link_down and await self._probe(interval) and await self._queue.end_backoff():
                 logger.info("the link answers again: ending the backoff early")
                 return

@@ -24,7 +24,7 @@ from ..._upload_types import UploadResult as UploadResult  # also importable fro
 from .. import tls
 from . import deadline as _deadline
 from . import proxy as _proxy
-from . import settings as _settings
+from . import settings
 from .answer import ERROR_SNIPPET, rejected_indices
 from .answer import parse_retry_after as parse_retry_after  # importable from here, as before
 from .headers import OWNED_HEADERS as OWNED_HEADERS  # importable from here, as before
@@ -114,7 +114,7 @@ class HTTPCloudUploader:
     ) -> None:
         if not isinstance(endpoint, str):
             raise TypeError(f"endpoint must be a str URL, got {type(endpoint).__name__}")
-        parts = _settings.split_endpoint(endpoint)
+        parts = settings.split_endpoint(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"endpoint must be an http:// or https:// URL with a host, got {redact_url(endpoint)!r}")
         if "@" in parts.netloc:
@@ -123,7 +123,7 @@ class HTTPCloudUploader:
                 f"endpoint {redact_url(endpoint)!r} carries a user:password part, which is never sent; "
                 "give the credential as api_key (and auth_header) instead"
             )
-        _settings.check_port(parts, endpoint)
+        settings.check_port(parts, endpoint)
         if not isinstance(allow_insecure_http, bool):
             raise TypeError(f"allow_insecure_http must be a bool, got {type(allow_insecure_http).__name__}")
         if parts.scheme == "http" and not allow_insecure_http and not _validate.is_loopback(parts.hostname):
@@ -139,9 +139,9 @@ class HTTPCloudUploader:
                 "or client_cert for an endpoint that authenticates by certificate alone"
             )
         if api_key is not None:
-            _settings.check_api_key(api_key)
+            settings.check_api_key(api_key)
         if credentials is not None:
-            _settings.check_credentials(credentials)
+            settings.check_credentials(credentials)
         if not isinstance(auth_header, str) or not auth_header.isascii() or not auth_header.replace("-", "").isalnum():
             raise ValueError(f"auth_header must be an HTTP header name such as 'X-API-Key', got {auth_header!r:.100}")
         if auth_header.lower() in OWNED_HEADERS:
