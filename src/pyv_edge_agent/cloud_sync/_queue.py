@@ -413,6 +413,17 @@ class CloudSyncQueue:
 
         return _rekey.rekey(self._store)
 
+    @property
+    def destinations(self) -> Tuple[str, ...]:
+        """The names of the destinations this queue feeds (empty: a queue without them)."""
+        return tuple(self._destinations)
+
+    @staticmethod
+    def destinations_of(db_path: "str | os.PathLike[str]") -> Tuple[str, ...]:
+        """The destination names registered in the queue file at ``db_path``, read without
+        opening it as a queue (a tool opens the file with them: ``cloud-sync --destination``)."""
+        return integrity.destinations_of(os.fspath(db_path))
+
     @staticmethod
     def verify_file(db_path: "str | os.PathLike[str]") -> IntegrityReport:
         """Check a queue file without opening it as a queue: read-only, never creates or

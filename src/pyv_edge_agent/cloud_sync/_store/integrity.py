@@ -645,6 +645,26 @@ def translate_error(exc: sqlite3.Error, path: str) -> Optional[Exception]:
     return None
 
 
+def destinations_of(path: str) -> Tuple[str, ...]:
+    """The destination names registered in the queue file at ``path``, in the order they
+    were registered, read through a read-only connection (none for a file without
+    destinations or made by a release before them)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"db_path: no queue file at {path!r}")
+    check_header(path)
+    conn = sqlite3.connect(read_only_uri(path), uri=True)
+    try:
+        if conn.execute(HAS_DESTINATIONS_SQL).fetchone() is None:
+            return ()
+        return tuple(name for (name,) in conn.execute(REGISTERED_NAMES_SQL))
+    finally:
+        conn.close()
+
+
+HAS_DESTINATIONS_SQL = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sync_destinations'"
+REGISTERED_NAMES_SQL = "SELECT name FROM sync_destinations ORDER BY added_at, id"
+
+
 def verify_file(path: str) -> IntegrityReport:
     """``verify`` through a read-only connection, for a file that may not open as a queue."""
     if not os.path.isfile(path):
