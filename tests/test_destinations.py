@@ -520,3 +520,65 @@ def test_a_sealed_queue_seals_each_destinations_dead_letters_and_rekeys_them(db_
         del keys["k1"]
         (dead,) = q.dead_letters(destination="iot")
         assert dead.payload == {"secret": "s3cret-payload"}
+
+
+class Payloads:
+    """An uploader that keeps each batch's payloads."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+
+    def post_batch(self, payloads: list) -> bool:
+        self.batches.append(list(payloads))
+        return True
+
+
+def test_newest_first_sends_the_live_data_first_and_the_backlog_after(db_path: str) -> None:
+    options = {"iot": {"order": "newest_first", "max_batch_items": 3}, "archive": {"max_batch_items": 3}}
+    with CloudSyncQueue(db_path, destinations=options) as queue:
+        queue.enqueue_many([{"n": n} for n in range(7)])
+        queue.enqueue({"alarm": 1}, priority=1)
+        iot, archive = Payloads(), Payloads()
+        assert queue.peek(2, destination="iot")[1].payload == {"n": 6}
+        queue.maybe_flush(iot, destination="iot", stop=_stop_after(iot, 2))
+        queue.enqueue_many([{"n": n} for n in range(7, 9)])  # live data arrives mid-drain
+        queue.maybe_flush(iot, destination="iot")
+        queue.maybe_flush(archive, destination="archive")
+        shown = [[p.get("n", "alarm") for p in batch] for batch in iot.batches]
+        assert shown == [["alarm", 6, 5], [4, 3, 2], [8, 7, 1], [0]]
+        assert [[p.get("n", "alarm") for p in batch] for batch in archive.batches] == [
+            ["alarm", 0, 1],
+            [2, 3, 4],
+            [5, 6, 7],
+            [8],
+        ]
+        assert queue.pending_count() == 0
+
+
+def _stop_after(uploader: Payloads, batches: int) -> Any:
+    """A stop event that is set once ``uploader`` has taken ``batches`` batches."""
+    import threading
+
+    class Stop(threading.Event):
+        def is_set(self) -> bool:
+            return len(uploader.batches) >= batches
+
+    return Stop()
+
+
+def test_newest_first_retries_a_failed_batch_whole_and_loses_nothing(db_path: str) -> None:
+    with CloudSyncQueue(db_path, destinations={"iot": {"order": "newest_first", "max_batch_items": 4}}) as queue:
+        queue.enqueue_many([{"n": n} for n in range(10)])
+        assert queue.maybe_flush(Recording(fail=True), destination="iot") == 0
+        queue.retry_now(destination="iot")
+        iot = Payloads()
+        assert queue.maybe_flush(iot, destination="iot") == 10
+        # The failed batch goes again whole (after the items never tried, as in any queue).
+        assert [[p["n"] for p in batch] for batch in iot.batches] == [[5, 4, 3, 2], [1, 0], [9, 8, 7, 6]]
+        assert sorted(p["n"] for batch in iot.batches for p in batch) == list(range(10))
+
+
+def test_a_bad_order_is_refused_naming_the_destination(db_path: str) -> None:
+    with pytest.raises(ValueError, match=r"destinations\['iot'\]\['order'\] must be one of 'oldest_first'"):
+        CloudSyncQueue(db_path, destinations={"iot": {"order": "random"}})
+    assert not os.path.exists(db_path)

@@ -15,7 +15,7 @@ from . import _codec, _validate
 from ._flush.policy import ALL_LEVELS, FlushPolicy, LinkState, release_held
 from ._store import deadletter, integrity, schema, seal, stats, storage
 from ._store.clock import HIGH_WATER_LEAD_SECONDS
-from ._store.deliveries import SINGLE, Deliveries, for_destination
+from ._store.deliveries import ORDERS, SINGLE, Deliveries, for_destination
 from ._store.destinations import mask_of
 from ._store.destinations import names_of as destination_names
 from ._store.group_commit import GroupCommitter
@@ -43,7 +43,7 @@ logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 DESTINATION_KEYS = tuple(
     "max_batch_items max_batch_bytes retry_base_seconds retry_max_seconds lease_seconds max_attempts"
     " daily_message_limit max_items_per_second max_bytes_per_second pacing_burst_seconds"
-    " critical_bypasses_pacing max_batch_seconds probe_interval".split()
+    " critical_bypasses_pacing max_batch_seconds probe_interval order".split()
 )
 # Each entry a single enqueue hands the group committer: text, priority, TTL, route.
 _Entry = Tuple[str, int, int, int]
@@ -168,6 +168,11 @@ class CloudSyncQueue:
         names = None if destinations is None else destination_names(destinations)
         options: Mapping[str, Any] = destinations if isinstance(destinations, Mapping) else {}
         policies = {name: _destination_policy(policy, name, options.get(name, {})) for name in names or ()}
+        orders = {
+            name: _validate.choice(f"destinations[{name!r}]['order']", options[name]["order"], ORDERS)
+            for name in names or ()
+            if "order" in options.get(name, {})
+        }
         store = Store(
             path,
             durability=durability,
@@ -187,7 +192,11 @@ class CloudSyncQueue:
         self._all_routes = mask_of(list(self._destinations.values()))
         # Each destination's statements, flush options and link state (backoff, pacing).
         self._targets: Dict[str, _Target] = {
-            name: _Target(for_destination(ident, name), LinkState(policies[name].pacer()), policies[name])
+            name: _Target(
+                for_destination(ident, name, orders.get(name, "oldest_first")),
+                LinkState(policies[name].pacer()),
+                policies[name],
+            )
             for name, ident in self._destinations.items()
         }
         self._committer: GroupCommitter[_Entry] = GroupCommitter(self._write_group)
@@ -709,10 +718,11 @@ def _destination_policy(policy: FlushPolicy, name: str, options: Any) -> FlushPo
         raise ValueError(
             f"destinations[{name!r}]: unknown options {unknown}; a destination may set {list(DESTINATION_KEYS)}"
         )
-    if not options:
+    flush_options = {key: value for key, value in options.items() if key != "order"}
+    if not flush_options:
         return policy
     try:
-        return dataclasses.replace(policy, **options)
+        return dataclasses.replace(policy, **flush_options)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"destinations[{name!r}]: {exc}") from None
 

@@ -92,6 +92,9 @@ class FreshScan:
     write_cursor: str
     level_end: str
     eligible: str
+    # Newest first: the scan runs down from the newest item, skipping those already
+    # claimed, and the cursor moves only once every item past it was examined.
+    newest_first: bool = False
 
 
 SINGLE = Deliveries(
@@ -175,6 +178,13 @@ FRESH_SQL = (
 )
 # The same rows as ``dequeue`` reads them: the payload as stored text.
 FRESH_ELIGIBLE_SQL = FRESH_SQL.replace("CAST(q.payload AS BLOB)", "q.payload", 1)
+# ``order="newest_first"``: the same items from the newest down. Items it claimed are past
+# its cursor too, so they are left out by their delivery rows ({destination}: its id).
+_UNCLAIMED = (
+    " AND NOT EXISTS (SELECT 1 FROM sync_deliveries AS d WHERE d.destination = {destination} AND d.item_id = q.id)"
+)
+FRESH_NEWEST_SQL = FRESH_SQL.replace(" ORDER BY q.next_retry_at, q.id", _UNCLAIMED + " ORDER BY q.id DESC", 1)
+ORDERS = ("oldest_first", "newest_first")
 READ_CURSOR_SQL = "SELECT last_id FROM sync_cursors WHERE destination = ? AND priority = ?"
 WRITE_CURSOR_SQL = (
     "INSERT INTO sync_cursors (destination, priority, last_id) VALUES (?, ?, ?)"
@@ -198,19 +208,40 @@ LEAVE_ROUTED_SQL = by_id_chunk_shape(
 DROP_ROUTES_SQL = by_id_chunk_shape("DELETE FROM sync_routes WHERE pending <= 0 AND item_id IN {ids}")
 
 
+def _in_order(statement: str, order: str) -> str:
+    """A statement over retried deliveries with their items in ``order``: a retried batch
+    must come back in the order it was sent, or its Idempotency-Key would not be found."""
+    if order != "newest_first":
+        return statement
+    return statement.replace("ORDER BY d.next_retry_at, d.item_id", "ORDER BY d.next_retry_at, d.item_id DESC").replace(
+        "ORDER BY d.item_id", "ORDER BY d.item_id DESC"
+    )
+
+
 def scope_of(name: str) -> str:
     """What the ``sync_meta`` keys of the destination ``name`` start with."""
     return f"dest.{name}."
 
 
-def for_destination(destination: int, name: str) -> Deliveries:
-    """The statements of the destination ``name``, registered under the id ``destination``."""
+def for_destination(destination: int, name: str, order: str = "oldest_first") -> Deliveries:
+    """The statements of the destination ``name``, registered under the id ``destination``,
+    taking the items of each priority in ``order`` (FIFO, or the newest first)."""
     bit = 1 << destination
+    if order == "newest_first":
+        scan = FRESH_NEWEST_SQL.format(destination=int(destination))
+        eligible = scan.replace("CAST(q.payload AS BLOB)", "q.payload", 1)
+        fresh = FreshScan(
+            destination, bit, scan, READ_CURSOR_SQL, WRITE_CURSOR_SQL, LEVEL_END_SQL, eligible, newest_first=True
+        )
+    else:
+        fresh = FreshScan(
+            destination, bit, FRESH_SQL, READ_CURSOR_SQL, WRITE_CURSOR_SQL, LEVEL_END_SQL, FRESH_ELIGIBLE_SQL
+        )
     return Deliveries(
         key=(destination,),
-        eligible=ELIGIBLE_SQL,
-        claim=CLAIM_SQL,
-        group=GROUP_SQL,
+        eligible=_in_order(ELIGIBLE_SQL, order),
+        claim=_in_order(CLAIM_SQL, order),
+        group=_in_order(GROUP_SQL, order),
         count=COUNT_DELIVERIES_SQL,
         next_due=NEXT_DUE_DELIVERY_SQL,
         waiting_stamps=WAITING_DELIVERY_STAMPS_SQL,
@@ -225,7 +256,5 @@ def for_destination(destination: int, name: str) -> Deliveries:
         after_ack=((CLEAR_ROUTES_SQL, (bit,)), (LEAVE_ROUTED_SQL, ()), (DROP_ROUTES_SQL, ())),
         scope=scope_of(name),
         name=name,
-        fresh=FreshScan(
-            destination, bit, FRESH_SQL, READ_CURSOR_SQL, WRITE_CURSOR_SQL, LEVEL_END_SQL, FRESH_ELIGIBLE_SQL
-        ),
+        fresh=fresh,
     )
