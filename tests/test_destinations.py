@@ -250,16 +250,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_the_worker_keeps_a_live_destination_flowing_beside_a_dead_one(db_path: str) -> None:
+@pytest.mark.parametrize("failure", ["refused", "timeout", "credentials"])
+def test_the_worker_keeps_a_live_destination_flowing_beside_a_dead_one(db_path: str, failure: str) -> None:
     from waiting import wait_for
 
     from pyv_edge_agent.cloud_sync import HTTPCloudUploader, SyncWorker
     from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
-    dead = HTTPCloudUploader(f"http://127.0.0.1:{_free_port()}/ingest", "k", timeout=2.0)  # nothing listens
+    # The dead destination: nothing listens; an endpoint slower than the uploader's
+    # timeout; or one that refuses the key.
+    broken = IngestServer(api_key="another key" if failure == "credentials" else None).start()
+    broken.set_delay(30.0 if failure == "timeout" else 0.0)
+    url = f"http://127.0.0.1:{_free_port()}/ingest" if failure == "refused" else broken.url
+    dead = HTTPCloudUploader(url, "k", timeout=1.0)
     with (
         IngestServer(api_key="k") as server,
-        CloudSyncQueue(db_path, destinations=TWO, retry_base_seconds=5.0) as queue,
+        CloudSyncQueue(db_path, destinations=TWO, retry_base_seconds=0.5, retry_max_seconds=1.0) as queue,
     ):
         live = HTTPCloudUploader(server.url, "k", timeout=5.0)
         with SyncWorker(queue, {"iot": live, "archive": dead}, interval=0.2, handle_sigterm=False) as worker:
@@ -272,6 +278,9 @@ def test_the_worker_keeps_a_live_destination_flowing_beside_a_dead_one(db_path: 
         assert len(server.items) == 101
         assert queue.pending_count(destination="archive") == 101
         assert queue.pending_count() == 101  # kept once, for the dead destination
+        assert broken.items == []
+        assert queue.get_stats()["destinations"]["archive"]["failed_batches"] >= 1
+    broken.stop()
 
 
 def test_a_worker_mapping_names_known_destinations(two: CloudSyncQueue) -> None:
