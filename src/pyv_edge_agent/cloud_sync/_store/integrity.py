@@ -55,8 +55,11 @@ _CORRUPT_MESSAGES = ("database disk image is malformed", "file is not a database
 class IntegrityReport:
     """The result of ``CloudSyncQueue.verify()``.
 
-    :param ok: True when SQLite's ``integrity_check`` found nothing wrong.
-    :param messages: what ``integrity_check`` reported (``["ok"]`` when sound).
+    :param ok: True when SQLite's ``integrity_check`` found nothing wrong, nor the checks of
+        the queue's own tables (plain items where sealed ones are due; the delivery
+        bookkeeping of a file with destinations).
+    :param messages: what ``integrity_check`` reported (``["ok"]`` when sound), then one
+        message per broken rule of the queue's tables, naming the table and how many rows.
     :param schema_version: ``PRAGMA user_version`` of the file (None if unreadable).
     :param path: the database file.
     :param rekey_unfinished: items not yet under the key an interrupted (or running)
@@ -542,8 +545,9 @@ def rekey_unfinished(conn: sqlite3.Connection) -> int:
 
 
 def verify(conn: sqlite3.Connection, path: str) -> IntegrityReport:
-    """Run ``PRAGMA integrity_check`` (reads the whole file, writes nothing), and count what
-    an unfinished ``rekey`` left behind."""
+    """Run ``PRAGMA integrity_check`` (reads the whole file, writes nothing), check the
+    queue's own tables (sealed items, delivery bookkeeping), and count what an unfinished
+    ``rekey`` left behind."""
     version: Optional[int] = None
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
