@@ -3,7 +3,6 @@ peek, flush and dead-letters, per-destination Prometheus families, and ``check``
 delivery bookkeeping. Real files, real loopback ingest servers, the command in a process."""
 
 import hashlib
-import os
 import sqlite3
 from typing import Any, Dict, List
 
