@@ -33,7 +33,9 @@ def _digest(path: str) -> str:
         return hashlib.sha256(handle.read()).hexdigest()
 
 
-@pytest.mark.parametrize("command", [["stats"], ["peek"], ["dead-letters"], ["flush", "--endpoint", "http://127.0.0.1:9/ingest"]])
+@pytest.mark.parametrize(
+    "command", [["stats"], ["peek"], ["dead-letters"], ["flush", "--endpoint", "http://127.0.0.1:9/ingest"]]
+)
 def test_an_unknown_destination_is_exit_2_naming_the_option_value_and_choices(
     backend: str, two: str, command: List[str]
 ) -> None:
