@@ -112,6 +112,7 @@ REKEY_TARGET_KEY = "rekey_target"
 REKEY_UNFINISHED_SQL = (
     "SELECT (SELECT COUNT(*) FROM sync_queue WHERE substr(payload, 1, length(?1)) IS NOT ?1)"
     " + (SELECT COUNT(*) FROM sync_dead_letters WHERE substr(payload, 1, length(?1)) IS NOT ?1)"
+    " + (SELECT COUNT(*) FROM sync_dead_deliveries WHERE substr(payload, 1, length(?1)) IS NOT ?1)"
 )
 
 # -- the flush: claims, leases, rejections ------------------------------------------------
