@@ -151,6 +151,42 @@ def test_leaving_out_a_destination_with_nothing_to_deliver_unregisters_it(db_pat
     assert _registered(db_path) == ["iot"]
 
 
+def test_a_left_out_destination_leaves_nothing_behind_and_its_dead_letters_are_not_dropped(db_path: str) -> None:
+    with CloudSyncQueue(db_path, destinations={"iot": {"max_attempts": 1}, "archive": {}}) as queue:
+        queue.enqueue({"n": 1}, destinations=("iot",))
+        queue.enqueue({"n": 2}, destinations=("archive",))
+        assert queue.maybe_flush(Recording(), destination="iot") == 1
+        assert queue.maybe_flush(Recording(), destination="archive") == 1
+        queue.enqueue({"n": 3}, destinations=("iot",))
+
+        class Refusing:
+            def post_batch(self, payloads: list) -> Any:
+                from pyv_edge_agent.cloud_sync import UploadError
+
+                raise UploadError("refused", status=422)
+
+        queue.maybe_flush(Refusing(), destination="iot")
+    with pytest.raises(ValueError, match=r"'iot' is missing but still has 1 dead letters"):
+        CloudSyncQueue(db_path, destinations=("archive",))
+    with CloudSyncQueue(db_path, destinations=("iot",)) as queue:  # archive had nothing left
+        assert queue.verify().ok, queue.verify().messages
+        assert queue.drop_dead_letters(destination="iot") == 1
+    assert _registered(db_path) == ["iot"]
+    with CloudSyncQueue(db_path) as queue:  # without destinations: iot had nothing left
+        assert queue.verify().ok, queue.verify().messages
+        assert queue.destinations == ()
+        queue.enqueue({"plain": True})
+    assert _registered(db_path) == []
+
+
+def test_opening_without_destinations_a_file_that_has_some_with_items_left_is_refused(db_path: str) -> None:
+    with CloudSyncQueue(db_path, destinations=TWO) as queue:
+        queue.enqueue({"n": 1}, destinations=("archive",))
+    with pytest.raises(ValueError, match=r"'archive' is missing but still has 1 items to deliver"):
+        CloudSyncQueue(db_path)
+    assert _registered(db_path) == ["archive", "iot"] or sorted(_registered(db_path)) == ["archive", "iot"]
+
+
 def test_a_file_with_items_of_a_queue_without_destinations_is_not_split_silently(db_path: str) -> None:
     with CloudSyncQueue(db_path) as queue:
         queue.enqueue({"n": 1})

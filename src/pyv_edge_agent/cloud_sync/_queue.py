@@ -188,7 +188,7 @@ class CloudSyncQueue:
         self._deliveries = SINGLE
         self._clock: Callable[[], float] = store.now
         # Each destination's id, which is its bit in an item's route (none: one destination).
-        self._destinations: Dict[str, int] = {} if names is None else store.register_destinations(names)
+        self._destinations: Dict[str, int] = store.register_destinations(names or ())
         self._all_routes = mask_of(list(self._destinations.values()))
         # Each destination's statements, flush options and link state (backoff, pacing).
         self._targets: Dict[str, _Target] = {
@@ -465,7 +465,8 @@ class CloudSyncQueue:
         return integrity.verify_file(os.fspath(db_path))
 
     def verify(self) -> IntegrityReport:
-        """Check the whole file with SQLite's ``integrity_check``; writes nothing.
+        """Check the whole file with SQLite's ``integrity_check``, and with destinations their
+        bookkeeping (routes, delivery rows, cursors); writes nothing.
 
         Returns an ``IntegrityReport`` (``ok``, ``messages``, ``schema_version``, ``path``).
         """

@@ -11,6 +11,7 @@ import re
 import sqlite3
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
+from .deliveries import scope_of
 from .sql import by_id_chunk_shape
 
 MAX_DESTINATIONS = 62
@@ -19,7 +20,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 SELECT_ALL_SQL = "SELECT name, id FROM sync_destinations"
 REGISTER_SQL = "INSERT INTO sync_destinations (id, name, added_at, first_item_id) VALUES (?, ?, ?, ?)"
-UNREGISTER_SQL = "DELETE FROM sync_destinations WHERE id = ?"
+COUNT_DEAD_SQL = "SELECT COUNT(*) FROM sync_dead_deliveries WHERE destination = ?"
 ROUTE_SQL = "INSERT INTO sync_routes (item_id, destinations, pending) VALUES (?, ?, ?)"
 # Counting walks the routes: a destination's bit can be anywhere.
 COUNT_PENDING_SQL = "SELECT COUNT(*) FROM sync_routes WHERE destinations & ?"
@@ -59,7 +60,8 @@ def register(conn: sqlite3.Connection, names: Sequence[str], next_item_id: int, 
     transaction and return each name's id. A new name is registered to receive the items
     from ``next_item_id`` on. A registered name left out while it still has items to
     deliver is a ``ValueError`` naming it and ``remove_destination``: nothing is dropped
-    unasked. One left out with nothing pending is unregistered."""
+    unasked; so is one with dead letters. One left out with nothing left is unregistered
+    (its cursors and counters go with it)."""
     registered: Dict[str, int] = dict(conn.execute(SELECT_ALL_SQL).fetchall())
     if not registered:
         unrouted = int(conn.execute(UNROUTED_SQL).fetchone()[0])
@@ -77,7 +79,14 @@ def register(conn: sqlite3.Connection, names: Sequence[str], next_item_id: int, 
                 f"destinations: {name!r} is missing but still has {pending} items to deliver; open the"
                 f" queue with it, and call remove_destination({name!r}) to drop them on purpose"
             )
-        conn.execute(UNREGISTER_SQL, (ident,))
+        dead = int(conn.execute(COUNT_DEAD_SQL, (ident,)).fetchone()[0])
+        if dead:
+            raise ValueError(
+                f"destinations: {name!r} is missing but still has {dead} dead letters; open the queue with it"
+                f" and requeue or drop them (drop_dead_letters(destination={name!r})), or call"
+                f" remove_destination({name!r})"
+            )
+        remove(conn, ident, scope_of(name))
         del registered[name]
     free = [ident for ident in range(1, MAX_DESTINATIONS + 1) if ident not in registered.values()]
     for name in names:

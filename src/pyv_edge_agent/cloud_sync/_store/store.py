@@ -319,7 +319,13 @@ class Store:
 
     def register_destinations(self, names: Sequence[str]) -> Dict[str, int]:
         """Register ``names`` as the file's destinations (see ``destinations.register``) and
-        return each one's id."""
+        return each one's id. With no names (a queue opened without destinations), a file
+        that has some is checked the same way: only one whose destinations have nothing
+        left becomes a file without them; one read when it has none."""
+        if not names:
+            with self.lock:
+                if not self.conn().execute(destinations.SELECT_ALL_SQL).fetchone():
+                    return {}
         with self.write() as conn:
             next_id = int(conn.execute(NEXT_ID_SQL).fetchone()[0])
             return destinations.register(conn, names, next_id, self.now())
