@@ -28,7 +28,20 @@ QUEUE_OPTIONS: Dict[str, Any] = {
 }
 PRIORITIES = list(Priority)
 # What a killable worker is doing, one byte in a shared file, read by the test after a kill.
-OPERATIONS = ("starting", "enqueue", "enqueue_many", "nack", "maybe_flush")
+OPERATIONS = (
+    "starting",
+    "enqueue",
+    "enqueue_many",
+    "nack",
+    "maybe_flush",
+    "maybe_flush to iot",
+    "maybe_flush to archive",
+)
+# The two destinations of the routed worker, and the routes its items take. An item's key
+# starts with its route's name ("both.s3-17"), so a check knows where it was addressed
+# even when the worker was killed before journaling it.
+DESTINATIONS = ("iot", "archive")
+ROUTES = {"both": DESTINATIONS, "iot": ("iot",), "archive": ("archive",)}
 
 
 class Doing:
@@ -170,6 +183,61 @@ def run_killable_worker(
         os._exit(code)
 
 
+def routes_of(key: str) -> Tuple[str, ...]:
+    """The destinations the item of ``key`` (made by the routed worker) was addressed to."""
+    return ROUTES[key.split(".", 1)[0]]
+
+
+def routed_operations(
+    queue: CloudSyncQueue,
+    journal: Journal,
+    uploaders: Dict[str, FlakyUploader],
+    rng: random.Random,
+    prefix: str,
+    doing: Doing,
+) -> None:
+    """enqueue and enqueue_many addressed to both destinations or to one, and maybe_flush
+    to each destination, in random order, until the process is killed."""
+    made = 0
+    while True:
+        choice = rng.random()
+        if choice < 0.6:
+            route = rng.choice(tuple(ROUTES))
+            # None addresses every destination: the default path, as a plain caller takes it.
+            destinations = None if route == "both" else ROUTES[route]
+            payloads, keys = _payloads(f"{route}.{prefix}", made, 1 if choice < 0.3 else rng.randrange(2, 40), rng)
+            priority = rng.choice(PRIORITIES)
+            if len(payloads) == 1:
+                doing(OPERATIONS.index("enqueue"))
+                ids = [queue.enqueue(payloads[0], priority=priority, destinations=destinations)]
+            else:
+                doing(OPERATIONS.index("enqueue_many"))
+                ids = queue.enqueue_many(payloads, priority=priority, destinations=destinations)
+            journal.record(ids, keys)
+            made += len(ids)
+        else:
+            name = DESTINATIONS[choice >= 0.8]
+            doing(OPERATIONS.index(f"maybe_flush to {name}"))
+            queue.maybe_flush(uploaders[name], destination=name)
+
+
+def run_routed_worker(
+    path: str, urls: Dict[str, str], journal_path: str, doing_path: str, seed: int, options: Dict[str, Any]
+) -> None:
+    """Body of a child on a queue with the ``DESTINATIONS``, each flushed to its own URL of
+    ``urls``, SIGKILLed at a random moment; exits only by being killed."""
+    code = 1
+    try:
+        rng = random.Random(seed)
+        queue = CloudSyncQueue(path, destinations=DESTINATIONS, **{**QUEUE_OPTIONS, **options})
+        uploaders = {name: FlakyUploader(urls[name], rng, 0.3) for name in DESTINATIONS}
+        routed_operations(queue, Journal(journal_path), uploaders, rng, f"s{seed}", Doing(doing_path))
+    except BaseException:  # pragma: no cover - reported through the exit code
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
 def run_contention_worker(path: str, url: str, journal_path: str, result_path: str, seed: int, seconds: float) -> None:
     """Body of a child with producer, flusher and nacking threads on one queue for ``seconds``."""
     code = 1
@@ -246,6 +314,18 @@ def drain(path: str, url: str, ahead: float) -> None:
         assert queue.pending_count() == 0, "the final drain did not empty the queue"
 
 
+def drain_destinations(path: str, urls: Dict[str, str], ahead: float) -> None:
+    """``drain`` for a queue with the ``DESTINATIONS``: each destination in turn, to its URL."""
+    options = {"destinations": DESTINATIONS, "min_free_disk_bytes": 0, "durability": "fast"}
+    with CloudSyncQueue(path, clock=lambda: time.time() + ahead, **options) as queue:
+        for name in DESTINATIONS:
+            uploader = HTTPCloudUploader(urls[name], KEY, timeout=LEASE_SECONDS / 3)
+            deadline = time.monotonic() + 120
+            while queue.pending_count(destination=name) and time.monotonic() < deadline:
+                queue.maybe_flush(uploader, destination=name)
+            assert queue.pending_count(destination=name) == 0, f"the final drain did not empty {name}"
+
+
 def check_delivery(journal: Dict[int, str], received: List[Any]) -> Tuple[int, int, Set[str]]:
     """Compare what was handed out with what the server got: (lost, duplicates, lost keys)."""
     counts: Dict[str, int] = {}
@@ -254,6 +334,37 @@ def check_delivery(journal: Dict[int, str], received: List[Any]) -> Tuple[int, i
     lost = {key for key in journal.values() if key not in counts}
     duplicates = sum(n - 1 for n in counts.values() if n > 1)
     return len(lost), duplicates, lost
+
+
+def stored_routes(conn: Any) -> Dict[int, Tuple[Optional[str], Set[str], int]]:
+    """id -> (payload key, the destinations its route still names, its pending count) of
+    every stored item; an item without a route names none."""
+    import orjson
+
+    names = dict(conn.execute("SELECT id, name FROM sync_destinations"))
+    rows = conn.execute(
+        "SELECT q.id, q.payload, COALESCE(r.destinations, 0), COALESCE(r.pending, 0)"
+        " FROM sync_queue AS q LEFT JOIN sync_routes AS r ON r.item_id = q.id"
+    )
+    return {
+        row_id: (orjson.loads(text).get("key"), {name for ident, name in names.items() if mask >> ident & 1}, pending)
+        for row_id, text, mask, pending in rows
+    }
+
+
+def waiting_keys(conn: Any, now: float) -> Dict[str, Set[str]]:
+    """destination -> keys of the items it claimed that are not due again before ``now``:
+    leased by a flusher that was killed (sent or not), or waiting for a retry."""
+    import orjson
+
+    waiting: Dict[str, Set[str]] = {name: set() for name in DESTINATIONS}
+    for name, text in conn.execute(
+        "SELECT d.name, q.payload FROM sync_deliveries AS r JOIN sync_destinations AS d ON d.id = r.destination"
+        " JOIN sync_queue AS q ON q.id = r.item_id WHERE r.next_retry_at > ?",
+        (now,),
+    ):
+        waiting[name].add(orjson.loads(text)["key"])
+    return waiting
 
 
 def stored_keys(conn: Any) -> Dict[int, Optional[str]]:

@@ -15,6 +15,8 @@ FIGURES: Dict[str, int] = {
     "lost": 0,
     "duplicates (re-sent after a kill, at-least-once)": 0,
     "duplicates without a kill": 0,
+    "deliveries checked, two destinations in one file": 0,
+    "  sent to a destination they were not addressed to (must be 0)": 0,
     "bad inputs tried": 0,
 }
 LOAD_OPS_PER_SECOND: List[float] = []
@@ -24,6 +26,8 @@ LOAD_OPS_PER_SECOND: List[float] = []
 CONTENTION_SECONDS = float(os.environ.get("PYV_RELIABILITY_SECONDS", "12"))
 # SIGKILL rounds per backend (each kills two workers).
 KILL_ROUNDS = int(os.environ.get("PYV_RELIABILITY_KILL_ROUNDS", "25"))
+# Rounds of the same with two destinations in the file (each kills two workers too).
+KILL_ROUNDS_TWO_DESTINATIONS = max(4, KILL_ROUNDS // 2)
 
 
 def add(name: str, value: int) -> None:
