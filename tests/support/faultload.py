@@ -13,6 +13,8 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from routing import DESTINATIONS, ROUTES, destinations_argument
+
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, QueueFullError
 
 KEY = "fault-key"
@@ -37,11 +39,6 @@ OPERATIONS = (
     "maybe_flush to iot",
     "maybe_flush to archive",
 )
-# The two destinations of the routed worker, and the routes its items take. An item's key
-# starts with its route's name ("both.s3-17"), so a check knows where it was addressed
-# even when the worker was killed before journaling it.
-DESTINATIONS = ("iot", "archive")
-ROUTES = {"both": DESTINATIONS, "iot": ("iot",), "archive": ("archive",)}
 
 
 class Doing:
@@ -183,11 +180,6 @@ def run_killable_worker(
         os._exit(code)
 
 
-def routes_of(key: str) -> Tuple[str, ...]:
-    """The destinations the item of ``key`` (made by the routed worker) was addressed to."""
-    return ROUTES[key.split(".", 1)[0]]
-
-
 def routed_operations(
     queue: CloudSyncQueue,
     journal: Journal,
@@ -203,8 +195,7 @@ def routed_operations(
         choice = rng.random()
         if choice < 0.6:
             route = rng.choice(tuple(ROUTES))
-            # None addresses every destination: the default path, as a plain caller takes it.
-            destinations = None if route == "both" else ROUTES[route]
+            destinations = destinations_argument(route)
             payloads, keys = _payloads(f"{route}.{prefix}", made, 1 if choice < 0.3 else rng.randrange(2, 40), rng)
             priority = rng.choice(PRIORITIES)
             if len(payloads) == 1:
@@ -334,22 +325,6 @@ def check_delivery(journal: Dict[int, str], received: List[Any]) -> Tuple[int, i
     lost = {key for key in journal.values() if key not in counts}
     duplicates = sum(n - 1 for n in counts.values() if n > 1)
     return len(lost), duplicates, lost
-
-
-def stored_routes(conn: Any) -> Dict[int, Tuple[Optional[str], Set[str], int]]:
-    """id -> (payload key, the destinations its route still names, its pending count) of
-    every stored item; an item without a route names none."""
-    import orjson
-
-    names = dict(conn.execute("SELECT id, name FROM sync_destinations"))
-    rows = conn.execute(
-        "SELECT q.id, q.payload, COALESCE(r.destinations, 0), COALESCE(r.pending, 0)"
-        " FROM sync_queue AS q LEFT JOIN sync_routes AS r ON r.item_id = q.id"
-    )
-    return {
-        row_id: (orjson.loads(text).get("key"), {name for ident, name in names.items() if mask >> ident & 1}, pending)
-        for row_id, text, mask, pending in rows
-    }
 
 
 def waiting_keys(conn: Any, now: float) -> Dict[str, Set[str]]:

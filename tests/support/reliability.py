@@ -56,6 +56,7 @@ def summary_lines() -> List[str]:
 # Power cuts on the crash file system (tests/support/crashfs.py, tests/faults/test_power_cuts.py).
 POWER_CUTS: Dict[str, int] = {
     "cuts": 0,
+    "  of them with two destinations in the file": 0,
     "items checked": 0,
     "lost in full mode (must be 0)": 0,
     "acked items back in full mode (must be 0)": 0,
@@ -64,6 +65,7 @@ POWER_CUTS: Dict[str, int] = {
     "unsynced 4 KiB pieces at the cuts": 0,
     "  of them written anyway (torn, reordered)": 0,
     "full-mode cuts amid a commit (unsynced WAL or database writes)": 0,
+    "route problems in full mode (must be 0)": 0,
     "self-test, fsync ignored: cuts": 0,
     "self-test, fsync ignored: lost (must be > 0)": 0,
 }
@@ -72,6 +74,8 @@ SYNCED_PER_ITEM: Dict[str, float] = {}
 # Cuts per backend: full mode, and half as many in fast mode. A longer run:
 # ``PYV_POWERCUT_CUTS=1000 bash tools/test.sh -k power_cut``.
 POWER_CUTS_FULL = int(os.environ.get("PYV_POWERCUT_CUTS", "150"))
+# Cuts per backend of the load with two destinations (full mode).
+POWER_CUTS_TWO_DESTINATIONS = max(12, POWER_CUTS_FULL // 5)
 
 
 def power_cut_lines() -> List[str]:
