@@ -16,7 +16,8 @@ to the cut, and a SIGKILL loses no completed ``write``: no fsync of its own is n
 The routed load (``run_routed_load``) works on a queue with two destinations (routing.py):
 enqueues addressed to both or to one, and flushes of one destination or of both at once.
 Its lines: ``E id key`` as above (the key names the route); ``S destination key`` that
-destination's endpoint accepted the item; ``F destination`` a flush of it returned.
+destination's endpoint accepted the item; ``F destination sent failed`` a flush of it
+returned, with that destination's persisted counters.
 """
 
 import os
@@ -216,7 +217,8 @@ def run_routed_load(
 
 def _flush(queue: CloudSyncQueue, uploader: RecordingUploader, journal: Journal, destination: str) -> None:
     queue.maybe_flush(uploader, destination=destination)
-    journal.write([f"F {destination}"])
+    stats = queue.get_stats()["destinations"][destination]
+    journal.write([f"F {destination} {stats['messages_sent_total']} {stats['failed_batches']}"])
 
 
 def _flush_at_once(queue: CloudSyncQueue, uploaders: Dict[str, RecordingUploader], journal: Journal) -> None:
@@ -399,11 +401,12 @@ class Ledger:
 
 class RoutedLedger:
     """The promises of the routed load in full durability, carried from cut to cut, and the
-    checks: every id returned is stored with its key until each destination it was
-    addressed to has received it, and its route still names every destination that has not;
-    a destination whose flush returned after its endpoint accepted an item is never owed that
-    item again; no item that left the file comes back; the routes are consistent
-    (``routing.route_problems``); the id sequence never goes backwards."""
+        checks: every id returned is stored with its key until each destination it was
+        addressed to has received it, and its route still names every destination that has not;
+        a destination whose flush returned after its endpoint accepted an item is never owed that
+        item again; no item that left the file comes back; the routes are consistent
+        (``routing.route_problems``); the id sequence and each destination's persisted counters
+    never go backwards."""
 
     durability = "full"
 
@@ -413,6 +416,7 @@ class RoutedLedger:
         self.acked: Dict[str, Set[str]] = {name: set() for name in DESTINATIONS}
         self.gone_ids: Set[int] = set()
         self.sequence = 0
+        self.counters = {name: {"messages_sent_total": 0, "failed_batches": 0} for name in DESTINATIONS}
         self.figures = {
             "cuts": 0,
             "items checked": 0,
@@ -442,6 +446,7 @@ class RoutedLedger:
             elif words[0] == "F":
                 self.acked[words[1]].update(sent[words[1]])
                 sent[words[1]] = []
+                self.counters[words[1]] = {"messages_sent_total": int(words[2]), "failed_batches": int(words[3])}
         path = os.path.join(backing, DB_NAME)
         problems: List[str] = []
         rows: Dict[int, Tuple[Optional[str], Set[str], int]] = {}
@@ -453,6 +458,7 @@ class RoutedLedger:
                 self.figures["integrity failures"] += 1
                 return [f"integrity_check of {DB_NAME}: {result}"]
             problems += self._routes(path, rows)
+            problems += self._counters(path)
         lost: List[str] = []
         back: List[str] = []
         for row_id, key in list(self.expected.items()):
@@ -488,4 +494,16 @@ class RoutedLedger:
         self.figures["route problems"] += len(problems)
         if (int(found[0]) if found else 0) < self.sequence:
             problems.append(f"the id sequence went back below {self.sequence}")
+        return problems
+
+    def _counters(self, path: str) -> List[str]:
+        """What went back among each destination's persisted counters."""
+        problems = []
+        with CloudSyncQueue(path, destinations=DESTINATIONS, durability=self.durability, **QUEUE_OPTIONS) as queue:
+            figures = queue.get_stats()["destinations"]
+        for name, floors in self.counters.items():
+            for counter, floor in floors.items():
+                if figures[name][counter] < floor:
+                    problems.append(f"{name} {counter} went back from {floor} to {figures[name][counter]}")
+                floors[counter] = max(floor, figures[name][counter])
         return problems
