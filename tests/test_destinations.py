@@ -627,3 +627,29 @@ def test_a_bad_order_is_refused_naming_the_destination(db_path: str) -> None:
     with pytest.raises(ValueError, match=r"destinations\['iot'\]\['order'\] must be one of 'oldest_first'"):
         CloudSyncQueue(db_path, destinations={"iot": {"order": "random"}})
     assert not os.path.exists(db_path)
+
+
+def test_dequeue_ack_and_nack_by_hand_per_destination(two: CloudSyncQueue) -> None:
+    ids = two.enqueue_many([{"n": n} for n in range(4)])
+    iot = two.dequeue(10, destination="iot")
+    assert [item.id for item in iot] == ids
+    assert two.ack(ids[:2], destination="iot") == 2
+    assert two.ack(ids[:2], destination="iot") == 0  # already off its list
+    assert two.nack(ids[2:], 300, destination="iot") == 2
+    assert two.dequeue(10, destination="iot") == []  # nacked: hidden for 300 s
+    assert two.maybe_flush(Recording(), destination="iot") == 0
+    assert two.pending_count(destination="iot") == 2
+    # archive never saw any of it: all four still due there, and stored once.
+    assert [item.id for item in two.dequeue(10, destination="archive")] == ids
+    assert two.ack(ids, destination="archive") == 4
+    assert two.pending_count() == 2  # the two iot still has to deliver
+    with pytest.raises(ValueError, match="destination is required"):
+        two.ack(ids)
+    with pytest.raises(ValueError, match="destination is required"):
+        two.nack(ids)
+    two.retry_now(destination="iot")
+    received = Recording()
+    assert two.maybe_flush(received, destination="iot") == 2
+    assert [p["n"] for p in received.received] == [2, 3]
+    assert two.pending_count() == 0
+    assert rawsql.execute(two, "SELECT COUNT(*) FROM sync_routes").fetchone()[0] == 0

@@ -22,7 +22,6 @@ from ._store.group_commit import GroupCommitter
 from ._store.integrity import IntegrityReport
 from ._store.sql import (
     ACK_SQL,
-    NACK_SQL,
     RESET_DAILY_SQL,
 )
 from ._store.store import Store
@@ -318,23 +317,34 @@ class CloudSyncQueue:
             self._link.wake()
         return ids
 
-    def ack(self, ids: Sequence[int]) -> int:
-        """Delete the given items; return how many rows were deleted. Unknown ids are ignored."""
+    def ack(self, ids: Sequence[int], *, destination: Optional[str] = None) -> int:
+        """Delete the given items; return how many rows were deleted. Unknown ids are ignored.
+
+        With several destinations, ``destination`` names the one that delivered them: they
+        leave its list, and the file once no destination needs them; returns how many
+        left its list."""
         chunks = _codec.id_chunks(ids)
+        deliveries = self._target(destination).deliveries
         with self._store.lock:
-            deleted = self._store.run_chunks(ACK_SQL, (), chunks)
+            if deliveries is SINGLE:
+                deleted = self._store.run_chunks(ACK_SQL, (), chunks)
+            else:
+                with self._store.write():
+                    deleted = self._store.end_deliveries(deliveries, chunks)
             self._store.storage.maintain(self._store.conn())
             return deleted
 
-    def nack(self, ids: Sequence[int], retry_delay_seconds: float = 60.0) -> int:
-        """Count a failed attempt on the given items and hide them for ``retry_delay_seconds``.
+    def nack(self, ids: Sequence[int], retry_delay_seconds: float = 60.0, *, destination: Optional[str] = None) -> int:
+        """Count a failed attempt on the given items and hide them for ``retry_delay_seconds``
+        (with several destinations: from ``destination`` only).
 
         Returns the number of rows updated.
         """
         delay = _validate.number("retry_delay_seconds", retry_delay_seconds, 0.0)
         chunks = _codec.id_chunks(ids)
+        deliveries = self._target(destination).deliveries
         with self._store.lock:
-            return self._store.run_chunks(NACK_SQL, (self._clock() + delay,), chunks)
+            return self._store.run_chunks(deliveries.nack_by_hand, deliveries.key + (self._clock() + delay,), chunks)
 
     # -- reading ----------------------------------------------------------------------
 

@@ -320,13 +320,7 @@ class Flusher:
     def _remove(self, chunks: List[Tuple[int, ...]]) -> int:
         """Take items off this destination's list (acked, dead-lettered); the items leave the
         file once no destination needs them. Returns how many deliveries ended."""
-        deliveries = self._deliveries
-        removed = self._store.run_chunks(deliveries.ack, deliveries.key, chunks)
-        if deliveries.forget_rejections is not None:
-            self._store.run_chunks(deliveries.forget_rejections, (), chunks)
-        for statements, leading in deliveries.after_ack:
-            self._store.run_chunks(statements, leading, chunks)
-        return removed
+        return self._store.end_deliveries(self._deliveries, chunks)
 
     def _nack(self, ids: List[int], until: float) -> None:
         """Count a failed attempt on ``ids`` and hold them back until ``until``."""

@@ -47,6 +47,7 @@ class Deliveries:
         rows of ``claim`` like any other).
     :param scope: what the destination's counters (``sync_meta`` keys) and batch-key
         digests start with, so that each destination keeps its own ("" for the only one).
+    :param nack_by_hand: ``nack()``: a failed attempt on items a flush may not have claimed.
     :param count_rejection: one rejection of an item (parameters: id, status, error).
     :param exhausted: which of the ids were rejected at least ``max_attempts`` times
         (parameters: the limit, then the ids).
@@ -68,6 +69,7 @@ class Deliveries:
     release: Dict[int, str]
     ack: Dict[int, str]
     nack: Dict[int, str]
+    nack_by_hand: Dict[int, str]
     count_rejection: str
     exhausted: Dict[int, str]
     move_to_dead: Dict[int, str]
@@ -110,6 +112,7 @@ SINGLE = Deliveries(
     release=RELEASE_SQL,
     ack=ACK_SQL,
     nack=NACK_SQL,
+    nack_by_hand=NACK_SQL,
     count_rejection=COUNT_REJECTION_SQL,
     exhausted=SELECT_EXHAUSTED_SQL,
     move_to_dead=MOVE_TO_DEAD_SQL,
@@ -169,22 +172,29 @@ MOVE_DELIVERIES_TO_DEAD_SQL = by_id_chunk_shape(
     " WHERE q.id IN {ids}"
 )
 # The destination's new items of one priority past its cursor (params: level, cursor, now,
-# bit, limit); their delivery state is the fresh one (no attempt, due now).
+# bit, limit; {destination}: its id); their delivery state is the fresh one (no attempt,
+# due now). An item past the cursor with a delivery row was claimed (newest first) or
+# nacked by hand already: it comes with the retried ones.
 FRESH_SQL = (
     "SELECT q.id, CAST(q.payload AS BLOB), q.priority, q.created_at, q.ttl_seconds, 0, 0.0"
     " FROM sync_queue AS q JOIN sync_routes AS r ON r.item_id = q.id"
     " WHERE q.priority = ? AND q.next_retry_at = 0 AND q.id > ? AND q.created_at + q.ttl_seconds > ?"
-    " AND r.destinations & ? ORDER BY q.next_retry_at, q.id LIMIT ?"
-)
-# The same rows as ``dequeue`` reads them: the payload as stored text.
-FRESH_ELIGIBLE_SQL = FRESH_SQL.replace("CAST(q.payload AS BLOB)", "q.payload", 1)
-# ``order="newest_first"``: the same items from the newest down. Items it claimed are past
-# its cursor too, so they are left out by their delivery rows ({destination}: its id).
-_UNCLAIMED = (
+    " AND r.destinations & ?"
     " AND NOT EXISTS (SELECT 1 FROM sync_deliveries AS d WHERE d.destination = {destination} AND d.item_id = q.id)"
+    " ORDER BY q.next_retry_at, q.id LIMIT ?"
 )
-FRESH_NEWEST_SQL = FRESH_SQL.replace(" ORDER BY q.next_retry_at, q.id", _UNCLAIMED + " ORDER BY q.id DESC", 1)
+# ``order="newest_first"``: the same items from the newest down.
+FRESH_NEWEST_SQL = FRESH_SQL.replace("ORDER BY q.next_retry_at, q.id", "ORDER BY q.id DESC", 1)
 ORDERS = ("oldest_first", "newest_first")
+# ``nack()`` by hand: the item may not have been claimed, so its delivery row may be new
+# (params: destination, until, then the ids; {bit}: the destination's).
+NACK_BY_HAND_SQL = by_id_chunk_shape(
+    "INSERT INTO sync_deliveries (destination, item_id, priority, retry_count, next_retry_at)"
+    " SELECT ?1, q.id, q.priority, 1, ?2 FROM sync_queue AS q JOIN sync_routes AS r ON r.item_id = q.id"
+    " WHERE q.id IN {ids} AND r.destinations & {{bit}}"
+    " ON CONFLICT(destination, item_id) DO UPDATE SET retry_count = retry_count + 1,"
+    " next_retry_at = excluded.next_retry_at"
+)
 READ_CURSOR_SQL = "SELECT last_id FROM sync_cursors WHERE destination = ? AND priority = ?"
 WRITE_CURSOR_SQL = (
     "INSERT INTO sync_cursors (destination, priority, last_id) VALUES (?, ?, ?)"
@@ -227,16 +237,13 @@ def for_destination(destination: int, name: str, order: str = "oldest_first") ->
     """The statements of the destination ``name``, registered under the id ``destination``,
     taking the items of each priority in ``order`` (FIFO, or the newest first)."""
     bit = 1 << destination
-    if order == "newest_first":
-        scan = FRESH_NEWEST_SQL.format(destination=int(destination))
-        eligible = scan.replace("CAST(q.payload AS BLOB)", "q.payload", 1)
-        fresh = FreshScan(
-            destination, bit, scan, READ_CURSOR_SQL, WRITE_CURSOR_SQL, LEVEL_END_SQL, eligible, newest_first=True
-        )
-    else:
-        fresh = FreshScan(
-            destination, bit, FRESH_SQL, READ_CURSOR_SQL, WRITE_CURSOR_SQL, LEVEL_END_SQL, FRESH_ELIGIBLE_SQL
-        )
+    newest_first = order == "newest_first"
+    scan = (FRESH_NEWEST_SQL if newest_first else FRESH_SQL).format(destination=int(destination))
+    # The same rows as ``dequeue`` reads them: the payload as stored text.
+    eligible = scan.replace("CAST(q.payload AS BLOB)", "q.payload", 1)
+    fresh = FreshScan(
+        destination, bit, scan, READ_CURSOR_SQL, WRITE_CURSOR_SQL, LEVEL_END_SQL, eligible, newest_first=newest_first
+    )
     return Deliveries(
         key=(destination,),
         eligible=_in_order(ELIGIBLE_SQL, order),
@@ -250,6 +257,7 @@ def for_destination(destination: int, name: str, order: str = "oldest_first") ->
         release=LEASE_DELIVERIES_SQL,
         ack=ACK_DELIVERIES_SQL,
         nack=NACK_DELIVERIES_SQL,
+        nack_by_hand={size: text.format(bit=bit) for size, text in NACK_BY_HAND_SQL.items()},
         count_rejection=COUNT_DELIVERY_REJECTION_SQL,
         exhausted=EXHAUSTED_DELIVERIES_SQL,
         move_to_dead=MOVE_DELIVERIES_TO_DEAD_SQL,

@@ -241,6 +241,20 @@ class Store:
             with write_transaction(conn):
                 yield conn
 
+    def end_deliveries(self, deliveries: "Deliveries", chunks: List[Tuple[int, ...]]) -> int:
+        """Take items off a destination's list (delivered, dead-lettered, acked by hand);
+        they leave the file once no destination needs them. Returns how many deliveries
+        ended: for a named destination the bits cleared, so that an item delivered twice
+        (a lease that ran out) is counted once. Call under ``lock``."""
+        removed = self.run_chunks(deliveries.ack, deliveries.key, chunks)
+        if deliveries.forget_rejections is not None:
+            self.run_chunks(deliveries.forget_rejections, (), chunks)
+        for index, (statements, leading) in enumerate(deliveries.after_ack):
+            changed = self.run_chunks(statements, leading, chunks)
+            if index == 0:
+                removed = changed
+        return removed
+
     def run_chunks(self, statements: Dict[int, str], prefix: Tuple[Any, ...], chunks: List[Tuple[int, ...]]) -> int:
         """Run one statement per id chunk, in one transaction when there are several; return
         the rows changed. Call under ``lock``."""
