@@ -11,6 +11,7 @@ import re
 import sqlite3
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
+from .deliveries import scope_of
 from .sql import by_id_chunk_shape
 
 MAX_DESTINATIONS = 62
@@ -19,7 +20,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 SELECT_ALL_SQL = "SELECT name, id FROM sync_destinations"
 REGISTER_SQL = "INSERT INTO sync_destinations (id, name, added_at, first_item_id) VALUES (?, ?, ?, ?)"
-UNREGISTER_SQL = "DELETE FROM sync_destinations WHERE id = ?"
+COUNT_DEAD_SQL = "SELECT COUNT(*) FROM sync_dead_deliveries WHERE destination = ?"
 ROUTE_SQL = "INSERT INTO sync_routes (item_id, destinations, pending) VALUES (?, ?, ?)"
 # Counting walks the routes: a destination's bit can be anywhere.
 COUNT_PENDING_SQL = "SELECT COUNT(*) FROM sync_routes WHERE destinations & ?"
@@ -59,7 +60,8 @@ def register(conn: sqlite3.Connection, names: Sequence[str], next_item_id: int, 
     transaction and return each name's id. A new name is registered to receive the items
     from ``next_item_id`` on. A registered name left out while it still has items to
     deliver is a ``ValueError`` naming it and ``remove_destination``: nothing is dropped
-    unasked. One left out with nothing pending is unregistered."""
+    unasked; so is one with dead letters. One left out with nothing left is unregistered
+    (its cursors and counters go with it)."""
     registered: Dict[str, int] = dict(conn.execute(SELECT_ALL_SQL).fetchall())
     if not registered:
         unrouted = int(conn.execute(UNROUTED_SQL).fetchone()[0])
@@ -75,9 +77,16 @@ def register(conn: sqlite3.Connection, names: Sequence[str], next_item_id: int, 
             pending = int(conn.execute(COUNT_PENDING_SQL, (1 << ident,)).fetchone()[0])
             raise ValueError(
                 f"destinations: {name!r} is missing but still has {pending} items to deliver; open the"
-                f" queue with it, or call remove_destination({name!r}) to drop them on purpose"
+                f" queue with it, and call remove_destination({name!r}) to drop them on purpose"
             )
-        conn.execute(UNREGISTER_SQL, (ident,))
+        dead = int(conn.execute(COUNT_DEAD_SQL, (ident,)).fetchone()[0])
+        if dead:
+            raise ValueError(
+                f"destinations: {name!r} is missing but still has {dead} dead letters; open the queue with it"
+                f" and requeue or drop them (drop_dead_letters(destination={name!r})), or call"
+                f" remove_destination({name!r})"
+            )
+        remove(conn, ident, scope_of(name))
         del registered[name]
     free = [ident for ident in range(1, MAX_DESTINATIONS + 1) if ident not in registered.values()]
     for name in names:
@@ -133,3 +142,32 @@ def mask_of(ids: Sequence[int]) -> int:
 def ids_in(mask: int) -> List[int]:
     """The destination ids whose bit is set in ``mask``."""
     return [ident for ident in range(1, MAX_DESTINATIONS + 1) if mask >> ident & 1]
+
+
+# Dropping a destination: its bit leaves every route, items no one needs any more leave the
+# file, and everything it kept (delivery rows, cursors, dead letters, counters) goes.
+UNROUTE_SQL = "UPDATE sync_routes SET destinations = destinations & ~?1, pending = pending - 1 WHERE destinations & ?1"
+LEAVE_UNNEEDED_SQL = "DELETE FROM sync_queue WHERE id IN (SELECT item_id FROM sync_routes WHERE pending <= 0)"
+DROP_UNNEEDED_ROUTES_SQL = "DELETE FROM sync_routes WHERE pending <= 0"
+DROP_KEPT_SQL = tuple(
+    f"DELETE FROM {table} WHERE {column} = ?"
+    for table, column in (
+        ("sync_deliveries", "destination"),
+        ("sync_cursors", "destination"),
+        ("sync_dead_deliveries", "destination"),
+        ("sync_destinations", "id"),
+    )
+)
+DROP_COUNTERS_SQL = "DELETE FROM sync_meta WHERE substr(key, 1, length(?1)) = ?1"
+
+
+def remove(conn: sqlite3.Connection, ident: int, scope: str) -> int:
+    """Unregister the destination of id ``ident`` (counters under ``scope``) inside the
+    caller's write transaction, dropping what it still had to deliver; return how many."""
+    dropped = int(conn.execute(UNROUTE_SQL, (1 << ident,)).rowcount)
+    conn.execute(LEAVE_UNNEEDED_SQL)
+    conn.execute(DROP_UNNEEDED_ROUTES_SQL)
+    for statement in DROP_KEPT_SQL:
+        conn.execute(statement, (ident,))
+    conn.execute(DROP_COUNTERS_SQL, (scope,))
+    return dropped

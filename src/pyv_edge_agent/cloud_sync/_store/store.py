@@ -319,10 +319,24 @@ class Store:
 
     def register_destinations(self, names: Sequence[str]) -> Dict[str, int]:
         """Register ``names`` as the file's destinations (see ``destinations.register``) and
-        return each one's id."""
+        return each one's id. With no names (a queue opened without destinations), a file
+        that has some is checked the same way: only one whose destinations have nothing
+        left becomes a file without them; one read when it has none."""
+        if not names:
+            with self.lock:
+                if not self.conn().execute(destinations.SELECT_ALL_SQL).fetchone():
+                    return {}
         with self.write() as conn:
             next_id = int(conn.execute(NEXT_ID_SQL).fetchone()[0])
             return destinations.register(conn, names, next_id, self.now())
+
+    def remove_destination(self, ident: int, scope: str) -> int:
+        """Unregister a destination and drop its deliveries (see ``destinations.remove``);
+        return how many it had left."""
+        with self.write() as conn:
+            dropped = destinations.remove(conn, ident, scope)
+            batchkeys.collect(conn)
+        return dropped
 
     def pending_for(self, destination: int) -> int:
         """How many items the destination of id ``destination`` still has to deliver."""
@@ -364,9 +378,9 @@ class Store:
             row = self.conn().execute(READ_COUNTER_SQL, (key,)).fetchone()
         return default if row is None else row[0]
 
-    def sent_today(self) -> int:
-        """The persisted ``messages_sent_today`` counter."""
-        return int(self.counter("messages_sent_today"))
+    def sent_today(self, scope: str = "") -> int:
+        """The persisted ``messages_sent_today`` counter (of the destination of ``scope``)."""
+        return int(self.counter(scope + "messages_sent_today"))
 
     def compact(self) -> None:
         """Rewrite the file to its smallest size, switching it to incremental auto-vacuum."""
