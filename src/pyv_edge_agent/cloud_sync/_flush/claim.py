@@ -128,7 +128,8 @@ def advance_cursors(
 ) -> None:
     """Move a named destination's cursor past what its claim took (in the claim's
     transaction): past every item it examined when the batch took all it found at that
-    priority, else past the last item taken (items are taken in id order at each level)."""
+    priority, else past the last item taken (items are taken in id order at each level;
+    newest first, the cursor waits until the level was taken whole)."""
     fresh = deliveries.fresh
     if fresh is None:
         return
@@ -137,6 +138,8 @@ def advance_cursors(
         kept = [item_id for item_id in scanned.ids if item_id in ids]
         if scanned.end is not None and len(kept) == len(scanned.ids):
             last: Optional[int] = scanned.end
+        elif fresh.newest_first:
+            last = None  # items below those taken were not examined yet
         else:
             last = kept[-1] if kept else None
         if last is not None:
