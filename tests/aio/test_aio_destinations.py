@@ -293,3 +293,91 @@ def test_per_destination_backoff_through_the_async_api(db_path: str, server: Ing
             assert await queue.pending_count("iot") == 3 and await queue.pending_count("archive") == 0
 
     run(main)
+
+
+def test_a_single_uploader_on_a_queue_with_one_destination_probes_its_link(db_path: str) -> None:
+    # The backoff is an hour and the worker looks once an hour: only a probe of the one
+    # destination's link (the one its flush backs off) sends before then.
+    server = IngestServer(api_key=KEY).start()
+    server.stop()  # refused until it starts again, on the same port
+    try:
+
+        async def main() -> None:
+            options: Dict[str, Any] = {"retry_base_seconds": 3600, "retry_max_seconds": 3600, "probe_interval": 0.1}
+            async with AsyncCloudSyncQueue(db_path, destinations=("iot",), **options) as queue:
+                uploader = HTTPCloudUploader(server.url, KEY, timeout=2.0)
+                async with AsyncSyncWorker(queue, uploader, interval=3600, handle_sigterm=False) as worker:
+                    await queue.enqueue_many([{"n": n} for n in range(3)])
+                    assert await eventually(lambda: queue.queue.destination("iot").link_down)
+                    assert await queue.backoff_seconds() > 0  # the one destination's
+                    server.start()
+                    assert await eventually(lambda: worker.flushed == 3)
+
+        run(main)
+        assert server.items == [{"n": n} for n in range(3)]
+    finally:
+        server.stop()
+
+
+def test_a_single_uploader_for_several_destinations_is_refused(db_path: str) -> None:
+    async def main() -> None:
+        async with AsyncCloudSyncQueue(db_path, destinations=TWO) as queue:
+            with pytest.raises(ValueError, match=r"uploader: this queue feeds \['archive', 'iot'\]; give a mapping"):
+                AsyncSyncWorker(queue, StreamUploader(f"http://127.0.0.1:{closed_port()}/x", KEY))
+
+    run(main)
+
+
+# -- dead letters and the set of destinations -------------------------------------------
+
+
+def test_dead_letters_per_destination(db_path: str, two_servers: Tuple[IngestServer, IngestServer]) -> None:
+    iot_server, archive_server = two_servers
+    for each in two_servers:
+        each.set_limits(reject=lambda item: item.get("bad", False), reject_status=200)
+
+    async def main() -> None:
+        async with AsyncCloudSyncQueue(db_path, destinations=TWO, max_attempts=1) as queue:
+            await queue.enqueue_many([{"n": n, "bad": n == 1} for n in range(3)])
+            await queue.enqueue({"n": 9, "bad": True}, destinations=("archive",))
+            iot, archive = StreamUploader(iot_server.url, KEY), StreamUploader(archive_server.url, KEY)
+            assert await queue.flush(iot, destination="iot") == 2
+            assert await queue.flush(archive, destination="archive") == 2
+            (iot_dead,) = await queue.dead_letters(destination="iot")
+            assert iot_dead.payload == {"n": 1, "bad": True} and iot_dead.destination == "iot"
+            archive_dead = await queue.dead_letters(destination="archive")
+            assert sorted(dead.payload["n"] for dead in archive_dead) == [1, 9]
+            assert {dead.destination for dead in archive_dead} == {"archive"}
+            stats = (await queue.get_stats())["destinations"]
+            assert stats["iot"]["dead_lettered"] == 1 and stats["archive"]["dead_lettered"] == 2
+
+            for each in two_servers:
+                each.set_limits()
+            assert await queue.requeue_dead_letters(destination="iot") == 1
+            assert await queue.pending_count("iot") == 1 and await queue.pending_count("archive") == 0
+            (nine,) = [dead.id for dead in archive_dead if dead.payload["n"] == 9]
+            assert await queue.drop_dead_letters([nine], destination="archive") == 1
+            assert await queue.flush(iot, destination="iot") == 1
+            (left,) = await queue.dead_letters()
+            assert left.payload == {"n": 1, "bad": True} and left.destination == "archive"
+            with pytest.raises(ValueError, match="unknown destination 'nowhere'"):
+                await queue.drop_dead_letters(destination="nowhere")
+            assert await queue.drop_dead_letters() == 1 and await queue.pending_count() == 0
+
+    run(main)
+    assert iot_server.items == [{"n": 0, "bad": False}, {"n": 2, "bad": False}, {"n": 1, "bad": True}]
+    assert archive_server.items == [{"n": 0, "bad": False}, {"n": 2, "bad": False}]
+
+
+def test_remove_destination(db_path: str) -> None:
+    async def main() -> None:
+        async with AsyncCloudSyncQueue(db_path, destinations=TWO) as queue:
+            await queue.enqueue_many([{"n": n} for n in range(3)])
+            await queue.enqueue({"n": 3}, destinations=("archive",))
+            assert await queue.remove_destination("archive") == 4
+            assert queue.destinations == ("iot",)
+            assert await queue.pending_count() == 3 == await queue.pending_count("iot")
+        async with AsyncCloudSyncQueue(db_path, destinations=("iot",)) as reopened:
+            assert await reopened.pending_count("iot") == 3
+
+    run(main)

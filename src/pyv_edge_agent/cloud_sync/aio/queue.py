@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from .. import _validate
 from .._errors import CloudSyncError
 from .._queue import CloudSyncQueue
-from .._types import Priority, QueueItem
+from .._types import DeadLetter, Priority, QueueItem
 from .._upload_types import AsyncUploader, Uploader
 from .commit import GroupWriter, own_copy
 from .loop_uploader import LoopUploader, check_uploader
@@ -251,6 +251,9 @@ class AsyncCloudSyncQueue:
     async def backoff_seconds(self, destination: Optional[str] = None) -> float:
         """Seconds left of the backoff that the last failed upload set (0 if none); with
         ``destination``, that destination's own."""
+        names = self.destinations
+        if destination is None and len(names) == 1:
+            destination = names[0]  # the only one: its link is what the flush backs off
         if destination is None:
             return await self._call(lambda: self._queue.backoff_seconds)
         view = self._queue.destination(destination)
@@ -265,6 +268,28 @@ class AsyncCloudSyncQueue:
         """End every backoff now, whatever set it; see ``CloudSyncQueue.retry_now``. Returns
         how many items became due."""
         return await self._call(self._queue.retry_now, destination)
+
+    # -- dead letters and destinations --------------------------------------------------
+
+    async def dead_letters(self, limit: int = 100, destination: Optional[str] = None) -> List[DeadLetter]:
+        """Return up to ``limit`` dead letters, oldest first; with several destinations each
+        names the ``destination`` that refused it, and ``destination`` lists that one's alone."""
+        return await self._call(self._queue.dead_letters, limit, destination)
+
+    async def requeue_dead_letters(self, ids: Optional[Sequence[int]] = None, destination: Optional[str] = None) -> int:
+        """Move dead letters (all, or those with the given ids; ``destination``'s only) back
+        into the queue, due now; see ``CloudSyncQueue.requeue_dead_letters``. Returns how many."""
+        return await self._call(self._queue.requeue_dead_letters, ids, destination)
+
+    async def drop_dead_letters(self, ids: Optional[Sequence[int]] = None, destination: Optional[str] = None) -> int:
+        """Delete dead letters (all, or those with the given ids; ``destination``'s only) for
+        good; return how many."""
+        return await self._call(self._queue.drop_dead_letters, ids, destination)
+
+    async def remove_destination(self, name: str) -> int:
+        """Stop feeding ``name`` and drop, on purpose, what it still had to deliver; see
+        ``CloudSyncQueue.remove_destination``. Returns how many deliveries were dropped."""
+        return await self._call(self._queue.remove_destination, name)
 
     # -- closing ----------------------------------------------------------------------
 

@@ -43,10 +43,10 @@ class AsyncSyncWorker:
 
     :param interval: the longest sleep between two looks at the queue, in seconds.
     :param handle_sigterm: as for ``SyncWorker``: when ``start()`` runs in the main thread,
-        SIGTERM stops the loop after the batch in flight is settled, and then ends the
-        process with SIGTERM (at most the queue's ``lease_seconds`` later) unless the
-        application awaits ``stop()`` itself or had installed a SIGTERM handler, which is
-        called (a ``loop.add_signal_handler`` one included).
+        SIGTERM stops the loops after the batches in flight are settled, and then ends the
+        process with SIGTERM (at most the longest ``lease_seconds`` of its destinations
+        later) unless the application awaits ``stop()`` itself or had installed a SIGTERM
+        handler, which is called (a ``loop.add_signal_handler`` one included).
     """
 
     def __init__(
@@ -75,13 +75,18 @@ class AsyncSyncWorker:
                 _Loop(queue, str(target), each, self._interval, self._stop, f"{self._name}-{target}")
                 for target, each in uploader.items()
             ]
+        elif len(queue.destinations) > 1:
+            raise ValueError(
+                f"uploader: this queue feeds {sorted(queue.destinations)}; give a mapping of each"
+                " destination name to its uploader"
+            )
         else:
             self._loops = [_Loop(queue, None, uploader, self._interval, self._stop, self._name)]
         # Set when every task is done, and when the application awaits stop(): what
         # SIGTERM's handler (in another thread) waits for and asks.
         self._ended = threading.Event()
         self._awaited = threading.Event()
-        lease = queue.queue.lease_seconds
+        lease = max(loop.lease_seconds for loop in self._loops)
         self._sigterm = SigtermHook(self._ask_to_stop, self._ended.wait, self._awaited.is_set, lease)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._tasks: List["asyncio.Task[None]"] = []
@@ -165,6 +170,8 @@ class _Loop:
         name: str,
     ) -> None:
         check_uploader(uploader)
+        if destination is None and queue.destinations:
+            destination = queue.destinations[0]  # the only one: its link is what the flush backs off
         self._queue = queue
         self._destination = destination
         # Backoff state read on the loop: plain attributes, no SQL. A destination's view
@@ -181,6 +188,11 @@ class _Loop:
         self._error: Optional[Exception] = None
         self._probe = _async_prober(uploader)
         self.flushed = 0
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long this loop's batch in flight may take at most."""
+        return self._link.lease_seconds
 
     def start(self) -> "asyncio.Task[None]":
         """Start the loop as a task of the running event loop."""
