@@ -494,8 +494,9 @@ class CloudSyncQueue:
     @property
     def lease_seconds(self) -> float:
         """How long a batch being uploaded stays hidden from other flushers; an uploader's
-        ``timeout`` must be below it."""
-        return self._policy.lease_seconds
+        ``timeout`` must be below it (with destinations, the longest of theirs: each one's
+        is ``destination(name).lease_seconds``)."""
+        return max(target.policy.lease_seconds for target in self._flushed_targets())
 
     @property
     def messages_sent_today(self) -> int:
@@ -557,20 +558,30 @@ class CloudSyncQueue:
 
     @property
     def backoff_seconds(self) -> float:
-        """Seconds left of the backoff that the last failed upload of this queue object set (0 if none)."""
-        return self._link.backoff_seconds(self._clock())
+        """Seconds left of the backoff that the last failed upload of this queue object set (0 if none);
+        with several destinations, the longest of theirs (each one's: ``destination(name)``)."""
+        now = self._clock()
+        return max(target.link.backoff_seconds(now) for target in self._flushed_targets())
 
     @property
     def probe_interval(self) -> Optional[float]:
         """How often a sync loop probes the link while backing off after an upload that got
-        no answer (None: it does not)."""
-        return self._policy.probe_interval
+        no answer (None: it does not); with one destination, its own."""
+        return self._flushed_targets()[0].policy.probe_interval
 
     @property
     def link_down(self) -> bool:
         """True while this queue object backs off after an upload that got no answer at
-        all (refused, unreachable, timed out): the kind of backoff a probe may end."""
-        return self._link.link_down
+        all (refused, unreachable, timed out): the kind of backoff a probe may end; with
+        several destinations, while any of them does."""
+        return any(target.link.link_down for target in self._flushed_targets())
+
+    def _flushed_targets(self) -> List["_Target"]:
+        """What ``maybe_flush`` without a destination name backs off on: the queue's own
+        link, or its destinations'."""
+        if self._targets:
+            return list(self._targets.values())
+        return [_Target(self._deliveries, self._link, self._policy)]
 
     def end_backoff(self, destination: Optional[str] = None) -> bool:
         """End a backoff after an upload that got no answer, because the link is back (a

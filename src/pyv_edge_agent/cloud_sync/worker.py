@@ -85,6 +85,11 @@ class SyncWorker:
                 _Loop(queue.destination(str(target)), each, interval, self._stop, f"{self._name}-{target}")
                 for target, each in uploader.items()
             ]
+        elif len(queue.destinations) > 1:
+            raise ValueError(
+                f"uploader: this queue feeds {sorted(queue.destinations)}; give a mapping of each"
+                " destination's name to its uploader"
+            )
         else:
             self._loops = [_Loop(queue, uploader, interval, self._stop, self._name)]
         self._started = False
