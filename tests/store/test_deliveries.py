@@ -45,19 +45,19 @@ def test_a_destination_claims_its_own_rows_in_priority_order(queue: CloudSyncQue
     critical = queue.enqueue_many([{"c": n} for n in range(2)], priority=1)
     _fan_out(queue, logs + critical, [IOT])
     _fan_out(queue, logs, [ARCHIVE])
-    iot = for_destination(IOT)
+    iot = for_destination(IOT, "iot")
     now = time.time() + 1.0
     claimed = [row for level in (1, 2, 3, 4) for row in _run(queue, iot.claim, iot.key + (level, now, now, 10))]
     assert [row[Column.ID] for row in claimed] == critical + logs
     assert all(isinstance(row[Column.PAYLOAD], bytes) for row in claimed)
-    archive = for_destination(ARCHIVE)
+    archive = for_destination(ARCHIVE, "archive")
     assert _run(queue, archive.count, archive.key) == [(3,)]
 
 
 def test_a_nack_and_a_release_move_only_that_destinations_rows(queue: CloudSyncQueue) -> None:
     ids = queue.enqueue_many([{"n": n} for n in range(3)])
     _fan_out(queue, ids, [IOT, ARCHIVE])
-    iot = for_destination(IOT)
+    iot = for_destination(IOT, "iot")
     _chunked(queue, iot.nack, iot.key + (500.0,), ids)
     _chunked(queue, iot.release, iot.key + (700.0,), ids[:1])
     rows = _run(queue, "SELECT destination, item_id, retry_count, next_retry_at FROM sync_deliveries ORDER BY 1, 2", ())
@@ -82,7 +82,7 @@ def _plan(queue: CloudSyncQueue, sql: str, params: Tuple[Any, ...]) -> List[str]
 
 @pytest.mark.parametrize("name", ["eligible", "claim"])
 def test_a_destinations_claim_walks_its_index_in_order(queue: CloudSyncQueue, name: str) -> None:
-    iot = for_destination(IOT)
+    iot = for_destination(IOT, "iot")
     plan = _plan(queue, getattr(iot, name), iot.key + (3, 1.0, 1.0, 100))
     assert plan[0] == (
         "SEARCH d USING INDEX idx_sync_deliveries_due (destination=? AND priority=? AND next_retry_at<?)"
@@ -94,5 +94,5 @@ def test_a_destinations_claim_walks_its_index_in_order(queue: CloudSyncQueue, na
 def test_the_single_destination_keeps_the_statements_of_earlier_releases() -> None:
     assert SINGLE.key == () and SINGLE.after_ack == () and SINGLE.fresh is None
     assert SINGLE.claim.startswith("SELECT id, CAST(payload AS BLOB), priority, created_at, ttl_seconds,")
-    assert isinstance(for_destination(IOT), Deliveries)
+    assert isinstance(for_destination(IOT, "iot"), Deliveries)
     assert _deliveries.ELIGIBLE_SQL.count("?") == 5

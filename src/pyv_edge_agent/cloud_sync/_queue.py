@@ -4,10 +4,12 @@ clock, storage limits), a ``GroupCommitter`` for single enqueues, its ``FlushPol
 this process's ``LinkState``, and for each flush a ``Flusher``. See docs/architecture.md."""
 
 import contextlib
+import dataclasses
+import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from . import _codec, _validate
 from ._flush.policy import ALL_LEVELS, FlushPolicy, LinkState, release_held
@@ -34,6 +36,8 @@ CONFIG_KEYS = tuple(
     " daily_message_limit encryption_key encryption_cipher max_items_per_second max_bytes_per_second"
     " pacing_burst_seconds critical_bypasses_pacing max_batch_seconds probe_interval destinations".split()
 )
+logger = logging.getLogger("pyv_edge_agent.cloud_sync")
+
 # The options a destination may set for itself: how it is flushed. Storage limits and
 # durability belong to the file.
 DESTINATION_KEYS = tuple(
@@ -162,8 +166,8 @@ class CloudSyncQueue:
         cipher = _validate.choice("encryption_cipher", encryption_cipher, seal.CIPHERS)
         sealer = None if encryption_key is None else seal.Sealer(encryption_key, cipher)
         names = None if destinations is None else destination_names(destinations)
-        if isinstance(destinations, Mapping):
-            _check_destination_options(destinations)
+        options: Mapping[str, Any] = destinations if isinstance(destinations, Mapping) else {}
+        policies = {name: _destination_policy(policy, name, options.get(name, {})) for name in names or ()}
         store = Store(
             path,
             durability=durability,
@@ -181,8 +185,11 @@ class CloudSyncQueue:
         # Each destination's id, which is its bit in an item's route (none: one destination).
         self._destinations: Dict[str, int] = {} if names is None else store.register_destinations(names)
         self._all_routes = mask_of(list(self._destinations.values()))
-        # Each destination's own link state (backoff, pacing), made on its first flush.
-        self._links: Dict[int, LinkState] = {}
+        # Each destination's statements, flush options and link state (backoff, pacing).
+        self._targets: Dict[str, _Target] = {
+            name: _Target(for_destination(ident, name), LinkState(policies[name].pacer()), policies[name])
+            for name, ident in self._destinations.items()
+        }
         self._committer: GroupCommitter[_Entry] = GroupCommitter(self._write_group)
 
     def close(self) -> None:
@@ -343,7 +350,7 @@ class CloudSyncQueue:
 
     def _eligible(self, limit: int, levels: Tuple[int, ...], destination: Optional[str]) -> List[QueueItem]:
         rows: List[Tuple[Any, ...]] = []
-        deliveries, _ = self._delivery_of(destination)
+        deliveries = self._target(destination).deliveries
         eligible, key, fresh = deliveries.eligible, deliveries.key, deliveries.fresh
         with self._store.lock:
             now = self._clock()
@@ -390,8 +397,26 @@ class CloudSyncQueue:
         the storage figures ``evicted_total``, ``expired_purged_total``, ``quarantined_total``,
         ``clock_jumps_total`` and ``storage_bytes`` (the file and its WAL); ``rekey_unfinished``
         (items a ``rekey`` that was cut short left under an older key or in plain text).
+
+        With several destinations, ``destinations`` maps each name to its own figures:
+        ``depth`` (items it still has to deliver), ``oldest_item_timestamp``, ``in_flight``,
+        ``dead_lettered``, ``messages_sent_today``, ``messages_sent_total``,
+        ``failed_batches``, ``dead_lettered_total``, ``last_success_at``, ``last_error``,
+        ``last_error_at``, and this queue object's ``backoff_seconds`` and ``link_down``;
+        the file's counters add theirs up.
         """
-        return stats.collect(self._store, self._clock())
+        now = self._clock()
+        figures = stats.collect(self._store, now)
+        if self._destinations:
+            each = {}
+            for name, ident in self._destinations.items():
+                target = self._targets[name]
+                each[name] = stats.collect_destination(self._store, ident, target.deliveries.scope, now)
+                each[name]["backoff_seconds"] = target.link.backoff_seconds(now)
+                each[name]["link_down"] = target.link.link_down
+            stats.add_up(figures, each)
+            figures["destinations"] = each
+        return figures
 
     # -- storage and integrity --------------------------------------------------------
 
@@ -481,7 +506,7 @@ class CloudSyncQueue:
         batch in flight (``SyncWorker`` stops this way). With several destinations,
         ``destination`` names the one ``uploader`` delivers to; each has its own backoff.
         """
-        deliveries, link = self._delivery_of(destination)
+        target = self._target(destination)
         if stop is not None and not isinstance(stop, threading.Event):
             raise TypeError(f"stop must be a threading.Event or None, got {type(stop).__name__}: {stop!r:.100}")
         if uploader is None:
@@ -491,25 +516,24 @@ class CloudSyncQueue:
         from ._flush.flusher import Flusher
 
         # Checks the uploader before anything is written.
-        flusher = Flusher(self._store, self._policy, link, uploader, stop, deliveries=deliveries)
+        flusher = Flusher(self._store, target.policy, target.link, uploader, stop, deliveries=target.deliveries)
         # Housekeeping on the way: expired items go every ``purge_interval``, space goes back.
         self._store.purge_expired(when_due=True)
         return flusher.run()
 
-    def _delivery_of(self, destination: Optional[str]) -> Tuple[Deliveries, LinkState]:
-        """The delivery statements and link state of ``destination`` (None: the only one)."""
+    def _target(self, destination: Optional[str]) -> "_Target":
+        """The delivery statements, flush options and link state of ``destination`` (None:
+        the only one)."""
         if destination is None:
             if len(self._destinations) > 1:
                 raise ValueError(
                     f"destination is required: this queue feeds {sorted(self._destinations)}; name the one to flush"
                 )
             if not self._destinations:
-                return self._deliveries, self._link
+                return _Target(self._deliveries, self._link, self._policy)
             destination = next(iter(self._destinations))
-        ident = self._destination_id(destination)
-        if ident not in self._links:
-            self._links[ident] = LinkState(self._policy.pacer())
-        return for_destination(ident), self._links[ident]
+        self._destination_id(destination)
+        return self._targets[destination]
 
     @property
     def backoff_seconds(self) -> float:
@@ -535,7 +559,7 @@ class CloudSyncQueue:
         backoff ended. A backoff after refused credentials (401/403) or an answer of the
         endpoint (5xx, 429, ``Retry-After``) stays: a working link does not end those.
         With several destinations, ``destination`` names whose backoff ends."""
-        deliveries, link = self._delivery_of(destination)
+        deliveries, link, _ = self._target(destination)
         with self._store.lock:
             stamps = link.resume(self._clock())
             if stamps is None:
@@ -555,7 +579,7 @@ class CloudSyncQueue:
         call for a link that came back. With several destinations, ``destination`` names
         whose backoff ends.
         """
-        deliveries, link = self._delivery_of(destination)
+        deliveries, link, _ = self._target(destination)
         with self._store.lock:
             now = self._clock()
             with self._store.write() as conn:
@@ -579,17 +603,18 @@ class CloudSyncQueue:
         Counts the current backoff, and leaves out non-critical items once the daily
         message budget is spent. A sync loop sleeps this long instead of polling.
         """
-        deliveries, link = self._delivery_of(destination)
+        deliveries, link, policy = self._target(destination)
         with self._store.lock:
             now = self._clock()
-            due = self._store.earliest_due(deliveries, self._policy.levels(self._store.sent_today), now)
+            levels = policy.levels(lambda: self._store.sent_today(deliveries.scope))
+            due = self._store.earliest_due(deliveries, levels, now)
         return None if due is None else max(0.0, due - now, link.backoff_until - now)
 
     def destination(self, name: str) -> "Destination":
         """One destination of this queue as a sync loop sees it: its flush, backoff and
         link (``SyncWorker`` runs one loop per destination on these)."""
-        _, link = self._delivery_of(name)
-        return Destination(self, name, link, self._clock)
+        target = self._target(name)
+        return Destination(self, name, target, self._clock)
 
     @contextlib.contextmanager
     def waking(self, event: threading.Event) -> Iterator[threading.Event]:
@@ -603,18 +628,54 @@ class CloudSyncQueue:
 
     # -- dead letters -----------------------------------------------------------------
 
-    def dead_letters(self, limit: int = 100) -> List[DeadLetter]:
-        """Return up to ``limit`` items from the dead-letter table, oldest first."""
-        return deadletter.list_dead(self._store, limit)
+    def dead_letters(self, limit: int = 100, destination: Optional[str] = None) -> List[DeadLetter]:
+        """Return up to ``limit`` items from the dead-letter table, oldest first. With
+        several destinations, each dead letter names the ``destination`` that refused it;
+        ``destination`` lists that one's alone."""
+        if not self._destinations:
+            if destination is not None:
+                self._destination_id(destination)
+            return deadletter.list_dead(self._store, limit)
+        return deadletter.list_dead(self._store, limit, self._ids_of(destination))
 
-    def requeue_dead_letters(self, ids: Optional[Sequence[int]] = None) -> int:
+    def requeue_dead_letters(self, ids: Optional[Sequence[int]] = None, destination: Optional[str] = None) -> int:
         """Move dead letters (all, or those with the given ids) back into the queue, due now
-        and with a fresh TTL; return how many moved."""
-        return deadletter.requeue(self._store, ids)
+        and with a fresh TTL; return how many moved. With several destinations, a dead
+        letter goes back to the destination that refused it (``destination``: that one's
+        only); an item the others still hold keeps its TTL."""
+        if not self._destinations:
+            if destination is not None:
+                self._destination_id(destination)
+            return deadletter.requeue(self._store, ids)
+        return sum(deadletter.requeue_for(self._store, ids, ident) for ident in self._ids_of(destination))
 
-    def drop_dead_letters(self, ids: Optional[Sequence[int]] = None) -> int:
-        """Delete dead letters (all, or those with the given ids) for good; return how many."""
-        return deadletter.drop(self._store, ids)
+    def drop_dead_letters(self, ids: Optional[Sequence[int]] = None, destination: Optional[str] = None) -> int:
+        """Delete dead letters (all, or those with the given ids) for good; return how many
+        (with several destinations: ``destination``'s only, or every destination's)."""
+        if not self._destinations:
+            if destination is not None:
+                self._destination_id(destination)
+            return deadletter.drop(self._store, ids)
+        return sum(deadletter.drop_for(self._store, ids, ident) for ident in self._ids_of(destination))
+
+    def remove_destination(self, name: str) -> int:
+        """Stop feeding the destination ``name`` and drop, on purpose, everything it still
+        had to deliver (items no other destination needs leave the file), its dead letters
+        and its counters; return how many deliveries were dropped. The way to open the file
+        without it afterwards: opening without a destination that still has items to
+        deliver is refused, so that nothing is discarded silently."""
+        ident = self._destination_id(name)
+        dropped = self._store.remove_destination(ident, self._targets[name].deliveries.scope)
+        del self._destinations[name], self._targets[name]
+        self._all_routes = mask_of(list(self._destinations.values()))
+        logger.warning("removed destination %r: dropped the %d items it still had to deliver", name, dropped)
+        return dropped
+
+    def _ids_of(self, destination: Optional[str]) -> Dict[int, str]:
+        """The id and name of ``destination`` (None: of every destination)."""
+        if destination is None:
+            return {ident: name for name, ident in self._destinations.items()}
+        return {self._destination_id(destination): destination}
 
     # -- construction from configuration ------------------------------------------------
 
@@ -630,26 +691,41 @@ class CloudSyncQueue:
         return cls(**d)
 
 
-def _check_destination_options(destinations: Mapping[str, Any]) -> None:
-    """Each destination's options must be a mapping of the flush-side keys."""
-    for name, options in destinations.items():
-        if not isinstance(options, Mapping):
-            raise TypeError(f"destinations[{name!r}] must be a mapping of options, got {type(options).__name__}")
-        unknown = sorted(str(key) for key in options if key not in DESTINATION_KEYS)
-        if unknown:
-            raise ValueError(
-                f"destinations[{name!r}]: unknown options {unknown}; a destination may set {list(DESTINATION_KEYS)}"
-            )
+class _Target(NamedTuple):
+    """What a flush of one destination works with."""
+
+    deliveries: Deliveries
+    link: LinkState
+    policy: FlushPolicy
+
+
+def _destination_policy(policy: FlushPolicy, name: str, options: Any) -> FlushPolicy:
+    """The queue's flush options with a destination's own ``options`` over them, checked
+    like the constructor's; errors name the destination."""
+    if not isinstance(options, Mapping):
+        raise TypeError(f"destinations[{name!r}] must be a mapping of options, got {type(options).__name__}")
+    unknown = sorted(str(key) for key in options if key not in DESTINATION_KEYS)
+    if unknown:
+        raise ValueError(
+            f"destinations[{name!r}]: unknown options {unknown}; a destination may set {list(DESTINATION_KEYS)}"
+        )
+    if not options:
+        return policy
+    try:
+        return dataclasses.replace(policy, **options)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"destinations[{name!r}]: {exc}") from None
 
 
 class Destination:
     """One destination of a ``CloudSyncQueue`` (``queue.destination(name)``): what a sync
     loop calls, for that destination alone."""
 
-    def __init__(self, queue: CloudSyncQueue, name: str, link: LinkState, clock: Callable[[], float]) -> None:
+    def __init__(self, queue: CloudSyncQueue, name: str, target: _Target, clock: Callable[[], float]) -> None:
         self.queue = queue
         self.name = name
-        self._link = link
+        self._link = target.link
+        self._policy = target.policy
         self._clock = clock
 
     def __repr__(self) -> str:
@@ -657,13 +733,13 @@ class Destination:
 
     @property
     def lease_seconds(self) -> float:
-        """The queue's ``lease_seconds``."""
-        return self.queue.lease_seconds
+        """This destination's ``lease_seconds``."""
+        return self._policy.lease_seconds
 
     @property
     def probe_interval(self) -> Optional[float]:
-        """The queue's ``probe_interval``."""
-        return self.queue.probe_interval
+        """This destination's ``probe_interval``."""
+        return self._policy.probe_interval
 
     @property
     def backoff_seconds(self) -> float:

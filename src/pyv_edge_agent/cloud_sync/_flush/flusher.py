@@ -36,15 +36,11 @@ from .._store import batchkeys, seal
 from .._store.deliveries import SINGLE, Deliveries
 from .._store.sql import (
     ADD_COUNTER_SQL,
-    COUNT_REJECTION_SQL,
     DELETE_EXPIRED_LEASES_SQL,
     DELETE_LEASE_SQL,
     EXTEND_LEASE_SQL,
-    FORGET_REJECTIONS_SQL,
     INSERT_LEASE_SQL,
-    MOVE_TO_DEAD_SQL,
     SEALED_FROM_ALL,
-    SELECT_EXHAUSTED_SQL,
     SET_COUNTER_SQL,
     UNSEALED_REFUSED_KEY,
     write_transaction,
@@ -112,6 +108,8 @@ class Flusher:
         self._policy = policy
         self._link = link
         self._deliveries = deliveries
+        # Counters and batch keys of a named destination are its own.
+        self._scope = deliveries.scope
         self._post = check_uploader(uploader, policy.lease_seconds)
         if stop is not None and not callable(getattr(stop, "is_set", None)):
             raise TypeError(f"stop must be a threading.Event (or None), got {type(stop).__name__}: {stop!r:.100}")
@@ -219,9 +217,9 @@ class Flusher:
                 if not rows:
                     conn.execute(DELETE_LEASE_SQL, (claim.token,))
                 # What goes out is a new batch: its own key, never the whole claim's.
-                batchkeys.forget(conn, [row[Column.ID] for row in claim.rows])
+                batchkeys.forget(conn, [row[Column.ID] for row in claim.rows], self._scope)
                 readable_ids = [row[Column.ID] for row in rows]
-                claim.keys = {tuple(readable_ids): batchkeys.key_for(conn, readable_ids)} if rows else {}
+                claim.keys = {tuple(readable_ids): batchkeys.key_for(conn, readable_ids, self._scope)} if rows else {}
             self._rejected.update(row[Column.ID] for row in claim.rows if row[Column.ID] in failed)
             self._unreadable += errors
         return rows
@@ -235,7 +233,7 @@ class Flusher:
             " (written without the key, or its stored text was replaced)"
         )
         self._dead_letter(conn, ids, None, why)
-        conn.execute(ADD_COUNTER_SQL, (UNSEALED_REFUSED_KEY, len(ids)))
+        conn.execute(ADD_COUNTER_SQL, (self._scope + UNSEALED_REFUSED_KEY, len(ids)))
         self._unsealed += len(ids)
 
     # -- sizing and pacing ------------------------------------------------------------
@@ -244,8 +242,8 @@ class Flusher:
         """Start from the throughput an earlier process measured, when this one has none
         and sizes batches by it."""
         if self._policy.max_batch_seconds is not None and self._link.meter.bytes_per_second is None:
-            found = self._store.counters(THROUGHPUT_KEYS)
-            self._link.meter.seed(*(found.get(key) for key in THROUGHPUT_KEYS))
+            found = self._store.counters([self._scope + key for key in THROUGHPUT_KEYS])
+            self._link.meter.seed(*(found.get(self._scope + key) for key in THROUGHPUT_KEYS))
 
     def _size_batch(self) -> None:
         """Bound the next batch: the item and byte limits, no more than a full token bucket,
@@ -285,7 +283,7 @@ class Flusher:
             now = store.now()
             with write_transaction(conn):
                 store.read_sealed_from(conn)  # another process may have sealed items since
-                budget = self._policy.budget_left(store.sent_today)
+                budget = self._policy.budget_left(lambda: store.sent_today(self._scope))
                 bounds = (self._max_items, self._max_bytes)
                 scans: Dict[int, Scanned] = {}
                 rows = pick(conn, self._deliveries, now, self._policy, budget, bounds, self._rejected, scans)
@@ -295,7 +293,7 @@ class Flusher:
                     ids = [row[Column.ID] for row in rows]
                     claim = Claim(rows, uuid.uuid4().hex)
                     # Stored with the lease: a retry in any process finds it.
-                    claim.keys[tuple(ids)] = batchkeys.key_for(conn, ids)
+                    claim.keys[tuple(ids)] = batchkeys.key_for(conn, ids, self._scope)
                     until = now + self._policy.lease_seconds
                     store.run_chunks(self._deliveries.release, self._deliveries.key + (until,), _codec.id_chunks(ids))
                     conn.execute(DELETE_EXPIRED_LEASES_SQL, (now,))
@@ -312,10 +310,10 @@ class Flusher:
             with store.write() as conn:
                 store.run_chunks(self._deliveries.release, self._deliveries.key + (until,), _codec.id_chunks(ids))
                 conn.execute(EXTEND_LEASE_SQL, (until, claim.token))
-                batchkeys.forget(conn, parent)
+                batchkeys.forget(conn, parent, self._scope)
                 for part in claim.pending[-2:]:
                     part_ids = [row[Column.ID] for row in part]
-                    claim.keys[tuple(part_ids)] = batchkeys.key_for(conn, part_ids)
+                    claim.keys[tuple(part_ids)] = batchkeys.key_for(conn, part_ids, self._scope)
 
     # -- settling ---------------------------------------------------------------------
 
@@ -324,6 +322,8 @@ class Flusher:
         file once no destination needs them. Returns how many deliveries ended."""
         deliveries = self._deliveries
         removed = self._store.run_chunks(deliveries.ack, deliveries.key, chunks)
+        if deliveries.forget_rejections is not None:
+            self._store.run_chunks(deliveries.forget_rejections, (), chunks)
         for statements, leading in deliveries.after_ack:
             self._store.run_chunks(statements, leading, chunks)
         return removed
@@ -343,12 +343,11 @@ class Flusher:
     def _accept(self, conn: sqlite3.Connection, claim: Claim, part: List[Row], outcome: Outcome) -> int:
         """Ack what the endpoint took; reject and retry the indices it named."""
         store = self._store
-        batchkeys.forget(conn, [row[Column.ID] for row in part])
+        batchkeys.forget(conn, [row[Column.ID] for row in part], self._scope)
         refused = {*outcome.rejected, *outcome.retry, *outcome.too_large, *outcome.credentials}
         ids = [row[Column.ID] for index, row in enumerate(part) if index not in refused]
         chunks = _codec.id_chunks(ids)
         acked = self._remove(chunks)
-        store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
         if acked:
             self._count_sent(conn, acked)
         if not outcome.credentials:  # a refusal of part of a batch is not a recovered link
@@ -356,7 +355,7 @@ class Flusher:
         meter = self._link.meter
         for key, value in zip(THROUGHPUT_KEYS, (meter.bytes_per_second, meter.items_per_second)):
             if value is not None:
-                conn.execute(SET_COUNTER_SQL, (key, value))
+                conn.execute(SET_COUNTER_SQL, (self._scope + key, value))
         if outcome.rejected:
             status = outcome.status
             error = outcome.error or f"the endpoint rejected {len(outcome.rejected)} of {len(part)} items"
@@ -381,14 +380,15 @@ class Flusher:
         error = _short(error or "rejected by the endpoint")
         ids = [row[Column.ID] for row in rows]
         # A rejected batch is not retried as it was: a server may have cached its answer.
-        batchkeys.forget(conn, ids)
+        batchkeys.forget(conn, ids, self._scope)
         stored = self._stored(error)
-        conn.executemany(COUNT_REJECTION_SQL, [(row_id, status, stored) for row_id in ids])
+        deliveries = self._deliveries
+        conn.executemany(deliveries.count_rejection, [deliveries.key + (row_id, status, stored) for row_id in ids])
         self._note_error(conn, stored)
         exhausted: List[int] = []
         for chunk in _codec.id_chunks(ids):
-            limit = (self._policy.max_attempts,)
-            exhausted += [r[0] for r in conn.execute(SELECT_EXHAUSTED_SQL[len(chunk)], limit + chunk)]
+            limit = deliveries.key + (self._policy.max_attempts,)
+            exhausted += [r[0] for r in conn.execute(deliveries.exhausted[len(chunk)], limit + chunk)]
         if exhausted:
             self._dead_letter(conn, exhausted, status, error)
         dead = set(exhausted)
@@ -404,18 +404,18 @@ class Flusher:
     def _dead_letter(
         self, conn: sqlite3.Connection, ids: List[int], status: Optional[int], error: Optional[str]
     ) -> None:
-        """Move items to ``sync_dead_letters`` with the last status and error."""
+        """Move items to this destination's dead-letter table with the last status and error."""
         store = self._store
         error = _short(error or "rejected by the endpoint")
-        batchkeys.forget(conn, ids)
+        batchkeys.forget(conn, ids, self._scope)
         chunks = _codec.id_chunks(ids)
         stored = self._stored(error)
-        store.run_chunks(MOVE_TO_DEAD_SQL, (status, stored, store.now()), chunks)
+        deliveries = self._deliveries
+        store.run_chunks(deliveries.move_to_dead, deliveries.key + (status, stored, store.now()), chunks)
         moved = self._remove(chunks)
-        store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
         self._note_error(conn, stored)
         if moved:
-            conn.execute(ADD_COUNTER_SQL, ("dead_lettered_total", moved))
+            conn.execute(ADD_COUNTER_SQL, (self._scope + "dead_lettered_total", moved))
             self._dead_count += moved
             self._dead_error = self._shown(status, error)
 
@@ -448,7 +448,7 @@ class Flusher:
         batch: the keys of its parts are not used again); return the stamp they got."""
         conn = self._store.conn()
         for part in claim.pending:
-            batchkeys.forget(conn, [row[Column.ID] for row in part])
+            batchkeys.forget(conn, [row[Column.ID] for row in part], self._scope)
         rest = [row[Column.ID] for part in claim.pending for row in part]
         claim.pending = []
         stamp = math.nextafter(until, math.inf)
@@ -457,9 +457,9 @@ class Flusher:
         return stamp
 
     def _count_sent(self, conn: sqlite3.Connection, count: int) -> None:
-        conn.execute(ADD_COUNTER_SQL, ("messages_sent_today", count))
-        conn.execute(ADD_COUNTER_SQL, ("messages_sent_total", count))
-        conn.execute(SET_COUNTER_SQL, ("last_success_at", self._store.now()))
+        conn.execute(ADD_COUNTER_SQL, (self._scope + "messages_sent_today", count))
+        conn.execute(ADD_COUNTER_SQL, (self._scope + "messages_sent_total", count))
+        conn.execute(SET_COUNTER_SQL, (self._scope + "last_success_at", self._store.now()))
 
     def _record_failure(
         self,
@@ -472,7 +472,7 @@ class Flusher:
         held: Sequence[float] = (),
     ) -> None:
         now = self._store.now()
-        conn.execute(ADD_COUNTER_SQL, ("failed_batches", 1))
+        conn.execute(ADD_COUNTER_SQL, (self._scope + "failed_batches", 1))
         self._note_error(conn, self._stored(error), now)
         detail = f"{self._shown(status, error)}; keeping {count} items, next try in {delay:.1f} s"
         self._link.failed(kind, detail, now + delay, held, self._credentials_subject)
@@ -497,8 +497,8 @@ class Flusher:
         """Show ``stored`` (an error text as ``_stored`` gives it: scrubbed, short, sealed
         where payloads are) as the queue's ``last_error``: a refusal of items is as much an
         error as a dead link."""
-        conn.execute(SET_COUNTER_SQL, ("last_error", stored))
-        conn.execute(SET_COUNTER_SQL, ("last_error_at", self._store.now() if now is None else now))
+        conn.execute(SET_COUNTER_SQL, (self._scope + "last_error", stored))
+        conn.execute(SET_COUNTER_SQL, (self._scope + "last_error_at", self._store.now() if now is None else now))
 
 
 def _body_size(texts: List[bytes]) -> int:

@@ -17,7 +17,10 @@ from typing import Dict, Optional, Tuple
 from .._types import ROW_COLUMNS
 from .sql import (
     ACK_SQL,
+    COUNT_REJECTION_SQL,
     COUNT_SQL,
+    FORGET_REJECTIONS_SQL,
+    MOVE_TO_DEAD_SQL,
     NACK_SQL,
     NEXT_DUE_SQL,
     RELEASE_SQL,
@@ -25,6 +28,7 @@ from .sql import (
     RESUME_HELD_SQL,
     SELECT_CLAIM_SQL,
     SELECT_ELIGIBLE_SQL,
+    SELECT_EXHAUSTED_SQL,
     SELECT_GROUP_SQL,
     WAITING_STAMPS_SQL,
     by_id_chunk_shape,
@@ -41,6 +45,15 @@ class Deliveries:
         removing the items no destination needs any more (none: the ack removed them).
     :param fresh: how a named destination finds items it has not claimed yet (None: they are
         rows of ``claim`` like any other).
+    :param scope: what the destination's counters (``sync_meta`` keys) and batch-key
+        digests start with, so that each destination keeps its own ("" for the only one).
+    :param count_rejection: one rejection of an item (parameters: id, status, error).
+    :param exhausted: which of the ids were rejected at least ``max_attempts`` times
+        (parameters: the limit, then the ids).
+    :param forget_rejections: drop the rejection counts of settled items (None: they go
+        with the delivery row).
+    :param move_to_dead: copy items to the dead-letter table (parameters: status, error,
+        when, then the ids) before they are removed.
     """
 
     key: Tuple[int, ...]
@@ -55,8 +68,14 @@ class Deliveries:
     release: Dict[int, str]
     ack: Dict[int, str]
     nack: Dict[int, str]
+    count_rejection: str
+    exhausted: Dict[int, str]
+    move_to_dead: Dict[int, str]
+    forget_rejections: Optional[Dict[int, str]] = None
     after_ack: Tuple[Tuple[Dict[int, str], Tuple[int, ...]], ...] = ()
     fresh: Optional["FreshScan"] = None
+    scope: str = ""
+    name: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,10 @@ SINGLE = Deliveries(
     release=RELEASE_SQL,
     ack=ACK_SQL,
     nack=NACK_SQL,
+    count_rejection=COUNT_REJECTION_SQL,
+    exhausted=SELECT_EXHAUSTED_SQL,
+    move_to_dead=MOVE_TO_DEAD_SQL,
+    forget_rejections=FORGET_REJECTIONS_SQL,
 )
 
 # The item row (``_types.ROW_COLUMNS``) of a delivery: the payload from the item, the
@@ -126,6 +149,22 @@ NACK_DELIVERIES_SQL = by_id_chunk_shape(
     "UPDATE sync_deliveries SET retry_count = retry_count + 1, next_retry_at = ?2"
     " WHERE destination = ?1 AND item_id IN {ids}"
 )
+# A rejection is counted in the delivery row, which every claimed item has.
+COUNT_DELIVERY_REJECTION_SQL = (
+    "UPDATE sync_deliveries SET rejections = rejections + 1, last_status = ?3, last_error = ?4"
+    " WHERE destination = ?1 AND item_id = ?2"
+)
+EXHAUSTED_DELIVERIES_SQL = by_id_chunk_shape(
+    "SELECT item_id FROM sync_deliveries WHERE destination = ?1 AND rejections >= ?2 AND item_id IN {ids}"
+)
+# The payload is copied: the item leaves the file once the other destinations are done.
+MOVE_DELIVERIES_TO_DEAD_SQL = by_id_chunk_shape(
+    "INSERT OR REPLACE INTO sync_dead_deliveries (destination, item_id, payload, priority, created_at,"
+    " ttl_seconds, retry_count, next_retry_at, last_status, last_error, dead_at)"
+    " SELECT ?1, q.id, q.payload, q.priority, q.created_at, q.ttl_seconds, d.retry_count, d.next_retry_at,"
+    " ?2, ?3, ?4 FROM sync_queue AS q JOIN sync_deliveries AS d ON d.item_id = q.id AND d.destination = ?1"
+    " WHERE q.id IN {ids}"
+)
 # The destination's new items of one priority past its cursor (params: level, cursor, now,
 # bit, limit); their delivery state is the fresh one (no attempt, due now).
 FRESH_SQL = (
@@ -159,8 +198,13 @@ LEAVE_ROUTED_SQL = by_id_chunk_shape(
 DROP_ROUTES_SQL = by_id_chunk_shape("DELETE FROM sync_routes WHERE pending <= 0 AND item_id IN {ids}")
 
 
-def for_destination(destination: int) -> Deliveries:
-    """The statements of the destination registered under the id ``destination``."""
+def scope_of(name: str) -> str:
+    """What the ``sync_meta`` keys of the destination ``name`` start with."""
+    return f"dest.{name}."
+
+
+def for_destination(destination: int, name: str) -> Deliveries:
+    """The statements of the destination ``name``, registered under the id ``destination``."""
     bit = 1 << destination
     return Deliveries(
         key=(destination,),
@@ -175,7 +219,12 @@ def for_destination(destination: int) -> Deliveries:
         release=LEASE_DELIVERIES_SQL,
         ack=ACK_DELIVERIES_SQL,
         nack=NACK_DELIVERIES_SQL,
+        count_rejection=COUNT_DELIVERY_REJECTION_SQL,
+        exhausted=EXHAUSTED_DELIVERIES_SQL,
+        move_to_dead=MOVE_DELIVERIES_TO_DEAD_SQL,
         after_ack=((CLEAR_ROUTES_SQL, (bit,)), (LEAVE_ROUTED_SQL, ()), (DROP_ROUTES_SQL, ())),
+        scope=scope_of(name),
+        name=name,
         fresh=FreshScan(
             destination, bit, FRESH_SQL, READ_CURSOR_SQL, WRITE_CURSOR_SQL, LEVEL_END_SQL, FRESH_ELIGIBLE_SQL
         ),

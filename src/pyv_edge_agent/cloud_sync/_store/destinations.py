@@ -75,7 +75,7 @@ def register(conn: sqlite3.Connection, names: Sequence[str], next_item_id: int, 
             pending = int(conn.execute(COUNT_PENDING_SQL, (1 << ident,)).fetchone()[0])
             raise ValueError(
                 f"destinations: {name!r} is missing but still has {pending} items to deliver; open the"
-                f" queue with it, or call remove_destination({name!r}) to drop them on purpose"
+                f" queue with it, and call remove_destination({name!r}) to drop them on purpose"
             )
         conn.execute(UNREGISTER_SQL, (ident,))
         del registered[name]
@@ -133,3 +133,32 @@ def mask_of(ids: Sequence[int]) -> int:
 def ids_in(mask: int) -> List[int]:
     """The destination ids whose bit is set in ``mask``."""
     return [ident for ident in range(1, MAX_DESTINATIONS + 1) if mask >> ident & 1]
+
+
+# Dropping a destination: its bit leaves every route, items no one needs any more leave the
+# file, and everything it kept (delivery rows, cursors, dead letters, counters) goes.
+UNROUTE_SQL = "UPDATE sync_routes SET destinations = destinations & ~?1, pending = pending - 1 WHERE destinations & ?1"
+LEAVE_UNNEEDED_SQL = "DELETE FROM sync_queue WHERE id IN (SELECT item_id FROM sync_routes WHERE pending <= 0)"
+DROP_UNNEEDED_ROUTES_SQL = "DELETE FROM sync_routes WHERE pending <= 0"
+DROP_KEPT_SQL = tuple(
+    f"DELETE FROM {table} WHERE {column} = ?"
+    for table, column in (
+        ("sync_deliveries", "destination"),
+        ("sync_cursors", "destination"),
+        ("sync_dead_deliveries", "destination"),
+        ("sync_destinations", "id"),
+    )
+)
+DROP_COUNTERS_SQL = "DELETE FROM sync_meta WHERE substr(key, 1, length(?1)) = ?1"
+
+
+def remove(conn: sqlite3.Connection, ident: int, scope: str) -> int:
+    """Unregister the destination of id ``ident`` (counters under ``scope``) inside the
+    caller's write transaction, dropping what it still had to deliver; return how many."""
+    dropped = int(conn.execute(UNROUTE_SQL, (1 << ident,)).rowcount)
+    conn.execute(LEAVE_UNNEEDED_SQL)
+    conn.execute(DROP_UNNEEDED_ROUTES_SQL)
+    for statement in DROP_KEPT_SQL:
+        conn.execute(statement, (ident,))
+    conn.execute(DROP_COUNTERS_SQL, (scope,))
+    return dropped

@@ -86,7 +86,9 @@ first_id INTEGER NOT NULL
 # destinations, the bit of every destination that still has to deliver it, and how many
 # those are (the item leaves the file at 0). A destination finds its new items through
 # its cursor per priority (the last item id its claims examined) and keeps a delivery row
-# only for items it has claimed (leased, retrying).
+# only for items it has claimed (leased, retrying, rejected: the rejection count lives in
+# it). ``sync_dead_deliveries``: what a destination refused for good, each with a copy of
+# the payload (the item may leave the file when the others have delivered it).
 DESTINATIONS_DDL = """\
 CREATE TABLE IF NOT EXISTS sync_destinations (
 id INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 62),
@@ -111,10 +113,28 @@ item_id INTEGER NOT NULL,
 priority INTEGER NOT NULL,
 retry_count INTEGER NOT NULL DEFAULT 0,
 next_retry_at REAL NOT NULL DEFAULT 0,
+rejections INTEGER NOT NULL DEFAULT 0,
+last_status INTEGER,
+last_error TEXT,
 PRIMARY KEY (destination, item_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idx_sync_deliveries_due
 ON sync_deliveries(destination, priority, next_retry_at);
+CREATE TABLE IF NOT EXISTS sync_dead_deliveries (
+id INTEGER PRIMARY KEY,
+destination INTEGER NOT NULL,
+item_id INTEGER NOT NULL,
+payload TEXT NOT NULL,
+priority INTEGER NOT NULL,
+created_at REAL NOT NULL,
+ttl_seconds INTEGER NOT NULL,
+retry_count INTEGER NOT NULL DEFAULT 0,
+next_retry_at REAL NOT NULL DEFAULT 0,
+last_status INTEGER,
+last_error TEXT,
+dead_at REAL NOT NULL,
+UNIQUE (destination, item_id)
+);
 """
 
 # The DDL that brings a file from version ``n - 1`` to ``n``. Version 0 is a new file or

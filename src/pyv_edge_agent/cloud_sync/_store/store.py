@@ -324,6 +324,14 @@ class Store:
             next_id = int(conn.execute(NEXT_ID_SQL).fetchone()[0])
             return destinations.register(conn, names, next_id, self.now())
 
+    def remove_destination(self, ident: int, scope: str) -> int:
+        """Unregister a destination and drop its deliveries (see ``destinations.remove``);
+        return how many it had left."""
+        with self.write() as conn:
+            dropped = destinations.remove(conn, ident, scope)
+            batchkeys.collect(conn)
+        return dropped
+
     def pending_for(self, destination: int) -> int:
         """How many items the destination of id ``destination`` still has to deliver."""
         with self.lock:
@@ -364,9 +372,9 @@ class Store:
             row = self.conn().execute(READ_COUNTER_SQL, (key,)).fetchone()
         return default if row is None else row[0]
 
-    def sent_today(self) -> int:
-        """The persisted ``messages_sent_today`` counter."""
-        return int(self.counter("messages_sent_today"))
+    def sent_today(self, scope: str = "") -> int:
+        """The persisted ``messages_sent_today`` counter (of the destination of ``scope``)."""
+        return int(self.counter(scope + "messages_sent_today"))
 
     def compact(self) -> None:
         """Rewrite the file to its smallest size, switching it to incremental auto-vacuum."""
