@@ -7,11 +7,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from typing import Any, Dict, List
+from typing import Any, List
 
 import orjson
 import pytest
 import urllib3
+from clirun import cli_env, run
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, UploadResult
 from pyv_edge_agent.cloud_sync._codec._env import no_extensions
@@ -19,26 +20,6 @@ from pyv_edge_agent.cloud_sync.cli._metrics import BY_KEY, prometheus_text
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 KEY = "cli-secret-key-123"
-
-
-def _env(backend: str, **extra: str) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYV_EDGE_AGENT_", "CLOUD_SYNC_"))}
-    if backend == "python":
-        env["PYV_EDGE_AGENT_NO_EXTENSIONS"] = "1"
-    else:
-        env["PYV_EDGE_AGENT_REQUIRE_EXTENSIONS"] = "1"
-    env.update(extra)
-    return env
-
-
-def run(backend: str, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pyv_edge_agent.cloud_sync", "--plain", *args],
-        env=_env(backend, **env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture
@@ -176,7 +157,7 @@ def test_ingest_server_records_and_stops_on_sigterm(backend: str, tmp_path: Any)
             "--api-key-env",
             "CLOUD_SYNC_TEST_KEY",
         ],
-        env=_env(backend, CLOUD_SYNC_TEST_KEY=KEY),
+        env=cli_env(backend, CLOUD_SYNC_TEST_KEY=KEY),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -327,7 +308,7 @@ def test_flush_sizes_its_progress_bar_without_decoding_the_backlog(backend: str,
         server.set_outage(503)
         done = subprocess.run(
             [sys.executable, "-c", _PEAK_RSS_OF_FLUSH, db_path, server.url],
-            env=_env(backend, CLOUD_SYNC_API_KEY=KEY), capture_output=True, text=True, timeout=300,
+            env=cli_env(backend, CLOUD_SYNC_API_KEY=KEY), capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     code, growth = done.stdout.split()[-2:]
     assert code == "1" and int(growth) < 32 * 1024 * 1024, (done.stdout, done.stderr)

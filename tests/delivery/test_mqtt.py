@@ -121,6 +121,41 @@ def test_ten_thousand_mixed_items_arrive_in_priority_order(live_broker: Broker, 
         sub.close()
 
 
+def test_one_queue_feeds_mqtt_and_https_destinations_and_a_dead_broker_holds_back_only_its_own(
+    live_broker: Broker, db_path: str
+) -> None:
+    from waiting import wait_for
+
+    from pyv_edge_agent.cloud_sync import HTTPCloudUploader
+    from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
+
+    sub = Subscriber(live_broker, "sensors/two/#")
+    try:
+        with (
+            IngestServer(api_key="k") as server,
+            CloudSyncQueue(db_path, destinations=("iot", "archive"), retry_base_seconds=0.2) as queue,
+        ):
+            iot = uploader(live_broker, "sensors/two/{priority}")
+            archive = HTTPCloudUploader(server.url, "k", timeout=5.0)
+            with SyncWorker(queue, {"iot": iot, "archive": archive}, interval=0.1, handle_sigterm=False):
+                queue.enqueue_many([{"id": n} for n in range(200)])
+                queue.enqueue_many([{"id": n} for n in range(200, 250)], destinations=("archive",))
+                assert wait_for(lambda: queue.pending_count() == 0)
+                sub.wait_for(200)  # the broker forwarded them before it is killed
+                live_broker.kill()  # the MQTT destination goes down; HTTPS keeps flowing
+                queue.enqueue_many([{"id": n} for n in range(250, 300)])
+                assert wait_for(lambda: queue.pending_count(destination="archive") == 0)
+                assert queue.pending_count(destination="iot") == 50
+                live_broker.start()
+                assert wait_for(lambda: queue.pending_count() == 0, timeout=60)
+            iot.close()
+        sub.wait_for(250)
+        assert sorted(set(sub.ids())) == list(range(200)) + list(range(250, 300))
+        assert sorted(item["id"] for item in server.items) == list(range(300))
+    finally:
+        sub.close()
+
+
 def test_mqtt_311_delivers_to_a_persistent_session(live_broker: Broker, db_path: str) -> None:
     sub = Subscriber(live_broker, "sensors/v311/#", protocol="3.1.1")
     try:

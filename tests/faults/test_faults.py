@@ -8,12 +8,13 @@ import signal
 import sqlite3
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import faultload
 import pytest
 import rawsql
 import reliability
+import routing
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
@@ -25,6 +26,10 @@ def fault_server() -> Any:
         yield server
 
 
+# Where an item of a file with destinations lives until every destination is done with it.
+TWO_DESTINATION_TABLES = ("sync_queue", "sync_routes", "sync_deliveries")
+
+
 def _integrity(path: str) -> str:
     conn = sqlite3.connect(path)
     try:
@@ -33,10 +38,23 @@ def _integrity(path: str) -> str:
         conn.close()
 
 
+# The body of a killable child: (journal path, "doing" marker path, seed).
+Worker = Callable[[str, str, int], None]
+
+
+def _plain_worker(db_path: str, url: str, options: Optional[Dict[str, Any]] = None) -> Worker:
+    return lambda journal, doing, seed: faultload.run_killable_worker(db_path, url, journal, doing, seed, options)
+
+
 def _kill_rounds(
-    db_path: str, url: str, tmp_path: Any, rounds: int, options: Optional[Dict[str, Any]] = None
+    db_path: str,
+    tmp_path: Any,
+    rounds: int,
+    worker_body: Worker,
+    targets: Sequence[str] = faultload.OPERATIONS[1:5],
 ) -> Dict[int, str]:
-    """Run ``rounds`` of two workers each SIGKILLed in an operation; return the ids handed out."""
+    """Run ``rounds`` of two workers each SIGKILLed in an operation of ``targets``; return
+    the ids handed out."""
     rng = random.Random(4)
     journals: List[str] = []
     for round_number in range(rounds):
@@ -44,14 +62,11 @@ def _kill_rounds(
         for worker in range(2):
             journals.append(os.path.join(tmp_path, f"journal-{round_number}-{worker}"))
             doings.append(os.path.join(tmp_path, f"doing-{round_number}-{worker}"))
-            seed = round_number * 10 + worker
-            pids.append(
-                faultload.fork(faultload.run_killable_worker, db_path, url, journals[-1], doings[-1], seed, options)
-            )
+            pids.append(faultload.fork(worker_body, journals[-1], doings[-1], round_number * 10 + worker))
         for worker, (pid, doing) in enumerate(zip(pids, doings)):
             # Each kill aims at one operation in turn: wait until the worker is in it (a
             # random moment in it, as the worker's own pace varies), then up to 2 ms more.
-            target = faultload.OPERATIONS[1 + (round_number * 2 + worker) % 4]
+            target = targets[(round_number * 2 + worker) % len(targets)]
             time.sleep(rng.uniform(0.02, 0.1))
             deadline = time.monotonic() + 5.0
             while faultload.read_doing(doing) != target and time.monotonic() < deadline:
@@ -73,7 +88,7 @@ def _kill_rounds(
 
 def test_sigkill_at_random_points_loses_nothing(db_path: str, fault_server: IngestServer, tmp_path: Any) -> None:
     CloudSyncQueue(db_path).close()
-    handed_out = _kill_rounds(db_path, fault_server.url, tmp_path, reliability.KILL_ROUNDS)
+    handed_out = _kill_rounds(db_path, tmp_path, reliability.KILL_ROUNDS, _plain_worker(db_path, fault_server.url))
     received_before_drain = {item["key"] for item in fault_server.items}
     conn = sqlite3.connect(db_path)
     stored = faultload.stored_keys(conn)
@@ -103,7 +118,9 @@ def test_sigkill_while_evicting_keeps_the_file_and_the_counts_consistent(
     # commit together or not at all, whatever the moment of the kill.
     limit = 150
     CloudSyncQueue(db_path).close()
-    handed_out = _kill_rounds(db_path, fault_server.url, tmp_path, 8, {"max_queue_items": limit})
+    handed_out = _kill_rounds(
+        db_path, tmp_path, 8, _plain_worker(db_path, fault_server.url, {"max_queue_items": limit})
+    )
     received = {item["key"] for item in fault_server.items}
     with CloudSyncQueue(db_path) as queue:
         stored = faultload.stored_keys(rawsql.connection(queue))
@@ -117,6 +134,81 @@ def test_sigkill_while_evicting_keeps_the_file_and_the_counts_consistent(
             missing += 1
     assert missing <= evicted  # every item gone without delivery was counted as evicted
     reliability.add("items checked", len(handed_out))
+
+
+@pytest.fixture
+def archive_server() -> Any:
+    with IngestServer(api_key=faultload.KEY) as server:
+        yield server
+
+
+def _received(server: IngestServer) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for item in server.items:
+        counts[item["key"]] = counts.get(item["key"], 0) + 1
+    return counts
+
+
+def test_sigkill_while_flushing_two_destinations_loses_nothing_for_either(
+    db_path: str, fault_server: IngestServer, archive_server: IngestServer, tmp_path: Any
+) -> None:
+    servers = dict(zip(routing.DESTINATIONS, (fault_server, archive_server)))
+    urls = {name: server.url for name, server in servers.items()}
+    CloudSyncQueue(db_path, destinations=routing.DESTINATIONS).close()
+    # Leases outlast the rounds: an item in flight at a kill waits for the drain, so that
+    # it reaches its destination at most twice.
+    options = {"lease_seconds": 600.0}
+    handed_out = _kill_rounds(
+        db_path,
+        tmp_path,
+        reliability.KILL_ROUNDS_TWO_DESTINATIONS,
+        lambda journal, doing, seed: faultload.run_routed_worker(db_path, urls, journal, doing, seed, options),
+        faultload.OPERATIONS[1:3] + faultload.OPERATIONS[5:],
+    )
+    before = {name: set(_received(server)) for name, server in servers.items()}
+    conn = sqlite3.connect(db_path)
+    try:
+        problems = routing.route_problems(conn)
+        stored = routing.stored_routes(conn)
+        waiting = faultload.waiting_keys(conn, time.time())
+    finally:
+        conn.close()
+    assert not problems, problems[:10]
+    # Every id handed out is stored with its own payload; a destination it is no longer
+    # owed to has received it.
+    for row_id, key in handed_out.items():
+        stored_key, owing, _ = stored.get(row_id, (key, set(), 0))
+        assert stored_key == key, (row_id, key, stored_key)
+        assert all(key in before[name] for name in set(routing.routes_of(key)) - owing), (row_id, key, owing)
+
+    faultload.drain_destinations(db_path, urls, ahead=3600.0)
+    lost = duplicates = checked = 0
+    for name, server in servers.items():
+        counts = _received(server)
+        addressed = {key for key in handed_out.values() if name in routing.routes_of(key)}
+        missing = addressed - set(counts)
+        strays = [key for key in counts if name not in routing.routes_of(key)]
+        reliability.add("  sent to a destination they were not addressed to (must be 0)", len(strays))
+        assert not missing, (name, sorted(missing)[:10])
+        assert not strays, (name, strays[:10])
+        # Sent twice only when a kill caught it in flight: sent, not yet acked.
+        repeated = {key: n for key, n in counts.items() if n > 1}
+        assert all(n == 2 and key in waiting[name] for key, n in repeated.items()), (name, repeated)
+        lost += len(missing)
+        duplicates += sum(n - 1 for n in repeated.values())
+        checked += len(addressed)
+    conn = sqlite3.connect(db_path)
+    try:
+        left = [conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in TWO_DESTINATION_TABLES]
+    finally:
+        conn.close()
+    assert left == [0, 0, 0], dict(zip(TWO_DESTINATION_TABLES, left))  # every item left once both delivered
+    assert _integrity(db_path) == "ok"
+    reliability.add("in flight at a kill, sent again", sum(len(keys) for keys in waiting.values()))
+    reliability.add("items checked", len(handed_out))
+    reliability.add("deliveries checked, two destinations in one file", checked)
+    reliability.add("lost", lost)
+    reliability.add("duplicates (re-sent after a kill, at-least-once)", duplicates)
 
 
 def test_processes_and_threads_contend_on_one_file(db_path: str, fault_server: IngestServer, tmp_path: Any) -> None:

@@ -145,7 +145,7 @@ def test_migration_from_version_1_keeps_items_and_counters(tmp_path: Any) -> Non
         queue_id = rawsql.execute(queue, "SELECT value FROM sync_meta WHERE key = 'queue_id'").fetchone()[0]
     assert len(queue_id) == 32
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert "sync_batch_keys" in _tables(path)
     conn.close()
     with CloudSyncQueue(path) as queue:  # the identity is made once

@@ -149,10 +149,10 @@ def _slow_commits(queue: CloudSyncQueue, monkeypatch: pytest.MonkeyPatch) -> Lis
     insert_rows = queue._insert_rows
     pause = threading.Event()
 
-    def slow(rows: List[Tuple[str, int, float, int]]) -> List[int]:
+    def slow(rows: List[Tuple[str, int, float, int]], route: int) -> List[int]:
         sizes.append(len(rows))
         pause.wait(0.02)
-        return insert_rows(rows)
+        return insert_rows(rows, route)
 
     monkeypatch.setattr(queue, "_insert_rows", slow)
     return sizes
@@ -199,12 +199,12 @@ def test_failure_in_a_shared_transaction_reaches_only_its_caller(
     insert_rows = queue._insert_rows
     sizes: List[int] = []
 
-    def refuse_poison(rows: List[Tuple[str, int, float, int]]) -> List[int]:
+    def refuse_poison(rows: List[Tuple[str, int, float, int]], route: int) -> List[int]:
         sizes.append(len(rows))
         threading.Event().wait(0.02)
         if any("poison" in row[0] for row in rows):
             raise OSError("disk refused the poison item")
-        return insert_rows(rows)
+        return insert_rows(rows, route)
 
     monkeypatch.setattr(queue, "_insert_rows", refuse_poison)
     outcomes: Dict[str, Any] = {}
@@ -234,11 +234,11 @@ def test_fork_during_a_group_commit(queue: CloudSyncQueue, monkeypatch: pytest.M
     insert_rows = queue._insert_rows
     entered, release = threading.Event(), threading.Event()
 
-    def held(rows: List[Tuple[str, int, float, int]]) -> List[int]:
+    def held(rows: List[Tuple[str, int, float, int]], route: int = 0) -> List[int]:
         if threading.current_thread() is not threading.main_thread():
             entered.set()
             release.wait(60)
-        return insert_rows(rows)
+        return insert_rows(rows, route)
 
     monkeypatch.setattr(queue, "_insert_rows", held)
     leader = threading.Thread(target=queue.enqueue, args=({"from": "leader"},))

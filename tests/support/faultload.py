@@ -13,6 +13,8 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
+from routing import DESTINATIONS, ROUTES, destinations_argument
+
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, QueueFullError
 
 KEY = "fault-key"
@@ -28,7 +30,15 @@ QUEUE_OPTIONS: Dict[str, Any] = {
 }
 PRIORITIES = list(Priority)
 # What a killable worker is doing, one byte in a shared file, read by the test after a kill.
-OPERATIONS = ("starting", "enqueue", "enqueue_many", "nack", "maybe_flush")
+OPERATIONS = (
+    "starting",
+    "enqueue",
+    "enqueue_many",
+    "nack",
+    "maybe_flush",
+    "maybe_flush to iot",
+    "maybe_flush to archive",
+)
 
 
 class Doing:
@@ -170,6 +180,55 @@ def run_killable_worker(
         os._exit(code)
 
 
+def routed_operations(
+    queue: CloudSyncQueue,
+    journal: Journal,
+    uploaders: Dict[str, FlakyUploader],
+    rng: random.Random,
+    prefix: str,
+    doing: Doing,
+) -> None:
+    """enqueue and enqueue_many addressed to both destinations or to one, and maybe_flush
+    to each destination, in random order, until the process is killed."""
+    made = 0
+    while True:
+        choice = rng.random()
+        if choice < 0.6:
+            route = rng.choice(tuple(ROUTES))
+            destinations = destinations_argument(route)
+            payloads, keys = _payloads(f"{route}.{prefix}", made, 1 if choice < 0.3 else rng.randrange(2, 40), rng)
+            priority = rng.choice(PRIORITIES)
+            if len(payloads) == 1:
+                doing(OPERATIONS.index("enqueue"))
+                ids = [queue.enqueue(payloads[0], priority=priority, destinations=destinations)]
+            else:
+                doing(OPERATIONS.index("enqueue_many"))
+                ids = queue.enqueue_many(payloads, priority=priority, destinations=destinations)
+            journal.record(ids, keys)
+            made += len(ids)
+        else:
+            name = DESTINATIONS[choice >= 0.8]
+            doing(OPERATIONS.index(f"maybe_flush to {name}"))
+            queue.maybe_flush(uploaders[name], destination=name)
+
+
+def run_routed_worker(
+    path: str, urls: Dict[str, str], journal_path: str, doing_path: str, seed: int, options: Dict[str, Any]
+) -> None:
+    """Body of a child on a queue with the ``DESTINATIONS``, each flushed to its own URL of
+    ``urls``, SIGKILLed at a random moment; exits only by being killed."""
+    code = 1
+    try:
+        rng = random.Random(seed)
+        queue = CloudSyncQueue(path, destinations=DESTINATIONS, **{**QUEUE_OPTIONS, **options})
+        uploaders = {name: FlakyUploader(urls[name], rng, 0.3) for name in DESTINATIONS}
+        routed_operations(queue, Journal(journal_path), uploaders, rng, f"s{seed}", Doing(doing_path))
+    except BaseException:  # pragma: no cover - reported through the exit code
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
 def run_contention_worker(path: str, url: str, journal_path: str, result_path: str, seed: int, seconds: float) -> None:
     """Body of a child with producer, flusher and nacking threads on one queue for ``seconds``."""
     code = 1
@@ -246,6 +305,18 @@ def drain(path: str, url: str, ahead: float) -> None:
         assert queue.pending_count() == 0, "the final drain did not empty the queue"
 
 
+def drain_destinations(path: str, urls: Dict[str, str], ahead: float) -> None:
+    """``drain`` for a queue with the ``DESTINATIONS``: each destination in turn, to its URL."""
+    options = {"destinations": DESTINATIONS, "min_free_disk_bytes": 0, "durability": "fast"}
+    with CloudSyncQueue(path, clock=lambda: time.time() + ahead, **options) as queue:
+        for name in DESTINATIONS:
+            uploader = HTTPCloudUploader(urls[name], KEY, timeout=LEASE_SECONDS / 3)
+            deadline = time.monotonic() + 120
+            while queue.pending_count(destination=name) and time.monotonic() < deadline:
+                queue.maybe_flush(uploader, destination=name)
+            assert queue.pending_count(destination=name) == 0, f"the final drain did not empty {name}"
+
+
 def check_delivery(journal: Dict[int, str], received: List[Any]) -> Tuple[int, int, Set[str]]:
     """Compare what was handed out with what the server got: (lost, duplicates, lost keys)."""
     counts: Dict[str, int] = {}
@@ -254,6 +325,21 @@ def check_delivery(journal: Dict[int, str], received: List[Any]) -> Tuple[int, i
     lost = {key for key in journal.values() if key not in counts}
     duplicates = sum(n - 1 for n in counts.values() if n > 1)
     return len(lost), duplicates, lost
+
+
+def waiting_keys(conn: Any, now: float) -> Dict[str, Set[str]]:
+    """destination -> keys of the items it claimed that are not due again before ``now``:
+    leased by a flusher that was killed (sent or not), or waiting for a retry."""
+    import orjson
+
+    waiting: Dict[str, Set[str]] = {name: set() for name in DESTINATIONS}
+    for name, text in conn.execute(
+        "SELECT d.name, q.payload FROM sync_deliveries AS r JOIN sync_destinations AS d ON d.id = r.destination"
+        " JOIN sync_queue AS q ON q.id = r.item_id WHERE r.next_retry_at > ?",
+        (now,),
+    ):
+        waiting[name].add(orjson.loads(text)["key"])
+    return waiting
 
 
 def stored_keys(conn: Any) -> Dict[int, Optional[str]]:

@@ -12,6 +12,12 @@ to the cut, and a SIGKILL loses no completed ``write``: no fsync of its own is n
 - ``S key`` a flush's upload of that item was accepted; ``F sent failed`` the flush
   returned and these were its persisted counters (``messages_sent_total``, ``failed_batches``);
 - ``N file id key`` a fresh queue file's first enqueue returned.
+
+The routed load (``run_routed_load``) works on a queue with two destinations (routing.py):
+enqueues addressed to both or to one, and flushes of one destination or of both at once.
+Its lines: ``E id key`` as above (the key names the route); ``S destination key`` that
+destination's endpoint accepted the item; ``F destination sent failed`` a flush of it
+returned, with that destination's persisted counters.
 """
 
 import os
@@ -19,9 +25,13 @@ import random
 import sqlite3
 import threading
 import traceback
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from faultload import fork
+from routing import DESTINATIONS, ROUTES, destinations_argument, route_problems, routes_of, stored_routes
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority
+from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 KEY = "power-key"
 DB_NAME = "sync.db"
@@ -41,17 +51,31 @@ class Journal:
 
 
 class RecordingUploader:
-    """The real HTTP uploader; journals the keys of every batch the endpoint accepted."""
+    """The real HTTP uploader; journals the keys of every batch the endpoint accepted
+    (``S key``, or ``S destination key`` for a named destination). With a ``failure_rate``
+    it fails that share of the batches without sending them (they are retried)."""
 
-    def __init__(self, url: str, journal: Journal) -> None:
+    def __init__(
+        self,
+        url: str,
+        journal: Journal,
+        destination: str = "",
+        failure_rate: float = 0.0,
+        rng: Optional[random.Random] = None,
+    ) -> None:
         self._http = HTTPCloudUploader(url, KEY, timeout=30.0)
         self._journal = journal
+        self._tag = f"S {destination} " if destination else "S "
+        self._failure_rate = failure_rate
+        self._rng = rng or random.Random(0)
 
     def post_batch(self, payloads: List[Dict[str, Any]]) -> Any:
         """Post through HTTP; on acceptance journal the batch's keys (the ack follows)."""
+        if self._rng.random() < self._failure_rate:
+            return False
         result = self._http.post_batch(payloads)
         if result is True:
-            self._journal.write([f"S {payload['key']}" for payload in payloads])
+            self._journal.write([self._tag + payload["key"] for payload in payloads])
         return result
 
 
@@ -118,7 +142,13 @@ def run_load(mount: str, journal_path: str, url: str, seed: int, durability: str
         os._exit(1)
 
 
-def _group_commit(queue: CloudSyncQueue, journal: Journal, keys: List[str], rng: random.Random) -> None:
+def _group_commit(
+    queue: CloudSyncQueue,
+    journal: Journal,
+    keys: List[str],
+    rng: random.Random,
+    destinations: Optional[Tuple[str, ...]] = None,
+) -> None:
     """Threads enqueue at once, three items each, so that their commits are shared."""
     start = threading.Barrier(len(keys) // 3)
     payloads = [_payload(k, rng) for k in keys]
@@ -126,13 +156,88 @@ def _group_commit(queue: CloudSyncQueue, journal: Journal, keys: List[str], rng:
     def worker(index: int) -> None:
         start.wait()
         for k, payload in zip(keys[index * 3 : index * 3 + 3], payloads[index * 3 : index * 3 + 3]):
-            journal.write([f"E {queue.enqueue(payload)} {k}"])
+            journal.write([f"E {queue.enqueue(payload, destinations=destinations)} {k}"])
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(keys) // 3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def run_routed_load(
+    mount: str, journal_path: str, urls: Dict[str, str], seed: int, durability: str, cycle: int
+) -> None:
+    """Body of the child of the routed load on the mount (see the module docstring), each
+    destination flushed to its own URL of ``urls``; it ends only by being killed (or by an
+    error, written to ``journal_path + ".error"``)."""
+    try:
+        rng = random.Random(seed)
+        journal = Journal(journal_path)
+        options = {**QUEUE_OPTIONS, "durability": durability}
+        queue = CloudSyncQueue(os.path.join(mount, DB_NAME), destinations=DESTINATIONS, **options)
+        uploaders = {
+            name: RecordingUploader(urls[name], journal, name, 0.2, random.Random(rng.random()))
+            for name in DESTINATIONS
+        }
+        journal.write(["O"])
+        made = 0
+        while True:
+            choice = rng.random()
+            route = rng.choice(tuple(ROUTES))
+            count = 1 if choice < 0.3 else rng.randrange(2, 60) if choice < 0.5 else rng.randrange(2, 5) * 3
+            keys = [f"{route}.c{cycle}-{made + n}" for n in range(count)]
+            made += count
+            if choice < 0.3:
+                row_id = queue.enqueue(
+                    _payload(keys[0], rng),
+                    priority=rng.choice(list(Priority)),
+                    destinations=destinations_argument(route),
+                )
+                journal.write([f"E {row_id} {keys[0]}"])
+            elif choice < 0.5:
+                payloads = [_payload(k, rng) for k in keys]
+                ids = queue.enqueue_many(
+                    payloads, priority=rng.choice(list(Priority)), destinations=destinations_argument(route)
+                )
+                journal.write([f"E {i} {k}" for i, k in zip(ids, keys)])
+            elif choice < 0.62:
+                _group_commit(queue, journal, keys, rng, destinations_argument(route))
+            elif choice < 0.88:
+                name = rng.choice(DESTINATIONS)
+                _flush(queue, uploaders[name], journal, name)
+            else:
+                _flush_at_once(queue, uploaders, journal)
+    except BaseException:
+        with open(journal_path + ".error", "w") as handle:
+            handle.write(traceback.format_exc())
+    finally:
+        os._exit(1)
+
+
+def _flush(queue: CloudSyncQueue, uploader: RecordingUploader, journal: Journal, destination: str) -> None:
+    queue.maybe_flush(uploader, destination=destination)
+    stats = queue.get_stats()["destinations"][destination]
+    journal.write([f"F {destination} {stats['messages_sent_total']} {stats['failed_batches']}"])
+
+
+def _flush_at_once(queue: CloudSyncQueue, uploaders: Dict[str, RecordingUploader], journal: Journal) -> None:
+    """Flush every destination at once, one thread each, as a worker with a mapping does."""
+    errors: List[BaseException] = []
+
+    def flush(name: str) -> None:
+        try:
+            _flush(queue, uploaders[name], journal, name)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=flush, args=(name,)) for name in uploaders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def read_lines(path: str) -> List[List[str]]:
@@ -183,16 +288,22 @@ class Ledger:
     persisted counters and the id sequence never go backwards. ``"fast"``: the file opens
     intact; the items missing are counted, and must all come from the cycle just cut."""
 
-    def __init__(self, durability: str) -> None:
+    def __init__(self, durability: str, server: IngestServer) -> None:
         self.durability = durability
+        self._server = server
         self.expected: Dict[int, str] = {}
         self.gone_ids: Set[int] = set()
         self.gone_keys: Set[str] = set()
         self.floors = {"messages_sent_total": 0, "failed_batches": 0, "sequence": 0}
         self.figures = {"cuts": 0, "items checked": 0, "lost": 0, "integrity failures": 0, "reappeared": 0}
 
-    def check(self, backing: str, journal_path: str, cycle: int, delivered: Set[str]) -> List[str]:
+    def start(self, mount: str, journal_path: str, seed: int, cycle: int) -> int:
+        """Fork the load (``run_load``) on ``mount``; return its pid."""
+        return fork(run_load, mount, journal_path, self._server.url, seed, self.durability, cycle)
+
+    def check(self, backing: str, journal_path: str, cycle: int) -> List[str]:
         """Check the backing directory after a cut; return what was wrong (empty: nothing)."""
+        delivered = {item["key"] for item in self._server.items}
         problems: List[str] = []
         lines = read_lines(journal_path)
         self.figures["cuts"] += 1
@@ -285,4 +396,114 @@ class Ledger:
             if self.durability == "full" and value < self.floors[name]:
                 problems.append(f"{name} went back from {self.floors[name]} to {value}")
             self.floors[name] = value if self.durability == "fast" else max(value, self.floors[name])
+        return problems
+
+
+class RoutedLedger:
+    """The promises of the routed load in full durability, carried from cut to cut, and the
+        checks: every id returned is stored with its key until each destination it was
+        addressed to has received it, and its route still names every destination that has not;
+        a destination whose flush returned after its endpoint accepted an item is never owed that
+        item again; no item that left the file comes back; the routes are consistent
+        (``routing.route_problems``); the id sequence and each destination's persisted counters
+    never go backwards."""
+
+    durability = "full"
+
+    def __init__(self, servers: Dict[str, IngestServer]) -> None:
+        self._servers = servers
+        self.expected: Dict[int, str] = {}
+        self.acked: Dict[str, Set[str]] = {name: set() for name in DESTINATIONS}
+        self.gone_ids: Set[int] = set()
+        self.sequence = 0
+        self.counters = {name: {"messages_sent_total": 0, "failed_batches": 0} for name in DESTINATIONS}
+        self.figures = {
+            "cuts": 0,
+            "items checked": 0,
+            "lost": 0,
+            "integrity failures": 0,
+            "reappeared": 0,
+            "route problems": 0,
+        }
+
+    def start(self, mount: str, journal_path: str, seed: int, cycle: int) -> int:
+        """Fork the routed load (``run_routed_load``) on ``mount``; return its pid."""
+        urls = {name: server.url for name, server in self._servers.items()}
+        return fork(run_routed_load, mount, journal_path, urls, seed, self.durability, cycle)
+
+    def check(self, backing: str, journal_path: str, cycle: int) -> List[str]:
+        """Check the backing directory after a cut; return what was wrong (empty: nothing)."""
+        delivered = {name: {item["key"] for item in server.items} for name, server in self._servers.items()}
+        self.figures["cuts"] += 1
+        sent: Dict[str, List[str]] = {name: [] for name in DESTINATIONS}
+        for words in read_lines(journal_path):
+            if words[0] == "E":
+                self.expected[int(words[1])] = words[2]
+                self.sequence = max(self.sequence, int(words[1]))
+                self.figures["items checked"] += 1
+            elif words[0] == "S":
+                sent[words[1]].append(words[2])
+            elif words[0] == "F":
+                self.acked[words[1]].update(sent[words[1]])
+                sent[words[1]] = []
+                self.counters[words[1]] = {"messages_sent_total": int(words[2]), "failed_batches": int(words[3])}
+        path = os.path.join(backing, DB_NAME)
+        problems: List[str] = []
+        rows: Dict[int, Tuple[Optional[str], Set[str], int]] = {}
+        if not os.path.exists(path):
+            problems.append(f"{DB_NAME} is gone")
+        else:
+            result = integrity(path)
+            if result != "ok":
+                self.figures["integrity failures"] += 1
+                return [f"integrity_check of {DB_NAME}: {result}"]
+            problems += self._routes(path, rows)
+            problems += self._counters(path)
+        lost: List[str] = []
+        back: List[str] = []
+        for row_id, key in list(self.expected.items()):
+            stored_key, owing, _ = rows.get(row_id, (key, set(), 0))
+            if stored_key != key:
+                owing = set()  # the id holds another item: this one is gone
+            lost += [f"{key} for {name}" for name in routes_of(key) if name not in owing and key not in delivered[name]]
+            back += [f"{key} for {name}" for name in owing if key in self.acked[name]]
+            if not owing:
+                del self.expected[row_id]
+                self.gone_ids.add(row_id)
+        back += [f"item {row_id}" for row_id in self.gone_ids if row_id in rows]
+        self.figures["lost"] += len(lost)
+        self.figures["reappeared"] += len(back)
+        if lost:
+            problems.append(f"{len(lost)} items lost, e.g. {sorted(lost)[:5]}")
+        if back:
+            problems.append(f"{len(back)} acked items are back, e.g. {sorted(back)[:5]}")
+        return problems
+
+    def _routes(self, path: str, rows: Dict[int, Tuple[Optional[str], Set[str], int]]) -> List[str]:
+        """Fill ``rows`` with the file's items and their routes; return what is wrong with
+        the routes and the id sequence."""
+        conn = sqlite3.connect(path)
+        try:
+            if conn.execute("SELECT name FROM sqlite_master WHERE name = 'sync_routes'").fetchone() is None:
+                return []  # the file survived, the transaction that made the schema did not
+            problems = route_problems(conn)
+            rows.update(stored_routes(conn))
+            found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'sync_queue'").fetchone()
+        finally:
+            conn.close()
+        self.figures["route problems"] += len(problems)
+        if (int(found[0]) if found else 0) < self.sequence:
+            problems.append(f"the id sequence went back below {self.sequence}")
+        return problems
+
+    def _counters(self, path: str) -> List[str]:
+        """What went back among each destination's persisted counters."""
+        problems = []
+        with CloudSyncQueue(path, destinations=DESTINATIONS, durability=self.durability, **QUEUE_OPTIONS) as queue:
+            figures = queue.get_stats()["destinations"]
+        for name, floors in self.counters.items():
+            for counter, floor in floors.items():
+                if figures[name][counter] < floor:
+                    problems.append(f"{name} {counter} went back from {floor} to {figures[name][counter]}")
+                floors[counter] = max(floor, figures[name][counter])
         return problems

@@ -15,6 +15,8 @@ FIGURES: Dict[str, int] = {
     "lost": 0,
     "duplicates (re-sent after a kill, at-least-once)": 0,
     "duplicates without a kill": 0,
+    "deliveries checked, two destinations in one file": 0,
+    "  sent to a destination they were not addressed to (must be 0)": 0,
     "bad inputs tried": 0,
 }
 LOAD_OPS_PER_SECOND: List[float] = []
@@ -24,6 +26,8 @@ LOAD_OPS_PER_SECOND: List[float] = []
 CONTENTION_SECONDS = float(os.environ.get("PYV_RELIABILITY_SECONDS", "12"))
 # SIGKILL rounds per backend (each kills two workers).
 KILL_ROUNDS = int(os.environ.get("PYV_RELIABILITY_KILL_ROUNDS", "25"))
+# Rounds of the same with two destinations in the file (each kills two workers too).
+KILL_ROUNDS_TWO_DESTINATIONS = max(4, KILL_ROUNDS // 2)
 
 
 def add(name: str, value: int) -> None:
@@ -52,6 +56,7 @@ def summary_lines() -> List[str]:
 # Power cuts on the crash file system (tests/support/crashfs.py, tests/faults/test_power_cuts.py).
 POWER_CUTS: Dict[str, int] = {
     "cuts": 0,
+    "  of them with two destinations in the file": 0,
     "items checked": 0,
     "lost in full mode (must be 0)": 0,
     "acked items back in full mode (must be 0)": 0,
@@ -60,6 +65,7 @@ POWER_CUTS: Dict[str, int] = {
     "unsynced 4 KiB pieces at the cuts": 0,
     "  of them written anyway (torn, reordered)": 0,
     "full-mode cuts amid a commit (unsynced WAL or database writes)": 0,
+    "route problems in full mode (must be 0)": 0,
     "self-test, fsync ignored: cuts": 0,
     "self-test, fsync ignored: lost (must be > 0)": 0,
 }
@@ -68,6 +74,8 @@ SYNCED_PER_ITEM: Dict[str, float] = {}
 # Cuts per backend: full mode, and half as many in fast mode. A longer run:
 # ``PYV_POWERCUT_CUTS=1000 bash tools/test.sh -k power_cut``.
 POWER_CUTS_FULL = int(os.environ.get("PYV_POWERCUT_CUTS", "150"))
+# Cuts per backend of the load with two destinations (full mode).
+POWER_CUTS_TWO_DESTINATIONS = max(12, POWER_CUTS_FULL // 5)
 
 
 def power_cut_lines() -> List[str]:

@@ -50,7 +50,8 @@ class DeadLetter:
     """An item the endpoint refused for good, as returned by ``dead_letters()``.
 
     The item's fields as they were when it left the queue, plus the last HTTP status
-    (None when an uploader gave none), the last error message and when it was moved.
+    (None when an uploader gave none), the last error message and when it was moved; with
+    several destinations, the ``destination`` that refused it (None: a queue without them).
     """
 
     id: int
@@ -63,6 +64,7 @@ class DeadLetter:
     last_status: Optional[int]
     last_error: Optional[str]
     dead_at: float
+    destination: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """Return a plain dict (priority as its integer value) that ``json.dumps`` accepts."""

@@ -27,27 +27,20 @@ import sqlite3
 import threading
 import time
 import uuid
-from typing import Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .. import _codec
 from .._errors import DecryptionError
 from .._redact import clean
 from .._store import batchkeys, seal
+from .._store.deliveries import SINGLE, Deliveries
 from .._store.sql import (
-    ACK_SQL,
     ADD_COUNTER_SQL,
-    COUNT_REJECTION_SQL,
     DELETE_EXPIRED_LEASES_SQL,
     DELETE_LEASE_SQL,
     EXTEND_LEASE_SQL,
-    FORGET_REJECTIONS_SQL,
     INSERT_LEASE_SQL,
-    MOVE_TO_DEAD_SQL,
-    NACK_SQL,
-    RELEASE_SQL,
-    RESTORE_RETRY_SQL,
     SEALED_FROM_ALL,
-    SELECT_EXHAUSTED_SQL,
     SET_COUNTER_SQL,
     UNSEALED_REFUSED_KEY,
     write_transaction,
@@ -55,7 +48,7 @@ from .._store.sql import (
 from .._store.store import Store
 from .._types import CRITICAL, Column
 from .._upload_types import OutcomeKind, Uploader
-from .claim import Claim, pick
+from .claim import Claim, Scanned, advance_cursors, pick
 from .outcome import ACCEPTED, CREDENTIALS, REJECTED, TOO_LARGE, TRANSIENT, Outcome, send
 from .outgoing import Post, Row, poster
 from .policy import FlushPolicy, LinkState, release_held
@@ -108,10 +101,15 @@ class Flusher:
         link: LinkState,
         uploader: Uploader,
         stop: Optional[threading.Event] = None,
+        *,
+        deliveries: Deliveries = SINGLE,
     ) -> None:
         self._store = store
         self._policy = policy
         self._link = link
+        self._deliveries = deliveries
+        # Counters and batch keys of a named destination are its own.
+        self._scope = deliveries.scope
         self._post = check_uploader(uploader, policy.lease_seconds)
         if stop is not None and not callable(getattr(stop, "is_set", None)):
             raise TypeError(f"stop must be a threading.Event (or None), got {type(stop).__name__}: {stop!r:.100}")
@@ -210,16 +208,18 @@ class Flusher:
             with store.write() as conn:
                 if unsealed:
                     self._refuse_unsealed(conn, sorted(unsealed))
+                key = self._deliveries.key
+                restored = [row for row in claim.rows if row[Column.ID] in failed]
                 conn.executemany(
-                    RESTORE_RETRY_SQL,
-                    [(row[Column.NEXT_RETRY_AT], row[Column.ID]) for row in claim.rows if row[Column.ID] in failed],
+                    self._deliveries.restore_retry,
+                    [key + (row[Column.NEXT_RETRY_AT], row[Column.ID]) for row in restored],
                 )
                 if not rows:
                     conn.execute(DELETE_LEASE_SQL, (claim.token,))
                 # What goes out is a new batch: its own key, never the whole claim's.
-                batchkeys.forget(conn, [row[Column.ID] for row in claim.rows])
+                batchkeys.forget(conn, [row[Column.ID] for row in claim.rows], self._scope)
                 readable_ids = [row[Column.ID] for row in rows]
-                claim.keys = {tuple(readable_ids): batchkeys.key_for(conn, readable_ids)} if rows else {}
+                claim.keys = {tuple(readable_ids): batchkeys.key_for(conn, readable_ids, self._scope)} if rows else {}
             self._rejected.update(row[Column.ID] for row in claim.rows if row[Column.ID] in failed)
             self._unreadable += errors
         return rows
@@ -233,7 +233,7 @@ class Flusher:
             " (written without the key, or its stored text was replaced)"
         )
         self._dead_letter(conn, ids, None, why)
-        conn.execute(ADD_COUNTER_SQL, (UNSEALED_REFUSED_KEY, len(ids)))
+        conn.execute(ADD_COUNTER_SQL, (self._scope + UNSEALED_REFUSED_KEY, len(ids)))
         self._unsealed += len(ids)
 
     # -- sizing and pacing ------------------------------------------------------------
@@ -242,8 +242,8 @@ class Flusher:
         """Start from the throughput an earlier process measured, when this one has none
         and sizes batches by it."""
         if self._policy.max_batch_seconds is not None and self._link.meter.bytes_per_second is None:
-            found = self._store.counters(THROUGHPUT_KEYS)
-            self._link.meter.seed(*(found.get(key) for key in THROUGHPUT_KEYS))
+            found = self._store.counters([self._scope + key for key in THROUGHPUT_KEYS])
+            self._link.meter.seed(*(found.get(self._scope + key) for key in THROUGHPUT_KEYS))
 
     def _size_batch(self) -> None:
         """Bound the next batch: the item and byte limits, no more than a full token bucket,
@@ -283,17 +283,19 @@ class Flusher:
             now = store.now()
             with write_transaction(conn):
                 store.read_sealed_from(conn)  # another process may have sealed items since
-                budget = self._policy.budget_left(store.sent_today)
+                budget = self._policy.budget_left(lambda: store.sent_today(self._scope))
                 bounds = (self._max_items, self._max_bytes)
-                rows = pick(conn, now, self._policy, budget, bounds, self._rejected)
+                scans: Dict[int, Scanned] = {}
+                rows = pick(conn, self._deliveries, now, self._policy, budget, bounds, self._rejected, scans)
+                advance_cursors(conn, self._deliveries, rows, scans)
                 claim = None
                 if rows:
                     ids = [row[Column.ID] for row in rows]
                     claim = Claim(rows, uuid.uuid4().hex)
                     # Stored with the lease: a retry in any process finds it.
-                    claim.keys[tuple(ids)] = batchkeys.key_for(conn, ids)
+                    claim.keys[tuple(ids)] = batchkeys.key_for(conn, ids, self._scope)
                     until = now + self._policy.lease_seconds
-                    store.run_chunks(RELEASE_SQL, (until,), _codec.id_chunks(ids))
+                    store.run_chunks(self._deliveries.release, self._deliveries.key + (until,), _codec.id_chunks(ids))
                     conn.execute(DELETE_EXPIRED_LEASES_SQL, (now,))
                     conn.execute(INSERT_LEASE_SQL, (claim.token, len(rows), until))
         return claim
@@ -306,14 +308,23 @@ class Flusher:
         with store.lock:
             until = store.now() + self._policy.lease_seconds
             with store.write() as conn:
-                store.run_chunks(RELEASE_SQL, (until,), _codec.id_chunks(ids))
+                store.run_chunks(self._deliveries.release, self._deliveries.key + (until,), _codec.id_chunks(ids))
                 conn.execute(EXTEND_LEASE_SQL, (until, claim.token))
-                batchkeys.forget(conn, parent)
+                batchkeys.forget(conn, parent, self._scope)
                 for part in claim.pending[-2:]:
                     part_ids = [row[Column.ID] for row in part]
-                    claim.keys[tuple(part_ids)] = batchkeys.key_for(conn, part_ids)
+                    claim.keys[tuple(part_ids)] = batchkeys.key_for(conn, part_ids, self._scope)
 
     # -- settling ---------------------------------------------------------------------
+
+    def _remove(self, chunks: List[Tuple[int, ...]]) -> int:
+        """Take items off this destination's list (acked, dead-lettered); the items leave the
+        file once no destination needs them. Returns how many deliveries ended."""
+        return self._store.end_deliveries(self._deliveries, chunks)
+
+    def _nack(self, ids: List[int], until: float) -> None:
+        """Count a failed attempt on ``ids`` and hold them back until ``until``."""
+        self._store.run_chunks(self._deliveries.nack, self._deliveries.key + (until,), _codec.id_chunks(ids))
 
     @contextlib.contextmanager
     def _settling(self, claim: Claim) -> Iterator[sqlite3.Connection]:
@@ -326,20 +337,19 @@ class Flusher:
     def _accept(self, conn: sqlite3.Connection, claim: Claim, part: List[Row], outcome: Outcome) -> int:
         """Ack what the endpoint took; reject and retry the indices it named."""
         store = self._store
-        batchkeys.forget(conn, [row[Column.ID] for row in part])
+        batchkeys.forget(conn, [row[Column.ID] for row in part], self._scope)
         refused = {*outcome.rejected, *outcome.retry, *outcome.too_large, *outcome.credentials}
         ids = [row[Column.ID] for index, row in enumerate(part) if index not in refused]
         chunks = _codec.id_chunks(ids)
-        acked = store.run_chunks(ACK_SQL, (), chunks)
-        store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
+        acked = self._remove(chunks)
         if acked:
             self._count_sent(conn, acked)
         if not outcome.credentials:  # a refusal of part of a batch is not a recovered link
-            release_held(conn, self._link.accepted(store.now()))
+            release_held(conn, self._deliveries, self._link.accepted(store.now()))
         meter = self._link.meter
         for key, value in zip(THROUGHPUT_KEYS, (meter.bytes_per_second, meter.items_per_second)):
             if value is not None:
-                conn.execute(SET_COUNTER_SQL, (key, value))
+                conn.execute(SET_COUNTER_SQL, (self._scope + key, value))
         if outcome.rejected:
             status = outcome.status
             error = outcome.error or f"the endpoint rejected {len(outcome.rejected)} of {len(part)} items"
@@ -364,14 +374,15 @@ class Flusher:
         error = _short(error or "rejected by the endpoint")
         ids = [row[Column.ID] for row in rows]
         # A rejected batch is not retried as it was: a server may have cached its answer.
-        batchkeys.forget(conn, ids)
+        batchkeys.forget(conn, ids, self._scope)
         stored = self._stored(error)
-        conn.executemany(COUNT_REJECTION_SQL, [(row_id, status, stored) for row_id in ids])
+        deliveries = self._deliveries
+        conn.executemany(deliveries.count_rejection, [deliveries.key + (row_id, status, stored) for row_id in ids])
         self._note_error(conn, stored)
         exhausted: List[int] = []
         for chunk in _codec.id_chunks(ids):
-            limit = (self._policy.max_attempts,)
-            exhausted += [r[0] for r in conn.execute(SELECT_EXHAUSTED_SQL[len(chunk)], limit + chunk)]
+            limit = deliveries.key + (self._policy.max_attempts,)
+            exhausted += [r[0] for r in conn.execute(deliveries.exhausted[len(chunk)], limit + chunk)]
         if exhausted:
             self._dead_letter(conn, exhausted, status, error)
         dead = set(exhausted)
@@ -379,7 +390,7 @@ class Flusher:
         self._rejected.update(row[Column.ID] for row in held)
         if held:
             delay = self._policy.backoff_delay(max(row[Column.RETRY_COUNT] for row in held))
-            store.run_chunks(NACK_SQL, (store.now() + delay,), _codec.id_chunks([row[Column.ID] for row in held]))
+            self._nack([row[Column.ID] for row in held], store.now() + delay)
             logger.debug(
                 "the endpoint rejected %d items (%s); retrying them later", len(held), self._shown(status, error)
             )
@@ -387,18 +398,18 @@ class Flusher:
     def _dead_letter(
         self, conn: sqlite3.Connection, ids: List[int], status: Optional[int], error: Optional[str]
     ) -> None:
-        """Move items to ``sync_dead_letters`` with the last status and error."""
+        """Move items to this destination's dead-letter table with the last status and error."""
         store = self._store
         error = _short(error or "rejected by the endpoint")
-        batchkeys.forget(conn, ids)
+        batchkeys.forget(conn, ids, self._scope)
         chunks = _codec.id_chunks(ids)
         stored = self._stored(error)
-        store.run_chunks(MOVE_TO_DEAD_SQL, (status, stored, store.now()), chunks)
-        moved = store.run_chunks(ACK_SQL, (), chunks)
-        store.run_chunks(FORGET_REJECTIONS_SQL, (), chunks)
+        deliveries = self._deliveries
+        store.run_chunks(deliveries.move_to_dead, deliveries.key + (status, stored, store.now()), chunks)
+        moved = self._remove(chunks)
         self._note_error(conn, stored)
         if moved:
-            conn.execute(ADD_COUNTER_SQL, ("dead_lettered_total", moved))
+            conn.execute(ADD_COUNTER_SQL, (self._scope + "dead_lettered_total", moved))
             self._dead_count += moved
             self._dead_error = self._shown(status, error)
 
@@ -410,7 +421,7 @@ class Flusher:
             delay = max(delay, min(outcome.retry_after, MAX_RETRY_AFTER))
         until = self._store.now() + delay
         ids = [row[Column.ID] for row in part]
-        self._store.run_chunks(NACK_SQL, (until,), _codec.id_chunks(ids))
+        self._nack(ids, until)
         held = [until, self._hold_rest(claim, until)]
         # No answer at all: the link itself may be down, and a probe may end the wait.
         link_down = outcome.status is None and outcome.retry_after is None
@@ -421,7 +432,7 @@ class Flusher:
         """Keep every item and wait long: a bad key is fixed by a person, not by retrying."""
         delay = self._policy.credentials_delay()
         until = self._store.now() + delay
-        self._store.run_chunks(NACK_SQL, (until,), _codec.id_chunks([row[Column.ID] for row in part]))
+        self._nack([row[Column.ID] for row in part], until)
         self._hold_rest(claim, until)
         error = _short(outcome.error or "credentials refused")
         self._record_failure(conn, CREDENTIALS, outcome.status, error, delay, len(part))
@@ -431,18 +442,18 @@ class Flusher:
         batch: the keys of its parts are not used again); return the stamp they got."""
         conn = self._store.conn()
         for part in claim.pending:
-            batchkeys.forget(conn, [row[Column.ID] for row in part])
+            batchkeys.forget(conn, [row[Column.ID] for row in part], self._scope)
         rest = [row[Column.ID] for part in claim.pending for row in part]
         claim.pending = []
         stamp = math.nextafter(until, math.inf)
         if rest:
-            self._store.run_chunks(RELEASE_SQL, (stamp,), _codec.id_chunks(rest))
+            self._store.run_chunks(self._deliveries.release, self._deliveries.key + (stamp,), _codec.id_chunks(rest))
         return stamp
 
     def _count_sent(self, conn: sqlite3.Connection, count: int) -> None:
-        conn.execute(ADD_COUNTER_SQL, ("messages_sent_today", count))
-        conn.execute(ADD_COUNTER_SQL, ("messages_sent_total", count))
-        conn.execute(SET_COUNTER_SQL, ("last_success_at", self._store.now()))
+        conn.execute(ADD_COUNTER_SQL, (self._scope + "messages_sent_today", count))
+        conn.execute(ADD_COUNTER_SQL, (self._scope + "messages_sent_total", count))
+        conn.execute(SET_COUNTER_SQL, (self._scope + "last_success_at", self._store.now()))
 
     def _record_failure(
         self,
@@ -455,7 +466,7 @@ class Flusher:
         held: Sequence[float] = (),
     ) -> None:
         now = self._store.now()
-        conn.execute(ADD_COUNTER_SQL, ("failed_batches", 1))
+        conn.execute(ADD_COUNTER_SQL, (self._scope + "failed_batches", 1))
         self._note_error(conn, self._stored(error), now)
         detail = f"{self._shown(status, error)}; keeping {count} items, next try in {delay:.1f} s"
         self._link.failed(kind, detail, now + delay, held, self._credentials_subject)
@@ -480,8 +491,8 @@ class Flusher:
         """Show ``stored`` (an error text as ``_stored`` gives it: scrubbed, short, sealed
         where payloads are) as the queue's ``last_error``: a refusal of items is as much an
         error as a dead link."""
-        conn.execute(SET_COUNTER_SQL, ("last_error", stored))
-        conn.execute(SET_COUNTER_SQL, ("last_error_at", self._store.now() if now is None else now))
+        conn.execute(SET_COUNTER_SQL, (self._scope + "last_error", stored))
+        conn.execute(SET_COUNTER_SQL, (self._scope + "last_error_at", self._store.now() if now is None else now))
 
 
 def _body_size(texts: List[bytes]) -> int:

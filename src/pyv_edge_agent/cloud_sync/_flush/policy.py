@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from .. import _validate
-from .._store.sql import RESUME_HELD_SQL
+from .._store.deliveries import Deliveries
 from .._types import CRITICAL, Priority
 from .._upload_types import OutcomeKind
 from .pacing import Pacer, ThroughputMeter
@@ -200,9 +200,10 @@ class LinkState:
             event.set()
 
 
-def release_held(conn: sqlite3.Connection, stamps: List[Tuple[float, float]]) -> int:
-    """Move each held batch from its old ``next_retry_at`` stamp to its new one (see
-    ``LinkState.resume``), inside the caller's write transaction; return how many items moved."""
+def release_held(conn: sqlite3.Connection, deliveries: Deliveries, stamps: List[Tuple[float, float]]) -> int:
+    """Move each held batch of ``deliveries`` from its old ``next_retry_at`` stamp to its
+    new one (see ``LinkState.resume``), inside the caller's write transaction; return how
+    many items moved."""
     if not stamps:
         return 0
-    return int(conn.executemany(RESUME_HELD_SQL, [(new, old) for old, new in stamps]).rowcount)
+    return int(conn.executemany(deliveries.resume_held, [deliveries.key + (new, old) for old, new in stamps]).rowcount)

@@ -28,16 +28,17 @@ FORGET_ALL_DEAD_SQL = "DELETE FROM sync_batch_keys WHERE first_id IN (SELECT id 
 COLLECT_SQL = "DELETE FROM sync_batch_keys WHERE first_id NOT IN (SELECT id FROM sync_queue)"
 
 
-def _digest(ids: Sequence[int]) -> str:
+def _digest(ids: Sequence[int], scope: str) -> str:
     import hashlib  # on first use: a process that only enqueues never loads it
 
-    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:32]
+    return hashlib.sha256((scope + ",".join(map(str, ids))).encode()).hexdigest()[:32]
 
 
-def key_for(conn: sqlite3.Connection, ids: Sequence[int]) -> str:
-    """The key of the batch of ``ids`` (in the order sent): the stored one when exactly
-    these items were sent before, else a new random one, stored. Call in a transaction."""
-    digest = _digest(ids)
+def key_for(conn: sqlite3.Connection, ids: Sequence[int], scope: str = "") -> str:
+    """The key of the batch of ``ids`` (in the order sent) to the destination of ``scope``
+    ("" for a queue's only one): the stored one when exactly these items were sent there
+    before, else a new random one, stored. Call in a transaction."""
+    digest = _digest(ids, scope)
     row = conn.execute(SELECT_KEY_SQL, (digest,)).fetchone()
     if row is not None:
         return str(row[0])
@@ -46,9 +47,10 @@ def key_for(conn: sqlite3.Connection, ids: Sequence[int]) -> str:
     return key
 
 
-def forget(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
-    """Drop the key of the batch of ``ids``: it will not be sent again as it was."""
-    conn.execute(FORGET_SQL, (_digest(ids),))
+def forget(conn: sqlite3.Connection, ids: Sequence[int], scope: str = "") -> None:
+    """Drop the key of the batch of ``ids`` to the destination of ``scope``: it will not be
+    sent again as it was."""
+    conn.execute(FORGET_SQL, (_digest(ids, scope),))
 
 
 def forget_requeued(conn: sqlite3.Connection, chunks: Optional[Iterable[Tuple[int, ...]]]) -> None:

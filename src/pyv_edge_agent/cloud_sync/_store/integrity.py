@@ -55,8 +55,11 @@ _CORRUPT_MESSAGES = ("database disk image is malformed", "file is not a database
 class IntegrityReport:
     """The result of ``CloudSyncQueue.verify()``.
 
-    :param ok: True when SQLite's ``integrity_check`` found nothing wrong.
-    :param messages: what ``integrity_check`` reported (``["ok"]`` when sound).
+    :param ok: True when SQLite's ``integrity_check`` found nothing wrong, nor the checks of
+        the queue's own tables (plain items where sealed ones are due; the delivery
+        bookkeeping of a file with destinations).
+    :param messages: what ``integrity_check`` reported (``["ok"]`` when sound), then one
+        message per broken rule of the queue's tables, naming the table and how many rows.
     :param schema_version: ``PRAGMA user_version`` of the file (None if unreadable).
     :param path: the database file.
     :param rekey_unfinished: items not yet under the key an interrupted (or running)
@@ -542,13 +545,15 @@ def rekey_unfinished(conn: sqlite3.Connection) -> int:
 
 
 def verify(conn: sqlite3.Connection, path: str) -> IntegrityReport:
-    """Run ``PRAGMA integrity_check`` (reads the whole file, writes nothing), and count what
-    an unfinished ``rekey`` left behind."""
+    """Run ``PRAGMA integrity_check`` (reads the whole file, writes nothing), check the
+    queue's own tables (sealed items, delivery bookkeeping), and count what an unfinished
+    ``rekey`` left behind."""
     version: Optional[int] = None
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         messages = tuple(str(row[0]) for row in conn.execute("PRAGMA integrity_check(20)").fetchall())
         messages += _unsealed_messages(conn)
+        messages += _delivery_messages(conn)
     except sqlite3.DatabaseError as exc:
         return IntegrityReport(ok=False, path=path, schema_version=version, messages=(str(exc),))
     try:
@@ -576,6 +581,60 @@ def _unsealed_messages(conn: sqlite3.Connection) -> Tuple[str, ...]:
         f"{count} items in sync_queue are not sealed, in a file where {start} must be sealed (written"
         " without the key, or replaced): a flush refuses them and moves them to the dead-letter table",
     )
+
+
+# The delivery bookkeeping of a file with destinations (see ``destinations``): each rule is
+# a query counting the rows that break it, and what ``verify`` says of them.
+_REGISTERED_BITS = "(SELECT COALESCE(SUM(1 << id), 0) FROM sync_destinations)"
+# SQLite has no bit count: the sum of every bit of the route, 0 to 63.
+_BITS_SET = " + ".join(f"((destinations >> {bit}) & 1)" for bit in range(64))
+ROUTES_WITHOUT_ITEM_SQL = "SELECT COUNT(*) FROM sync_routes WHERE item_id NOT IN (SELECT id FROM sync_queue)"
+ROUTES_MISCOUNTED_SQL = f"SELECT COUNT(*) FROM sync_routes WHERE pending != {_BITS_SET}"
+ROUTES_TO_UNREGISTERED_SQL = f"SELECT COUNT(*) FROM sync_routes WHERE destinations & ~{_REGISTERED_BITS}"
+DELIVERIES_WITHOUT_ITEM_SQL = "SELECT COUNT(*) FROM sync_deliveries WHERE item_id NOT IN (SELECT id FROM sync_queue)"
+DELIVERIES_NOT_ROUTED_SQL = (
+    "SELECT COUNT(*) FROM sync_deliveries AS d WHERE d.item_id IN (SELECT id FROM sync_queue) AND NOT EXISTS"
+    " (SELECT 1 FROM sync_routes AS r WHERE r.item_id = d.item_id AND (r.destinations >> d.destination) & 1)"
+)
+ITEMS_WITHOUT_ROUTE_SQL = (
+    "SELECT COUNT(*) FROM sync_queue WHERE EXISTS (SELECT 1 FROM sync_destinations)"
+    " AND id NOT IN (SELECT item_id FROM sync_routes)"
+)
+CURSORS_OF_UNREGISTERED_SQL = (
+    "SELECT COUNT(*) FROM sync_cursors WHERE destination NOT IN (SELECT id FROM sync_destinations)"
+)
+DELIVERY_RULES = (
+    (ROUTES_WITHOUT_ITEM_SQL, "sync_routes: {} rows route an item that is not in sync_queue"),
+    (
+        ROUTES_MISCOUNTED_SQL,
+        "sync_routes: {} rows have a pending count other than the number of destination bits they set",
+    ),
+    (
+        ROUTES_TO_UNREGISTERED_SQL,
+        "sync_routes: {} rows set the bit of a destination that is not registered in sync_destinations",
+    ),
+    (DELIVERIES_WITHOUT_ITEM_SQL, "sync_deliveries: {} rows name an item that is not in sync_queue"),
+    (
+        DELIVERIES_NOT_ROUTED_SQL,
+        "sync_deliveries: {} rows belong to a destination whose bit is not set in their item's route",
+    ),
+    (
+        ITEMS_WITHOUT_ROUTE_SQL,
+        "sync_queue: {} items have no row in sync_routes, in a file with registered destinations"
+        " (no destination would deliver them)",
+    ),
+    (CURSORS_OF_UNREGISTERED_SQL, "sync_cursors: {} rows name a destination not registered in sync_destinations"),
+)
+
+
+def _delivery_messages(conn: sqlite3.Connection) -> Tuple[str, ...]:
+    """What ``verify`` says of the delivery bookkeeping of a file with destinations: one
+    message per broken rule, with how many rows break it (none for a file from before
+    destinations)."""
+    if conn.execute(HAS_DESTINATIONS_SQL).fetchone() is None:
+        return ()
+    found = ((conn.execute(sql).fetchone()[0], message) for sql, message in DELIVERY_RULES)
+    return tuple(message.format(count) for count, message in found if count)
 
 
 def open_database(
@@ -643,6 +702,26 @@ def translate_error(exc: sqlite3.Error, path: str) -> Optional[Exception]:
     if isinstance(exc, sqlite3.OperationalError) and "disk I/O error" in str(exc):
         return DatabaseError(f"queue database {path!r}: {exc}; {describe_access_problem(path)}")
     return None
+
+
+def destinations_of(path: str) -> Tuple[str, ...]:
+    """The destination names registered in the queue file at ``path``, in the order they
+    were registered, read through a read-only connection (none for a file without
+    destinations or made by a release before them)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"db_path: no queue file at {path!r}")
+    check_header(path)
+    conn = sqlite3.connect(read_only_uri(path), uri=True)
+    try:
+        if conn.execute(HAS_DESTINATIONS_SQL).fetchone() is None:
+            return ()
+        return tuple(name for (name,) in conn.execute(REGISTERED_NAMES_SQL))
+    finally:
+        conn.close()
+
+
+HAS_DESTINATIONS_SQL = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sync_destinations'"
+REGISTERED_NAMES_SQL = "SELECT name FROM sync_destinations ORDER BY added_at, id"
 
 
 def verify_file(path: str) -> IntegrityReport:

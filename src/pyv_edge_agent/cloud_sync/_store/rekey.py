@@ -19,24 +19,27 @@ from .store import Store
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 
-TABLES = ("sync_queue", "sync_dead_letters")
+# Each table of sealed texts and the column of the item id its seals are bound to (a
+# destination's dead letter keeps the item's id, beside a row id of its own).
+TABLES = (("sync_queue", "id"), ("sync_dead_letters", "id"), ("sync_dead_deliveries", "item_id"))
 CHUNK = 500
-_SELECT = "SELECT id, payload, priority FROM {table} WHERE id > ? ORDER BY id LIMIT ?"
+_SELECT = "SELECT id, {item}, payload, priority FROM {table} WHERE id > ? ORDER BY id LIMIT ?"
 _UPDATE = "UPDATE {table} SET payload = ? WHERE id = ?"
 # Ids are 64-bit: below the first, and a mark for "no chunk left" (SQLite never hands out 2**63).
 FIRST = -(2**63)
 STOP = 2**63
 
 
-def _after(conn: sqlite3.Connection, table: str, last: int) -> List[Tuple[Any, ...]]:
-    """The next chunk of ``table``'s ``(id, payload, priority)`` rows with ids above ``last``."""
-    return conn.execute(_SELECT.format(table=table), (last, CHUNK)).fetchall()
+def _after(conn: sqlite3.Connection, table: str, item: str, last: int) -> List[Tuple[Any, ...]]:
+    """The next chunk of ``table``'s ``(row id, item id, payload, priority)`` rows with row ids
+    above ``last``."""
+    return conn.execute(_SELECT.format(table=table, item=item), (last, CHUNK)).fetchall()
 
 
-def _each_chunk(conn: sqlite3.Connection, table: str) -> Iterator[List[Tuple[Any, ...]]]:
+def _each_chunk(conn: sqlite3.Connection, table: str, item: str) -> Iterator[List[Tuple[Any, ...]]]:
     last = FIRST
     while True:
-        rows = _after(conn, table, last)
+        rows = _after(conn, table, item, last)
         if not rows:
             return
         yield rows
@@ -44,20 +47,26 @@ def _each_chunk(conn: sqlite3.Connection, table: str) -> Iterator[List[Tuple[Any
 
 
 def _reseal_chunk(
-    conn: sqlite3.Connection, sealer: Sealer, queue_id: str, table: str, last: int, sealed_from: Optional[int]
+    conn: sqlite3.Connection,
+    sealer: Sealer,
+    queue_id: str,
+    table: Tuple[str, str],
+    last: int,
+    sealed_from: Optional[int],
 ) -> Tuple[int, int]:
     """Re-seal the chunk after ``last`` in one transaction; return (re-sealed, last id, or ``STOP``).
     A plain item where items must be sealed (``sealed_from``) stays as it is, to be refused:
     sealing it would vouch for a text written without the key."""
+    name, item = table
     with write_transaction(conn):
-        rows = _after(conn, table, last)
-        planted = unsealed_ids(rows, sealed_from)
+        rows = _after(conn, name, item, last)
+        planted = unsealed_ids([row[1:] for row in rows], sealed_from)
         changed = [
-            (sealer.reseal(text, row_id, priority, queue_id, table), row_id)
-            for row_id, text, priority in rows
-            if not sealer.is_current(text) and row_id not in planted
+            (sealer.reseal(text, item_id, priority, queue_id, name), row_id)
+            for row_id, item_id, text, priority in rows
+            if not sealer.is_current(text) and item_id not in planted
         ]
-        conn.executemany(_UPDATE.format(table=table), changed)
+        conn.executemany(_UPDATE.format(table=name), changed)
     return len(changed), rows[-1][0] if rows else STOP
 
 
@@ -72,9 +81,9 @@ def rekey(store: Store) -> int:
         conn = store.conn()
         queue_id = store.queue_id
         sealed_from = store.read_sealed_from(conn)
-        for table in TABLES:
-            for rows in _each_chunk(conn, table):
-                sealer.open_rows(rows, queue_id, table)
+        for name, item in TABLES:
+            for rows in _each_chunk(conn, name, item):
+                sealer.open_rows([row[1:] for row in rows], queue_id, name)
         # Kept until every chunk is done: a rekey cut short shows in get_stats() and check.
         with write_transaction(conn):
             conn.execute(SET_COUNTER_SQL, (REKEY_TARGET_KEY, sealer.header))

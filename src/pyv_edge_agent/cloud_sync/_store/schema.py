@@ -10,7 +10,7 @@ import sqlite3
 from .._errors import DatabaseError
 from .sql import write_transaction
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIN_SQLITE_VERSION = (3, 31, 0)
 # SQLite keeps its busy timeout in milliseconds in a C int; beyond it the value wraps.
 MAX_BUSY_TIMEOUT = (2**31 - 1) / 1000.0
@@ -81,9 +81,65 @@ first_id INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
 
+# Version 4: named destinations (see ``destinations`` and ``deliveries``); a file fed to one
+# destination leaves these tables empty. ``sync_routes``: for each item of a file with
+# destinations, the bit of every destination that still has to deliver it, and how many
+# those are (the item leaves the file at 0). A destination finds its new items through
+# its cursor per priority (the last item id its claims examined) and keeps a delivery row
+# only for items it has claimed (leased, retrying, rejected: the rejection count lives in
+# it). ``sync_dead_deliveries``: what a destination refused for good, each with a copy of
+# the payload (the item may leave the file when the others have delivered it).
+DESTINATIONS_DDL = """\
+CREATE TABLE IF NOT EXISTS sync_destinations (
+id INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 62),
+name TEXT NOT NULL UNIQUE,
+added_at REAL NOT NULL,
+first_item_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sync_routes (
+item_id INTEGER PRIMARY KEY,
+destinations INTEGER NOT NULL,
+pending INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sync_cursors (
+destination INTEGER NOT NULL,
+priority INTEGER NOT NULL,
+last_id INTEGER NOT NULL,
+PRIMARY KEY (destination, priority)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sync_deliveries (
+destination INTEGER NOT NULL,
+item_id INTEGER NOT NULL,
+priority INTEGER NOT NULL,
+retry_count INTEGER NOT NULL DEFAULT 0,
+next_retry_at REAL NOT NULL DEFAULT 0,
+rejections INTEGER NOT NULL DEFAULT 0,
+last_status INTEGER,
+last_error TEXT,
+PRIMARY KEY (destination, item_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idx_sync_deliveries_due
+ON sync_deliveries(destination, priority, next_retry_at);
+CREATE TABLE IF NOT EXISTS sync_dead_deliveries (
+id INTEGER PRIMARY KEY,
+destination INTEGER NOT NULL,
+item_id INTEGER NOT NULL,
+payload TEXT NOT NULL,
+priority INTEGER NOT NULL,
+created_at REAL NOT NULL,
+ttl_seconds INTEGER NOT NULL,
+retry_count INTEGER NOT NULL DEFAULT 0,
+next_retry_at REAL NOT NULL DEFAULT 0,
+last_status INTEGER,
+last_error TEXT,
+dead_at REAL NOT NULL,
+UNIQUE (destination, item_id)
+);
+"""
+
 # The DDL that brings a file from version ``n - 1`` to ``n``. Version 0 is a new file or
 # one written by the earlier release (only ``sync_queue``); every step is idempotent.
-MIGRATIONS = {1: QUEUE_DDL + META_DDL, 2: DEAD_LETTER_DDL, 3: BATCH_KEYS_DDL}
+MIGRATIONS = {1: QUEUE_DDL + META_DDL, 2: DEAD_LETTER_DDL, 3: BATCH_KEYS_DDL, 4: DESTINATIONS_DDL}
 
 # Synchronous levels by durability mode. FULL syncs the WAL on every commit, so a returned
 # id survives power loss; NORMAL syncs only at checkpoints: a crash of the process loses

@@ -99,7 +99,11 @@ FIRST_SEALED_SQL = (
     " UNION ALL SELECT id FROM sync_dead_letters WHERE substr(payload, 1, 1) = '~')"
 )
 COUNT_UNSEALED_SQL = "SELECT COUNT(*) FROM sync_queue WHERE id >= ? AND substr(payload, 1, 1) <> '~'"
-RESET_DAILY_SQL = "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
+# Every destination's daily counter too (``dest.<name>.messages_sent_today``).
+RESET_DAILY_SQL = (
+    "UPDATE sync_meta SET value = 0 WHERE key = 'messages_sent_today'"
+    " OR (substr(key, 1, 5) = 'dest.' AND key LIKE '%.messages_sent_today')"
+)
 DELETE_COUNTER_SQL = "DELETE FROM sync_meta WHERE key = ?"
 
 # -- rekey: the key a rekey moves every item to, kept until it has ------------------------
@@ -108,6 +112,7 @@ REKEY_TARGET_KEY = "rekey_target"
 REKEY_UNFINISHED_SQL = (
     "SELECT (SELECT COUNT(*) FROM sync_queue WHERE substr(payload, 1, length(?1)) IS NOT ?1)"
     " + (SELECT COUNT(*) FROM sync_dead_letters WHERE substr(payload, 1, length(?1)) IS NOT ?1)"
+    " + (SELECT COUNT(*) FROM sync_dead_deliveries WHERE substr(payload, 1, length(?1)) IS NOT ?1)"
 )
 
 # -- the flush: claims, leases, rejections ------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .. import _codec, _validate
 from .._errors import DiskFullError, QueueFullError
+from . import destinations
 from .sql import ACK_SQL, ADD_COUNTER_SQL, COUNT_SQL, write_transaction
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -279,8 +280,10 @@ class StorageGuard:
                 break
         else:
             self._refuse(f"only Critical items are left to evict, and it is at {self._describe(low_disk)}")
-        for chunk in _codec.id_chunks(victims):
+        chunks = _codec.id_chunks(victims)
+        for chunk in chunks:
             conn.execute(ACK_SQL[len(chunk)], chunk)
+        destinations.forget(conn, chunks)
         conn.execute(ADD_COUNTER_SQL, (EVICTED_KEY, len(victims)))
         # Every item of a priority up to its last victim is gone and ids only grow, so the
         # next scan of that priority starts there, once this transaction has committed.
@@ -351,6 +354,7 @@ class StorageGuard:
         self._purged_at = time.monotonic()
         deleted = int(conn.execute(PURGE_EXPIRED_SQL, (now,)).rowcount)
         if deleted:
+            destinations.forget_orphans(conn)
             conn.execute(ADD_COUNTER_SQL, (PURGED_KEY, deleted))
             logger.info("purged %d expired items from %r", deleted, self._path)
         return deleted

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 from .._errors import CloudSyncError, CorruptDatabaseError, MissingKeyError
-from . import batchkeys, integrity, storage
+from . import batchkeys, destinations, integrity, storage
 from . import clock as _clock
 from .sql import (
     ADD_COUNTER_SQL,
@@ -28,7 +28,6 @@ from .sql import (
     INSERT_ID_SQL,
     INSERT_SQL,
     LAST_ROWID_SQL,
-    NEXT_DUE_SQL,
     NEXT_ID_SQL,
     READ_COUNTER_SQL,
     SEALED_FROM_ALL,
@@ -38,6 +37,7 @@ from .sql import (
 )
 
 if TYPE_CHECKING:
+    from .deliveries import Deliveries
     from .seal import Sealer
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -241,6 +241,20 @@ class Store:
             with write_transaction(conn):
                 yield conn
 
+    def end_deliveries(self, deliveries: "Deliveries", chunks: List[Tuple[int, ...]]) -> int:
+        """Take items off a destination's list (delivered, dead-lettered, acked by hand);
+        they leave the file once no destination needs them. Returns how many deliveries
+        ended: for a named destination the bits cleared, so that an item delivered twice
+        (a lease that ran out) is counted once. Call under ``lock``."""
+        removed = self.run_chunks(deliveries.ack, deliveries.key, chunks)
+        if deliveries.forget_rejections is not None:
+            self.run_chunks(deliveries.forget_rejections, (), chunks)
+        for index, (statements, leading) in enumerate(deliveries.after_ack):
+            changed = self.run_chunks(statements, leading, chunks)
+            if index == 0:
+                removed = changed
+        return removed
+
     def run_chunks(self, statements: Dict[int, str], prefix: Tuple[Any, ...], chunks: List[Tuple[int, ...]]) -> int:
         """Run one statement per id chunk, in one transaction when there are several; return
         the rows changed. Call under ``lock``."""
@@ -278,9 +292,11 @@ class Store:
 
     # -- items --------------------------------------------------------------------------
 
-    def insert(self, rows: List[Tuple[str, int, float, int]]) -> List[int]:
+    def insert(self, rows: List[Tuple[str, int, float, int]], route: int = 0) -> List[int]:
         """Insert ``rows`` in one write transaction, admitted by ``storage`` (it may evict or
         raise ``QueueFullError``, and then nothing is written); return their ids in order.
+        ``route``: the bits of the destinations they go to (0: a queue without destinations),
+        written in the same transaction.
         With a ``sealer`` the payloads are sealed first, under the ids they get; without
         one, a file that holds sealed items refuses them (``MissingKeyError``): a plain item
         there would be plaintext in a sealed file, and a flush would not deliver it."""
@@ -307,11 +323,39 @@ class Store:
                 else:
                     conn.executemany(sql, params)
                     last = conn.execute(LAST_ROWID_SQL).fetchone()[0]
+                if route:
+                    destinations.route(conn, last - len(rows) + 1, len(rows), route)
             if mark is not None:
                 self.sealed_from = mark
             self.storage.maintain(conn)
         # AUTOINCREMENT under the write lock hands out consecutive ids.
         return list(range(last - len(rows) + 1, last + 1))
+
+    def register_destinations(self, names: Sequence[str]) -> Dict[str, int]:
+        """Register ``names`` as the file's destinations (see ``destinations.register``) and
+        return each one's id. With no names (a queue opened without destinations), a file
+        that has some is checked the same way: only one whose destinations have nothing
+        left becomes a file without them; one read when it has none."""
+        if not names:
+            with self.lock:
+                if not self.conn().execute(destinations.SELECT_ALL_SQL).fetchone():
+                    return {}
+        with self.write() as conn:
+            next_id = int(conn.execute(NEXT_ID_SQL).fetchone()[0])
+            return destinations.register(conn, names, next_id, self.now())
+
+    def remove_destination(self, ident: int, scope: str) -> int:
+        """Unregister a destination and drop its deliveries (see ``destinations.remove``);
+        return how many it had left."""
+        with self.write() as conn:
+            dropped = destinations.remove(conn, ident, scope)
+            batchkeys.collect(conn)
+        return dropped
+
+    def pending_for(self, destination: int) -> int:
+        """How many items the destination of id ``destination`` still has to deliver."""
+        with self.lock:
+            return destinations.pending_count(self.conn(), destination)
 
     def purge_expired(self, *, when_due: bool) -> int:
         """Delete the items whose TTL has run out (``when_due``: only if ``purge_interval`` has
@@ -327,11 +371,19 @@ class Store:
             self.storage.maintain(conn, force=not when_due)
         return deleted
 
-    def earliest_due(self, levels: Sequence[int], now: float) -> Optional[float]:
-        """The earliest ``next_retry_at`` of an unexpired item of ``levels`` (None: none)."""
+    def earliest_due(self, deliveries: "Deliveries", levels: Sequence[int], now: float) -> Optional[float]:
+        """The earliest ``next_retry_at`` of an unexpired item of ``levels`` that
+        ``deliveries`` still has to deliver (None: none)."""
+        statement, key, fresh = deliveries.next_due, deliveries.key, deliveries.fresh
         with self.lock:
             conn = self.conn()
-            due = [float(row[0]) for level in levels for row in conn.execute(NEXT_DUE_SQL, (level, now))]
+            if fresh is not None:  # a named destination: an unclaimed item is due now
+                for level in levels:
+                    found = conn.execute(fresh.read_cursor, (fresh.destination, level)).fetchone()
+                    cursor = 0 if found is None else int(found[0])
+                    if conn.execute(fresh.scan, (level, cursor, now, fresh.bit, 1)).fetchone() is not None:
+                        return 0.0
+            due = [float(due) for level in levels for (due,) in conn.execute(statement, key + (level, now))]
         return min(due) if due else None
 
     def counter(self, key: str, default: Any = 0) -> Any:
@@ -340,9 +392,9 @@ class Store:
             row = self.conn().execute(READ_COUNTER_SQL, (key,)).fetchone()
         return default if row is None else row[0]
 
-    def sent_today(self) -> int:
-        """The persisted ``messages_sent_today`` counter."""
-        return int(self.counter("messages_sent_today"))
+    def sent_today(self, scope: str = "") -> int:
+        """The persisted ``messages_sent_today`` counter (of the destination of ``scope``)."""
+        return int(self.counter(scope + "messages_sent_today"))
 
     def compact(self) -> None:
         """Rewrite the file to its smallest size, switching it to incremental auto-vacuum."""

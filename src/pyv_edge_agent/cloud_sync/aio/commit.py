@@ -1,11 +1,13 @@
 """Group commit for coroutines: ``AsyncCloudSyncQueue.enqueue`` calls made while a commit is
 under way are stored together, off the event loop, in one transaction and one fsync (per
-priority and TTL among them).
+priority, TTL and destinations among them).
 
 Each call is checked and encoded on the loop (so bad input raises in its caller before
 anything is written) and appended to a list; one writer thread takes everything waiting,
-stores it with ``CloudSyncQueue.enqueue_many`` (one transaction per priority and TTL
-present) and hands each caller its own id once it is committed. A failed shared
+stores it with ``CloudSyncQueue.enqueue_many`` (one transaction per priority, TTL and
+destinations present) and hands each caller its own id once it is committed. The queue
+checks an item's ``destinations`` in the writer thread, before the item's transaction:
+an unknown name fails that caller alone, and writes nothing. A failed shared
 transaction is retried item by item, so that each caller gets its own item's outcome.
 """
 
@@ -13,7 +15,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import _codec, _validate
 from .._queue import CloudSyncQueue
@@ -31,12 +33,13 @@ BARRIER = ""
 class _Entry:
     """One ``enqueue`` call waiting for the writer, or a ``BARRIER``."""
 
-    __slots__ = ("text", "level", "ttl", "future", "row_id", "error")
+    __slots__ = ("text", "level", "ttl", "destinations", "future", "row_id", "error")
 
-    def __init__(self, text: str, level: int, ttl: int, future: "asyncio.Future[int]") -> None:
+    def __init__(self, text: str, level: int, ttl: int, destinations: Any, future: "asyncio.Future[int]") -> None:
         self.text = text
         self.level = level
         self.ttl = ttl
+        self.destinations = destinations
         self.future = future
         self.row_id = 0
         self.error: Optional[BaseException] = None
@@ -53,7 +56,9 @@ class GroupWriter:
         self._pending: List[_Entry] = []
         self._draining = False
 
-    def add(self, payload: Any, priority: Any, ttl_seconds: Any) -> "asyncio.Future[int]":
+    def add(
+        self, payload: Any, priority: Any, ttl_seconds: Any, destinations: Optional[Sequence[str]]
+    ) -> "asyncio.Future[int]":
         """Check and encode one item, hand it to the writer and return the future of its id.
 
         From here on the item is stored whatever becomes of the future: cancelling it only
@@ -62,11 +67,12 @@ class GroupWriter:
         text = _codec.encode_payload(payload)
         level = _validate.priority_value(priority)
         ttl = _validate.integer("ttl_seconds", ttl_seconds, 0)
-        return self._append(_Entry(text, level, ttl, asyncio.get_running_loop().create_future()))
+        route = own_copy(destinations)
+        return self._append(_Entry(text, level, ttl, route, asyncio.get_running_loop().create_future()))
 
     def barrier(self) -> "asyncio.Future[int]":
         """A future that completes once every item added before it has been committed."""
-        return self._append(_Entry(BARRIER, 0, 0, asyncio.get_running_loop().create_future()))
+        return self._append(_Entry(BARRIER, 0, 0, None, asyncio.get_running_loop().create_future()))
 
     def _append(self, entry: _Entry) -> "asyncio.Future[int]":
         with self._mutex:
@@ -98,27 +104,35 @@ class GroupWriter:
             self._executor.submit(self._drain)
 
     def _commit(self, entries: List[_Entry]) -> None:
-        groups: Dict[Tuple[int, int], List[_Entry]] = {}
+        # A list searched by equality, not a dict: a bad ``destinations`` (a set, say) may be
+        # unhashable, and must reach the queue's check to fail its caller clearly.
+        groups: List[Tuple[Tuple[int, int, Any], List[_Entry]]] = []
         for entry in entries:
-            groups.setdefault((entry.level, entry.ttl), []).append(entry)
-        for (level, ttl), group in groups.items():
+            key = (entry.level, entry.ttl, entry.destinations)
+            for known, group in groups:
+                if known == key:
+                    group.append(entry)
+                    break
+            else:
+                groups.append((key, [entry]))
+        for key, group in groups:
             try:
-                self._store(group, level, ttl)
+                self._store(group, *key)
             except Exception as exc:
                 if len(group) == 1:
                     group[0].error = exc
                     continue
                 for entry in group:
                     try:
-                        self._store([entry], level, ttl)
+                        self._store([entry], *key)
                     except Exception as single_exc:
                         entry.error = single_exc
 
-    def _store(self, group: List[_Entry], level: int, ttl: int) -> None:
+    def _store(self, group: List[_Entry], level: int, ttl: int, destinations: Any) -> None:
         # The writer stores its own decoded copy of the text checked on the loop: the
         # caller's dict may change after the call returned, or after it was cancelled.
         payloads = [_codec.decode_payload(entry.text) for entry in group]
-        ids = self._queue.enqueue_many(payloads, Priority(level), ttl)
+        ids = self._queue.enqueue_many(payloads, Priority(level), ttl, destinations)
         for entry, row_id in zip(group, ids):
             entry.row_id = row_id
 
@@ -132,6 +146,15 @@ class GroupWriter:
                 loop.call_soon_threadsafe(_wake_callers, loop, entries)
             except RuntimeError:
                 _log_unheard(entries)  # that loop has closed
+
+
+def own_copy(destinations: Any) -> Any:
+    """A copy of an enqueue's ``destinations`` that the caller cannot change while the item
+    waits for the writer (a list becomes a tuple); anything but a sequence of names is left
+    as it is, for the queue to refuse."""
+    if isinstance(destinations, (list, tuple)):
+        return tuple(destinations)
+    return destinations
 
 
 def _wake_callers(loop: asyncio.AbstractEventLoop, entries: List[_Entry]) -> None:

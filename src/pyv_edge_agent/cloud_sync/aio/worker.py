@@ -1,14 +1,16 @@
-"""``AsyncSyncWorker``: the task that flushes an ``AsyncCloudSyncQueue``, sleeping until an
-item is due or a critical one wakes it, and probing a dead link while it backs off.
+"""``AsyncSyncWorker``: the task that flushes an ``AsyncCloudSyncQueue`` (one task per
+destination when the queue has several), sleeping until an item is due or a critical one
+wakes it, and probing a dead link while it backs off.
 """
 
 import asyncio
 import inspect
 import logging
 import threading
-from typing import Awaitable, Callable, Optional, Union
+from typing import Awaitable, Callable, List, Mapping, Optional, Union
 
 from .. import _validate
+from .._queue import CloudSyncQueue, Destination
 from .._sigterm import SigtermHook
 from .._upload_types import AsyncUploader, Uploader
 from ..delivery.probe import prober
@@ -24,7 +26,9 @@ IDLE_FLOOR_SECONDS = 1.0
 
 
 class AsyncSyncWorker:
-    """Flushes ``queue`` through ``uploader`` from a task on the running event loop.
+    """Flushes ``queue`` through ``uploader`` from a task on the running event loop; given a
+    mapping of destination names to uploaders, each destination of the queue from a task of
+    its own, with its own backoff and probe, so that one that is down never delays another.
 
     Like ``SyncWorker``: the loop sleeps until an item is due (at most ``interval``
     seconds) and through the backoff the last failure set, so a dead link costs no CPU;
@@ -35,20 +39,20 @@ class AsyncSyncWorker:
     upload that got no answer it probes the link every ``probe_interval`` of the queue (the
     uploader's ``probe()``, awaited when it is a coroutine function, or a TCP connect to its
     endpoint in a thread) and ends the backoff when the link answers; ``kick()`` ends a
-    wait from outside.
+    wait from outside (every destination's).
 
     :param interval: the longest sleep between two looks at the queue, in seconds.
     :param handle_sigterm: as for ``SyncWorker``: when ``start()`` runs in the main thread,
-        SIGTERM stops the loop after the batch in flight is settled, and then ends the
-        process with SIGTERM (at most the queue's ``lease_seconds`` later) unless the
-        application awaits ``stop()`` itself or had installed a SIGTERM handler, which is
-        called (a ``loop.add_signal_handler`` one included).
+        SIGTERM stops the loops after the batches in flight are settled, and then ends the
+        process with SIGTERM (at most the longest ``lease_seconds`` of its destinations
+        later) unless the application awaits ``stop()`` itself or had installed a SIGTERM
+        handler, which is called (a ``loop.add_signal_handler`` one included).
     """
 
     def __init__(
         self,
         queue: AsyncCloudSyncQueue,
-        uploader: Union[Uploader, AsyncUploader],
+        uploader: Union[Uploader, AsyncUploader, Mapping[str, Union[Uploader, AsyncUploader]]],
         *,
         interval: float = 10.0,
         handle_sigterm: bool = True,
@@ -56,28 +60,41 @@ class AsyncSyncWorker:
     ) -> None:
         if not isinstance(queue, AsyncCloudSyncQueue):
             raise TypeError(f"queue must be an AsyncCloudSyncQueue, got {type(queue).__name__}")
-        check_uploader(uploader)
-        self._queue = queue
-        self._uploader = uploader
         self._interval = _validate.number("interval", interval, 0.0, allow_equal=False)
         if not isinstance(handle_sigterm, bool):
             raise TypeError(f"handle_sigterm must be a bool, got {type(handle_sigterm).__name__}")
+        self._queue = queue
+        self._uploader = uploader
         self._handle_sigterm = handle_sigterm
         self._name = str(name)
         self._stop = threading.Event()
-        self._wake: Optional[asyncio.Event] = None
-        self._task: Optional["asyncio.Task[None]"] = None
-        self._error: Optional[Exception] = None
-        self._kicked = False
-        self._probe = _async_prober(uploader)
-        # Set when the task is done, and when the application awaits stop(): what SIGTERM's
-        # handler (in another thread) waits for and asks.
+        if isinstance(uploader, Mapping):
+            if not uploader:
+                raise ValueError("uploader: the mapping of destinations to uploaders is empty")
+            self._loops = [
+                _Loop(queue, str(target), each, self._interval, self._stop, f"{self._name}-{target}")
+                for target, each in uploader.items()
+            ]
+        elif len(queue.destinations) > 1:
+            raise ValueError(
+                f"uploader: this queue feeds {sorted(queue.destinations)}; give a mapping of each"
+                " destination name to its uploader"
+            )
+        else:
+            self._loops = [_Loop(queue, None, uploader, self._interval, self._stop, self._name)]
+        # Set when every task is done, and when the application awaits stop(): what
+        # SIGTERM's handler (in another thread) waits for and asks.
         self._ended = threading.Event()
         self._awaited = threading.Event()
-        lease = queue.queue.lease_seconds
+        lease = max(loop.lease_seconds for loop in self._loops)
         self._sigterm = SigtermHook(self._ask_to_stop, self._ended.wait, self._awaited.is_set, lease)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self.flushed = 0
+        self._tasks: List["asyncio.Task[None]"] = []
+
+    @property
+    def flushed(self) -> int:
+        """How many items the loops have flushed so far."""
+        return sum(loop.flushed for loop in self._loops)
 
     def __repr__(self) -> str:
         state = "running" if self.is_alive() else "stopped"
@@ -86,48 +103,51 @@ class AsyncSyncWorker:
         )
 
     def start(self) -> "AsyncSyncWorker":
-        """Start the loop as a task of the running event loop; returns self."""
-        if self._task is not None:
+        """Start the loops as tasks of the running event loop; returns self."""
+        if self._loop is not None:
             raise RuntimeError("an AsyncSyncWorker can be started once")
-        loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._loop = loop
-        self._task = loop.create_task(self._run(self._wake), name=self._name)
-        self._task.add_done_callback(lambda _: self._ended.set())
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [loop.start() for loop in self._loops]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
         if self._handle_sigterm:
             self._sigterm.install()
         return self
 
+    def _task_done(self, _: "asyncio.Task[None]") -> None:
+        if all(task.done() for task in self._tasks):
+            self._ended.set()
+
     async def stop(self) -> None:
-        """Ask the loop to end after the batch in flight and wait until it has. From the
+        """Ask the loops to end after the batch in flight and wait until they have. From the
         main thread it also puts back the SIGTERM handler that ``start()`` replaced."""
         self._awaited.set()
         self._stop.set()
-        if self._wake is not None:
-            self._wake.set()
+        for loop in self._loops:
+            loop.wake()
         self._sigterm.uninstall()
-        if self._task is not None:
-            await asyncio.wait([self._task])  # cancelling this wait leaves the task be
+        if self._tasks:
+            await asyncio.wait(self._tasks)  # cancelling this wait leaves the tasks be
 
     def is_alive(self) -> bool:
-        """True while the loop runs."""
-        return self._task is not None and not self._task.done()
+        """True while a loop runs."""
+        return any(not task.done() for task in self._tasks)
 
     def kick(self) -> None:
-        """End the loop's wait now: the link is back (a network-up hook; call it on the
+        """End the loops' wait now: the link is back (a network-up hook; call it on the
         loop's thread, or through ``loop.call_soon_threadsafe``). As ``SyncWorker.kick``: a
         backoff after an upload that got no answer ends, one after refused credentials or
         an answer of the endpoint stays."""
-        self._kicked = True
-        if self._wake is not None:
-            self._wake.set()
+        for loop in self._loops:
+            loop.kick()
 
     def _ask_to_stop(self) -> None:
         """Stop from SIGTERM's handler, which may run between two steps of the loop."""
         self._stop.set()
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(wake.set)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            for each in self._loops:
+                loop.call_soon_threadsafe(each.wake)
 
     async def __aenter__(self) -> "AsyncSyncWorker":
         return self.start()
@@ -135,22 +155,77 @@ class AsyncSyncWorker:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+
+class _Loop:
+    """One sync loop: flushes ``destination`` of ``queue`` (None: the queue, as one)
+    through ``uploader`` in a task until ``stop`` is set or the queue is closed."""
+
+    def __init__(
+        self,
+        queue: AsyncCloudSyncQueue,
+        destination: Optional[str],
+        uploader: Union[Uploader, AsyncUploader],
+        interval: float,
+        stop: threading.Event,
+        name: str,
+    ) -> None:
+        check_uploader(uploader)
+        if destination is None and queue.destinations:
+            destination = queue.destinations[0]  # the only one: its link is what the flush backs off
+        self._queue = queue
+        self._destination = destination
+        # Backoff state read on the loop: plain attributes, no SQL. A destination's view
+        # also checks its name now, rather than in the task.
+        self._link: Union[CloudSyncQueue, Destination] = (
+            queue.queue if destination is None else queue.queue.destination(destination)
+        )
+        self._uploader = uploader
+        self._interval = interval
+        self._stop = stop
+        self._name = name
+        self._wake: Optional[asyncio.Event] = None
+        self._kicked = False
+        self._error: Optional[Exception] = None
+        self._probe = _async_prober(uploader)
+        self.flushed = 0
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long this loop's batch in flight may take at most."""
+        return self._link.lease_seconds
+
+    def start(self) -> "asyncio.Task[None]":
+        """Start the loop as a task of the running event loop."""
+        self._wake = asyncio.Event()
+        return asyncio.get_running_loop().create_task(self._run(self._wake), name=self._name)
+
+    def wake(self) -> None:
+        """End the wait (to stop, or to look at the queue again)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    def kick(self) -> None:
+        """End the wait and any backoff a dead link set (see ``AsyncSyncWorker.kick``)."""
+        self._kicked = True
+        self.wake()
+
     async def _run(self, wake: asyncio.Event) -> None:
-        with self._queue.waking(wake):
-            while not self._stop.is_set() and not self._queue.closed:
+        queue, destination = self._queue, self._destination
+        with queue.waking(wake):
+            while not self._stop.is_set() and not queue.closed:
                 woken = wake.is_set()
                 wake.clear()
                 try:
                     if self._kicked:
                         self._kicked = False
-                        await self._queue.end_backoff()
+                        await queue.end_backoff(destination)
                     sleep = await self._sleep_time()
                     if not woken and sleep > 0:
                         await self._sleep(wake, sleep)
                         continue
-                    flushed = await self._queue.flush(self._uploader, stop=self._stop)
+                    flushed = await queue.flush(self._uploader, stop=self._stop, destination=destination)
                 except Exception as exc:  # a full disk must not end the loop silently
-                    if self._queue.closed:
+                    if queue.closed:
                         break
                     self._failing(exc)
                     await _wait(wake, self._interval)
@@ -165,15 +240,15 @@ class AsyncSyncWorker:
         got no answer, probe the link every ``probe_interval`` and end the backoff (and the
         sleep) when it answers. Probes start every ``probe_interval`` whatever each one
         took (see ``SyncWorker._wait``)."""
-        underneath = self._queue.queue
+        link = self._link
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        next_probe = loop.time() + (underneath.probe_interval or 0.0)
+        next_probe = loop.time() + (link.probe_interval or 0.0)
         while True:
             now = loop.time()
             left = deadline - now
-            interval = underneath.probe_interval
-            if self._probe is None or interval is None or not underneath.link_down:
+            interval = link.probe_interval
+            if self._probe is None or interval is None or not link.link_down:
                 await _wait(wake, max(0.0, left))
                 return
             if left <= 0.0:
@@ -184,17 +259,17 @@ class AsyncSyncWorker:
             if loop.time() < next_probe:
                 continue
             next_probe = loop.time() + interval
-            if underneath.link_down and await self._probe(interval) and await self._queue.end_backoff():
+            if link.link_down and await self._probe(interval) and await self._queue.end_backoff(self._destination):
                 logger.info("the link answers again: ending the backoff early")
                 return
 
     async def _sleep_time(self) -> float:
         """How long the loop may sleep (0: flush now): through a backoff the whole way, else
         until the next item is due, looking again at least every ``interval``."""
-        due = await self._queue.next_due_in()
+        due = await self._queue.next_due_in(self._destination)
         if due == 0:
             return 0.0
-        backoff = await self._queue.backoff_seconds()
+        backoff = await self._queue.backoff_seconds(self._destination)
         if backoff > 0:
             return backoff
         return self._interval if due is None else min(due, self._interval)

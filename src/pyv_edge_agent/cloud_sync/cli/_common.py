@@ -26,10 +26,21 @@ def open_queue(path: str, args: Optional[argparse.Namespace] = None, **options: 
     ``--key-file``s of a command that reads payloads open sealed ones (the last is the newest);
     ``options`` are more constructor arguments (the flush's pacing), a bad one a ``ValueError``
     or ``TypeError`` (exit 2) raised before the file is opened. A file that is not a queue
-    database is refused (``DatabaseError``, exit 3) after a read-only look, unchanged."""
+    database is refused (``DatabaseError``, exit 3) after a read-only look, unchanged.
+
+    A file with destinations is opened with all of them, as registered: a command neither
+    adds nor drops one. A ``--destination`` it does not have is a ``UsageError`` naming the
+    option, the value and the file's destinations, raised before the file is opened."""
     if not os.path.exists(path):
         raise UsageError(f"no queue database at {path!r}")
     require_queue(path)
+    registered = CloudSyncQueue.destinations_of(path)
+    chosen = getattr(args, "destination", None)
+    if chosen is not None and chosen not in registered:
+        its = f"its destinations are {list(registered)}" if registered else "it has no destinations"
+        raise UsageError(f"--destination {chosen!r}: {path!r} has no such destination; {its}")
+    if registered:
+        options["destinations"] = registered
     key_files = getattr(args, "key_file", None)
     if args is not None and key_files:
         options.update(
@@ -41,6 +52,25 @@ def open_queue(path: str, args: Optional[argparse.Namespace] = None, **options: 
         if not key_files:
             raise
         raise MissingExtraError(f"--key-file needs the 'cryptography' package: {EXTRA_HINT}") from None
+
+
+def one_destination(queue: CloudSyncQueue, args: argparse.Namespace, command: str) -> Optional[str]:
+    """The destination ``command`` acts for: ``--destination``, else the file's only one,
+    else None (a file without destinations). A file with several needs ``--destination``:
+    a ``UsageError`` naming them."""
+    if args.destination is not None:
+        return str(args.destination)
+    if len(queue.destinations) > 1:
+        raise UsageError(
+            f"{command}: {args.db!r} feeds several destinations {list(queue.destinations)};"
+            " name one with --destination NAME"
+        )
+    return queue.destinations[0] if queue.destinations else None
+
+
+def add_destination_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--destination NAME`` to a command's parser; ``what`` says what it selects."""
+    parser.add_argument("--destination", metavar="NAME", help=f"{what} (a file with several destinations)")
 
 
 def print_json(out: Output, value: Any) -> None:

@@ -17,20 +17,28 @@ def cmd_dead_letters(args: argparse.Namespace, out: Output) -> int:
     if args.ids and args.all:
         raise UsageError("give --ids or --all, not both")
     ids = None if args.all else args.ids
+    destination = args.destination
     with open_queue(args.db, args) as queue:
         if args.requeue or args.drop:
             verb = "requeued" if args.requeue else "dropped"
-            count = queue.requeue_dead_letters(ids) if args.requeue else queue.drop_dead_letters(ids)
+            if args.requeue:
+                count = queue.requeue_dead_letters(ids, destination=destination)
+            else:
+                count = queue.drop_dead_letters(ids, destination=destination)
             if args.json:
                 print_json(out, {verb: count})
             else:
                 out.line(f"{verb} {count} dead letters")
             return EXIT_OK
-        letters = queue.dead_letters(limit=args.n)
-    headers = ["id", "priority", "status", "last error", "dead since", "payload"]
+        letters = queue.dead_letters(limit=args.n, destination=destination)
+        # Whose each letter is, in a file with destinations (unless one was asked for).
+        whose = bool(queue.destinations) and destination is None
+    headers = ["id", "priority", *(["destination"] if whose else []), "status", "last error", "dead since", "payload"]
 
     def cells(letter: DeadLetter, now: float) -> List[Any]:
         status = "-" if letter.last_status is None else letter.last_status
-        return [status, shorten(letter.last_error or "-", 40), human_age(letter.dead_at, now)]
+        owner = [letter.destination] if whose else []
+        return [*owner, status, shorten(letter.last_error or "-", 40), human_age(letter.dead_at, now)]
 
-    return show_entries(out, args.json, letters, headers, f"{len(letters)} dead letters", cells, 40)
+    title = f"{len(letters)} dead letters" + ("" if destination is None else f" of {destination}")
+    return show_entries(out, args.json, letters, headers, title, cells, 40)

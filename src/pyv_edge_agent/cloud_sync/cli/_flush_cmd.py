@@ -11,10 +11,18 @@ from .. import HTTPCloudUploader
 from .._store.integrity import read_only_uri
 from ..delivery.http.uploader import DEFAULT_GZIP_MIN_BYTES
 from . import _connection
-from ._common import EXIT_INCOMPLETE, EXIT_OK, UsageError, open_queue, print_json
+from ._common import EXIT_INCOMPLETE, EXIT_OK, UsageError, one_destination, open_queue, print_json
 from ._render import Output, TrackingUploader, human_duration
 
 COUNT_ELIGIBLE_SQL = "SELECT COUNT(*) FROM sync_queue WHERE next_retry_at <= ? AND created_at + ttl_seconds > ?"
+# A destination's: the unexpired items whose route has its bit and that no delivery row of
+# it holds back (a retry not due, a lease).
+COUNT_ELIGIBLE_FOR_SQL = (
+    "SELECT COUNT(*) FROM sync_destinations AS s JOIN sync_routes AS r ON (r.destinations >> s.id) & 1"
+    " JOIN sync_queue AS q ON q.id = r.item_id WHERE s.name = ?1 AND q.created_at + q.ttl_seconds > ?2"
+    " AND NOT EXISTS (SELECT 1 FROM sync_deliveries AS d"
+    " WHERE d.destination = s.id AND d.item_id = q.id AND d.next_retry_at > ?2)"
+)
 DEFAULT_KEY_ENV = "CLOUD_SYNC_API_KEY"
 DEFAULT_MQTT_PASSWORD_ENV = "CLOUD_SYNC_MQTT_PASSWORD"
 ENDPOINT_ENV = "CLOUD_SYNC_ENDPOINT"
@@ -56,14 +64,17 @@ def read_endpoint(args: argparse.Namespace) -> str:
     return endpoint
 
 
-def count_eligible(path: str) -> int:
-    """How many items are due and unexpired, for the progress bar: counted by SQLite, not
-    decoded (a backlog can hold millions)."""
+def count_eligible(path: str, destination: Optional[str] = None) -> int:
+    """How many items are due and unexpired (for ``destination``, in a file with
+    destinations), for the progress bar: counted by SQLite, not decoded (a backlog can
+    hold millions)."""
     if not os.path.exists(path):
         raise UsageError(f"no queue database at {path!r}")
     conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=30.0)
     try:
         now = time.time()
+        if destination is not None:
+            return int(conn.execute(COUNT_ELIGIBLE_FOR_SQL, (destination, now)).fetchone()[0])
         return int(conn.execute(COUNT_ELIGIBLE_SQL, (now, now)).fetchone()[0])
     except sqlite3.Error:
         return 0  # the flush itself reports what is wrong with the file
@@ -131,18 +142,21 @@ def cmd_flush(args: argparse.Namespace, out: Output) -> int:
             **_connection.uploader_options(args),
         )
     with open_queue(args.db, args, **flush_options(args)) as queue:
-        resumed = queue.retry_now() if args.now else 0
-        backlog = count_eligible(args.db)
+        destination = one_destination(queue, args, "flush")
+        resumed = queue.retry_now(destination) if args.now else 0
+        backlog = count_eligible(args.db, destination)
         with out.progress("flushing", total=backlog) as advance:
             counting = TrackingUploader.around(uploader, advance)
-            flushed = queue.maybe_flush(uploader=counting)
-        left = queue.pending_count()
-        due_in = queue.next_due_in() if left else None
+            flushed = queue.maybe_flush(uploader=counting, destination=destination)
+        left = queue.pending_count(destination)
+        due_in = queue.next_due_in(destination) if left else None
     uploader.close()
     # Items left behind that are not due: a backoff (this call's failure or an earlier one)
     # holds them. Saying "done" then would hide that nothing may have been sent at all.
     waiting = due_in is not None and due_in > 0
     result: Dict[str, Any] = {"flushed": flushed, "pending": left, "failed": counting.failed}
+    if destination is not None:
+        result["destination"] = destination
     if args.now:
         result["resumed"] = resumed
     if waiting:
@@ -150,7 +164,11 @@ def cmd_flush(args: argparse.Namespace, out: Output) -> int:
     if args.json:
         print_json(out, result)
     else:
-        out.line(f"flushed {flushed} of {backlog} eligible items; {left} stored; {_status(counting.failed, due_in)}")
+        scope = "" if destination is None else f" to {destination}"
+        left_text = f"{left} stored" if destination is None else f"{left} still to deliver to it"
+        out.line(
+            f"flushed {flushed} of {backlog} eligible items{scope}; {left_text}; {_status(counting.failed, due_in)}"
+        )
     # Exit 1 says the link is not delivering: a batch failed, or a backoff held back every
     # stored item. Some items still waiting after others went is a working link: 0.
     return EXIT_INCOMPLETE if counting.failed or (waiting and not flushed) else EXIT_OK

@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from .. import BACKEND, CloudSyncError, CloudSyncQueue, DatabaseError, MissingKeyError, Priority, QueueItem, __version__
 from .._codec import FALLBACK_REASON
@@ -27,13 +27,15 @@ from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
+    add_destination_argument,
+    one_destination,
     open_queue,
     print_json,
     show_entries,
 )
 from ._dead_letters_cmd import cmd_dead_letters
 from ._flush_cmd import DEFAULT_KEY_ENV, DEFAULT_MQTT_PASSWORD_ENV, ENDPOINT_ENV, cmd_flush
-from ._metrics import BY_KEY, prometheus_text
+from ._metrics import BY_KEY, DESTINATION_BY_KEY, Metric, prometheus_text
 from ._render import Output, human_age, human_bytes, human_duration
 
 
@@ -44,8 +46,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _human_value(key: str, value: Any) -> str:
-    metric = BY_KEY.get(key)
+def _human_value(metric: Optional[Metric], value: Any) -> str:
     unit = metric.unit if metric else ""
     if isinstance(value, dict):
         return ", ".join(f"{k}={v}" for k, v in value.items())
@@ -64,24 +65,41 @@ def _human_value(key: str, value: Any) -> str:
 
 
 def _cmd_stats(args: argparse.Namespace, out: Output) -> int:
-    with open_queue(args.db) as queue:
+    with open_queue(args.db, args) as queue:
         stats = queue.get_stats()
+    if args.destination is not None:  # that destination's figures alone
+        stats = {"destinations": {args.destination: stats["destinations"][args.destination]}}
     if args.json:
-        print_json(out, stats)
+        print_json(out, stats if args.destination is None else stats["destinations"][args.destination])
     elif args.prometheus:
         out.stream.write(prometheus_text(stats, os.path.abspath(args.db)))
     else:
-        rows = [
-            [key, _human_value(key, value), BY_KEY[key].help if key in BY_KEY else ""] for key, value in stats.items()
-        ]
-        out.table(["metric", "value", "meaning"], rows, title=f"queue {args.db}")
+        _stats_tables(out, args.db, stats)
     return EXIT_OK
+
+
+def _stats_tables(out: Output, db: str, stats: Mapping[str, Any]) -> None:
+    """The file's figures, then each destination's, as tables of figure, value and meaning."""
+    columns = ["metric", "value", "meaning"]
+    per_destination: Dict[str, Dict[str, Any]] = stats.get("destinations", {})
+    rows = [_stats_row(BY_KEY, key, value) for key, value in stats.items() if key != "destinations"]
+    if rows:
+        out.table(columns, rows, title=f"queue {db}")
+    for name, figures in per_destination.items():
+        rows = [_stats_row(DESTINATION_BY_KEY, key, value) for key, value in figures.items()]
+        out.table(columns, rows, title=f"destination {name} of queue {db}")
+
+
+def _stats_row(metrics: Mapping[str, Metric], key: str, value: Any) -> List[str]:
+    metric = metrics.get(key)
+    return [key, _human_value(metric, value), metric.help if metric else ""]
 
 
 def _cmd_peek(args: argparse.Namespace, out: Output) -> int:
     priority = Priority[args.priority] if args.priority else None
     with open_queue(args.db, args) as queue:
-        items = queue.peek(n=args.n, priority=priority)
+        destination = one_destination(queue, args, "peek")
+        items = queue.peek(n=args.n, priority=priority, destination=destination)
     headers = ["id", "priority", "age", "retries", "expires in", "payload"]
 
     def cells(item: QueueItem, now: float) -> List[Any]:
@@ -91,7 +109,8 @@ def _cmd_peek(args: argparse.Namespace, out: Output) -> int:
             human_duration(item.created_at + item.ttl_seconds - now),
         ]
 
-    return show_entries(out, args.json, items, headers, f"next {len(items)} eligible", cells, 60)
+    title = f"next {len(items)} eligible" + ("" if destination is None else f" for {destination}")
+    return show_entries(out, args.json, items, headers, title, cells, 60)
 
 
 # -- flush --------------------------------------------------------------------------------
@@ -243,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = stats.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="machine-readable JSON")
     fmt.add_argument("--prometheus", action="store_true", help="Prometheus text for node_exporter's textfile collector")
+    add_destination_argument(stats, "only this destination's figures (default: the file's, then each destination's)")
     stats.set_defaults(run=_cmd_stats)
 
     peek = commands.add_parser("peek", help="the next eligible items, without removing them")
@@ -250,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     peek.add_argument("-n", type=_positive_int, default=10, help="how many items (default 10)")
     peek.add_argument("--priority", choices=[p.name for p in Priority], type=str.upper, help="only this priority")
     peek.add_argument("--json", action="store_true", help="machine-readable JSON")
+    add_destination_argument(peek, "the next items this destination would send; required")
     peek.set_defaults(run=_cmd_peek)
 
     flush = commands.add_parser(
@@ -315,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="end the backoff a failed upload set (in any process) and send the waiting items at once",
     )
     flush.add_argument("--json", action="store_true", help="machine-readable JSON")
+    add_destination_argument(flush, "the destination the endpoint or broker is; required")
     _connection.add_arguments(flush)
     flush.set_defaults(run=cmd_flush)
 
@@ -327,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--all", action="store_true", help="with --requeue or --drop: every dead letter")
     dead.add_argument("-n", type=_positive_int, default=50, help="how many to list (default 50)")
     dead.add_argument("--json", action="store_true", help="machine-readable JSON")
+    add_destination_argument(dead, "only this destination's dead letters (default: every destination's)")
     dead.set_defaults(run=cmd_dead_letters)
 
     rekey = commands.add_parser("rekey", help="re-seal every stored item under the newest key (encryption at rest)")

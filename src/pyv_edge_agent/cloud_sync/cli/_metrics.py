@@ -2,11 +2,13 @@
 its ``--json`` output and the Prometheus text exposition.
 
 Every key that ``CloudSyncQueue.get_stats()`` returns has a ``Metric`` here (a test holds
-that true). A key whose value is a dict becomes one labelled sample per entry.
+that true). A key whose value is a dict becomes one labelled sample per entry; the figures
+of each destination (``get_stats()["destinations"][name]``) become one family per figure,
+``cloud_sync_destination_<figure>``, with one sample per destination.
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -18,13 +20,59 @@ class Metric:
     help: str
     unit: str = ""  # "bytes", "timestamp" or "seconds" picks the human rendering
     label: Optional[str] = None  # for dict-valued keys: the label of each entry
+    prefix: str = "cloud_sync_"
+    figures: Sequence["Metric"] = ()  # for keys whose entries are dicts: the entries' keys
 
     @property
     def prometheus_name(self) -> str:
-        """The exposed name: ``cloud_sync_`` + key (+ ``_total`` for counters)."""
+        """The exposed name: the prefix + key (+ ``_total`` for counters)."""
         suffix = "_total" if self.kind == "counter" and not self.key.endswith("_total") else ""
-        return f"cloud_sync_{self.key}{suffix}"
+        return f"{self.prefix}{self.key}{suffix}"
 
+
+def _per_destination(key: str, kind: str, meaning: str, unit: str = "") -> Metric:
+    return Metric(key, kind, meaning, unit, prefix="cloud_sync_destination_")
+
+
+# The figures of one destination, ``get_stats()["destinations"][name]``.
+DESTINATION_METRICS: List[Metric] = [
+    _per_destination("depth", "gauge", "Items this destination still has to deliver."),
+    _per_destination(
+        "oldest_item_timestamp",
+        "gauge",
+        "Creation time of the oldest item this destination still has to deliver (Unix seconds).",
+        "timestamp",
+    ),
+    _per_destination("in_flight", "gauge", "Items of this destination leased by a flush that is uploading them."),
+    _per_destination("dead_lettered", "gauge", "This destination's items in the dead-letter table."),
+    _per_destination(
+        "messages_sent_today", "gauge", "Items this destination delivered since the last daily counter reset."
+    ),
+    _per_destination("messages_sent_total", "counter", "Items this destination delivered since it was added."),
+    _per_destination(
+        "failed_batches", "counter", "Uploads to this destination that failed transiently or on credentials."
+    ),
+    _per_destination(
+        "dead_lettered_total", "counter", "Items ever moved to the dead-letter table for this destination."
+    ),
+    _per_destination(
+        "last_success_at", "gauge", "When an upload to this destination last succeeded (Unix seconds).", "timestamp"
+    ),
+    _per_destination(
+        "last_error", "gauge", "The last upload error of this destination (text; not exported to Prometheus)."
+    ),
+    _per_destination(
+        "last_error_at", "gauge", "When an upload to this destination last failed (Unix seconds).", "timestamp"
+    ),
+    _per_destination(
+        "backoff_seconds",
+        "gauge",
+        "Seconds left of this destination's backoff, as the process reading the file sees it.",
+        "seconds",
+    ),
+    _per_destination("link_down", "gauge", "1 while this destination backs off after an upload that got no answer."),
+]
+DESTINATION_BY_KEY: Dict[str, Metric] = {metric.key: metric for metric in DESTINATION_METRICS}
 
 METRICS: List[Metric] = [
     Metric("depth", "gauge", "Items stored in the queue, whatever their TTL or retry state."),
@@ -66,6 +114,14 @@ METRICS: List[Metric] = [
         "gauge",
         "Items not yet sealed under the key an interrupted (or running) rekey moves them to; run rekey again.",
     ),
+    # A file with destinations: each one's figures, by name.
+    Metric(
+        "destinations",
+        "gauge",
+        "The figures of each destination (see DESTINATION_METRICS).",
+        label="destination",
+        figures=DESTINATION_METRICS,
+    ),
 ]
 BY_KEY: Dict[str, Metric] = {metric.key: metric for metric in METRICS}
 
@@ -92,6 +148,9 @@ def prometheus_text(stats: Mapping[str, Any], db_path: str) -> str:
         metric = BY_KEY.get(key)
         if metric is None or value is None or isinstance(value, str):
             continue
+        if metric.figures:
+            lines += _entry_families(metric, value, db)
+            continue
         lines.append(f"# HELP {metric.prometheus_name} {metric.help}")
         lines.append(f"# TYPE {metric.prometheus_name} {metric.kind}")
         if isinstance(value, Mapping):
@@ -104,3 +163,20 @@ def prometheus_text(stats: Mapping[str, Any], db_path: str) -> str:
         else:
             lines.append(f'{metric.prometheus_name}{{db="{db}"}} {_number(value)}')
     return "\n".join(lines) + "\n"
+
+
+def _entry_families(metric: Metric, entries: Mapping[str, Mapping[str, Any]], db: str) -> List[str]:
+    """One family per figure of ``metric``'s entries (each destination's), one sample per
+    entry, labelled with its name; figures that are None or text are left out."""
+    lines: List[str] = []
+    for figure in metric.figures:
+        samples = [
+            f'{figure.prometheus_name}{{db="{db}",{metric.label}="{_escape(str(name))}"}} {_number(values[figure.key])}'
+            for name, values in entries.items()
+            if values.get(figure.key) is not None and not isinstance(values[figure.key], str)
+        ]
+        if samples:
+            lines.append(f"# HELP {figure.prometheus_name} {figure.help}")
+            lines.append(f"# TYPE {figure.prometheus_name} {figure.kind}")
+            lines += samples
+    return lines
