@@ -7,7 +7,9 @@ measured in the same run, on both backends:
 - isolation: the live destination's drain time beside a dead one, whose endpoint refuses
   connections or accepts them and never answers, against the live destination alone
   (target <= 1.2x);
-- the file size with three destinations against one, for the same payloads (target <= 1.35x).
+- the file size with three destinations against one, for the same payloads (target <= 1.35x);
+- ``enqueue_many`` with a backlog budget enforced on one destination against none (issue 29,
+  reported).
 
 The variants of a scenario take turns call by call, as in the gate (``gate.py``), so that a
 busy neighbour slows them alike, and a ratio is the median over the rounds of the times
@@ -111,14 +113,17 @@ def _path(tmp_path: Any, name: str) -> str:
     return os.path.join(os.fspath(tmp_path), name)
 
 
-def _options(names: Sequence[str]) -> Dict[str, Any]:
+def _options(names: Any) -> Dict[str, Any]:
+    """The queue options of ``names``: a sequence of names or a mapping of them to options."""
+    if isinstance(names, dict):
+        return {"destinations": names}
     return {"destinations": tuple(names)} if names else {}
 
 
 # -- enqueue_many ----------------------------------------------------------------------------
 
 
-def _enqueue_many(path: str, names: Sequence[str], batch: List[Dict[str, Any]]) -> Timed:
+def _enqueue_many(path: str, names: Any, batch: List[Dict[str, Any]]) -> Timed:
     """One ``enqueue_many`` of ``batch`` (to every destination) into a new file per call."""
     queues: List[CloudSyncQueue] = []
 
@@ -147,6 +152,30 @@ def test_enqueue_many_to_two_destinations(benchmark: Any, tmp_path: Any, size: S
     judge(benchmark, measuring, f"enqueue_many {count:,}", variants, targets, count, size(ROUNDS, 1))
     with CloudSyncQueue(_path(tmp_path, "two.db"), destinations=("iot", "archive")) as queue:
         assert queue.pending_count(destination="archive") == queue.pending_count(destination="iot") == count
+
+
+BUDGETED = "two destinations, one over its backlog budget"
+
+
+def test_enqueue_many_with_a_backlog_budget_enforced(
+    benchmark: Any, tmp_path: Any, size: Size, measuring: bool
+) -> None:
+    """Issue 29: the cost of a budget being enforced on every ``enqueue_many`` (the budget
+    is a tenth of the batch: nine items in ten are dropped for that destination in the same
+    transaction) against the same two destinations without one. Reported, no target."""
+    count = size(10_000, 200)
+    benchmark.group = "destinations"
+    batch = payloads(count)
+    budgeted = {"iot": {}, "archive": {"max_backlog_items": count // 10}}
+    variants = {
+        TWO: _enqueue_many(_path(tmp_path, "two.db"), ("iot", "archive"), batch),
+        BUDGETED: _enqueue_many(_path(tmp_path, "budgeted.db"), budgeted, batch),
+    }
+    targets = [Target(BUDGETED, TWO)]
+    judge(benchmark, measuring, f"enqueue_many {count:,} with a budget", variants, targets, count, size(ROUNDS, 1))
+    with CloudSyncQueue(_path(tmp_path, "budgeted.db"), destinations=budgeted) as queue:
+        assert queue.pending_count(destination="archive") == count // 10
+        assert queue.pending_count(destination="iot") == count
 
 
 # -- the flush of one destination ------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Opt
 from . import _codec, _validate
 from ._flush.policy import ALL_LEVELS, FlushPolicy, LinkState, release_held
 from ._store import deadletter, integrity, schema, seal, stats, storage
+from ._store.backlog import ON_FULL_CHOICES, Backlog, Budget
 from ._store.clock import HIGH_WATER_LEAD_SECONDS
 from ._store.deliveries import ORDERS, SINGLE, Deliveries, for_destination
 from ._store.destinations import mask_of
@@ -42,8 +43,11 @@ logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 DESTINATION_KEYS = tuple(
     "max_batch_items max_batch_bytes retry_base_seconds retry_max_seconds lease_seconds max_attempts"
     " daily_message_limit max_items_per_second max_bytes_per_second pacing_burst_seconds"
-    " critical_bypasses_pacing max_batch_seconds probe_interval order".split()
+    " critical_bypasses_pacing max_batch_seconds probe_interval order"
+    " max_backlog_items max_backlog_bytes on_backlog_full".split()
 )
+# The options of a destination that are not its flush policy.
+_OTHER_DESTINATION_KEYS = ("order", "max_backlog_items", "max_backlog_bytes", "on_backlog_full")
 # Each entry a single enqueue hands the group committer: text, priority, TTL, route.
 _Entry = Tuple[str, int, int, int]
 
@@ -167,6 +171,8 @@ class CloudSyncQueue:
         names = None if destinations is None else destination_names(destinations)
         options: Mapping[str, Any] = destinations if isinstance(destinations, Mapping) else {}
         policies = {name: _destination_policy(policy, name, options.get(name, {})) for name in names or ()}
+        for name in names or ():
+            _check_budget(name, options.get(name, {}))
         orders = {
             name: _validate.choice(f"destinations[{name!r}]['order']", options[name]["order"], ORDERS)
             for name in names or ()
@@ -189,6 +195,12 @@ class CloudSyncQueue:
         # Each destination's id, which is its bit in an item's route (none: one destination).
         self._destinations: Dict[str, int] = store.register_destinations(names or ())
         self._all_routes = mask_of(list(self._destinations.values()))
+        budgets = [
+            _budget(ident, name, for_destination(ident, name), options.get(name, {}))
+            for name, ident in self._destinations.items()
+        ]
+        if any(budgets):
+            store.track_backlog(Backlog([budget for budget in budgets if budget is not None]))
         # Each destination's statements, flush options and link state (backoff, pacing).
         self._targets: Dict[str, _Target] = {
             name: _Target(
@@ -722,6 +734,34 @@ class CloudSyncQueue:
         return cls(**d)
 
 
+def _budget(ident: int, name: str, deliveries: Deliveries, options: Mapping[str, Any]) -> Optional[Budget]:
+    """The backlog budget a destination's ``options`` set (None: no budget)."""
+    max_items = options.get("max_backlog_items")
+    max_bytes = options.get("max_backlog_bytes")
+    if max_items is None and max_bytes is None:
+        return None
+    return Budget(
+        ident,
+        name,
+        deliveries,
+        max_items,
+        max_bytes,
+        options.get("on_backlog_full", "drop_oldest") == "drop_newest",
+    )
+
+
+def _check_budget(name: str, options: Mapping[str, Any]) -> None:
+    """Check a destination's backlog options before anything is written."""
+    where = f"destinations[{name!r}]"
+    for key in ("max_backlog_items", "max_backlog_bytes"):
+        if options.get(key) is not None:
+            _validate.integer(f"{where}[{key!r}]", options[key], 1)
+    if "on_backlog_full" in options:
+        _validate.choice(f"{where}['on_backlog_full']", options["on_backlog_full"], ON_FULL_CHOICES)
+        if options.get("max_backlog_items") is None and options.get("max_backlog_bytes") is None:
+            raise ValueError(f"{where}: on_backlog_full needs max_backlog_items or max_backlog_bytes")
+
+
 class _Target(NamedTuple):
     """What a flush of one destination works with."""
 
@@ -740,7 +780,7 @@ def _destination_policy(policy: FlushPolicy, name: str, options: Any) -> FlushPo
         raise ValueError(
             f"destinations[{name!r}]: unknown options {unknown}; a destination may set {list(DESTINATION_KEYS)}"
         )
-    flush_options = {key: value for key, value in options.items() if key != "order"}
+    flush_options = {key: value for key, value in options.items() if key not in _OTHER_DESTINATION_KEYS}
     if not flush_options:
         return policy
     try:

@@ -52,7 +52,9 @@ STORE_AGAIN_SQL = (
     "INSERT INTO sync_queue (id, payload, priority, created_at, ttl_seconds, retry_count, next_retry_at)"
     " VALUES (?, ?, ?, ?, ?, 0, 0)"
 )
-NEW_ROUTE_SQL = "INSERT INTO sync_routes (item_id, destinations, pending) VALUES (?, ?, 1)"
+NEW_ROUTE_SQL = (
+    "INSERT INTO sync_routes (item_id, destinations, pending, bytes) VALUES (?, ?, 1, length(CAST(? AS BLOB)))"
+)
 DUE_AGAIN_SQL = (
     "INSERT INTO sync_deliveries (destination, item_id, priority, retry_count, next_retry_at)"
     " VALUES (?, ?, ?, 0, 0) ON CONFLICT(destination, item_id) DO UPDATE SET retry_count = 0,"
@@ -143,7 +145,7 @@ def requeue_for(store: Store, ids: Optional[Sequence[int]], destination: int) ->
                 continue
             if conn.execute(STILL_STORED_SQL, (item_id,)).fetchone() is None:
                 conn.execute(STORE_AGAIN_SQL, (item_id, payload, priority, now, ttl))
-                conn.execute(NEW_ROUTE_SQL, (item_id, bit))
+                conn.execute(NEW_ROUTE_SQL, (item_id, bit, payload))
             else:
                 conn.execute(ROUTE_AGAIN_SQL, (item_id, bit))
             conn.execute(DUE_AGAIN_SQL, (destination, item_id, priority))

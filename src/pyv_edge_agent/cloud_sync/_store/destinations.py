@@ -21,7 +21,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SELECT_ALL_SQL = "SELECT name, id FROM sync_destinations"
 REGISTER_SQL = "INSERT INTO sync_destinations (id, name, added_at, first_item_id) VALUES (?, ?, ?, ?)"
 COUNT_DEAD_SQL = "SELECT COUNT(*) FROM sync_dead_deliveries WHERE destination = ?"
-ROUTE_SQL = "INSERT INTO sync_routes (item_id, destinations, pending) VALUES (?, ?, ?)"
+ROUTE_SQL = "INSERT INTO sync_routes (item_id, destinations, pending, bytes) VALUES (?, ?, ?, ?)"
 # Counting walks the routes: a destination's bit can be anywhere.
 COUNT_PENDING_SQL = "SELECT COUNT(*) FROM sync_routes WHERE destinations & ?"
 ANY_PENDING_SQL = "SELECT EXISTS (SELECT 1 FROM sync_routes WHERE destinations & ?)"
@@ -119,11 +119,14 @@ def forget_orphans(conn: sqlite3.Connection) -> None:
     conn.execute(FORGET_ORPHAN_DELIVERIES_SQL)
 
 
-def route(conn: sqlite3.Connection, first_id: int, count: int, mask: int) -> None:
-    """Address the ``count`` items from ``first_id`` on to the destinations of ``mask``,
-    inside the transaction that inserted them (the fan-out: all of them or none)."""
+def route(conn: sqlite3.Connection, first_id: int, texts: Sequence[str], mask: int) -> None:
+    """Address the items of the stored ``texts``, with ids from ``first_id`` on, to the
+    destinations of ``mask``, inside the transaction that inserted them (the fan-out: all
+    of them or none); each route keeps its item's size for the backlog budgets."""
     pending = bin(mask).count("1")
-    conn.executemany(ROUTE_SQL, [(item_id, mask, pending) for item_id in range(first_id, first_id + count)])
+    conn.executemany(
+        ROUTE_SQL, [(item_id, mask, pending, len(text.encode())) for item_id, text in enumerate(texts, first_id)]
+    )
 
 
 def pending_count(conn: sqlite3.Connection, ident: int) -> int:
@@ -155,6 +158,7 @@ DROP_KEPT_SQL = tuple(
         ("sync_deliveries", "destination"),
         ("sync_cursors", "destination"),
         ("sync_dead_deliveries", "destination"),
+        ("sync_backlog", "destination"),
         ("sync_destinations", "id"),
     )
 )

@@ -89,6 +89,9 @@ first_id INTEGER NOT NULL
 # only for items it has claimed (leased, retrying, rejected: the rejection count lives in
 # it). ``sync_dead_deliveries``: what a destination refused for good, each with a copy of
 # the payload (the item may leave the file when the others have delivered it).
+# ``sync_backlog``: the undelivered items and stored bytes of each destination that has a
+# backlog budget, kept by triggers on ``sync_routes`` that the first queue opened with a
+# budget creates (see ``backlog``): a file where no destination ever had one has none.
 DESTINATIONS_DDL = """\
 CREATE TABLE IF NOT EXISTS sync_destinations (
 id INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 62),
@@ -99,7 +102,8 @@ first_item_id INTEGER NOT NULL
 CREATE TABLE IF NOT EXISTS sync_routes (
 item_id INTEGER PRIMARY KEY,
 destinations INTEGER NOT NULL,
-pending INTEGER NOT NULL
+pending INTEGER NOT NULL,
+bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS sync_cursors (
 destination INTEGER NOT NULL,
@@ -135,10 +139,16 @@ last_error TEXT,
 dead_at REAL NOT NULL,
 UNIQUE (destination, item_id)
 );
+CREATE TABLE IF NOT EXISTS sync_backlog (
+destination INTEGER PRIMARY KEY,
+items INTEGER NOT NULL,
+bytes INTEGER NOT NULL
+);
 """
 
-# The DDL that brings a file from version ``n - 1`` to ``n``. Version 0 is a new file or
-# one written by the earlier release (only ``sync_queue``); every step is idempotent.
+# The DDL that brings a file from version ``n - 1`` to ``n``, one statement per ";\n".
+# Version 0 is a new file or one written by the earlier release (only ``sync_queue``);
+# every step is idempotent.
 MIGRATIONS = {1: QUEUE_DDL + META_DDL, 2: DEAD_LETTER_DDL, 3: BATCH_KEYS_DDL, 4: DESTINATIONS_DDL}
 
 # Synchronous levels by durability mode. FULL syncs the WAL on every commit, so a returned

@@ -25,6 +25,7 @@ _UNSET_KEYS = ("last_success_at", "last_error", "last_error_at", "link_bytes_per
 
 # A destination's own figures (``get_stats()["destinations"][name]``), from its counters.
 DESTINATION_COUNTER_KEYS = (
+    "dropped_total",
     "messages_sent_today",
     "messages_sent_total",
     "failed_batches",

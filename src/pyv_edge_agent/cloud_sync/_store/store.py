@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 from .._errors import CloudSyncError, CorruptDatabaseError, MissingKeyError
 from . import batchkeys, destinations, integrity, storage
 from . import clock as _clock
+from .backlog import Backlog
 from .sql import (
     ADD_COUNTER_SQL,
     ANY_PLAIN_SQL,
@@ -122,6 +123,8 @@ class Store:
         self._wall = clock
         self.clock = _clock.QueueClock(clock)
         self.storage = storage.StorageGuard(path, limits)
+        # The destinations' backlog budgets, enforced by ``insert`` (None: none has one).
+        self.backlog: Optional[Backlog] = None
         self.lock = FileLock(self.translate_error)
         self._db: Optional[sqlite3.Connection] = None
         self._hold = integrity.FileHold(None)
@@ -324,7 +327,9 @@ class Store:
                     conn.executemany(sql, params)
                     last = conn.execute(LAST_ROWID_SQL).fetchone()[0]
                 if route:
-                    destinations.route(conn, last - len(rows) + 1, len(rows), route)
+                    destinations.route(conn, last - len(rows) + 1, [row[0] for row in params], route)
+                    if self.backlog is not None:
+                        self.backlog.enforce(self.end_deliveries, conn, route)
             if mark is not None:
                 self.sealed_from = mark
             self.storage.maintain(conn)
@@ -351,6 +356,12 @@ class Store:
             dropped = destinations.remove(conn, ident, scope)
             batchkeys.collect(conn)
         return dropped
+
+    def track_backlog(self, backlog: Backlog) -> None:
+        """Enforce ``backlog``'s budgets from now on, its counts taken afresh."""
+        with self.write() as conn:
+            backlog.track(conn)
+        self.backlog = backlog
 
     def pending_for(self, destination: int) -> int:
         """How many items the destination of id ``destination`` still has to deliver."""

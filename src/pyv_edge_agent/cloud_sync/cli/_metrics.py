@@ -53,6 +53,9 @@ DESTINATION_METRICS: List[Metric] = [
         "failed_batches", "counter", "Uploads to this destination that failed transiently or on credentials."
     ),
     _per_destination(
+        "dropped_total", "counter", "Deliveries this destination gave up to stay within its backlog budget."
+    ),
+    _per_destination(
         "dead_lettered_total", "counter", "Items ever moved to the dead-letter table for this destination."
     ),
     _per_destination(
