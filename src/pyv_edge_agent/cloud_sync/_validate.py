@@ -7,7 +7,7 @@ anything is written.
 import ipaddress
 import math
 import os
-from typing import Any
+from typing import Any, Mapping, Optional
 
 from ._types import Priority, shown
 
@@ -118,3 +118,19 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def destination_uploaders(destinations: "tuple[str, ...]", uploader: Any) -> "list[tuple[Optional[str], Any]]":
+    """The loops a sync worker runs for ``uploader`` on a queue feeding ``destinations``:
+    one per entry of a mapping of destination names to uploaders, else one for the queue
+    (refused when the queue has several destinations)."""
+    if isinstance(uploader, Mapping):
+        if not uploader:
+            raise ValueError("uploader: the mapping of destinations to uploaders is empty")
+        return [(str(name), each) for name, each in uploader.items()]
+    if len(destinations) > 1:
+        raise ValueError(
+            f"uploader: this queue feeds {sorted(destinations)}; give a mapping of each destination's name to"
+            " its uploader"
+        )
+    return [(None, uploader)]

@@ -78,20 +78,12 @@ class SyncWorker:
         self._stop = threading.Event()
         # Set once the application waits for the loop: after SIGTERM it ends the process itself.
         self._joined = threading.Event()
-        if isinstance(uploader, Mapping):
-            if not uploader:
-                raise ValueError("uploader: the mapping of destinations to uploaders is empty")
-            self._loops = [
-                _Loop(queue.destination(str(target)), each, interval, self._stop, f"{self._name}-{target}")
-                for target, each in uploader.items()
-            ]
-        elif len(queue.destinations) > 1:
-            raise ValueError(
-                f"uploader: this queue feeds {sorted(queue.destinations)}; give a mapping of each"
-                " destination's name to its uploader"
-            )
-        else:
-            self._loops = [_Loop(queue, uploader, interval, self._stop, self._name)]
+        self._loops = [
+            _Loop(queue, each, interval, self._stop, self._name)
+            if target is None
+            else _Loop(queue.destination(target), each, interval, self._stop, f"{self._name}-{target}")
+            for target, each in _validate.destination_uploaders(queue.destinations, uploader)
+        ]
         self._started = False
         self._sigterm = SigtermHook(self._ask_to_stop, self._ended, self._joined.is_set, queue.lease_seconds)
 

@@ -7,14 +7,18 @@ from . import deadletter, destinations, integrity, storage
 from .sql import DEPTH_BY_PRIORITY_SQL, IN_FLIGHT_SQL, STATS_SQL, UNSEALED_REFUSED_KEY
 from .store import Store
 
-# Counters kept in sync_meta and shown by get_stats(); they survive a restart.
-COUNTER_KEYS = (
+# What a flush counts, for the queue and for each destination.
+_DELIVERY_COUNTERS = (
     "messages_sent_total",
     "failed_batches",
     "dead_lettered_total",
     "last_success_at",
     "last_error",
     "last_error_at",
+)
+# Counters kept in sync_meta and shown by get_stats(); they survive a restart.
+COUNTER_KEYS = (
+    *_DELIVERY_COUNTERS,
     "link_bytes_per_second",
     "link_items_per_second",
     UNSEALED_REFUSED_KEY,
@@ -24,16 +28,7 @@ _UNSET_KEYS = ("last_success_at", "last_error", "last_error_at", "link_bytes_per
 
 
 # A destination's own figures (``get_stats()["destinations"][name]``), from its counters.
-DESTINATION_COUNTER_KEYS = (
-    "dropped_total",
-    "messages_sent_today",
-    "messages_sent_total",
-    "failed_batches",
-    "dead_lettered_total",
-    "last_success_at",
-    "last_error",
-    "last_error_at",
-)
+DESTINATION_COUNTER_KEYS = ("dropped_total", "messages_sent_today", *_DELIVERY_COUNTERS)
 # The file's figures of a queue with destinations add theirs up.
 _SUMMED_KEYS = ("messages_sent_today", "messages_sent_total", "failed_batches", "dead_lettered_total")
 DESTINATION_OLDEST_SQL = (

@@ -68,20 +68,17 @@ class AsyncSyncWorker:
         self._handle_sigterm = handle_sigterm
         self._name = str(name)
         self._stop = threading.Event()
-        if isinstance(uploader, Mapping):
-            if not uploader:
-                raise ValueError("uploader: the mapping of destinations to uploaders is empty")
-            self._loops = [
-                _Loop(queue, str(target), each, self._interval, self._stop, f"{self._name}-{target}")
-                for target, each in uploader.items()
-            ]
-        elif len(queue.destinations) > 1:
-            raise ValueError(
-                f"uploader: this queue feeds {sorted(queue.destinations)}; give a mapping of each"
-                " destination name to its uploader"
+        self._loops = [
+            _Loop(
+                queue,
+                target,
+                each,
+                self._interval,
+                self._stop,
+                self._name if target is None else f"{self._name}-{target}",
             )
-        else:
-            self._loops = [_Loop(queue, None, uploader, self._interval, self._stop, self._name)]
+            for target, each in _validate.destination_uploaders(queue.destinations, uploader)
+        ]
         # Set when every task is done, and when the application awaits stop(): what
         # SIGTERM's handler (in another thread) waits for and asks.
         self._ended = threading.Event()
