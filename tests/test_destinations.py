@@ -653,3 +653,15 @@ def test_dequeue_ack_and_nack_by_hand_per_destination(two: CloudSyncQueue) -> No
     assert [p["n"] for p in received.received] == [2, 3]
     assert two.pending_count() == 0
     assert rawsql.execute(two, "SELECT COUNT(*) FROM sync_routes").fetchone()[0] == 0
+
+
+def test_each_destination_is_paced_by_its_own_buckets(db_path: str) -> None:
+    options = {"iot": {"max_items_per_second": 4.0, "pacing_burst_seconds": 1.0}, "archive": {}}
+    with CloudSyncQueue(db_path, destinations=options) as queue:
+        queue.enqueue_many([{"n": n} for n in range(20)])
+        iot, archive = Payloads(), Payloads()
+        # iot's first batch is one full bucket; the stop ends the call before it waits for more.
+        queue.maybe_flush(iot, destination="iot", stop=_stop_after(iot, 1))
+        assert queue.maybe_flush(archive, destination="archive") == 20
+        assert [len(batch) for batch in iot.batches] == [4]
+        assert [len(batch) for batch in archive.batches] == [20]
