@@ -16,7 +16,7 @@ from clirun import cli_env, run
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, UploadResult
 from pyv_edge_agent.cloud_sync._codec._env import no_extensions
-from pyv_edge_agent.cloud_sync.cli._metrics import BY_KEY, prometheus_text
+from pyv_edge_agent.cloud_sync._metrics import BY_KEY, prometheus_text
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 KEY = "cli-secret-key-123"
