@@ -93,7 +93,11 @@ _INGEST_KEYS: Dict[str, Tuple[type, ...]] = {
     "retry_after_seconds": (int,),
     "mqtt": (dict,),
 }
-_SERVICE_KEYS: Dict[str, Tuple[type, ...]] = {"stop_timeout": (int, float), "watchdog": (bool,)}
+_SERVICE_KEYS: Dict[str, Tuple[type, ...]] = {
+    "stop_timeout": (int, float),
+    "watchdog": (bool,),
+    "interval": (int, float),
+}
 # The queue's keys that the file may set: the file's own destinations table stands for
 # ``destinations``, and a key for sealing comes from a file.
 _QUEUE_KEYS = tuple(key for key in CONFIG_KEYS if key not in ("destinations", "encryption_key")) + (
@@ -142,6 +146,8 @@ class ServiceConfig:
     ingest: IngestConfig
     stop_timeout: float
     watchdog: bool
+    # The longest a worker sleeps before looking for new items (a critical one wakes it).
+    interval: float
 
     def queue_options(self) -> Dict[str, Any]:
         """The ``CloudSyncQueue`` keyword arguments: ``[queue]`` and each destination's options."""
@@ -210,8 +216,11 @@ class _Reader:
         stop_timeout = float(service.get("stop_timeout", 30.0))
         if not 0 < stop_timeout <= 3600:
             raise self.fail("service.stop_timeout", f"must be above 0 and at most 3600 seconds, got {stop_timeout!r}")
+        interval = float(service.get("interval", 1.0))
+        if not 0 < interval <= 3600:
+            raise self.fail("service.interval", f"must be above 0 and at most 3600 seconds, got {interval!r}")
         config = ServiceConfig(
-            self.path, queue, destinations, ingest, stop_timeout, bool(service.get("watchdog", True))
+            self.path, queue, destinations, ingest, stop_timeout, bool(service.get("watchdog", True)), interval
         )
         self.check_queue(config)
         return config

@@ -2,8 +2,9 @@
 process, run the way systemd expects.
 
 - Ready (``READY=1``) once every listener is open and every worker runs.
-- SIGTERM or SIGINT: ``POST`` is answered 503, requests already reading their body finish,
-  each worker settles its batch in flight, the file is closed, and the process exits 0,
+- SIGTERM or SIGINT: ``POST`` is answered 503 while each worker settles its batch in
+  flight, then the listeners close (requests already reading their body finish), the
+  file is closed, and the process exits 0,
   within ``[service] stop_timeout`` (past it, what is still in flight comes back when its
   lease runs out).
 - SIGHUP: the file is read again. One that does not validate changes nothing (the reason
@@ -19,7 +20,7 @@ import contextlib
 import logging
 import os
 import signal
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .._upload_types import Uploader
 from ..aio import AsyncCloudSyncQueue, AsyncSyncWorker
@@ -69,7 +70,9 @@ class Service:
 
     def _worker(self, name: str, uploader: Uploader) -> AsyncSyncWorker:
         assert self.queue is not None
-        return AsyncSyncWorker(self.queue, {name: uploader}, handle_sigterm=False, name=f"cloud-sync-{name}").start()
+        return AsyncSyncWorker(
+            self.queue, {name: uploader}, interval=self.config.interval, handle_sigterm=False, name=f"cloud-sync-{name}"
+        ).start()
 
     async def _listen(self, api: IngestAPI) -> None:
         ingest = self.config.ingest
@@ -129,13 +132,14 @@ class Service:
         return 0
 
     async def _finish(self) -> None:
-        # Listeners first, so that the 503 answers stop; requests already past their
-        # headers end before the queue is closed under them.
+        # The workers first: while they settle their batches, producers still get their
+        # 503 and Retry-After rather than a refused connection. Then the listeners (requests
+        # already past their headers end), and the file last.
+        await asyncio.gather(*(worker.stop() for worker in self.workers.values()))
         await asyncio.gather(*(runner.cleanup() for runner in self.runners))
         if self.config.ingest.unix_socket is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.config.ingest.unix_socket)
-        await asyncio.gather(*(worker.stop() for worker in self.workers.values()))
         if self.queue is not None:
             await self.queue.close()
 
@@ -187,8 +191,13 @@ class Service:
             self.config.ingest,
             self.config.stop_timeout,
             self.config.watchdog,
+            self.config.interval,
         )
         logger.info("reloaded: %s", f"new uploaders for {changed}" if changed else "no destination changed")
+
+
+def _service_table(config: ServiceConfig) -> Tuple[float, bool, float]:
+    return config.stop_timeout, config.watchdog, config.interval
 
 
 def serve(path: str) -> int:
