@@ -2,6 +2,8 @@
 a process of its own and talks to it with real clients, and what they check (statuses,
 signals, what reaches the endpoint) does not depend on the codec twin."""
 
+import os
+import shutil
 from typing import Iterator
 
 import pytest
@@ -11,6 +13,10 @@ from pyv_edge_agent.cloud_sync import BACKEND
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 pytest.importorskip("aiohttp", reason="the serve extra is not installed")
+if shutil.which("curl") is None:
+    if os.environ.get("PYV_EDGE_AGENT_REQUIRE_SYSTEM_DEPS") == "1":
+        raise RuntimeError("curl is missing (apt-get install curl): the service's tests use it as their client")
+    pytest.skip("curl is missing (apt-get install curl)", allow_module_level=True)
 
 
 @pytest.fixture(autouse=True)
