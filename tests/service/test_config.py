@@ -34,6 +34,13 @@ def test_check_config_accepts_a_good_file(backend: str, files: ServiceFiles) -> 
         ("colour = 1", "ingest.colour: unknown key"),
         ("max_body_bytes = 0", "ingest.max_body_bytes: must be at least 1, got 0"),
         ("socket_mode = 'rw'", "ingest.socket_mode: must be int, got 'rw'"),
+        ("[ingest.mqtt]\nhost = '127.0.0.1'\ntopic = 'a/#'\nqos = 2", "ingest.mqtt.qos: unknown key"),
+        ("[ingest.mqtt]\nhost = '192.0.2.1'\ntopic = 'a/#'", "ingest.mqtt.host: plain MQTT to '192.0.2.1'"),
+        (
+            "[ingest.mqtt]\nhost = '127.0.0.1'\ntopic = 'a/#'\n[[ingest.mqtt.routes]]\nfilter = 'a/b'\n"
+            "destinations = ['archive']",
+            "ingest.mqtt.routes[0].destinations: unknown destination 'archive'",
+        ),
     ],
 )
 def test_check_config_names_the_bad_key_and_value(backend: str, files: ServiceFiles, extra: str, named: str) -> None:

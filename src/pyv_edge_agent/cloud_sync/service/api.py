@@ -38,6 +38,7 @@ class IngestAPI:
 
     :param not_ready: why the service is not ready (None: it is), for ``/readyz``.
     :param stopping: True once the service is shutting down: ``POST`` gets 503.
+    :param more_metrics: more Prometheus lines for ``/metrics`` (the MQTT input's).
     """
 
     def __init__(
@@ -47,11 +48,13 @@ class IngestAPI:
         *,
         not_ready: Callable[[], Optional[str]],
         stopping: Callable[[], bool],
+        more_metrics: Callable[[], List[str]] = list,
     ) -> None:
         self.queue = queue
         self.ingest = ingest
         self.not_ready = not_ready
         self.stopping = stopping
+        self.more_metrics = more_metrics
         self.items_stored = 0
         self.refused: Dict[int, int] = {}
 
@@ -177,6 +180,7 @@ class IngestAPI:
             "# TYPE cloud_sync_ingest_refused_total counter",
         ]
         lines += [f'cloud_sync_ingest_refused_total{{status="{s}"}} {n}' for s, n in sorted(self.refused.items())]
+        lines += self.more_metrics()
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
 
     async def stats(self, request: web.BaseRequest) -> web.StreamResponse:

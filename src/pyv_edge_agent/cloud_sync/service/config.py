@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .._errors import MissingExtraError
 from .._queue import CONFIG_KEYS, DESTINATION_KEYS, CloudSyncQueue
-from .._types import shown
+from .._types import Priority, shown
 from .._validate import is_loopback
 
 if sys.version_info >= (3, 11):
@@ -93,6 +93,29 @@ _INGEST_KEYS: Dict[str, Tuple[type, ...]] = {
     "retry_after_seconds": (int,),
     "mqtt": (dict,),
 }
+_MQTT_INPUT_KEYS: Dict[str, Tuple[type, ...]] = {
+    "host": (str,),
+    "port": (int,),
+    "topic": (str, list),
+    "client_id": (str,),
+    "username": (str,),
+    "password_file": (str,),
+    "session_expiry": (int,),
+    "keepalive": (int,),
+    "tls": (bool,),
+    "ca_certs": (str,),
+    "client_cert": (str,),
+    "client_key": (str,),
+    "allow_insecure": (bool,),
+    "rejects_path": (str,),
+    "routes": (list,),
+}
+_ROUTE_KEYS: Dict[str, Tuple[type, ...]] = {
+    "filter": (str,),
+    "priority": (str, int),
+    "ttl_seconds": (int,),
+    "destinations": (list,),
+}
 _SERVICE_KEYS: Dict[str, Tuple[type, ...]] = {
     "stop_timeout": (int, float),
     "watchdog": (bool,),
@@ -122,6 +145,36 @@ class DestinationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MQTTRoute:
+    """Where the messages of the topics matching ``filter`` go."""
+
+    filter: str
+    priority: Priority
+    ttl_seconds: int
+    destinations: Optional[Tuple[str, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class MQTTInputConfig:
+    """The ``[ingest.mqtt]`` table: the local broker the service subscribes to."""
+
+    host: str
+    port: int
+    topics: Tuple[str, ...]
+    client_id: str
+    username: Optional[str]
+    password: Optional[str] = dataclasses.field(repr=False)
+    session_expiry: int
+    keepalive: int
+    tls: bool
+    ca_certs: Optional[str]
+    client_cert: Optional[str]
+    client_key: Optional[str]
+    rejects_path: Optional[str]
+    routes: Tuple[MQTTRoute, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class IngestConfig:
     """The ``[ingest]`` table: where local programs reach the service, and its bounds."""
 
@@ -134,6 +187,7 @@ class IngestConfig:
     max_connections: int
     idle_timeout: float
     retry_after_seconds: int
+    mqtt: Optional[MQTTInputConfig] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +277,11 @@ class _Reader:
             self.path, queue, destinations, ingest, stop_timeout, bool(service.get("watchdog", True)), interval
         )
         self.check_queue(config)
+        for index, route in enumerate(() if ingest.mqtt is None else ingest.mqtt.routes):
+            unknown = [name for name in route.destinations or () if name not in destinations]
+            if unknown:
+                where = f"ingest.mqtt.routes[{index}].destinations"
+                raise self.fail(where, f"unknown destination {unknown[0]!r}; the file's are {sorted(destinations)}")
         return config
 
     def queue(self, value: Any) -> Dict[str, Any]:
@@ -290,12 +349,11 @@ class _Reader:
 
     def ingest(self, value: Any) -> IngestConfig:
         table = self.table("ingest", value if value is not None else {}, _INGEST_KEYS)
-        if "mqtt" in table:
-            raise self.fail("ingest.mqtt", "the MQTT input is not in this release yet")
+        mqtt = None if "mqtt" not in table else self.mqtt_input(table["mqtt"])
         socket = table.get("unix_socket")
         http = table.get("http")
-        if socket is None and http is None:
-            raise self.fail("ingest", "needs unix_socket, http or both")
+        if socket is None and http is None and mqtt is None:
+            raise self.fail("ingest", "needs unix_socket, http, [ingest.mqtt] or several")
         mode = table.get("socket_mode", 0o660)
         if not 0 <= mode <= 0o777:
             raise self.fail("ingest.socket_mode", f"must be a file mode such as 0o660, got {mode!r}")
@@ -329,7 +387,66 @@ class _Reader:
             limits["max_connections"],
             idle,
             limits["retry_after_seconds"],
+            mqtt,
         )
+
+    def mqtt_input(self, value: Any) -> MQTTInputConfig:
+        where = "ingest.mqtt"
+        table = self.table(where, value, _MQTT_INPUT_KEYS)
+        for key in ("host", "topic"):
+            if key not in table:
+                raise self.fail(f"{where}.{key}", "missing")
+        topics = table["topic"] if isinstance(table["topic"], list) else [table["topic"]]
+        if not topics or not all(isinstance(topic, str) and topic for topic in topics):
+            raise self.fail(f"{where}.topic", f"must be a topic filter or a list of them, got {shown(topics, 100)}")
+        tls = table.get("tls", False)
+        if not tls and not table.get("allow_insecure", False) and not is_loopback(table["host"]):
+            raise self.fail(
+                f"{where}.host", f"plain MQTT to {table['host']!r}, not loopback: set tls or allow_insecure"
+            )
+        numbers = {"port": (1883, 1, 65535), "session_expiry": (86400, 1, 2**32 - 1), "keepalive": (60, 5, 65535)}
+        values = {}
+        for key, (default, low, high) in numbers.items():
+            values[key] = table.get(key, default)
+            if not low <= values[key] <= high:
+                raise self.fail(f"{where}.{key}", f"must be between {low} and {high}, got {values[key]!r}")
+        password = None
+        if "password_file" in table:
+            password = self.secret(f"{where}.password_file", table["password_file"])
+        routes = tuple(self.route(f"{where}.routes[{i}]", route) for i, route in enumerate(table.get("routes", [])))
+        return MQTTInputConfig(
+            table["host"],
+            values["port"],
+            tuple(topics),
+            table.get("client_id", "cloud-sync-ingest"),
+            table.get("username"),
+            password,
+            values["session_expiry"],
+            values["keepalive"],
+            tls,
+            table.get("ca_certs"),
+            table.get("client_cert"),
+            table.get("client_key"),
+            table.get("rejects_path"),
+            routes,
+        )
+
+    def route(self, where: str, value: Any) -> MQTTRoute:
+        table = self.table(where, value, _ROUTE_KEYS)
+        if "filter" not in table:
+            raise self.fail(f"{where}.filter", "missing: the topic filter the route applies to")
+        text = str(table.get("priority", "TELEMETRY"))
+        try:
+            priority = Priority(int(text)) if text.isdigit() else Priority[text.upper()]
+        except (KeyError, ValueError):
+            raise self.fail(f"{where}.priority", f"must be a priority name or 1-4, got {text!r}") from None
+        ttl = table.get("ttl_seconds", 86400)
+        if ttl < 0:
+            raise self.fail(f"{where}.ttl_seconds", f"must be at least 0, got {ttl!r}")
+        names = table.get("destinations")
+        if names is not None and (not names or not all(isinstance(name, str) for name in names)):
+            raise self.fail(f"{where}.destinations", f"must be a list of destination names, got {shown(names, 100)}")
+        return MQTTRoute(table["filter"], priority, ttl, None if names is None else tuple(names))
 
     def address(self, value: str) -> Tuple[str, int]:
         host, sep, port = value.rpartition(":")

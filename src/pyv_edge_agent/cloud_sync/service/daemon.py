@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import signal
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from .._upload_types import Uploader
 from ..aio import AsyncCloudSyncQueue, AsyncSyncWorker
@@ -29,6 +29,9 @@ from .config import ConfigError, ServiceConfig, load
 from .listen import unix_listener, web
 from .notify import Notifier
 from .uploaders import build_uploaders
+
+if TYPE_CHECKING:
+    from .mqtt_input import MQTTInput
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync.service")
 
@@ -47,6 +50,7 @@ class Service:
         self.queue: Optional[AsyncCloudSyncQueue] = None
         self.workers: Dict[str, AsyncSyncWorker] = {}
         self.runners: List[web.BaseRunner] = []
+        self.mqtt_input: Optional["MQTTInput"] = None
         self._stop = asyncio.Event()
         self._reloading: Optional["asyncio.Task[None]"] = None
 
@@ -56,8 +60,15 @@ class Service:
         self.queue = await AsyncCloudSyncQueue.open(**self.config.queue_options())
         for name, uploader in self.uploaders.items():
             self.workers[name] = self._worker(name, uploader)
-        api = IngestAPI(self.queue, self.config.ingest, not_ready=self._not_ready, stopping=lambda: self.stopping)
+        api = IngestAPI(
+            self.queue,
+            self.config.ingest,
+            not_ready=self._not_ready,
+            stopping=lambda: self.stopping,
+            more_metrics=self._mqtt_metrics,
+        )
         await self._listen(api)
+        self._subscribe()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
@@ -91,12 +102,41 @@ class Service:
             await web.TCPSite(runner, host, port).start()
             logger.info("listening on http://%s:%d (bearer token required)", host, port)
 
+    def _subscribe(self) -> None:
+        mqtt = self.config.ingest.mqtt
+        if mqtt is None:
+            return
+        from .mqtt_input import MQTTInput, keep_payloads, rejects_path
+
+        assert self.queue is not None
+        path = rejects_path(mqtt, self.queue.db_path)
+        self.mqtt_input = MQTTInput(mqtt, self.queue.queue, path, keep_payloads(self.config.queue))
+        self.mqtt_input.start()
+
+    def _mqtt_metrics(self) -> List[str]:
+        if self.mqtt_input is None:
+            return []
+        return [
+            "# HELP cloud_sync_ingest_mqtt_stored_total MQTT messages stored (then acknowledged).",
+            "# TYPE cloud_sync_ingest_mqtt_stored_total counter",
+            f"cloud_sync_ingest_mqtt_stored_total {self.mqtt_input.stored}",
+            "# HELP cloud_sync_ingest_mqtt_rejected_total MQTT messages kept in the rejects file (not JSON objects).",
+            "# TYPE cloud_sync_ingest_mqtt_rejected_total counter",
+            f"cloud_sync_ingest_mqtt_rejected_total {self.mqtt_input.rejected}",
+        ]
+
     def _not_ready(self) -> Optional[str]:
         assert self.queue is not None
         if not os.access(self.queue.db_path, os.W_OK):
             return f"the queue file {self.queue.db_path} is not writable"
         dead = sorted(name for name, worker in self.workers.items() if not worker.is_alive())
-        return f"the workers of {dead} are not running" if dead else None
+        if dead:
+            return f"the workers of {dead} are not running"
+        if self.mqtt_input is not None and not self.mqtt_input.alive():
+            return "the MQTT input has stopped"
+        if self.mqtt_input is not None and not self.mqtt_input.connected.is_set():
+            return "the MQTT input is not connected to its broker"
+        return None
 
     async def _depth(self) -> int:
         assert self.queue is not None
@@ -112,7 +152,8 @@ class Service:
                 continue
             state = self._not_ready() or "serving"
             fields = [f"STATUS={state}; {await self._depth()} items queued"]
-            if watchdog and all(worker.is_alive() for worker in self.workers.values()):
+            alive = all(worker.is_alive() for worker in self.workers.values())
+            if watchdog and alive and (self.mqtt_input is None or self.mqtt_input.alive()):
                 fields.append("WATCHDOG=1")
             self.notifier.send(*fields)
 
@@ -135,6 +176,9 @@ class Service:
         # The workers first: while they settle their batches, producers still get their
         # 503 and Retry-After rather than a refused connection. Then the listeners (requests
         # already past their headers end), and the file last.
+        if self.mqtt_input is not None:
+            # Not acknowledged what it has not committed: the broker sends it to the next run.
+            await asyncio.get_running_loop().run_in_executor(None, self.mqtt_input.stop, self.config.stop_timeout)
         await asyncio.gather(*(worker.stop() for worker in self.workers.values()))
         await asyncio.gather(*(runner.cleanup() for runner in self.runners))
         if self.config.ingest.unix_socket is not None:
