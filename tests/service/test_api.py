@@ -13,7 +13,7 @@ from waiting import wait_for
 from pyv_edge_agent.cloud_sync import BACKEND
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
-LIMITS = "max_body_bytes = 2000\nidle_timeout = 2\n"
+LIMITS = "max_body_bytes = 2000\nidle_timeout = 2\nmax_connections = 6\n"
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,26 @@ def test_a_silent_connection_is_closed(service: Tuple[ServiceFiles, IngestServer
         sock.settimeout(30)
         sock.sendall(b"POST /v1/items HTTP/1.1\r\nHost: x\r\n")  # and never the rest of the headers
         assert sock.recv(100) == b""
+
+
+def test_connections_over_the_cap_are_closed_on_arrival(service: Tuple[ServiceFiles, IngestServer]) -> None:
+    files, _ = service
+    held = []
+    try:
+        for _ in range(6):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(files.socket)
+            held.append(sock)
+        with socket.socket(socket.AF_UNIX) as extra:
+            extra.settimeout(30)
+            extra.connect(files.socket)
+            try:
+                extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = extra.recv(100)
+            except (ConnectionResetError, BrokenPipeError):  # closed with the request unread
+                answer = b""
+            assert answer == b"", "a seventh connection was served"
+    finally:
+        for sock in held:
+            sock.close()
+    assert wait_for(lambda: curl(files, "/healthz")["status"] == 200)
