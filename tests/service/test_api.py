@@ -46,6 +46,8 @@ def test_curl_over_the_unix_socket_stores_and_delivers(service: Tuple[ServiceFil
     assert ndjson["status"] == 201 and len(ndjson["body"]["ids"]) == 2
     assert wait_for(lambda: {"line": 2} in endpoint.items and {"sensor": "boiler", "t": 81.5} in endpoint.items)
     assert {"n": 3} in endpoint.items
+    waiting = post(files, '{"expect": "continue"}', "Expect: 100-continue")
+    assert waiting["status"] == 201
 
 
 def test_tcp_needs_the_bearer_token(service: Tuple[ServiceFiles, IngestServer]) -> None:
@@ -75,6 +77,7 @@ def test_tcp_needs_the_bearer_token(service: Tuple[ServiceFiles, IngestServer]) 
         ('{"a": 1}', ("X-Destinations: cloud,cloud",), 400, "names a destination twice"),
         ('{"a": "' + "x" * 3000 + '"}', (), 413, "over the limit of 2000 bytes"),
         ('{"a": "' + "x" * 3000 + '"}', ("Transfer-Encoding: chunked",), 413, "over the limit of 2000 bytes"),
+        ('{"a": "' + "x" * 3000 + '"}', ("Expect: 100-continue",), 413, "over the limit of 2000 bytes"),
     ],
 )
 def test_bad_requests_get_their_status_and_store_nothing(

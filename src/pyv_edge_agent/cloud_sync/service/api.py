@@ -108,6 +108,9 @@ class IngestAPI:
         limit = self.ingest.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise BadRequest(413, f"the body is over the limit of {limit} bytes")
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # The headers passed: now the client may send the body (RFC 9110, 10.1.1).
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = await self._body(request, limit)
         payloads = _parse(body, request.content_type == NDJSON)
         try:

@@ -245,8 +245,7 @@ class _Reader:
 
     def secret(self, where: str, value: str) -> str:
         """The text of the secret file ``value`` (one line; its trailing newline dropped)."""
-        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-        path = value if os.path.isabs(value) else os.path.join(credentials or self.base, value)
+        path = self.path_of(value)
         try:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
@@ -344,6 +343,7 @@ class _Reader:
         return table
 
     def path_of(self, value: str) -> str:
+        """A file's path: relative ones in ``$CREDENTIALS_DIRECTORY``, else beside the TOML file."""
         credentials = os.environ.get("CREDENTIALS_DIRECTORY")
         return value if os.path.isabs(value) else os.path.join(credentials or self.base, value)
 
