@@ -34,7 +34,8 @@ def filled(db_path: str) -> str:
 def test_every_subcommand_has_help(backend: str) -> None:
     top = run(backend, "--help")
     assert top.returncode == 0
-    for command in ("demo", "stats", "peek", "flush", "purge", "check", "dead-letters", "ingest-server", "bench"):
+    commands = "demo stats peek flush purge check dead-letters ingest-server serve check-config bench".split()
+    for command in commands:
         assert command in top.stdout
         done = run(backend, command, "--help")
         assert done.returncode == 0 and "usage: cloud-sync" in done.stdout, command
