@@ -102,12 +102,13 @@ def _floor(members: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 def _is_figure(bench: Dict[str, Any]) -> bool:
     info = bench.get("extra_info", {})
-    figures = ("bytes_per_item", "peak_rss_growth_mb", "import_open_ms", "lag_p99_ms", "shaped_link")
+    figures = ("bytes_per_item", "peak_rss_growth_mb", "import_open_ms", "lag_p99_ms", "shaped_link", "destinations")
     return any(key in info for key in figures)
 
 
 def figures_table(benchmarks: List[Dict[str, Any]]) -> str:
-    """Figures that are not rates: bytes written per item, RSS growth, import time, loop lag."""
+    """Figures that are not rates: bytes written per item, RSS growth, import time, loop lag,
+    and the destinations scenarios' same-run ratios."""
     lines = ["| figure | implementation | value |", "|---|---|---:|"]
     for bench in sorted((b for b in benchmarks if _is_figure(b)), key=_sort_key):
         info = bench["extra_info"]
@@ -124,7 +125,19 @@ def figures_table(benchmarks: List[Dict[str, Any]]) -> str:
         if "shaped_link" in info:
             figures = info["shaped_link"]
             lines.append(f"| {_shaped_link_figure(figures)} | {backend} | {_shaped_link_value(figures)} |")
+        if "destinations" in info:
+            lines += _destination_lines(info["destinations"], backend)
     return "\n".join(lines)
+
+
+def _destination_lines(figures: Dict[str, Any], backend: str) -> List[str]:
+    """One line per same-run ratio of a destinations scenario, with the issue's target."""
+    lines = []
+    for label, ratio in figures["ratios"].items():
+        target = figures["targets"].get(label)
+        goal = f" (target <= {target}x)" if target is not None else ""
+        lines.append(f"| {figures['scenario']}: {label} | {backend} | {ratio:.2f}x{goal} |")
+    return lines
 
 
 def _shaped_link_figure(figures: Dict[str, Any]) -> str:
