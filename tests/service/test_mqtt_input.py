@@ -1,6 +1,6 @@
 """The MQTT input through a real Mosquitto and a paho publisher: a kill -9 mid stream loses
 nothing (what was not acknowledged comes again), a message that is not a JSON object is
-kept in the rejects file and acknowledged once, routes set the priority."""
+kept in the rejects file (at least once) and acknowledged, routes set the priority."""
 
 import os
 import signal
@@ -85,8 +85,9 @@ def test_kill_9_mid_stream_loses_nothing(backend: str, files: ServiceFiles, brok
         assert second.stop() == 0
         client.loop_stop()
         client.disconnect()
+    # Kept at least once: the kill may come between the rejects file's sync and the PUBACK.
     lines = [orjson.loads(line) for line in open(rejects, "rb")]
-    assert len(lines) == 1, lines
-    assert lines[0]["topic"] == "sensors/bad" and lines[0]["reason"].startswith("not valid JSON")
+    assert 1 <= len(lines) <= 2, lines
+    assert all(line["topic"] == "sensors/bad" and line["reason"].startswith("not valid JSON") for line in lines)
     assert "not json at all" not in first.log + second.log
     assert oct(os.stat(rejects).st_mode & 0o777) == "0o600"
