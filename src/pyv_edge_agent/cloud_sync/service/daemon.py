@@ -51,12 +51,15 @@ class Service:
         self.workers: Dict[str, AsyncSyncWorker] = {}
         self.runners: List[web.BaseRunner] = []
         self.mqtt_input: Optional["MQTTInput"] = None
-        self._stop = asyncio.Event()
+        self._stop: Optional[asyncio.Event] = None
         self._reloading: Optional["asyncio.Task[None]"] = None
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; return 0 after a clean stop."""
         loop = asyncio.get_running_loop()
+        # Made here, on the running loop: before Python 3.10 an Event binds to the loop of
+        # the moment it is made.
+        stop = self._stop = asyncio.Event()
         self.queue = await AsyncCloudSyncQueue.open(**self.config.queue_options())
         for name, uploader in self.uploaders.items():
             self.workers[name] = self._worker(name, uploader)
@@ -70,12 +73,12 @@ class Service:
         await self._listen(api)
         self._subscribe()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
+            loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         self.notifier.send("READY=1", f"STATUS=serving; {await self._depth()} items queued")
         logger.info("ready: serving %s for %s", self.queue.db_path, sorted(self.workers))
         pulse = asyncio.ensure_future(self._pulse())
-        await self._stop.wait()
+        await stop.wait()
         pulse.cancel()
         return await self._shut_down()
 
