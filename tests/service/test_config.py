@@ -1,7 +1,9 @@
 """The TOML file: what ``check-config`` and ``serve`` accept, and how they refuse the rest
 (exit 2, naming the key and the value)."""
 
+import grp
 import os
+import stat
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ from clirun import run
 from servicerun import ServiceFiles
 
 from pyv_edge_agent.cloud_sync.service.config import ConfigError, load
+from pyv_edge_agent.cloud_sync.service.listen import unix_listener
 from pyv_edge_agent.cloud_sync.service.uploaders import build_uploaders
 
 ENDPOINT = "http://127.0.0.1:9/v1/ingest"
@@ -114,3 +117,19 @@ def test_serve_without_the_extra_names_it(files: ServiceFiles) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "pip install 'pyv-edge-agent[serve]'" in done.stderr
+
+
+def test_the_unix_socket_gets_its_mode_and_group_and_replaces_only_a_stale_socket(files: ServiceFiles) -> None:
+    group = grp.getgrnam("daemon").gr_gid if os.getuid() == 0 else os.getgid()
+    first = unix_listener(files.socket, 0o660, group)
+    first.close()  # a killed run leaves its socket file behind
+    second = unix_listener(files.socket, 0o640, group)
+    try:
+        info = os.stat(files.socket)
+        assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o640 and info.st_gid == group
+    finally:
+        second.close()
+    os.unlink(files.socket)
+    open(files.socket, "w").close()
+    with pytest.raises(OSError, match="exists and is not a socket"):
+        unix_listener(files.socket, 0o660, None)
