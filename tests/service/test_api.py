@@ -2,7 +2,9 @@
 socket and over TCP, and Python's keep-alive HTTP client."""
 
 import http.client
+import os
 import socket
+import subprocess
 from typing import Iterator, Tuple
 
 import orjson
@@ -11,6 +13,7 @@ from servicerun import KEY, TOKEN, ServiceFiles, ServiceProcess, curl
 from waiting import wait_for
 
 from pyv_edge_agent.cloud_sync import BACKEND
+from pyv_edge_agent.cloud_sync.service.config import load
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 LIMITS = "max_body_bytes = 2000\nidle_timeout = 2\nmax_connections = 6\n"
@@ -152,3 +155,40 @@ def test_connections_over_the_cap_are_closed_on_arrival(service: Tuple[ServiceFi
         for sock in held:
             sock.close()
     assert wait_for(lambda: curl(files, "/healthz")["status"] == 200)
+
+
+def test_tcp_with_tls_may_serve_beyond_loopback(backend: str, files: ServiceFiles) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(os.path.join(files.dir, "ca.pem"))
+    server.private_key_and_cert_chain_pem.write_to_path(os.path.join(files.dir, "server.pem"))
+    with IngestServer(api_key=KEY) as endpoint:
+        files.write(endpoint.url, 'tls_cert = "server.pem"\n')
+        text = open(files.config).read()
+        with open(files.config, "w") as handle:
+            handle.write(text.replace(f"127.0.0.1:{files.http_port}", f"0.0.0.0:{files.http_port}"))
+        assert load(files.config).ingest.http == ("0.0.0.0", files.http_port)  # refused without tls_cert
+        with open(files.config, "w") as handle:
+            handle.write(text)  # the test itself listens on loopback only
+        process = ServiceProcess(backend, files)
+        done = subprocess.run(
+            [
+                "curl",
+                "-s",
+                "--cacert",
+                os.path.join(files.dir, "ca.pem"),
+                "-H",
+                f"Authorization: Bearer {TOKEN}",
+                "--data-binary",
+                '{"over": "tls"}',
+                f"https://127.0.0.1:{files.http_port}/v1/items",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert orjson.loads(done.stdout)["ids"] == [1], done.stderr
+        assert wait_for(lambda: {"over": "tls"} in endpoint.items)
+        assert f"listening on https://127.0.0.1:{files.http_port}" in process.log
+        assert process.stop() == 0

@@ -37,6 +37,8 @@ def test_check_config_accepts_a_good_file(backend: str, files: ServiceFiles) -> 
         ("colour = 1", "ingest.colour: unknown key"),
         ("max_body_bytes = 0", "ingest.max_body_bytes: must be at least 1, got 0"),
         ("socket_mode = 'rw'", "ingest.socket_mode: must be int, got 'rw'"),
+        ("tls_cert = 'nope.pem'", "ingest.tls_cert: cannot load the certificate and key"),
+        ("tls_key = 'key.pem'", "ingest.tls_key: needs tls_cert"),
         ("[ingest.mqtt]\nhost = '127.0.0.1'\ntopic = 'a/#'\nqos = 2", "ingest.mqtt.qos: unknown key"),
         ("[ingest.mqtt]\nhost = '192.0.2.1'\ntopic = 'a/#'", "ingest.mqtt.host: plain MQTT to '192.0.2.1'"),
         (

@@ -10,6 +10,7 @@ ending in ``_file`` names the file, read here; a relative path is looked up in s
 import dataclasses
 import grp
 import os
+import ssl
 import sys
 import tempfile
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -87,6 +88,8 @@ _INGEST_KEYS: Dict[str, Tuple[type, ...]] = {
     "socket_group": (str,),
     "http": (str,),
     "token_file": (str,),
+    "tls_cert": (str,),
+    "tls_key": (str,),
     "max_body_bytes": (int,),
     "max_connections": (int,),
     "idle_timeout": (int, float),
@@ -188,6 +191,16 @@ class IngestConfig:
     idle_timeout: float
     retry_after_seconds: int
     mqtt: Optional[MQTTInputConfig] = None
+    # The TCP listener's certificate and key files (None: plain HTTP, loopback only).
+    tls: Optional[Tuple[str, Optional[str]]] = None
+
+    def server_tls(self) -> Optional[ssl.SSLContext]:
+        """The TCP listener's TLS context (None: plain HTTP)."""
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*self.tls)
+        return context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,7 +376,12 @@ class _Reader:
                 group = grp.getgrnam(table["socket_group"]).gr_gid
             except KeyError:
                 raise self.fail("ingest.socket_group", f"no such group: {table['socket_group']!r}") from None
-        address = None if http is None else self.address(http)
+        tls = None
+        if "tls_cert" in table:
+            tls = (self.path_of(table["tls_cert"]), None if "tls_key" not in table else self.path_of(table["tls_key"]))
+        elif "tls_key" in table:
+            raise self.fail("ingest.tls_key", "needs tls_cert (the certificate of that key)")
+        address = None if http is None else self.address(http, tls is not None)
         token = None
         if "token_file" in table:
             token = self.secret("ingest.token_file", table["token_file"]).encode("utf-8")
@@ -377,7 +395,7 @@ class _Reader:
         idle = float(table.get("idle_timeout", 30.0))
         if not 0 < idle <= 3600:
             raise self.fail("ingest.idle_timeout", f"must be above 0 and at most 3600 seconds, got {idle!r}")
-        return IngestConfig(
+        config = IngestConfig(
             socket,
             mode,
             group,
@@ -388,7 +406,13 @@ class _Reader:
             idle,
             limits["retry_after_seconds"],
             mqtt,
+            tls,
         )
+        try:
+            config.server_tls()
+        except (OSError, ssl.SSLError) as exc:
+            raise self.fail("ingest.tls_cert", f"cannot load the certificate and key: {exc}") from None
+        return config
 
     def mqtt_input(self, value: Any) -> MQTTInputConfig:
         where = "ingest.mqtt"
@@ -448,13 +472,13 @@ class _Reader:
             raise self.fail(f"{where}.destinations", f"must be a list of destination names, got {shown(names, 100)}")
         return MQTTRoute(table["filter"], priority, ttl, None if names is None else tuple(names))
 
-    def address(self, value: str) -> Tuple[str, int]:
+    def address(self, value: str, tls: bool) -> Tuple[str, int]:
         host, sep, port = value.rpartition(":")
         host = host.strip("[]")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
             raise self.fail("ingest.http", f"must be HOST:PORT such as 127.0.0.1:8765, got {value!r}")
-        if not is_loopback(host):
-            raise self.fail("ingest.http", f"must be a loopback address (the API has no TLS), got {value!r}")
+        if not tls and not is_loopback(host):
+            raise self.fail("ingest.http", f"must be a loopback address unless tls_cert is set, got {value!r}")
         return host, int(port)
 
     def check_queue(self, config: ServiceConfig) -> None:

@@ -102,8 +102,10 @@ class Service:
             await runner.setup()
             self.runners.append(runner)
             host, port = ingest.http
-            await web.TCPSite(runner, host, port).start()
-            logger.info("listening on http://%s:%d (bearer token required)", host, port)
+            tls = ingest.server_tls()
+            await web.TCPSite(runner, host, port, ssl_context=tls).start()
+            scheme = "http" if tls is None else "https"
+            logger.info("listening on %s://%s:%d (bearer token required)", scheme, host, port)
 
     def _subscribe(self) -> None:
         mqtt = self.config.ingest.mqtt
