@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator, List
 
 import pytest
-from servicerun import KEY, ServiceFiles, ServiceProcess, curl, free_port
+from servicerun import KEY, TOKEN, ServiceFiles, ServiceProcess, curl, free_port
 from waiting import wait_for
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
@@ -113,8 +113,15 @@ def test_sighup_keeps_the_running_configuration_when_the_file_is_broken(
         handle.write(good.replace("retry_max_seconds = 1", "retry_max_seconds = 1\ntimeout = 5"))
     process.signal(signal.SIGHUP)
     assert wait_for(lambda: "reloaded: new uploaders for ['cloud']" in process.log), process.log
+    assert "take effect at the next restart" not in process.log
     assert post(files, '{"after": "good reload"}')["status"] == 201
     assert wait_for(lambda: b'[{"after":"good reload"}]' in holding.bodies)
+    with open(os.path.join(files.dir, "token"), "w") as handle:
+        handle.write("a-rotated-token\n")
+    process.signal(signal.SIGHUP)
+    assert wait_for(lambda: "the new ingest token is in use" in process.log), process.log
+    assert curl(files, "/healthz", tcp=True, token=TOKEN)["status"] == 401
+    assert curl(files, "/healthz", tcp=True, token="a-rotated-token")["status"] == 200
     assert process.stop() == 0
     assert KEY not in process.log
 

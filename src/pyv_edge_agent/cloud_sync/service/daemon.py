@@ -9,8 +9,9 @@ process, run the way systemd expects.
   lease runs out).
 - SIGHUP: the file is read again. One that does not validate changes nothing (the reason
   is logged); otherwise each destination whose uploader settings or secrets changed gets a
-  new worker, and the others keep running. Changes that need the file reopened (``[queue]``,
-  ``[ingest]``, flush options, the set of destinations) are logged as waiting for a restart.
+  new worker, and the others keep running; a new ingest token is used at once. Changes that
+  need the file or the listeners reopened (``[queue]``, the rest of ``[ingest]``,
+  ``[service]``, flush options, the set of destinations) are logged as waiting for a restart.
 - With ``WATCHDOG_USEC`` set, ``WATCHDOG=1`` is sent every half period while every worker
   is alive; ``STATUS=`` carries the depth and the state.
 """
@@ -20,6 +21,7 @@ import contextlib
 import logging
 import os
 import signal
+from dataclasses import replace
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from .._upload_types import Uploader
@@ -51,6 +53,7 @@ class Service:
         self.workers: Dict[str, AsyncSyncWorker] = {}
         self.runners: List[web.BaseRunner] = []
         self.mqtt_input: Optional["MQTTInput"] = None
+        self.api: Optional[IngestAPI] = None
         self._stop: Optional[asyncio.Event] = None
         self._reloading: Optional["asyncio.Task[None]"] = None
 
@@ -63,7 +66,7 @@ class Service:
         self.queue = await AsyncCloudSyncQueue.open(**self.config.queue_options())
         for name, uploader in self.uploaders.items():
             self.workers[name] = self._worker(name, uploader)
-        api = IngestAPI(
+        api = self.api = IngestAPI(
             self.queue,
             self.config.ingest,
             not_ready=self._not_ready,
@@ -204,45 +207,38 @@ class Service:
         except ConfigError as exc:
             logger.error("reload refused, keeping the running configuration: %s", exc)
             return
+        old = self.config
         later = [
             part
             for part, changed in (
-                ("[queue] and flush options", config.queue_options() != self.config.queue_options()),
-                ("[ingest]", config.ingest != self.config.ingest),
-                (
-                    "[service]",
-                    (config.stop_timeout, config.watchdog) != (self.config.stop_timeout, self.config.watchdog),
-                ),
+                ("[queue] and flush options", config.queue_options() != old.queue_options()),
+                ("[ingest]", replace(config.ingest, token=None) != replace(old.ingest, token=None)),
+                ("[service]", _service_table(config) != _service_table(old)),
             )
             if changed
         ]
         if later:
             logger.warning("reload: changes to %s take effect at the next restart", ", ".join(later))
-        if later and set(config.destinations) != set(self.config.destinations):
-            return
-        changed = [
+        ingest = replace(old.ingest, token=config.ingest.token)
+        if ingest != old.ingest and self.api is not None:
+            self.api.ingest = ingest
+            logger.info("reload: the new ingest token is in use")
+        names = set(config.destinations) & set(old.destinations)
+        changed = sorted(
             name
-            for name, destination in config.destinations.items()
-            if destination.uploader != self.config.destinations[name].uploader
-            or destination.type != self.config.destinations[name].type
-        ]
+            for name in names
+            if (config.destinations[name].type, config.destinations[name].uploader)
+            != (old.destinations[name].type, old.destinations[name].uploader)
+        )
         for name in changed:
             await self.workers[name].stop()
             self.workers[name] = self._worker(name, uploaders[name])
             self.uploaders[name] = uploaders[name]
-        self.config = ServiceConfig(
-            config.path,
-            self.config.queue,
-            {
-                name: config.destinations[name] if name in changed else destination
-                for name, destination in self.config.destinations.items()
-            },
-            self.config.ingest,
-            self.config.stop_timeout,
-            self.config.watchdog,
-            self.config.interval,
-        )
-        logger.info("reloaded: %s", f"new uploaders for {changed}" if changed else "no destination changed")
+        destinations = {
+            name: config.destinations[name] if name in changed else d for name, d in old.destinations.items()
+        }
+        self.config = replace(old, destinations=destinations, ingest=ingest)
+        logger.info("reloaded: %s", f"new uploaders for {changed}" if changed else "no destination's uploader changed")
 
 
 def _service_table(config: ServiceConfig) -> Tuple[float, bool, float]:
