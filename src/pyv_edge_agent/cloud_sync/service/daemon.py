@@ -54,7 +54,6 @@ class Service:
         self.runners: List[web.BaseRunner] = []
         self.mqtt_input: Optional["MQTTInput"] = None
         self.api: Optional[IngestAPI] = None
-        self._stop: Optional[asyncio.Event] = None
         self._reloading: Optional["asyncio.Task[None]"] = None
 
     async def run(self) -> int:
@@ -62,7 +61,7 @@ class Service:
         loop = asyncio.get_running_loop()
         # Made here, on the running loop: before Python 3.10 an Event binds to the loop of
         # the moment it is made.
-        stop = self._stop = asyncio.Event()
+        stop = asyncio.Event()
         self.queue = await AsyncCloudSyncQueue.open(**self.config.queue_options())
         for name, uploader in self.uploaders.items():
             self.workers[name] = self._worker(name, uploader)
