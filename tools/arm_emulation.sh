@@ -41,5 +41,5 @@ if [[ "${ROOT_ONLY:-0}" == 1 ]]; then log "root ready: $ROOT"; exit 0; fi
 root_mount
 root_qemu_bind
 # Every extra the tests use: encryption at rest, mutual TLS and MQTT over TLS run on ARM too.
-root_run "$(root_machine "$ARCH")" test,crypto,mqtt tests "$@"
+root_run "$(root_machine "$ARCH")" test,crypto,mqtt,serve tests "$@"
 log "OK in $SECONDS s"

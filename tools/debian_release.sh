@@ -30,5 +30,5 @@ root_ensure
 if [[ "${ROOT_ONLY:-0}" == 1 ]]; then log "root ready: $ROOT"; exit 0; fi
 root_mount
 # What tools/test.sh installs and runs on the host: every test and each benchmark once, untimed.
-REQUIRE_SYSTEM_DEPS=1 root_run "$(uname -m)" test,crypto "tests benchmarks --benchmark-disable -q" "$@"
+REQUIRE_SYSTEM_DEPS=1 root_run "$(uname -m)" test,crypto,serve "tests benchmarks --benchmark-disable -q" "$@"
 log "OK in $SECONDS s"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv-test}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[lint,cli,crypto,mqtt]"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[lint,cli,crypto,mqtt,serve]"
 export PATH="$(cd "$VENV/bin" && pwd):$PATH"
 ruff check src tests benchmarks tools conftest.py setup.py
 ruff format --check src tests benchmarks tools conftest.py setup.py

@@ -12,6 +12,6 @@ VENV=${VENV:-.venv-test}
 export PYV_EDGE_AGENT_REQUIRE_EXTENSIONS=${PYV_EDGE_AGENT_REQUIRE_EXTENSIONS:-1}
 bash tools/internal/system-deps.sh
 "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[test,crypto]"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check ".[test,crypto,serve]"
 "$VENV/bin/python" -c 'import pyv_edge_agent.cloud_sync as c, sqlite3, sys; print("python", sys.version.split()[0], "sqlite", sqlite3.sqlite_version, "backend", c.BACKEND)'
 exec "$VENV/bin/python" -m pytest tests benchmarks --benchmark-disable -q "$@"

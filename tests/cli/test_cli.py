@@ -16,7 +16,7 @@ from clirun import cli_env, run
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, Priority, UploadResult
 from pyv_edge_agent.cloud_sync._codec._env import no_extensions
-from pyv_edge_agent.cloud_sync.cli._metrics import BY_KEY, prometheus_text
+from pyv_edge_agent.cloud_sync._metrics import BY_KEY, prometheus_text
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 KEY = "cli-secret-key-123"
@@ -34,7 +34,8 @@ def filled(db_path: str) -> str:
 def test_every_subcommand_has_help(backend: str) -> None:
     top = run(backend, "--help")
     assert top.returncode == 0
-    for command in ("demo", "stats", "peek", "flush", "purge", "check", "dead-letters", "ingest-server", "bench"):
+    commands = "demo stats peek flush purge check dead-letters ingest-server serve check-config bench".split()
+    for command in commands:
         assert command in top.stdout
         done = run(backend, command, "--help")
         assert done.returncode == 0 and "usage: cloud-sync" in done.stdout, command

@@ -11,7 +11,7 @@ import pytest
 from clirun import run
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, UploadResult
-from pyv_edge_agent.cloud_sync.cli._metrics import DESTINATION_BY_KEY, prometheus_text
+from pyv_edge_agent.cloud_sync._metrics import DESTINATION_BY_KEY, prometheus_text
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
 KEY = "cli-secret-key-123"

@@ -24,8 +24,8 @@ from waiting import wait_for as _wait_for
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, SyncWorker, UploadError
 from pyv_edge_agent.cloud_sync._flush.pacing import FIRST_BATCH_BYTES, Pacer, ThroughputMeter, TokenBucket
+from pyv_edge_agent.cloud_sync._metrics import BY_KEY, prometheus_text
 from pyv_edge_agent.cloud_sync.aio import AsyncCloudSyncQueue, AsyncSyncWorker
-from pyv_edge_agent.cloud_sync.cli._metrics import BY_KEY, prometheus_text
 from pyv_edge_agent.cloud_sync.delivery.probe import prober
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 

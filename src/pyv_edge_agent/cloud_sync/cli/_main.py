@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from .. import BACKEND, CloudSyncError, CloudSyncQueue, DatabaseError, MissingKeyError, Priority, QueueItem, __version__
 from .._codec import FALLBACK_REASON
 from .._errors import MissingExtraError
+from .._metrics import BY_KEY, DESTINATION_BY_KEY, Metric, prometheus_text
 from .._store.integrity import require_queue
 from .._store.schema import SCHEMA_VERSION
 from .._store.seal import CIPHERS, DEFAULT_CIPHER
@@ -35,7 +36,6 @@ from ._common import (
 )
 from ._dead_letters_cmd import cmd_dead_letters
 from ._flush_cmd import DEFAULT_KEY_ENV, DEFAULT_MQTT_PASSWORD_ENV, ENDPOINT_ENV, cmd_flush
-from ._metrics import BY_KEY, DESTINATION_BY_KEY, Metric, prometheus_text
 from ._render import Output, human_age, human_bytes, human_duration
 
 
@@ -207,6 +207,30 @@ def _cmd_ingest_server(args: argparse.Namespace, out: Output) -> int:
     finally:
         if record is not None:
             record.close()
+    return EXIT_OK
+
+
+# -- serve, check-config -----------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace, out: Output) -> int:
+    from ..service.daemon import serve
+
+    # A service logs each change of its state; -v adds nothing here.
+    logging.getLogger().setLevel(logging.INFO)
+    return serve(args.config)
+
+
+def _cmd_check_config(args: argparse.Namespace, out: Output) -> int:
+    from ..service.config import load
+    from ..service.uploaders import build_uploaders
+
+    config = load(args.config)
+    build_uploaders(config)
+    if args.json:
+        print_json(out, {"ok": True, "path": args.config, "destinations": sorted(config.destinations)})
+    else:
+        out.line(f"{args.config}: ok; destinations {', '.join(sorted(config.destinations))}")
     return EXIT_OK
 
 
@@ -388,6 +412,21 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--fail-first", type=int, default=0, help="fail this many requests first")
     server.add_argument("--outage", action="store_true", help="fail every request (with --fail-status)")
     server.set_defaults(run=_cmd_ingest_server)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the queue as a service that local programs feed (the serve extra)",
+        description="Serve the local API (Unix socket, loopback HTTP) and deliver to the configured destinations.",
+    )
+    serve.add_argument("--config", required=True, metavar="FILE", help="the service's TOML file")
+    serve.set_defaults(run=_cmd_serve)
+
+    check_config = commands.add_parser(
+        "check-config", help="check a service's TOML file without starting it (exit 0, or 2 naming the bad key)"
+    )
+    check_config.add_argument("config", metavar="FILE", help="the service's TOML file")
+    check_config.add_argument("--json", action="store_true", help="machine-readable JSON")
+    check_config.set_defaults(run=_cmd_check_config)
 
     bench = commands.add_parser("bench", help="a quick benchmark on this machine, compiled vs pure Python")
     bench.add_argument("--items", type=_positive_int, default=20000, help="items per scenario (default 20000)")

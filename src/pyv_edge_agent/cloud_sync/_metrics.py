@@ -1,5 +1,6 @@
 """One definition of each queue metric, shared by ``get_stats()`` readers: the CLI's table,
-its ``--json`` output and the Prometheus text exposition.
+its ``--json`` output, the Prometheus text exposition of ``cloud-sync stats`` and the
+service's ``/metrics``.
 
 Every key that ``CloudSyncQueue.get_stats()`` returns has a ``Metric`` here (a test holds
 that true). A key whose value is a dict becomes one labelled sample per entry; the figures
