@@ -1,4 +1,4 @@
-"""What ``CloudSyncQueue.get_stats()`` reads from the file (``cli._metrics`` names and shows it)."""
+"""What ``CloudSyncQueue.get_stats()`` reads from the file (``_metrics`` names and shows it)."""
 
 from typing import Any, Dict
 
