@@ -5,6 +5,7 @@ timing comparison is a ratio of two drains measured in the same test."""
 
 import asyncio
 import collections
+import os
 import threading
 import time
 from typing import Any, Dict, List
@@ -62,8 +63,7 @@ def test_a_critical_item_waits_for_no_more_than_the_batches_in_flight(db_path: s
             flush = threading.Thread(target=queue.maybe_flush, args=(_relayed(relay),))
             flush.start()
             assert wait_for(lambda: len(server.batches) >= 8)
-            with server._lock:  # noqa: SLF001 - the arrival count at the moment of the enqueue
-                arrived = len(server.batches)
+            arrived = len(server.batches)
             queue.enqueue({"kind": "critical", "n": -2}, Priority.CRITICAL)
             flush.join(60)
             assert not flush.is_alive()
@@ -128,13 +128,15 @@ def test_bad_values_are_refused_naming_the_argument(db_path: str, value: Any, er
         CloudSyncQueue.from_dict({"db_path": db_path, "max_in_flight_batches": value})
     with pytest.raises(error, match=r"destinations\['a'\].*max_in_flight_batches"):
         CloudSyncQueue(db_path, destinations={"a": {"max_in_flight_batches": value}})
-    import os
-
     assert not os.path.exists(db_path)
 
 
 def test_each_destination_has_its_own_number_in_flight(db_path: str) -> None:
-    config = {"db_path": db_path, "max_batch_items": 50, "destinations": {"fast": {"max_in_flight_batches": 4}, "slow": {}}}
+    config = {
+        "db_path": db_path,
+        "max_batch_items": 50,
+        "destinations": {"fast": {"max_in_flight_batches": 4}, "slow": {}},
+    }
     with IngestServer(api_key=KEY) as server, CloudSyncQueue.from_dict(config) as queue:
         queue.enqueue_many([{"n": n} for n in range(600)])
         connections = {}
