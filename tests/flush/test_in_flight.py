@@ -15,7 +15,7 @@ from aio_support import run as aio_run
 from latencyrelay import LatencyRelay
 from waiting import wait_for
 
-from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority
+from pyv_edge_agent.cloud_sync import CloudSyncQueue, HTTPCloudUploader, Priority, SyncWorker
 from pyv_edge_agent.cloud_sync.aio import AsyncCloudSyncQueue
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
 
@@ -179,3 +179,13 @@ def test_the_asyncio_flush_keeps_batches_in_flight(db_path: str) -> None:
     assert acked == 120
     assert uploader.most == 3
     assert sorted(item["n"] for item in uploader.received) == list(range(120))
+
+
+def test_the_worker_keeps_batches_in_flight(db_path: str) -> None:
+    with IngestServer(api_key=KEY) as server, LatencyRelay(server.port, ONE_WAY / 4) as relay:
+        with CloudSyncQueue(db_path, max_batch_items=50, max_in_flight_batches=3) as queue:
+            with SyncWorker(queue, _relayed(relay), interval=0.1, handle_sigterm=False):
+                queue.enqueue_many([{"n": n} for n in range(600)])
+                assert wait_for(lambda: queue.pending_count() == 0)
+    assert 2 <= relay.connections <= 3
+    assert sorted(item["n"] for item in server.items) == list(range(600))

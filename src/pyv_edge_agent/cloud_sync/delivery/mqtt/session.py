@@ -327,16 +327,16 @@ def _read(session: Session, timeout: float) -> None:
         for batch in session.batches:
             batch.done.lost = batch.done.lost or reason
     for mid, reason_code in session.acks:
-        batch = session.routes.pop(mid, None)
-        if batch is None:
+        owner = session.routes.pop(mid, None)
+        if owner is None:
             continue
         session.in_flight -= 1
-        if batch.finished:
+        if owner.finished:
             continue  # it ended without this answer (late, or its link lost): it keeps the message
-        index = batch.inflight.pop(mid, -1)
+        index = owner.inflight.pop(mid, -1)
         if index >= 0:
-            batch.done.reasons[index] = reason_code
-            batch.halted = batch.halted or _halts(reason_code)
+            owner.done.reasons[index] = reason_code
+            owner.halted = owner.halted or _halts(reason_code)
     session.acks.clear()
 
 
