@@ -284,16 +284,19 @@ def _drive(session: Session, mine: _Batch, window: int, qos: int) -> None:
     """Publish and read for every batch of ``session`` until ``mine`` is finished; called
     with the session's lock held, released only while waiting for the broker."""
     client = session.client
+    # Whether the socket was read since the last publish: then the next one goes at once.
+    read = False
     while True:
         _finish(session)
         if mine.finished:
             return
         for batch in session.batches:
             while batch.open() and session.in_flight < window:
-                if session.in_flight:
+                if session.in_flight and not read:
                     _read(session, 0.0)
                     if not batch.open() or session.in_flight >= window:
                         break
+                read = False
                 index, topic, payload, properties = batch.messages[0]
                 try:
                     info = client.publish(topic, payload, qos=qos, properties=properties)
@@ -316,6 +319,7 @@ def _drive(session: Session, mine: _Batch, window: int, qos: int) -> None:
             session.changed.release()  # other batches may join meanwhile
             try:
                 _read(session, min(1.0, left))
+                read = True
             finally:
                 session.changed.acquire()
 
