@@ -189,3 +189,13 @@ def test_the_worker_keeps_batches_in_flight(db_path: str) -> None:
                 assert wait_for(lambda: queue.pending_count() == 0)
     assert 2 <= relay.connections <= 3
     assert sorted(item["n"] for item in server.items) == list(range(600))
+
+
+def test_the_daily_limit_counts_the_items_in_flight(db_path: str) -> None:
+    with IngestServer(api_key=KEY) as server:
+        server.set_delay(0.05)  # so that the batches overlap
+        with CloudSyncQueue(db_path, max_batch_items=100, max_in_flight_batches=4, daily_message_limit=250) as queue:
+            queue.enqueue_many([{"n": n} for n in range(1000)])
+            assert queue.maybe_flush(HTTPCloudUploader(server.url, KEY)) == 250
+            assert queue.messages_sent_today == 250
+    assert len(server.items) == 250
