@@ -8,6 +8,8 @@ the two measure the same work. ``impl`` is ``"queue"`` (whichever backend is rou
 ``"floor"`` (see ``_support``).
 """
 
+import gc
+import os
 import sqlite3
 import threading
 import time
@@ -43,6 +45,21 @@ class Case:
     items: int
     stored: Callable[[], int]
     setup: Optional[Setup] = None
+
+
+def settle() -> None:
+    """Collect earlier calls' garbage and write out their dirty pages: not the next call's cost."""
+    gc.collect()
+    os.sync()
+
+
+def time_call(case: Case) -> float:
+    """Seconds of one call of ``case.work``, on the state its ``setup`` prepared untimed."""
+    args, kwargs = case.setup() if case.setup else ((), {})
+    settle()
+    started = time.perf_counter()
+    case.work(*args, **kwargs)
+    return time.perf_counter() - started
 
 
 def _count(conn: sqlite3.Connection) -> int:

@@ -18,7 +18,6 @@ one noisy neighbour does not fail a run, a real regression does.
 
 import argparse
 import functools
-import gc
 import importlib.util
 import json
 import math
@@ -149,16 +148,6 @@ def breaches(measurement: Measurement, limits: Dict[str, float]) -> List[str]:
     return [check for check, value in measurement.checks().items() if round(value, 2) > limits[check]]
 
 
-def _time_call(case: _cases.Case) -> float:
-    args, kwargs = case.setup() if case.setup else ((), {})
-    # Earlier calls' garbage and dirty pages are not this call's cost.
-    gc.collect()
-    os.sync()
-    started = time.perf_counter()
-    case.work(*args, **kwargs)
-    return time.perf_counter() - started
-
-
 def measure(scenario: Scenario, rounds: int = ROUNDS) -> Measurement:
     """Time ``rounds`` calls of each implementation, taking turns, after a warm-up call each."""
     route = _load_routing()
@@ -176,7 +165,7 @@ def measure(scenario: Scenario, rounds: int = ROUNDS) -> Measurement:
             for impl in IMPLS[shift:] + IMPLS[:shift]:
                 if impl in BACKENDS:
                     route(BACKENDS[impl])
-                elapsed = _time_call(cases[impl])
+                elapsed = _cases.time_call(cases[impl])
                 if round_:
                     times[impl].append(elapsed)
         items = cases["floor"].items

@@ -102,12 +102,21 @@ def _floor(members: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 def _is_figure(bench: Dict[str, Any]) -> bool:
     info = bench.get("extra_info", {})
-    figures = ("bytes_per_item", "peak_rss_growth_mb", "import_open_ms", "lag_p99_ms", "shaped_link", "long_link")
+    figures = (
+        "bytes_per_item",
+        "peak_rss_growth_mb",
+        "import_open_ms",
+        "lag_p99_ms",
+        "shaped_link",
+        "destinations",
+        "long_link",
+    )
     return any(key in info for key in figures)
 
 
 def figures_table(benchmarks: List[Dict[str, Any]]) -> str:
-    """Figures that are not rates: bytes written per item, RSS growth, import time, loop lag."""
+    """Figures that are not rates: bytes written per item, RSS growth, import time, loop lag,
+    and the destinations scenarios' same-run ratios."""
     lines = ["| figure | implementation | value |", "|---|---|---:|"]
     for bench in sorted((b for b in benchmarks if _is_figure(b)), key=_sort_key):
         info = bench["extra_info"]
@@ -129,7 +138,19 @@ def figures_table(benchmarks: List[Dict[str, Any]]) -> str:
             trip = f"{link['round_trip'] * 1000:.0f} ms round trip"
             figure = f"drain {link['items']:,} items, {trip}, {link['in_flight']} in flight"
             lines.append(f"| {figure} | {backend} | {link['seconds']:.2f} s, {link['ratio']:.2f}x the limit |")
+        if "destinations" in info:
+            lines += _destination_lines(info["destinations"], backend)
     return "\n".join(lines)
+
+
+def _destination_lines(figures: Dict[str, Any], backend: str) -> List[str]:
+    """One line per same-run ratio of a destinations scenario, with the issue's target."""
+    lines = []
+    for label, ratio in figures["ratios"].items():
+        target = figures["targets"].get(label)
+        goal = f" (target <= {target}x)" if target is not None else ""
+        lines.append(f"| {figures['scenario']}: {label} | {backend} | {ratio:.2f}x{goal} |")
+    return lines
 
 
 def _shaped_link_figure(figures: Dict[str, Any]) -> str:

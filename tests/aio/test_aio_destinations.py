@@ -381,3 +381,17 @@ def test_remove_destination(db_path: str) -> None:
             assert await reopened.pending_count("iot") == 3
 
     run(main)
+
+
+def test_a_backlog_budget_holds_through_the_asyncio_api(db_path: str) -> None:
+    options = {"live": {}, "down": {"max_backlog_items": 10, "on_backlog_full": "drop_newest"}}
+
+    async def main() -> Tuple[int, int, int]:
+        async with await AsyncCloudSyncQueue.open(db_path, destinations=options) as queue:
+            await asyncio.gather(*(queue.enqueue({"n": n}) for n in range(50)))
+            stats = await queue.get_stats()
+            live = await queue.pending_count(destination="live")
+            down = await queue.pending_count(destination="down")
+            return live, down, stats["destinations"]["down"]["dropped_total"]
+
+    assert run(main) == (50, 10, 40)

@@ -6,8 +6,8 @@ critical items last, so that its backlog never crowds the others out of the file
 Dropping a delivery is what an ack is for that destination alone: its bit leaves the
 item's route, and the item leaves the file once no destination needs it. An enqueue is
 never refused for a budget. The counts come from ``sync_backlog``, which triggers on
-``sync_routes`` keep for the destinations that have a budget (see ``schema``), so that
-checking a budget costs one lookup; the drop runs in the enqueue's transaction.
+``sync_routes`` keep for the destinations that have a budget, so that checking a budget
+costs one lookup; the drop runs in the enqueue's transaction.
 """
 
 import logging
@@ -30,6 +30,21 @@ logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 ON_FULL_CHOICES = ("drop_oldest", "drop_newest")
 DROPPED_KEY = "dropped_total"
 
+# Kept up by these from the first time a queue opens the file with a budget: a file where
+# no destination ever had one pays nothing for them on its enqueues and acks.
+TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS sync_routes_added AFTER INSERT ON sync_routes BEGIN"
+    " UPDATE sync_backlog SET items = items + 1, bytes = bytes + NEW.bytes"
+    " WHERE (NEW.destinations >> destination) & 1; END",
+    "CREATE TRIGGER IF NOT EXISTS sync_routes_changed AFTER UPDATE OF destinations ON sync_routes BEGIN"
+    " UPDATE sync_backlog"
+    " SET items = items + ((NEW.destinations >> destination) & 1) - ((OLD.destinations >> destination) & 1),"
+    " bytes = bytes + (((NEW.destinations >> destination) & 1) - ((OLD.destinations >> destination) & 1))"
+    " * NEW.bytes WHERE ((OLD.destinations | NEW.destinations) >> destination) & 1; END",
+    "CREATE TRIGGER IF NOT EXISTS sync_routes_removed AFTER DELETE ON sync_routes BEGIN"
+    " UPDATE sync_backlog SET items = items - 1, bytes = bytes - OLD.bytes"
+    " WHERE (OLD.destinations >> destination) & 1; END",
+)
 TRACK_SQL = (
     "INSERT OR REPLACE INTO sync_backlog (destination, items, bytes)"
     " SELECT ?1, COUNT(*), COALESCE(SUM(bytes), 0) FROM sync_routes WHERE (destinations >> ?1) & 1"
@@ -80,6 +95,8 @@ class Backlog:
     def track(self, conn: sqlite3.Connection) -> None:
         """Count each budgeted destination's backlog afresh (inside a write transaction): a
         process without the budget may have written meanwhile, with no count kept."""
+        for trigger in TRIGGERS:
+            conn.execute(trigger)
         for budget in self.budgets:
             conn.execute(TRACK_SQL, (budget.destination,))
 

@@ -90,8 +90,8 @@ first_id INTEGER NOT NULL
 # it). ``sync_dead_deliveries``: what a destination refused for good, each with a copy of
 # the payload (the item may leave the file when the others have delivered it).
 # ``sync_backlog``: the undelivered items and stored bytes of each destination that has a
-# backlog budget, kept by triggers on ``sync_routes`` (see ``backlog``); no rows, and no
-# work for the triggers, in a file where no destination has one.
+# backlog budget, kept by triggers on ``sync_routes`` that the first queue opened with a
+# budget creates (see ``backlog``): a file where no destination ever had one has none.
 DESTINATIONS_DDL = """\
 CREATE TABLE IF NOT EXISTS sync_destinations (
 id INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 62),
@@ -144,22 +144,11 @@ destination INTEGER PRIMARY KEY,
 items INTEGER NOT NULL,
 bytes INTEGER NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS sync_routes_added AFTER INSERT ON sync_routes BEGIN
-UPDATE sync_backlog SET items = items + 1, bytes = bytes + NEW.bytes
-WHERE (NEW.destinations >> destination) & 1; END;
-CREATE TRIGGER IF NOT EXISTS sync_routes_changed AFTER UPDATE OF destinations ON sync_routes BEGIN
-UPDATE sync_backlog
-SET items = items + ((NEW.destinations >> destination) & 1) - ((OLD.destinations >> destination) & 1),
-bytes = bytes + (((NEW.destinations >> destination) & 1) - ((OLD.destinations >> destination) & 1)) * NEW.bytes
-WHERE ((OLD.destinations | NEW.destinations) >> destination) & 1; END;
-CREATE TRIGGER IF NOT EXISTS sync_routes_removed AFTER DELETE ON sync_routes BEGIN
-UPDATE sync_backlog SET items = items - 1, bytes = bytes - OLD.bytes
-WHERE (OLD.destinations >> destination) & 1; END;
 """
 
-# The DDL that brings a file from version ``n - 1`` to ``n``, one statement per ";\n" (a
-# trigger's inner statements end on its END line). Version 0 is a new file or
-# one written by the earlier release (only ``sync_queue``); every step is idempotent.
+# The DDL that brings a file from version ``n - 1`` to ``n``, one statement per ";\n".
+# Version 0 is a new file or one written by the earlier release (only ``sync_queue``);
+# every step is idempotent.
 MIGRATIONS = {1: QUEUE_DDL + META_DDL, 2: DEAD_LETTER_DDL, 3: BATCH_KEYS_DDL, 4: DESTINATIONS_DDL}
 
 # Synchronous levels by durability mode. FULL syncs the WAL on every commit, so a returned
