@@ -199,3 +199,21 @@ def test_the_daily_limit_counts_the_items_in_flight(db_path: str) -> None:
             assert queue.maybe_flush(HTTPCloudUploader(server.url, KEY)) == 250
             assert queue.messages_sent_today == 250
     assert len(server.items) == 250
+
+
+def test_the_request_deadline_holds_per_batch_in_flight(db_path: str) -> None:
+    with IngestServer(api_key=KEY) as server:
+        server.set_delay(0.05, slow_seconds=5.0)
+        server.fail_next("slow")  # the first request gets no answer within the uploader's timeout
+        with CloudSyncQueue(db_path, max_batch_items=10, max_in_flight_batches=4, retry_base_seconds=60.0) as queue:
+            queue.enqueue_many([{"n": n} for n in range(100)])
+            acked = queue.maybe_flush(HTTPCloudUploader(server.url, KEY, timeout=1.0))
+            stats = queue.get_stats()
+    # The other slots went on while it waited, and every other batch was acked; it failed
+    # on its own deadline, and its items stay queued.
+    assert acked == 90
+    assert stats["failed_batches"] == 1 and stats["depth"] == 10 and stats["in_flight"] == 0
+    assert "did not answer within timeout=1 s" in stats["last_error"]
+    # Whichever batch came first was the slow one; it may have been recorded too (its
+    # answer came too late): at least once.
+    assert len({item["n"] for item in server.items}) >= 90
