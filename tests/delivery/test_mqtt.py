@@ -673,3 +673,22 @@ def test_batches_in_flight_share_one_connection_and_its_window(live_broker: Brok
         assert ranks[:100] == [1] * 100
     finally:
         sub.close()
+
+
+def test_a_broker_killed_under_batches_in_flight_loses_nothing(live_broker: Broker, db_path: str) -> None:
+    with CloudSyncQueue(db_path, durability="fast", max_batch_items=100, max_in_flight_batches=3) as queue:
+        queue.enqueue_many([{"id": n} for n in range(20_000)])
+        up = uploader(live_broker, "sensors/killed/{priority}")
+        killer = threading.Timer(0.3, live_broker.kill)
+        killer.start()
+        first = queue.maybe_flush(up)  # ends when the link breaks, every batch in flight settled
+        killer.join()
+        assert first < 20_000  # the kill came in the middle
+        stats = queue.get_stats()
+        assert stats["in_flight"] == 0 and stats["messages_sent_total"] == first
+        assert queue.pending_count() == 20_000 - first
+        live_broker.start()
+        queue.retry_now()  # the batches that failed are due again
+        assert queue.maybe_flush(up) == 20_000 - first
+        assert queue.pending_count() == 0
+        up.close()
