@@ -102,7 +102,15 @@ def _floor(members: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 
 def _is_figure(bench: Dict[str, Any]) -> bool:
     info = bench.get("extra_info", {})
-    figures = ("bytes_per_item", "peak_rss_growth_mb", "import_open_ms", "lag_p99_ms", "shaped_link", "destinations")
+    figures = (
+        "bytes_per_item",
+        "peak_rss_growth_mb",
+        "import_open_ms",
+        "lag_p99_ms",
+        "shaped_link",
+        "destinations",
+        "long_link",
+    )
     return any(key in info for key in figures)
 
 
@@ -125,6 +133,11 @@ def figures_table(benchmarks: List[Dict[str, Any]]) -> str:
         if "shaped_link" in info:
             figures = info["shaped_link"]
             lines.append(f"| {_shaped_link_figure(figures)} | {backend} | {_shaped_link_value(figures)} |")
+        if "long_link" in info:
+            link = info["long_link"]
+            trip = f"{link['round_trip'] * 1000:.0f} ms round trip"
+            figure = f"drain {link['items']:,} items, {trip}, {link['in_flight']} in flight"
+            lines.append(f"| {figure} | {backend} | {link['seconds']:.2f} s, {link['ratio']:.2f}x the limit |")
         if "destinations" in info:
             lines += _destination_lines(info["destinations"], backend)
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 from _support import Size, fresh_queue, rows, run
+from report import NAMES
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
 from pyv_edge_agent.cloud_sync._flush.outgoing import item_key
@@ -45,16 +46,21 @@ def _uploader(broker: Any) -> Any:
     return MQTTUploader("127.0.0.1", broker.port, topic=TOPIC, tls=False, username=USER, password=PASSWORD)
 
 
-def test_mqtt_flush(benchmark: Any, tmp_path: Any, size: Size, broker: Any) -> None:
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_mqtt_flush(benchmark: Any, tmp_path: Any, size: Size, broker: Any, backend: str, in_flight: int) -> None:
     count = size(20_000, 500)
     benchmark.group = f"flush {count:,} to Mosquitto (loopback, QoS 1)"
+    if in_flight > 1:
+        # The window spans batches: the next one publishes while the last one's PUBACKs come in.
+        benchmark.extra_info["label"] = f"{NAMES.get(backend, backend)}, {in_flight} batches in flight"
     prepared = rows(count)
     queues: List[CloudSyncQueue] = []
 
     def setup() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
         if queues:
             queues[-1].close()
-        queues.append(fresh_queue(os.path.join(os.fspath(tmp_path), "mqtt.db"), durability="fast"))
+        path = os.path.join(os.fspath(tmp_path), "mqtt.db")
+        queues.append(fresh_queue(path, durability="fast", max_in_flight_batches=in_flight))
         queues[-1]._insert_rows(prepared)
         return (), {}
 

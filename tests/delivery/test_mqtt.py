@@ -656,3 +656,41 @@ def test_ca_certs_that_is_not_pem_is_refused_alike_by_http_and_mqtt(tmp_path: An
             MQTTUploader("127.0.0.1", 8883, topic="t/x", ca_certs=path)
         assert str(http.value) == str(mqtt.value)
         assert str(http.value).startswith("ca_certs") and expected in str(http.value)
+
+
+def test_batches_in_flight_share_one_connection_and_its_window(live_broker: Broker, db_path: str) -> None:
+    sub = Subscriber(live_broker, "sensors/inflight/#")
+    try:
+        with CloudSyncQueue(db_path, durability="fast", max_batch_items=100, max_in_flight_batches=4) as queue:
+            fill(queue, 3000)
+            up = uploader(live_broker, "sensors/inflight/{priority}")
+            assert queue.maybe_flush(up) == 3000
+            assert queue.pending_count() == 0
+            up.close()
+        sub.wait_for(3000)
+        ids = sub.ids()
+        assert sorted(ids) == list(range(3000))  # every one, once
+        # Batches are claimed in priority order; at most the batches in flight overlap.
+        ranks = [RANK[topic.rsplit("/", 1)[1]] for topic, _, _ in sub.messages]
+        assert ranks[:100] == [1] * 100
+    finally:
+        sub.close()
+
+
+def test_a_broker_killed_under_batches_in_flight_loses_nothing(live_broker: Broker, db_path: str) -> None:
+    with CloudSyncQueue(db_path, durability="fast", max_batch_items=100, max_in_flight_batches=3) as queue:
+        queue.enqueue_many([{"id": n} for n in range(20_000)])
+        up = uploader(live_broker, "sensors/killed/{priority}")
+        killer = threading.Timer(0.3, live_broker.kill)
+        killer.start()
+        first = queue.maybe_flush(up)  # ends when the link breaks, every batch in flight settled
+        killer.join()
+        assert first < 20_000  # the kill came in the middle
+        stats = queue.get_stats()
+        assert stats["in_flight"] == 0 and stats["messages_sent_total"] == first
+        assert queue.pending_count() == 20_000 - first
+        live_broker.start()
+        queue.retry_now()  # the batches that failed are due again
+        assert queue.maybe_flush(up) == 20_000 - first
+        assert queue.pending_count() == 0
+        up.close()

@@ -34,7 +34,8 @@ CONFIG_KEYS = tuple(
     "db_path durability busy_timeout max_batch_items max_batch_bytes retry_base_seconds retry_max_seconds"
     " lease_seconds max_queue_items max_queue_bytes min_free_disk_bytes purge_interval on_corrupt max_attempts"
     " daily_message_limit encryption_key encryption_cipher max_items_per_second max_bytes_per_second"
-    " pacing_burst_seconds critical_bypasses_pacing max_batch_seconds probe_interval destinations".split()
+    " pacing_burst_seconds critical_bypasses_pacing max_batch_seconds probe_interval max_in_flight_batches"
+    " destinations".split()
 )
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 
@@ -43,7 +44,7 @@ logger = logging.getLogger("pyv_edge_agent.cloud_sync")
 DESTINATION_KEYS = tuple(
     "max_batch_items max_batch_bytes retry_base_seconds retry_max_seconds lease_seconds max_attempts"
     " daily_message_limit max_items_per_second max_bytes_per_second pacing_burst_seconds"
-    " critical_bypasses_pacing max_batch_seconds probe_interval order"
+    " critical_bypasses_pacing max_batch_seconds probe_interval max_in_flight_batches order"
     " max_backlog_items max_backlog_bytes on_backlog_full".split()
 )
 # The options of a destination that are not its flush policy.
@@ -112,6 +113,11 @@ class CloudSyncQueue:
     :param probe_interval: while a ``SyncWorker`` backs off after an upload that got no
         answer (refused, unreachable, timed out), it probes the link this often and ends
         the backoff when the probe succeeds (None: never probe).
+    :param max_in_flight_batches: how many batches one flush uploads at once (1 to 16), each
+        under its own lease and idempotency key and settled on its own answer; more than 1
+        keeps a long link busy during each round trip. The uploader is then called from
+        that many threads at once. A batch is claimed only when one of them is free, so a
+        critical item waits for at most the batches already in flight.
     """
 
     def __init__(
@@ -141,6 +147,7 @@ class CloudSyncQueue:
         critical_bypasses_pacing: bool = True,
         max_batch_seconds: Optional[float] = None,
         probe_interval: Optional[float] = 10.0,
+        max_in_flight_batches: int = 1,
         destinations: "Optional[Union[Sequence[str], Mapping[str, Mapping[str, Any]]]]" = None,
     ) -> None:
         path = _validate.db_path(db_path)
@@ -160,6 +167,7 @@ class CloudSyncQueue:
             critical_bypasses_pacing,
             max_batch_seconds,
             probe_interval,
+            max_in_flight_batches,
         )
         link = LinkState(policy.pacer())
         on_corrupt = _validate.choice("on_corrupt", on_corrupt, integrity.ON_CORRUPT_CHOICES)

@@ -16,6 +16,10 @@ from ._types import Priority
 
 __all__ = ["AsyncUploader", "OutcomeKind", "OutgoingItem", "UploadError", "UploadResult", "Uploader"]
 
+# The most batches one flush uploads at once (``max_in_flight_batches``): the most threads
+# that may call one uploader at the same time, and the connections a transport keeps for it.
+MAX_IN_FLIGHT_BATCHES = 16
+
 
 class Uploader(Protocol):
     """What ``maybe_flush`` and ``SyncWorker`` send through: any object with a
@@ -38,6 +42,9 @@ class Uploader(Protocol):
       ``SyncWorker``), and ``endpoint``, a URL probed with a TCP connect when there is no
       ``probe``;
     - ``credentials_subject``: who refused the credentials, for the log line.
+
+    With ``max_in_flight_batches`` above 1 a flush calls the uploader from that many
+    threads at once (one batch each), so its methods must be safe to call concurrently.
     """
 
     def post_batch(self, payloads: List[Dict[str, Any]]) -> object:

@@ -49,6 +49,7 @@ from .._store.store import Store
 from .._types import CRITICAL, Column
 from .._upload_types import OutcomeKind, Uploader
 from .claim import Claim, Scanned, advance_cursors, pick
+from .inflight import InFlight
 from .outcome import ACCEPTED, CREDENTIALS, REJECTED, TOO_LARGE, TRANSIENT, Outcome, send
 from .outgoing import Post, Row, poster
 from .policy import FlushPolicy, LinkState, release_held
@@ -124,21 +125,16 @@ class Flusher:
         self._credentials_subject = str(getattr(uploader, "credentials_subject", "") or "") or CREDENTIALS_SUBJECT
         self._max_items = policy.max_batch_items
         self._max_bytes = policy.max_batch_bytes
+        # With several batches in flight: the batches being uploaded (None: one at a time).
+        self._in_flight: Optional[InFlight] = None
+        self._link_failed = False
 
     # -- the loop ---------------------------------------------------------------------
 
     def run(self) -> int:
         """Send batches until none is left, one fails, or ``stop`` is set; return items acked."""
-        acked = 0
         self._seed_meter()
-        while self._stop is None or not self._stop.is_set():
-            claim = self._claim()
-            if claim is None:
-                break
-            done, count = self._deliver(claim)
-            acked += count
-            if not done:
-                break
+        acked = self._run_in_flight() if self._policy.max_in_flight_batches > 1 else self._run_one_at_a_time()
         if self._dead_count:
             # One line per call, not per item: a broken schema can dead-letter thousands.
             logger.warning(
@@ -155,22 +151,58 @@ class Flusher:
             raise self._unreadable[0]
         return acked
 
+    def _run_one_at_a_time(self) -> int:
+        """Claim, send and settle one batch after the other; return items acked."""
+        acked = 0
+        while self._stop is None or not self._stop.is_set():
+            claim = self._claim()
+            if claim is None:
+                break
+            done, count = self._deliver(claim)
+            acked += count
+            if not done:
+                break
+        return acked
+
+    def _run_in_flight(self) -> int:
+        """Upload up to ``max_in_flight_batches`` batches at once, each in a thread of its
+        own; claim the next batch (in priority order, under the store's lock) only when a
+        thread is free, and stop claiming at the first batch that fails. Every batch in
+        flight is still settled on its own answer before this returns; return items acked."""
+        in_flight = self._in_flight = InFlight(self._policy.max_in_flight_batches)
+        with in_flight:
+            while (self._stop is None or not self._stop.is_set()) and in_flight.wait_for_room():
+                claim = self._claim()
+                if claim is None:
+                    break
+                # Here, not in the batch's thread: the pacing admits the batches in flight together.
+                self._prepare(claim)
+                in_flight.start(claim, self._send_parts)
+        return in_flight.acked
+
     def _deliver(self, claim: Claim) -> Tuple[bool, int]:
         """Send a claimed batch, splitting it where the endpoint asks; return (go on, acked)."""
-        acked = 0
+        self._prepare(claim)
+        return self._send_parts(claim)
+
+    def _prepare(self, claim: Claim) -> None:
+        """Make the claim's rows ready to send (``_readable``) and wait for the pacing."""
         readable = self._readable(claim)
         if readable:
             self._pace(readable)
         claim.pending = [readable] if readable else []
+
+    def _send_parts(self, claim: Claim) -> Tuple[bool, int]:
+        """Send the prepared parts of a claim and settle each; return (go on, acked)."""
+        acked = 0
         while claim.pending:
             part = claim.pending.pop()
             ids = [row[Column.ID] for row in part]
             started = time.monotonic()
             outcome = send(self._post, part, claim.keys[tuple(ids)], self._store.now(), self._store.queue_id)
             if outcome.kind == ACCEPTED:
-                self._link.meter.record(
-                    _body_size([row[Column.PAYLOAD] for row in part]), len(part), time.monotonic() - started
-                )
+                seconds = time.monotonic() - started if self._in_flight is None else self._in_flight.busy_seconds()
+                self._link.meter.record(_body_size([row[Column.PAYLOAD] for row in part]), len(part), seconds)
             if outcome.kind in (TOO_LARGE, REJECTED) and len(part) > 1:
                 middle = len(part) // 2
                 claim.pending += [part[middle:], part[:middle]]  # first half goes first
@@ -255,7 +287,9 @@ class Flusher:
             items = min(items, paced_items if paced_items is not None else items)
             size = min(size, paced_bytes if paced_bytes is not None else size)
         if self._policy.max_batch_seconds is not None:
-            size = min(size, self._link.meter.batch_bytes(self._policy.max_batch_seconds))
+            # Batches in flight share the link: together they take about max_batch_seconds.
+            share = self._policy.max_batch_seconds / self._policy.max_in_flight_batches
+            size = min(size, self._link.meter.batch_bytes(share))
         self._max_items, self._max_bytes = max(1, items), max(1, size)
 
     def _pace(self, rows: List[Row]) -> None:
@@ -284,6 +318,8 @@ class Flusher:
             with write_transaction(conn):
                 store.read_sealed_from(conn)  # another process may have sealed items since
                 budget = self._policy.budget_left(lambda: store.sent_today(self._scope))
+                if budget is not None and self._in_flight is not None:
+                    budget = max(0, budget - self._in_flight.reserved)  # not counted as sent yet
                 bounds = (self._max_items, self._max_bytes)
                 scans: Dict[int, Scanned] = {}
                 rows = pick(conn, self._deliveries, now, self._policy, budget, bounds, self._rejected, scans)
@@ -344,7 +380,9 @@ class Flusher:
         acked = self._remove(chunks)
         if acked:
             self._count_sent(conn, acked)
-        if not outcome.credentials:  # a refusal of part of a batch is not a recovered link
+        # A refusal of part of a batch is not a recovered link; nor is a batch that was in
+        # flight when another failed: the failure's backoff stands.
+        if not outcome.credentials and not self._link_failed:
             release_held(conn, self._deliveries, self._link.accepted(store.now()))
         meter = self._link.meter
         for key, value in zip(THROUGHPUT_KEYS, (meter.bytes_per_second, meter.items_per_second)):
@@ -466,6 +504,7 @@ class Flusher:
         held: Sequence[float] = (),
     ) -> None:
         now = self._store.now()
+        self._link_failed = True
         conn.execute(ADD_COUNTER_SQL, (self._scope + "failed_batches", 1))
         self._note_error(conn, self._stored(error), now)
         detail = f"{self._shown(status, error)}; keeping {count} items, next try in {delay:.1f} s"

@@ -11,7 +11,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from .. import _validate
 from .._store.deliveries import Deliveries
 from .._types import CRITICAL, Priority
-from .._upload_types import OutcomeKind
+from .._upload_types import MAX_IN_FLIGHT_BATCHES, OutcomeKind
 from .pacing import Pacer, ThroughputMeter
 
 logger = logging.getLogger("pyv_edge_agent.cloud_sync")
@@ -39,6 +39,7 @@ class FlushPolicy:
     critical_bypasses_pacing: bool = True
     max_batch_seconds: Optional[float] = None
     probe_interval: Optional[float] = 10.0
+    max_in_flight_batches: int = 1
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -68,6 +69,10 @@ class FlushPolicy:
             _validate.number("pacing_burst_seconds", self.pacing_burst_seconds, 0.0, allow_equal=False),
         )
         put("critical_bypasses_pacing", _validate.boolean("critical_bypasses_pacing", self.critical_bypasses_pacing))
+        put(
+            "max_in_flight_batches",
+            _validate.integer("max_in_flight_batches", self.max_in_flight_batches, 1, MAX_IN_FLIGHT_BATCHES),
+        )
 
     def pacer(self) -> Pacer:
         """A fresh pair of token buckets for ``max_items_per_second`` and ``max_bytes_per_second``."""

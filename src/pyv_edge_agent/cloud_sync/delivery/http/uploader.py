@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 from ... import _codec, _validate
 from ..._errors import UploadError
 from ..._redact import Secret, clean, query_values, redact_url, scrub
+from ..._upload_types import MAX_IN_FLIGHT_BATCHES
 from ..._upload_types import UploadResult as UploadResult  # also importable from here, as before
 from .. import tls
 from . import deadline as _deadline
@@ -61,7 +62,8 @@ class HTTPCloudUploader:
     in ``"rejected"`` (then ``post_batch`` returns an ``UploadResult``). Any other status,
     a refused or reset connection, a DNS failure or a timeout raises ``UploadError`` with
     the status (None without a response) and any ``Retry-After``; ``maybe_flush``
-    classifies it. Connections are kept alive between batches.
+    classifies it. Connections are kept alive between batches, one for each batch in flight
+    (``max_in_flight_batches`` of the queue); the uploader may be called from several threads.
 
     A refusal (401, 403, or a TLS alert about the client certificate) is answered at once:
     ``credentials`` are told (a token is fetched or read again), certificate files that
@@ -252,7 +254,9 @@ class HTTPCloudUploader:
         lib = _urllib3()
         options: Dict[str, Any] = dict(
             num_pools=2,
-            maxsize=1,
+            # A connection per batch in flight (``max_in_flight_batches``), opened only when
+            # that many requests overlap: one batch at a time keeps reusing one connection.
+            maxsize=MAX_IN_FLIGHT_BATCHES,
             retries=False,
             timeout=lib.Timeout(connect=self._timeout, read=self._timeout),
             cert_reqs="CERT_REQUIRED",

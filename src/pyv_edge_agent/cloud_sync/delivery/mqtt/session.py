@@ -13,6 +13,7 @@ uninterruptible call).
 import os
 import select
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Tuple
@@ -118,6 +119,13 @@ class Session:
         self.maximum_packet_size: Optional[int] = None
         self.acks: List[Tuple[int, int]] = []
         self.used_at = time.monotonic()
+        # The batches being delivered (see ``deliver``), under ``changed``: which one owns
+        # each unanswered message, how many are unanswered, and whether a thread drives paho.
+        self.changed = threading.Condition(threading.Lock())
+        self.batches: List[_Batch] = []
+        self.routes: Dict[int, _Batch] = {}
+        self.in_flight = 0
+        self.driving = False
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
 
@@ -164,8 +172,25 @@ class Session:
         except (OSError, ValueError):
             return False
 
+    def usable(self, keepalive: float) -> bool:
+        """Whether the connection still works and was used within ``keepalive`` seconds (a
+        broker or NAT may have dropped it silently); one that batches are being delivered
+        over is in use, and is left alone."""
+        with self.changed:
+            if self.batches or self.driving:
+                return True
+            idle = time.monotonic() - self.used_at
+            return idle < keepalive and self.pump(0.0) and bool(self.client.is_connected())
+
     def close(self) -> None:
-        """Close the socket, with a DISCONNECT first when the link still works."""
+        """Close the socket, with a DISCONNECT first when the link still works; once the
+        thread driving paho for the batches in flight has let go (see ``deliver``)."""
+        with self.changed:
+            while self.driving:
+                self.changed.wait(0.1)
+            self._close()
+
+    def _close(self) -> None:
         try:
             if self.client.is_connected():
                 self.client.disconnect()
@@ -204,65 +229,132 @@ def merged(*parts: Delivery) -> Delivery:
     return whole
 
 
+@dataclass
+class _Batch:
+    """One batch being delivered over a session: its messages not yet published, those
+    published and unanswered (by message id), what became of it, and its deadline."""
+
+    messages: Deque[Message]
+    deadline: float
+    late: str
+    done: Delivery = field(default_factory=Delivery)
+    inflight: Dict[int, int] = field(default_factory=dict)
+    halted: bool = False
+    finished: bool = False
+
+    def open(self) -> bool:
+        """Whether it may publish more."""
+        return bool(self.messages) and not self.halted and not self.done.lost
+
+
 def deliver(
     session: Session, messages: Deque[Message], window: int, qos: int, deadline: float, timeout: float
 ) -> Delivery:
     """Publish ``messages`` in order with at most ``window`` unanswered; stop publishing at
     the first refusal that is not about one message alone (credentials, quota...), and stop
     when the link breaks or the batch's ``deadline`` (``time.monotonic()``; ``timeout``
-    seconds after the batch began) passes, however steadily PUBACKs trickle in."""
-    client = session.client
-    done = Delivery()
-    inflight: Dict[int, int] = {}
-    halted = False
+    seconds after the batch began) passes, however steadily PUBACKs trickle in.
 
-    def settle() -> None:
-        nonlocal halted
-        for mid, reason in session.acks:
-            index = inflight.pop(mid, -1)
-            if index >= 0:
-                done.reasons[index] = reason
-                halted = halted or _halts(reason)
-        session.acks.clear()
-
-    def wait() -> None:
-        """Block until an answer comes (or the link breaks, or the deadline passes)."""
-        left = deadline - time.monotonic()
-        if left > 0 and not session.pump(min(1.0, left)):
-            done.lost = session.guard.refused or "the broker closed the connection"
-        if session.acks:
-            settle()
-        if not done.lost and inflight and time.monotonic() >= deadline:
-            done.lost = late
-
-    late = f"the batch did not finish within the timeout of {timeout:g} s"
-    while messages and not halted and not done.lost:
-        if time.monotonic() >= deadline:
-            done.lost = late  # the rest stay unsent
-            break
-        if inflight:
-            if not session.pump(0.0):
-                done.lost = session.guard.refused or "the broker closed the connection"
-            if session.acks:
-                settle()
-            while len(inflight) >= window and not done.lost:
-                wait()
-            if halted or done.lost:
-                break
-        index, topic, payload, properties = messages[0]
-        try:
-            info = client.publish(topic, payload, qos=qos, properties=properties)
-        except (OSError, ValueError) as exc:
-            done.lost = f"{type(exc).__name__}: {exc}"
-            break
-        if info.rc != 0:
-            done.lost = f"the connection was lost (paho error {info.rc})"
-            break
-        messages.popleft()
-        inflight[info.mid] = index
-    while inflight and not done.lost:
-        wait()
-    session.used_at = time.monotonic()
-    done.in_flight = sorted(inflight.values())
-    done.unsent = [message[0] for message in messages]
+    Batches delivered over one session from several threads at once (a flush with several
+    batches in flight) share its window: the next batch publishes while the PUBACKs of the
+    one before come in. One thread at a time drives paho for all of them (paho's calls are
+    not safe from two threads at once); the others wait for their batch to be finished.
+    """
+    batch = _Batch(messages, deadline, f"the batch did not finish within the timeout of {timeout:g} s")
+    with session.changed:
+        session.batches.append(batch)
+        while not batch.finished:
+            if session.driving:
+                session.changed.wait(min(1.0, max(0.001, deadline - time.monotonic())))
+                continue
+            session.driving = True
+            try:
+                _drive(session, batch, window, qos)
+            finally:
+                session.driving = False
+                session.changed.notify_all()
+        session.used_at = time.monotonic()
+        done = batch.done
+        done.in_flight = sorted(batch.inflight.values())
+        done.unsent = [message[0] for message in batch.messages]
     return done
+
+
+def _drive(session: Session, mine: _Batch, window: int, qos: int) -> None:
+    """Publish and read for every batch of ``session`` until ``mine`` is finished; called
+    with the session's lock held, released only while waiting for the broker."""
+    client = session.client
+    # Whether the socket was read since the last publish: then the next one goes at once.
+    read = False
+    while True:
+        _finish(session)
+        if mine.finished:
+            return
+        for batch in session.batches:
+            while batch.open() and session.in_flight < window:
+                if session.in_flight and not read:
+                    _read(session, 0.0)
+                    if not batch.open() or session.in_flight >= window:
+                        break
+                read = False
+                index, topic, payload, properties = batch.messages[0]
+                try:
+                    info = client.publish(topic, payload, qos=qos, properties=properties)
+                except (OSError, ValueError) as exc:
+                    batch.done.lost = f"{type(exc).__name__}: {exc}"
+                    break
+                if info.rc != 0:
+                    batch.done.lost = f"the connection was lost (paho error {info.rc})"
+                    break
+                batch.messages.popleft()
+                batch.inflight[info.mid] = index
+                session.routes[info.mid] = batch
+                session.in_flight += 1
+        _finish(session)
+        if mine.finished:
+            return
+        soonest = min(batch.deadline for batch in session.batches)
+        left = soonest - time.monotonic()
+        if left > 0:
+            session.changed.release()  # other batches may join meanwhile
+            try:
+                _read(session, min(1.0, left))
+                read = True
+            finally:
+                session.changed.acquire()
+
+
+def _read(session: Session, timeout: float) -> None:
+    """Pump the session and hand each PUBACK to its batch; a lost link ends every batch."""
+    if not session.pump(timeout):
+        reason = session.guard.refused or "the broker closed the connection"
+        for batch in session.batches:
+            batch.done.lost = batch.done.lost or reason
+    for mid, reason_code in session.acks:
+        owner = session.routes.pop(mid, None)
+        if owner is None:
+            continue
+        session.in_flight -= 1
+        if owner.finished:
+            continue  # it ended without this answer (late, or its link lost): it keeps the message
+        index = owner.inflight.pop(mid, -1)
+        if index >= 0:
+            owner.done.reasons[index] = reason_code
+            owner.halted = owner.halted or _halts(reason_code)
+    session.acks.clear()
+
+
+def _finish(session: Session) -> None:
+    """Mark the batches that are done (all answered, halted and answered, lost, or late)
+    and take them off the session; wake the threads waiting for them."""
+    now = time.monotonic()
+    kept = []
+    for batch in session.batches:
+        if not batch.done.lost and (batch.open() or batch.inflight) and now >= batch.deadline:
+            batch.done.lost = batch.late  # the rest stay unsent
+        if batch.done.lost or (not batch.inflight and not batch.open()):
+            batch.finished = True
+            session.changed.notify_all()
+        else:
+            kept.append(batch)
+    session.batches = kept

@@ -268,7 +268,8 @@ class MQTTUploader:
                 session = self._ready_session(deadline)
             except _Refused as exc:
                 return UploadResult(credentials=list(range(len(items))), error=str(exc))
-            return self._publish_all(session, items, deadline)
+        # Outside the lock: the batches of several threads share the session's window.
+        return self._publish_all(session, items, deadline)
 
     def close(self) -> None:
         """Disconnect from the broker; the next batch connects again."""
@@ -320,7 +321,7 @@ class MQTTUploader:
                 continue
             messages.append((index, topic, item.text, properties))
 
-        done, refused = self._send(session, messages, deadline)
+        done, refused, session = self._send(session, messages, deadline)
         if refused:
             refuse("credentials", done.unsent, refused)
             done.unsent = []
@@ -336,7 +337,7 @@ class MQTTUploader:
             else:
                 refuse("retry", [index], f"the MQTT broker did not take the message: {why}")
         if done.lost:
-            self._drop_session()
+            self._drop(session)
             lost = f"MQTT broker {self._host}:{self._port}: {done.lost}"
             refuse("retry", done.in_flight + done.unsent, lost)
         refuse("retry", done.unsent if not done.lost else [], "not sent: the broker refused an earlier message")
@@ -350,33 +351,35 @@ class MQTTUploader:
             credentials=sorted(verdicts["credentials"]),
         )
 
-    def _send(self, session: Session, messages: List[Message], deadline: float) -> Tuple[Delivery, str]:
+    def _send(self, session: Session, messages: List[Message], deadline: float) -> Tuple[Delivery, str, Session]:
         """Deliver the messages; when the link breaks with messages unanswered and no
         refusal seen, connect once more and send the first of them alone before the rest.
 
         A broker may refuse a message and then close the connection (Mosquitto does, for an
         ACL denial), and with more messages on the way the refusal is often lost in the
-        close; sent alone, the message gets its answer. Returns the delivery, and why the
-        broker refused a new connection for good ("" if it did not).
+        close; sent alone, the message gets its answer. Returns the delivery, why the
+        broker refused a new connection for good ("" if it did not), and the session used last.
         """
         timeout = self._timeout
         done = deliver(session, deque(messages), self._window(session), self._qos, deadline, timeout)
         if not done.lost or done.halted or not done.in_flight or time.monotonic() >= deadline:
-            return done, ""
-        self._drop_session()
+            return done, "", session
+        self._drop(session)
         again = set(done.in_flight + done.unsent)
         rest = deque(message for message in messages if message[0] in again)
         answered = Delivery(reasons=done.reasons)
         try:
-            session = self._ready_session(deadline)
+            with self._guard():
+                session = self._ready_session(deadline)
         except _Refused as exc:
-            return merged(answered, Delivery(unsent=[m[0] for m in rest])), str(exc)
+            return merged(answered, Delivery(unsent=[m[0] for m in rest])), str(exc), session
         except UploadError as exc:
-            return merged(answered, Delivery(unsent=[m[0] for m in rest], lost=str(exc))), ""
+            return merged(answered, Delivery(unsent=[m[0] for m in rest], lost=str(exc))), "", session
         first = deliver(session, deque([rest.popleft()]), 1, self._qos, deadline, timeout)
         if first.lost or first.halted:
-            return merged(answered, first, Delivery(unsent=[m[0] for m in rest])), ""
-        return merged(answered, first, deliver(session, rest, self._window(session), self._qos, deadline, timeout)), ""
+            return merged(answered, first, Delivery(unsent=[m[0] for m in rest])), "", session
+        last = deliver(session, rest, self._window(session), self._qos, deadline, timeout)
+        return merged(answered, first, last), "", session
 
     def _packet_limit(self, session: Session) -> Optional[int]:
         limits = [n for n in (session.maximum_packet_size, self._max_packet_size) if n]
@@ -395,11 +398,9 @@ class MQTTUploader:
         session = self._session
         if session is not None and session.pid != os.getpid():
             session = self._session = None  # the parent's socket: never write to it
-        if session is not None:
-            idle = time.monotonic() - session.used_at
-            if idle >= self._keepalive or not session.pump(0.0) or not session.client.is_connected():
-                self._drop_session()
-                session = None
+        if session is not None and not session.usable(self._keepalive):
+            self._drop_session()
+            session = None
         if session is None:
             session = self._session = self._connect(deadline)
         return session
@@ -408,6 +409,14 @@ class MQTTUploader:
         session, self._session = self._session, None
         if session is not None:
             session.close()
+
+    def _drop(self, session: Session) -> None:
+        """Close ``session`` whose link failed, and forget it unless another thread has
+        made a new one since."""
+        with self._guard():
+            if self._session is session:
+                self._session = None
+        session.close()
 
     def _connect(self, deadline: float) -> Session:
         """A new connection, CONNACK read, before ``deadline`` (``time.monotonic()``)."""
