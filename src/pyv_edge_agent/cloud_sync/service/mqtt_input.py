@@ -15,7 +15,7 @@ import os
 import queue as queue_module
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import orjson
 
@@ -41,8 +41,8 @@ _DEFAULT_ROUTE = MQTTRoute("#", Priority.TELEMETRY, 86400, None)
 
 class MQTTInput:
     """Subscribes to ``config.topics`` and stores each message in ``queue``; ``start()``,
-    ``stop()``, ``connected`` (set once subscribed), and the counters ``stored`` and
-    ``rejected``."""
+    ``stop()``, ``hold()`` and ``resume()`` around a reopening of the queue, ``connected``
+    (set once subscribed), and the counters ``stored`` and ``rejected``."""
 
     def __init__(self, config: MQTTInputConfig, queue: CloudSyncQueue, rejects_path: str, keep_payloads: bool) -> None:
         self.config = config
@@ -54,6 +54,8 @@ class MQTTInput:
         self.connected = threading.Event()
         self._inbox: "queue_module.Queue[Any]" = queue_module.Queue()
         self._stop = threading.Event()
+        # Held while a group is committed, and by hold() until resume().
+        self._committing = threading.Lock()
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )
@@ -85,6 +87,19 @@ class MQTTInput:
         self._client.loop_stop()
         self._stop.set()
         self._committer.join(timeout)
+
+    def hold(self) -> None:
+        """Wait for the commit under way, then commit nothing until ``resume``: what arrives
+        meanwhile waits, unacknowledged (blocks; call it off the event loop)."""
+        self._committing.acquire()
+
+    def resume(self, queue: Optional[CloudSyncQueue]) -> None:
+        """Commit into ``queue`` from now on (None: stop committing, as ``stop`` does)."""
+        if queue is None:
+            self._stop.set()
+        else:
+            self.queue = queue
+        self._committing.release()
 
     def alive(self) -> bool:
         """True while the committing thread runs."""
@@ -119,7 +134,10 @@ class MQTTInput:
                     break
             while not self._stop.is_set():
                 try:
-                    self._commit(messages)
+                    with self._committing:
+                        if self._stop.is_set():
+                            break
+                        self._commit(messages)
                     break
                 except QueueFullError as exc:
                     # Not acknowledged: held here until there is room, or sent again by the
