@@ -6,10 +6,9 @@ subscriptions QoS 1, and each message is acknowledged by hand only once it is co
 what was not acknowledged. Messages are committed in groups (whatever arrived meanwhile,
 one transaction per route). A message that is not a JSON object is kept in the rejects
 file with its reason (one JSON line, written and synced before the acknowledgement),
-counted and logged, then acknowledged.
+counted and logged, then acknowledged (``rejects``; ``cloud-sync rejects FILE`` lists them).
 """
 
-import base64
 import logging
 import os
 import queue as queue_module
@@ -23,6 +22,7 @@ from .._errors import MissingExtraError, QueueFullError
 from .._queue import CloudSyncQueue
 from .._types import Priority
 from .config import MQTTInputConfig, MQTTRoute
+from .rejects import Reject, append
 
 try:
     import paho.mqtt.client as paho_client
@@ -183,21 +183,13 @@ class MQTTInput:
         return _DEFAULT_ROUTE
 
     def _keep(self, rejects: Sequence[Tuple[Any, str]]) -> None:
-        lines = []
+        now = time.time()
+        kept = []
         for message, reason in rejects:
-            record: Dict[str, Any] = {"at": time.time(), "topic": message.topic, "reason": reason}
-            record["bytes"] = len(message.payload)
-            if self.keep_payloads:
-                record["payload_base64"] = base64.b64encode(message.payload).decode("ascii")
-            lines.append(orjson.dumps(record) + b"\n")
+            payload = message.payload if self.keep_payloads else None
+            kept.append(Reject(now, message.topic, reason, len(message.payload), payload))
             logger.warning("MQTT input: kept a message from %r in the rejects file: %s", message.topic[:200], reason)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self.rejects_path, flags, 0o600)
-        try:
-            os.write(fd, b"".join(lines))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append(self.rejects_path, kept)
 
 
 def keep_payloads(queue_options: Mapping[str, Any]) -> bool:
