@@ -75,6 +75,7 @@ def test_sighup_keeps_the_running_configuration_when_the_file_is_broken(
         handle.write("a-rotated-token\n")
     process.signal(signal.SIGHUP)
     assert wait_for(lambda: "the new ingest token is in use" in process.log), process.log
+    assert wait_for(lambda: "reloaded: no destination's uploader changed" in process.log), process.log
     assert curl(files, "/healthz", tcp=True, token=TOKEN)["status"] == 401
     assert curl(files, "/healthz", tcp=True, token="a-rotated-token")["status"] == 200
     assert process.stop() == 0

@@ -11,9 +11,9 @@ process, run the way systemd expects.
   is logged). When only uploader settings or secrets changed, each such destination gets a
   new worker and the others keep running. When the queue's options changed (``[queue]``, a
   destination added or removed, its flush options or budget), the queue is reopened: the
-  MQTT input holds its messages unacknowledged and ``POST`` is answered 503 with
-  ``Retry-After`` while every worker settles its batch in flight, the file is closed and
-  opened with the new options, and the workers start again. A file the queue refuses (a
+  MQTT input holds its messages unacknowledged while every worker settles its batch in
+  flight, the file is closed (``POST`` is answered 503 with ``Retry-After`` for that
+  moment) and opened with the new options, and the workers start again. A file the queue refuses (a
   destination removed that still has items to deliver) is reopened as it was, and the
   refusal logged like a broken file. A new ingest token is used at once; ``db_path``, the
   rest of ``[ingest]`` and ``[service]`` wait for a restart (logged).
@@ -166,9 +166,12 @@ class Service:
             await asyncio.sleep(period)
             if not self.notifier.enabled:
                 continue
+            assert self.queue is not None
             state = self._not_ready() or "serving"
-            fields = [f"STATUS={state}; {await self._depth()} items queued"]
-            alive = all(worker.is_alive() for worker in self.workers.values())
+            fields = [f"STATUS={state}" if self.queue.closed else f"STATUS={state}; {await self._depth()} items queued"]
+            # A reload replaces the workers; it ends once their batches in flight are settled.
+            reloading = self._reloading is not None and not self._reloading.done()
+            alive = reloading or all(worker.is_alive() for worker in self.workers.values())
             if watchdog and alive and (self.mqtt_input is None or self.mqtt_input.alive()):
                 fields.append("WATCHDOG=1")
             self.notifier.send(*fields)
@@ -231,8 +234,7 @@ class Service:
                 self.exit_code = 1
                 stop.set()
                 return
-            destinations = config.destinations
-            done = f"reopened the queue for {sorted(destinations)}"
+            done = f"reopened the queue for {sorted(config.destinations)}"
         else:
             changed = sorted(
                 name
@@ -244,13 +246,12 @@ class Service:
                 await self.workers[name].stop()
                 self.workers[name] = self._worker(name, uploaders[name])
                 self.uploaders[name] = uploaders[name]
-            destinations = old.destinations
             done = f"new uploaders for {changed}" if changed else "no destination's uploader changed"
         ingest = replace(old.ingest, token=config.ingest.token)
         if ingest != old.ingest and self.api is not None:
             self.api.ingest = ingest
             logger.info("reload: the new ingest token is in use")
-        self.config = replace(old, queue=config.queue, destinations=destinations, ingest=ingest)
+        self.config = replace(old, queue=config.queue, destinations=config.destinations, ingest=ingest)
         later = [
             part
             for part, changed_part in (
@@ -287,8 +288,8 @@ class Service:
 
     async def _reopen(self, config: ServiceConfig, uploaders: Dict[str, Uploader]) -> None:
         """Close the queue and open it with ``config``'s options, nothing enqueued or in
-        flight lost: the MQTT input holds its messages unacknowledged, ``POST`` gets 503
-        while the queue is closed, each worker settles its batch in flight first. A refusal
+        flight lost: the MQTT input holds its messages unacknowledged, each worker settles
+        its batch in flight first, and ``POST`` gets 503 while the queue is closed. A refusal
         of the new options is a ``ConfigError``, raised once the running queue is open again."""
         assert self.queue is not None
         loop = asyncio.get_running_loop()
