@@ -36,6 +36,7 @@ from .api import IngestAPI
 from .config import ConfigError, ServiceConfig, load
 from .listen import unix_listener, web
 from .notify import Notifier
+from .rejects import keep_payloads
 from .uploaders import build_uploaders
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ class Service:
         mqtt = self.config.ingest.mqtt
         if mqtt is None:
             return
-        from .mqtt_input import MQTTInput, keep_payloads, rejects_path
+        from .mqtt_input import MQTTInput, rejects_path
 
         assert self.queue is not None
         path = rejects_path(mqtt, self.queue.db_path)
@@ -307,6 +308,9 @@ class Service:
                 raise ConfigError(f"{config.path}: the queue refuses the new options: {exc}") from None
             self.uploaders = uploaders
             self._start_workers()
+            if self.mqtt_input is not None:
+                # Read by the input under the hold: a queue that seals now gets no payload in clear.
+                self.mqtt_input.keep_payloads = keep_payloads(config.queue)
         finally:
             if self.mqtt_input is not None:
                 self.mqtt_input.resume(None if self.queue.closed else self.queue.queue)

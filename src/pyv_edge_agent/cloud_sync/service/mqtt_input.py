@@ -14,7 +14,7 @@ import os
 import queue as queue_module
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import orjson
 
@@ -190,12 +190,6 @@ class MQTTInput:
             kept.append(Reject(now, message.topic, reason, len(message.payload), payload))
             logger.warning("MQTT input: kept a message from %r in the rejects file: %s", message.topic[:200], reason)
         append(self.rejects_path, kept)
-
-
-def keep_payloads(queue_options: Mapping[str, Any]) -> bool:
-    """Rejected payloads are kept only when the queue does not seal its items: a sealed
-    queue writes nothing derived from a payload in clear."""
-    return queue_options.get("encryption_key") is None
 
 
 def rejects_path(config: MQTTInputConfig, db_path: str) -> str:

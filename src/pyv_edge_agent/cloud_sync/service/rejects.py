@@ -10,7 +10,7 @@ is created with mode 0600 and each group of lines is synced before the acknowled
 import base64
 import dataclasses
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import orjson
 
@@ -83,3 +83,9 @@ def read(path: str) -> List[Reject]:
                 break
             raise ValueError(f"{path}: line {number} is not a record of an MQTT rejects file") from None
     return rejects
+
+
+def keep_payloads(queue_options: Mapping[str, Any]) -> bool:
+    """Rejected payloads are kept only when the queue does not seal its items: a sealed
+    queue writes nothing derived from a payload in clear."""
+    return queue_options.get("encryption_key") is None
