@@ -3,7 +3,8 @@ reopened without losing what is enqueued or in flight, and a removal that would 
 undelivered items is refused like a broken file."""
 
 import signal
-from typing import Dict, List
+import threading
+from typing import Dict, List, Tuple
 
 import orjson
 from servicerun import KEY, HoldingEndpoint, ServiceFiles, ServiceProcess, curl, free_port
@@ -82,3 +83,42 @@ def test_sighup_refuses_to_remove_a_destination_with_items_left_and_keeps_runnin
     assert process.stop() == 0
     with CloudSyncQueue(files.db, destinations=("cloud", "archive")) as queue:
         assert queue.pending_count("archive") == 2 and queue.pending_count("cloud") == 0
+
+
+def test_producers_posting_through_a_reopen_get_201_or_503_and_lose_nothing(
+    backend: str, files: ServiceFiles, endpoint: IngestServer
+) -> None:
+    files.write(endpoint.url)
+    process = ServiceProcess(backend, files)
+    answers: List[Tuple[int, str]] = []
+    done = threading.Event()
+
+    def produce() -> None:
+        n = 0
+        while not done.is_set():
+            answer = post(files, f'{{"n": {n}}}', "-i")
+            answers.append((int(str(answer["status"])), str(answer["body"])))
+            n += 1
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        assert wait_for(lambda: len(answers) >= 5)
+        with IngestServer(api_key=KEY) as second:
+            files.write(endpoint.url, tables=archive(second.url), destination="max_batch_items = 3")
+            process.signal(signal.SIGHUP)
+            assert wait_for(lambda: "reloaded: reopened the queue" in process.log), process.log
+            count = len(answers)
+            assert wait_for(lambda: len(answers) >= count + 5)
+            done.set()
+            producer.join(60)
+            stored = {n for n, (status, _) in enumerate(answers) if status == 201}
+            assert wait_for(lambda: {item["n"] for item in endpoint.items} >= stored), process.log
+            assert len(endpoint.items) == len(stored), "an item was stored twice or a refused one stored"
+            assert wait_for(lambda: second.items), "the added destination gets nothing"
+            assert process.stop() == 0
+    finally:
+        done.set()
+        producer.join(60)
+    refused = [body for status, body in answers if status != 201]
+    assert all("503" in body.splitlines()[0] and "Retry-After: 1" in body for body in refused), refused
