@@ -13,10 +13,12 @@ process, run the way systemd expects.
   destination added or removed, its flush options or budget), the queue is reopened: the
   MQTT input holds its messages unacknowledged while every worker settles its batch in
   flight, the file is closed (``POST`` is answered 503 with ``Retry-After`` for that
-  moment) and opened with the new options, and the workers start again. A file the queue refuses (a
-  destination removed that still has items to deliver) is reopened as it was, and the
-  refusal logged like a broken file. A new ingest token is used at once; ``db_path``, the
-  rest of ``[ingest]`` and ``[service]`` wait for a restart (logged).
+  moment) and opened with the new options, and the workers start again. When the queue
+  refuses the new options (a destination removed that still has items to deliver), the
+  file is opened again as it was and the refusal logged like a broken file. A new ingest
+  token is used at once; ``db_path``, the rest of ``[ingest]`` and ``[service]`` wait for
+  a restart (logged). A file that cannot be opened again as it was stops the service with
+  exit code 1.
 - With ``WATCHDOG_USEC`` set, ``WATCHDOG=1`` is sent every half period while every worker
   is alive; ``STATUS=`` carries the depth and the state.
 """
@@ -65,7 +67,8 @@ class Service:
         self.exit_code = 0
 
     async def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; return 0 after a clean stop."""
+        """Serve until SIGTERM or SIGINT; return 0 after a clean stop, 1 after a reload
+        that could not open the file again."""
         loop = asyncio.get_running_loop()
         # Made here, on the running loop: before Python 3.10 an Event binds to the loop of
         # the moment it is made.
