@@ -7,7 +7,7 @@ import shutil
 from typing import Iterator
 
 import pytest
-from servicerun import KEY, ServiceFiles
+from servicerun import KEY, HoldingEndpoint, ServiceFiles
 
 from pyv_edge_agent.cloud_sync import BACKEND
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
@@ -38,3 +38,13 @@ def endpoint() -> Iterator[IngestServer]:
     """The destination: the reference ingest server, requiring the service's key."""
     with IngestServer(api_key=KEY) as server:
         yield server
+
+
+@pytest.fixture
+def holding() -> Iterator[HoldingEndpoint]:
+    """An endpoint that holds each batch until its ``release`` is set."""
+    server = HoldingEndpoint()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()

@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 
+import orjson
 import pytest
 from clirun import run
 from servicerun import ServiceFiles
@@ -135,3 +136,18 @@ def test_the_unix_socket_gets_its_mode_and_group_and_replaces_only_a_stale_socke
     open(files.socket, "w").close()
     with pytest.raises(OSError, match="exists and is not a socket"):
         unix_listener(files.socket, 0o660, None)
+
+
+def test_rejects_names_a_bad_line_and_skips_one_cut_short_at_the_end(backend: str, files: ServiceFiles) -> None:
+    path = os.path.join(files.dir, "rejects.jsonl")
+    good = b'{"at": 1.5, "topic": "sensors/x", "reason": "a JSON list, not an object", "bytes": 2}\n'
+    with open(path, "wb") as handle:
+        handle.write(good + good + b'{"at": 2.0, "topic": "sens')  # the crash cut the last line
+    listed = run(backend, "rejects", path, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [r["topic"] for r in orjson.loads(listed.stdout)] == ["sensors/x", "sensors/x"]
+    assert "payload" not in listed.stdout  # a sealed queue's rejects keep no payload
+    with open(path, "wb") as handle:
+        handle.write(good + b"garbage\n" + good)
+    broken = run(backend, "rejects", path)
+    assert broken.returncode == 2 and "line 2 is not a record of an MQTT rejects file" in broken.stderr

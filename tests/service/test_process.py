@@ -4,58 +4,13 @@ flight, SIGHUP with a broken and with a changed file, the notify socket, and a f
 import os
 import signal
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator, List
+from typing import List
 
-import pytest
-from servicerun import KEY, TOKEN, ServiceFiles, ServiceProcess, curl, free_port
+from servicerun import KEY, TOKEN, HoldingEndpoint, ServiceFiles, ServiceProcess, curl, free_port
 from waiting import wait_for
 
 from pyv_edge_agent.cloud_sync import CloudSyncQueue
 from pyv_edge_agent.cloud_sync.testing.ingest_server import IngestServer
-
-
-class HoldingEndpoint(ThreadingHTTPServer):
-    """An ingest endpoint that holds each batch until ``release`` is set, so that a test
-    knows a batch is in flight."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        self.received = threading.Event()
-        self.release = threading.Event()
-        self.bodies: List[bytes] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server name
-                outer.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.received.set()
-                outer.release.wait(60)
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1/ingest"
-
-
-@pytest.fixture
-def holding() -> Iterator[HoldingEndpoint]:
-    server = HoldingEndpoint()
-    yield server
-    server.release.set()
-    server.shutdown()
-    server.server_close()
 
 
 def post(files: ServiceFiles, body: str, *args: str) -> dict:
@@ -120,6 +75,7 @@ def test_sighup_keeps_the_running_configuration_when_the_file_is_broken(
         handle.write("a-rotated-token\n")
     process.signal(signal.SIGHUP)
     assert wait_for(lambda: "the new ingest token is in use" in process.log), process.log
+    assert wait_for(lambda: "reloaded: no destination's uploader changed" in process.log), process.log
     assert curl(files, "/healthz", tcp=True, token=TOKEN)["status"] == 401
     assert curl(files, "/healthz", tcp=True, token="a-rotated-token")["status"] == 200
     assert process.stop() == 0

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional
 
 import orjson
@@ -38,13 +40,16 @@ class ServiceFiles:
             with open(os.path.join(self.dir, name), "w") as handle:
                 handle.write(text + "\n")
 
-    def write(self, endpoint: str, extra: str = "", *, queue: str = "", destination: str = "") -> None:
-        """The configuration: one HTTPS-type destination ``cloud`` posting to ``endpoint``."""
+    def write(
+        self, endpoint: str, extra: str = "", *, queue: str = "", destination: str = "", tables: str = ""
+    ) -> None:
+        """The configuration: one HTTPS-type destination ``cloud`` posting to ``endpoint``
+        (``tables``: more tables after it, such as other destinations)."""
         with open(self.config, "w") as handle:
             handle.write(
                 f'[queue]\ndb_path = "{self.db}"\n{queue}\n'
                 f'[destinations.cloud]\ntype = "https"\nendpoint = "{endpoint}"\napi_key_file = "api-key"\n'
-                f"retry_max_seconds = 1\n{destination}\n"
+                f"retry_max_seconds = 1\n{destination}\n{tables}\n"
                 f'[ingest]\nunix_socket = "{self.socket}"\nhttp = "127.0.0.1:{self.http_port}"\n'
                 f'token_file = "token"\n{extra}\n[service]\nstop_timeout = 20\n'
             )
@@ -107,3 +112,36 @@ def curl(
     except orjson.JSONDecodeError:
         parsed = body
     return {"status": int(status or 0), "body": parsed}
+
+
+class HoldingEndpoint(ThreadingHTTPServer):
+    """An ingest endpoint that holds each batch until ``release`` is set, so that a test
+    knows a batch is in flight."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.received = threading.Event()
+        self.release = threading.Event()
+        self.bodies: List[bytes] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server name
+                outer.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.received.set()
+                outer.release.wait(60)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1/ingest"

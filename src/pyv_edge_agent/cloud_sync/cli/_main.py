@@ -36,6 +36,7 @@ from ._common import (
 )
 from ._dead_letters_cmd import cmd_dead_letters
 from ._flush_cmd import DEFAULT_KEY_ENV, DEFAULT_MQTT_PASSWORD_ENV, ENDPOINT_ENV, cmd_flush
+from ._rejects_cmd import cmd_rejects
 from ._render import Output, human_age, human_bytes, human_duration
 
 
@@ -427,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     check_config.add_argument("config", metavar="FILE", help="the service's TOML file")
     check_config.add_argument("--json", action="store_true", help="machine-readable JSON")
     check_config.set_defaults(run=_cmd_check_config)
+
+    rejects = commands.add_parser(
+        "rejects", help="list the MQTT messages cloud-sync serve kept because they were not JSON objects"
+    )
+    rejects.add_argument("file", metavar="FILE", help="the rejects file ([ingest.mqtt] rejects_path)")
+    rejects.add_argument("-n", type=_positive_int, default=50, help="how many of the newest to list (default 50)")
+    rejects.add_argument("--json", action="store_true", help="machine-readable JSON")
+    rejects.set_defaults(run=cmd_rejects)
 
     bench = commands.add_parser("bench", help="a quick benchmark on this machine, compiled vs pure Python")
     bench.add_argument("--items", type=_positive_int, default=20000, help="items per scenario (default 20000)")

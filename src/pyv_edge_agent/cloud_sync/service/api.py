@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tup
 
 import orjson
 
-from .._errors import QueueFullError
+from .._errors import CloudSyncError, QueueFullError
 from .._metrics import prometheus_text
 from .._types import Priority
 from ..aio import AsyncCloudSyncQueue
@@ -86,7 +86,14 @@ class IngestAPI:
             method, run = route
             if request.method != method:
                 raise BadRequest(405, f"{request.path} takes {method}", {"Allow": method})
-            return await run(self, request)
+            try:
+                return await run(self, request)
+            except CloudSyncError:
+                if not self.queue.closed:
+                    raise
+                # Closed for a moment while a reload reopens it: nothing of the request is stored.
+                reason = "the queue is being reopened for a new configuration"
+                raise BadRequest(503, reason, {"Retry-After": "1"}) from None
         except BadRequest as exc:
             self.refused[exc.status] = self.refused.get(exc.status, 0) + 1
             response = web.json_response({"error": exc.reason}, status=exc.status, headers=exc.headers, dumps=_dumps)

@@ -8,10 +8,17 @@ process, run the way systemd expects.
   within ``[service] stop_timeout`` (past it, what is still in flight comes back when its
   lease runs out).
 - SIGHUP: the file is read again. One that does not validate changes nothing (the reason
-  is logged); otherwise each destination whose uploader settings or secrets changed gets a
-  new worker, and the others keep running; a new ingest token is used at once. Changes that
-  need the file or the listeners reopened (``[queue]``, the rest of ``[ingest]``,
-  ``[service]``, flush options, the set of destinations) are logged as waiting for a restart.
+  is logged). When only uploader settings or secrets changed, each such destination gets a
+  new worker and the others keep running. When the queue's options changed (``[queue]``, a
+  destination added or removed, its flush options or budget), the queue is reopened: the
+  MQTT input holds its messages unacknowledged while every worker settles its batch in
+  flight, the file is closed (``POST`` is answered 503 with ``Retry-After`` for that
+  moment) and opened with the new options, and the workers start again. When the queue
+  refuses the new options (a destination removed that still has items to deliver), the
+  file is opened again as it was and the refusal logged like a broken file. A new ingest
+  token is used at once; ``db_path``, the rest of ``[ingest]`` and ``[service]`` wait for
+  a restart (logged). A file that cannot be opened again as it was stops the service with
+  exit code 1.
 - With ``WATCHDOG_USEC`` set, ``WATCHDOG=1`` is sent every half period while every worker
   is alive; ``STATUS=`` carries the depth and the state.
 """
@@ -24,12 +31,14 @@ import signal
 from dataclasses import replace
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
+from .._errors import CloudSyncError
 from .._upload_types import Uploader
 from ..aio import AsyncCloudSyncQueue, AsyncSyncWorker
 from .api import IngestAPI
 from .config import ConfigError, ServiceConfig, load
 from .listen import unix_listener, web
 from .notify import Notifier
+from .rejects import keep_payloads
 from .uploaders import build_uploaders
 
 if TYPE_CHECKING:
@@ -55,9 +64,11 @@ class Service:
         self.mqtt_input: Optional["MQTTInput"] = None
         self.api: Optional[IngestAPI] = None
         self._reloading: Optional["asyncio.Task[None]"] = None
+        self.exit_code = 0
 
     async def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; return 0 after a clean stop."""
+        """Serve until SIGTERM or SIGINT; return 0 after a clean stop, 1 after a reload
+        that could not open the file again."""
         loop = asyncio.get_running_loop()
         # Made here, on the running loop: before Python 3.10 an Event binds to the loop of
         # the moment it is made.
@@ -76,7 +87,7 @@ class Service:
         self._subscribe()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon, stop)
         self.notifier.send("READY=1", f"STATUS=serving; {await self._depth()} items queued")
         logger.info("ready: serving %s for %s", self.queue.db_path, sorted(self.workers))
         pulse = asyncio.ensure_future(self._pulse())
@@ -113,7 +124,7 @@ class Service:
         mqtt = self.config.ingest.mqtt
         if mqtt is None:
             return
-        from .mqtt_input import MQTTInput, keep_payloads, rejects_path
+        from .mqtt_input import MQTTInput, rejects_path
 
         assert self.queue is not None
         path = rejects_path(mqtt, self.queue.db_path)
@@ -134,6 +145,8 @@ class Service:
 
     def _not_ready(self) -> Optional[str]:
         assert self.queue is not None
+        if self.queue.closed:
+            return "the queue is being reopened for a new configuration"
         if not os.access(self.queue.db_path, os.W_OK):
             return f"the queue file {self.queue.db_path} is not writable"
         dead = sorted(name for name, worker in self.workers.items() if not worker.is_alive())
@@ -157,9 +170,12 @@ class Service:
             await asyncio.sleep(period)
             if not self.notifier.enabled:
                 continue
+            assert self.queue is not None
             state = self._not_ready() or "serving"
-            fields = [f"STATUS={state}; {await self._depth()} items queued"]
-            alive = all(worker.is_alive() for worker in self.workers.values())
+            fields = [f"STATUS={state}" if self.queue.closed else f"STATUS={state}; {await self._depth()} items queued"]
+            # A reload replaces the workers; it ends once their batches in flight are settled.
+            reloading = self._reloading is not None and not self._reloading.done()
+            alive = reloading or all(worker.is_alive() for worker in self.workers.values())
             if watchdog and alive and (self.mqtt_input is None or self.mqtt_input.alive()):
                 fields.append("WATCHDOG=1")
             self.notifier.send(*fields)
@@ -177,12 +193,15 @@ class Service:
             )
         else:
             logger.info("stopped")
-        return 0
+        return self.exit_code
 
     async def _finish(self) -> None:
         # The workers first: while they settle their batches, producers still get their
         # 503 and Retry-After rather than a refused connection. Then the listeners (requests
-        # already past their headers end), and the file last.
+        # already past their headers end), and the file last. A reload under way ends first:
+        # it may be reopening the file.
+        if self._reloading is not None:
+            await self._reloading
         if self.mqtt_input is not None:
             # Not acknowledged what it has not committed: the broker sends it to the next run.
             await asyncio.get_running_loop().run_in_executor(None, self.mqtt_input.stop, self.config.stop_timeout)
@@ -194,50 +213,116 @@ class Service:
         if self.queue is not None:
             await self.queue.close()
 
-    def _reload_soon(self) -> None:
-        if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.ensure_future(self._reload())
+    def _reload_soon(self, stop: asyncio.Event) -> None:
+        if not self.stopping and (self._reloading is None or self._reloading.done()):
+            self._reloading = asyncio.ensure_future(self._reload(stop))
 
-    async def _reload(self) -> None:
+    async def _reload(self, stop: asyncio.Event) -> None:
         """Read the file again; apply what can change while running, keep the rest."""
         try:
             config = load(self.config.path)
             uploaders = build_uploaders(config)
+            self._check_reloadable(config)
         except ConfigError as exc:
             logger.error("reload refused, keeping the running configuration: %s", exc)
             return
         old = self.config
-        later = [
-            part
-            for part, changed in (
-                ("[queue] and flush options", config.queue_options() != old.queue_options()),
-                ("[ingest]", replace(config.ingest, token=None) != replace(old.ingest, token=None)),
-                ("[service]", _service_table(config) != _service_table(old)),
+        if config.queue_options() != old.queue_options():
+            try:
+                await self._reopen(config, uploaders)
+            except ConfigError as exc:
+                logger.error("reload refused, keeping the running configuration: %s", exc)
+                return
+            except (CloudSyncError, ValueError, TypeError, OSError) as exc:
+                logger.critical("stopping: the queue file could not be reopened as it was: %s", exc)
+                self.exit_code = 1
+                stop.set()
+                return
+            done = f"reopened the queue for {sorted(config.destinations)}"
+        else:
+            changed = sorted(
+                name
+                for name in config.destinations
+                if (config.destinations[name].type, config.destinations[name].uploader)
+                != (old.destinations[name].type, old.destinations[name].uploader)
             )
-            if changed
-        ]
-        if later:
-            logger.warning("reload: changes to %s take effect at the next restart", ", ".join(later))
+            for name in changed:
+                await self.workers[name].stop()
+                self.workers[name] = self._worker(name, uploaders[name])
+                self.uploaders[name] = uploaders[name]
+            done = f"new uploaders for {changed}" if changed else "no destination's uploader changed"
         ingest = replace(old.ingest, token=config.ingest.token)
         if ingest != old.ingest and self.api is not None:
             self.api.ingest = ingest
             logger.info("reload: the new ingest token is in use")
-        names = set(config.destinations) & set(old.destinations)
-        changed = sorted(
-            name
-            for name in names
-            if (config.destinations[name].type, config.destinations[name].uploader)
-            != (old.destinations[name].type, old.destinations[name].uploader)
-        )
-        for name in changed:
-            await self.workers[name].stop()
-            self.workers[name] = self._worker(name, uploaders[name])
-            self.uploaders[name] = uploaders[name]
-        destinations = {
-            name: config.destinations[name] if name in changed else d for name, d in old.destinations.items()
-        }
-        self.config = replace(old, destinations=destinations, ingest=ingest)
-        logger.info("reloaded: %s", f"new uploaders for {changed}" if changed else "no destination's uploader changed")
+        self.config = replace(old, queue=config.queue, destinations=config.destinations, ingest=ingest)
+        later = [
+            part
+            for part, changed_part in (
+                ("[ingest]", replace(config.ingest, token=None) != replace(old.ingest, token=None)),
+                ("[service]", _service_table(config) != _service_table(old)),
+            )
+            if changed_part
+        ]
+        if later:
+            logger.warning("reload: changes to %s take effect at the next restart", ", ".join(later))
+        logger.info("reloaded: %s", done)
+
+    def _check_reloadable(self, config: ServiceConfig) -> None:
+        """Refuse what a reload cannot apply without losing track of items."""
+        if config.queue["db_path"] != self.config.queue["db_path"]:
+            raise ConfigError(
+                f"{config.path}: queue.db_path: changed to {config.queue['db_path']!r}; moving to another"
+                " file needs a restart (the items of the running one stay in it)"
+            )
+        if self.mqtt_input is not None:
+            # The running MQTT input keeps its routes until a restart: none may name a
+            # destination the new file removes.
+            gone = sorted(
+                name
+                for route in self.mqtt_input.config.routes
+                for name in route.destinations or ()
+                if name not in config.destinations
+            )
+            if gone:
+                raise ConfigError(
+                    f"{config.path}: destinations: {gone[0]!r} is removed but the running [ingest.mqtt]"
+                    " routes send to it; change both and restart"
+                )
+
+    async def _reopen(self, config: ServiceConfig, uploaders: Dict[str, Uploader]) -> None:
+        """Close the queue and open it with ``config``'s options, nothing enqueued or in
+        flight lost: the MQTT input holds its messages unacknowledged, each worker settles
+        its batch in flight first, and ``POST`` gets 503 while the queue is closed. A refusal
+        of the new options is a ``ConfigError``, raised once the running queue is open again."""
+        assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        logger.info("reload: reopening the queue for %s", sorted(config.destinations))
+        if self.mqtt_input is not None:
+            await loop.run_in_executor(None, self.mqtt_input.hold)
+        try:
+            await asyncio.gather(*(worker.stop() for worker in self.workers.values()))
+            await self.queue.close()
+            try:
+                self.queue = await AsyncCloudSyncQueue.open(**config.queue_options())
+            except (CloudSyncError, ValueError, TypeError, OSError) as exc:
+                self.queue = await AsyncCloudSyncQueue.open(**self.config.queue_options())
+                self._start_workers()
+                raise ConfigError(f"{config.path}: the queue refuses the new options: {exc}") from None
+            self.uploaders = uploaders
+            self._start_workers()
+            if self.mqtt_input is not None:
+                # Read by the input under the hold: a queue that seals now gets no payload in clear.
+                self.mqtt_input.keep_payloads = keep_payloads(config.queue)
+        finally:
+            if self.mqtt_input is not None:
+                self.mqtt_input.resume(None if self.queue.closed else self.queue.queue)
+
+    def _start_workers(self) -> None:
+        assert self.queue is not None
+        self.workers = {name: self._worker(name, uploader) for name, uploader in self.uploaders.items()}
+        if self.api is not None:
+            self.api.queue = self.queue
 
 
 def _service_table(config: ServiceConfig) -> Tuple[float, bool, float]:

@@ -6,16 +6,15 @@ subscriptions QoS 1, and each message is acknowledged by hand only once it is co
 what was not acknowledged. Messages are committed in groups (whatever arrived meanwhile,
 one transaction per route). A message that is not a JSON object is kept in the rejects
 file with its reason (one JSON line, written and synced before the acknowledgement),
-counted and logged, then acknowledged.
+counted and logged, then acknowledged (``rejects``; ``cloud-sync rejects FILE`` lists them).
 """
 
-import base64
 import logging
 import os
 import queue as queue_module
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import orjson
 
@@ -23,6 +22,7 @@ from .._errors import MissingExtraError, QueueFullError
 from .._queue import CloudSyncQueue
 from .._types import Priority
 from .config import MQTTInputConfig, MQTTRoute
+from .rejects import Reject, append
 
 try:
     import paho.mqtt.client as paho_client
@@ -41,8 +41,8 @@ _DEFAULT_ROUTE = MQTTRoute("#", Priority.TELEMETRY, 86400, None)
 
 class MQTTInput:
     """Subscribes to ``config.topics`` and stores each message in ``queue``; ``start()``,
-    ``stop()``, ``connected`` (set once subscribed), and the counters ``stored`` and
-    ``rejected``."""
+    ``stop()``, ``hold()`` and ``resume()`` around a reopening of the queue, ``connected``
+    (set once subscribed), and the counters ``stored`` and ``rejected``."""
 
     def __init__(self, config: MQTTInputConfig, queue: CloudSyncQueue, rejects_path: str, keep_payloads: bool) -> None:
         self.config = config
@@ -54,6 +54,8 @@ class MQTTInput:
         self.connected = threading.Event()
         self._inbox: "queue_module.Queue[Any]" = queue_module.Queue()
         self._stop = threading.Event()
+        # Held while a group is committed, and by hold() until resume().
+        self._committing = threading.Lock()
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )
@@ -85,6 +87,19 @@ class MQTTInput:
         self._client.loop_stop()
         self._stop.set()
         self._committer.join(timeout)
+
+    def hold(self) -> None:
+        """Wait for the commit under way, then commit nothing until ``resume``: what arrives
+        meanwhile waits, unacknowledged (blocks; call it off the event loop)."""
+        self._committing.acquire()
+
+    def resume(self, queue: Optional[CloudSyncQueue]) -> None:
+        """Commit into ``queue`` from now on (None: stop committing, as ``stop`` does)."""
+        if queue is None:
+            self._stop.set()
+        else:
+            self.queue = queue
+        self._committing.release()
 
     def alive(self) -> bool:
         """True while the committing thread runs."""
@@ -119,7 +134,10 @@ class MQTTInput:
                     break
             while not self._stop.is_set():
                 try:
-                    self._commit(messages)
+                    with self._committing:
+                        if self._stop.is_set():
+                            break
+                        self._commit(messages)
                     break
                 except QueueFullError as exc:
                     # Not acknowledged: held here until there is room, or sent again by the
@@ -165,27 +183,13 @@ class MQTTInput:
         return _DEFAULT_ROUTE
 
     def _keep(self, rejects: Sequence[Tuple[Any, str]]) -> None:
-        lines = []
+        now = time.time()
+        kept = []
         for message, reason in rejects:
-            record: Dict[str, Any] = {"at": time.time(), "topic": message.topic, "reason": reason}
-            record["bytes"] = len(message.payload)
-            if self.keep_payloads:
-                record["payload_base64"] = base64.b64encode(message.payload).decode("ascii")
-            lines.append(orjson.dumps(record) + b"\n")
+            payload = message.payload if self.keep_payloads else None
+            kept.append(Reject(now, message.topic, reason, len(message.payload), payload))
             logger.warning("MQTT input: kept a message from %r in the rejects file: %s", message.topic[:200], reason)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self.rejects_path, flags, 0o600)
-        try:
-            os.write(fd, b"".join(lines))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def keep_payloads(queue_options: Mapping[str, Any]) -> bool:
-    """Rejected payloads are kept only when the queue does not seal its items: a sealed
-    queue writes nothing derived from a payload in clear."""
-    return queue_options.get("encryption_key") is None
+        append(self.rejects_path, kept)
 
 
 def rejects_path(config: MQTTInputConfig, db_path: str) -> str:
