@@ -10,7 +10,6 @@ publish. Beside it, for scale, the loop a paho user would write (``loop()``, ``P
 import math
 import os
 import select
-import tempfile
 import time
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -28,14 +27,10 @@ TOPIC = "bench/telemetry"
 @pytest.fixture(scope="module")
 def broker() -> Iterator[Any]:
     """A Mosquitto on loopback for the module (the tests' own fixture broker)."""
-    from mqtt_broker import Broker, mosquitto_or_skip
+    from mqtt_broker import running_broker
 
-    mosquitto_or_skip()
-    with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as directory:
-        instance = Broker(directory)
-        instance.start()
+    with running_broker("bench-mqtt-") as instance:
         yield instance
-        instance.stop()
 
 
 def _uploader(broker: Any) -> Any:

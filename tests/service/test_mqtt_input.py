@@ -5,14 +5,13 @@ routes set the priority, and a SIGHUP that reopens the queue mid stream loses no
 
 import os
 import signal
-import tempfile
 import uuid
 from typing import Any, Iterator
 
 import orjson
 import pytest
 from clirun import run
-from mqtt_broker import PASSWORD, READER_PASSWORD, USER, Broker, mosquitto_or_skip
+from mqtt_broker import PASSWORD, READER_PASSWORD, USER, Broker, running_broker
 from servicerun import KEY, ServiceFiles, ServiceProcess, curl
 from waiting import wait_for
 
@@ -23,12 +22,8 @@ COUNT = 300
 
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    mosquitto_or_skip()
-    with tempfile.TemporaryDirectory(prefix="cs-broker-") as directory:
-        running = Broker(directory)
-        running.start()
+    with running_broker("cs-broker-") as running:
         yield running
-        running.stop()
 
 
 def publisher(broker: Broker) -> Any:

@@ -6,6 +6,7 @@ TCP with a password, and TLS that requires a client certificate (made with trust
 common name is the user name.
 """
 
+import contextlib
 import os
 import random
 import shutil
@@ -13,10 +14,11 @@ import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import orjson
 import pytest
@@ -182,6 +184,20 @@ def mosquitto_or_skip() -> None:
         pytest.skip(f"{', '.join(missing)} not installed (Debian package mosquitto; tools/internal/system-deps.sh)")
     pytest.importorskip("paho.mqtt", reason="paho-mqtt is not installed (the 'mqtt' extra)")
     import_or_skip("trustme", reason="trustme is not installed (the 'test' extra)")
+
+
+@contextlib.contextmanager
+def running_broker(prefix: str) -> Iterator["Broker"]:
+    """A broker started in a directory of its own, stopped and removed at the end (the test
+    is skipped where Mosquitto is missing)."""
+    mosquitto_or_skip()
+    with tempfile.TemporaryDirectory(prefix=prefix) as directory:
+        broker = Broker(directory)
+        broker.start()
+        try:
+            yield broker
+        finally:
+            broker.stop()
 
 
 class Subscriber:
