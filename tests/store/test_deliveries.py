@@ -15,7 +15,9 @@ from pyv_edge_agent.cloud_sync._store import deliveries as _deliveries
 from pyv_edge_agent.cloud_sync._store.deliveries import SINGLE, Deliveries, for_destination
 from pyv_edge_agent.cloud_sync._types import Column
 
-_OLD_TABLE_WORDING = re.compile(r"^(SEARCH|SCAN) TABLE ")
+# SQLite before 3.36 (Bullseye's 3.34) says "SEARCH TABLE sync_deliveries AS d" where newer
+# ones say "SEARCH d": both read as the newer wording.
+_OLD_TABLE_WORDING = re.compile(r"^(SEARCH|SCAN) (?:TABLE )?(?:\w+ AS )?")
 IOT, ARCHIVE = 1, 2
 
 
