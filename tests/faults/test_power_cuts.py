@@ -65,7 +65,7 @@ def _cuts(
             )
             try:
                 _wait_for_start(journal, pid)
-                time.sleep(rng.uniform(0.0, 0.15))
+                time.sleep(rng.uniform(0.0, reliability.POWER_CUT_WINDOW))
             finally:
                 os.kill(pid, signal.SIGKILL)
                 _, status = os.waitpid(pid, 0)

@@ -68,6 +68,9 @@ SYNCED_PER_ITEM: Dict[str, float] = {}
 # Cuts per backend: full mode, and half as many in fast mode. A longer run:
 # ``PYV_POWERCUT_CUTS=1000 bash tools/test.sh -k power_cut``.
 POWER_CUTS_FULL = int(os.environ.get("PYV_POWERCUT_CUTS", "150"))
+# The longest the load runs before a cut, in seconds (each cut picks a time up to this).
+# Emulated runs (qemu-user, 8-10x slower) raise it so that the load still does real work.
+POWER_CUT_WINDOW = float(os.environ.get("PYV_POWERCUT_WINDOW", "0.15"))
 
 
 def power_cut_lines() -> List[str]:

@@ -9,12 +9,12 @@
 #   agrees on the tag; tools/internal/wheel_contents.py: the compiled module for that machine,
 #   every source file, nothing stray), copied with the sdist to /work/wheelhouse.
 # MODE=smoke: the built wheel as a gateway gets it: a local index made with pip download
-#   from /work/wheelhouse (our wheel) and PyPI (its dependencies, wheels only), installed with
-#   --no-index --only-binary :all: into a fresh venv (no compiler fallback possible), then
-#   BACKEND == "cython", the codec differential tests, the queue and flush tests, one
-#   SIGKILL test and one power-cut round (where FUSE works here).
+#   from /work/wheelhouse (our wheel) and PyPI (its dependencies and the test tools, wheels
+#   only), installed with --no-index --only-binary :all: into a fresh venv (no compiler
+#   fallback possible), then BACKEND == "cython", the codec differential tests, the queue
+#   and flush tests, one SIGKILL test and one power-cut round (where FUSE works here).
 # Environment: MODE, EXPECT_MACHINE (uname -m); build: TARGETS (machines, default this
-# one); smoke: SMOKE_ARGS (extra pytest arguments,
+# one); smoke: EMULATED (1 under qemu-user), SMOKE_ARGS (extra pytest arguments,
 # shell-quoted).
 set -euo pipefail
 cd /work
@@ -117,28 +117,33 @@ build() {
 smoke() {
     local wheel
     wheel="$(ls /work/wheelhouse/pyv_edge_agent-"$version"-"$pytag"-"$pytag"-*"$machine".whl)"
-    step "a local index: $(basename "$wheel") and its dependencies' wheels"
-    # The release's own pip, as a gateway has it (bullseye: 20.3, which knows manylinux_2_31).
-    python3 -m venv tools-venv
-    tools-venv/bin/pip download -q --only-binary :all: --find-links /work/wheelhouse --dest index \
-        "pyv-edge-agent==$version"
+    step "a local index: $(basename "$wheel"), its dependencies' and the test tools' wheels"
+    # The release's own pip, as a gateway has it (bullseye: 20.3, which knows manylinux_2_31),
+    # in the venv it then installs into. One download, all binaries, so that the installs
+    # below resolve offline: pip's network round trips are slow under emulation.
+    python3 -m venv venv
+    venv/bin/pip download -q --only-binary :all: --find-links /work/wheelhouse --dest index \
+        "pyv-edge-agent[test]==$version"
     ls index
     [[ -e "index/$(basename "$wheel")" ]] || { echo "pip did not pick our wheel for $machine" >&2; exit 1; }
 
-    step "installing from the index alone, binaries only, into a fresh venv"
-    python3 -m venv venv
+    step "installing from the index alone, binaries only, into the fresh venv"
     venv/bin/pip install --no-index --only-binary :all: --find-links index pyv-edge-agent
     cd /work/src
     /work/venv/bin/python -c "import platform, sqlite3, pyv_edge_agent.cloud_sync as cs; print('BACKEND =', cs.BACKEND, '| python', platform.python_version(), platform.machine(), '| sqlite', sqlite3.sqlite_version, '|', cs.__file__); assert cs.BACKEND == 'cython', cs.BACKEND"
     cd /work
     step "the test tools (the test extra)"
-    venv/bin/pip install -q --find-links index "pyv-edge-agent[test]==$version"
+    # --no-compile: byte-compiling every test tool's module up front costs a minute under
+    # emulation; the tests compile what they import.
+    venv/bin/pip install -q --no-compile --no-index --only-binary :all: --find-links index "pyv-edge-agent[test]==$version"
 
     step "smoke tests"
     cd /work/src
     local fuse=""
     [[ -e /dev/fuse ]] && command -v fusermount3 >/dev/null && fuse=yes
     export PYV_EDGE_AGENT_REQUIRE_EXTENSIONS=1 PYV_RELIABILITY_KILL_ROUNDS=3 PYV_POWERCUT_CUTS=2
+    # Emulated code is 8-10x slower: the load gets that much longer before each cut.
+    if [[ "${EMULATED:-0}" == 1 ]]; then export PYV_POWERCUT_WINDOW=1.5; fi
     # The power-cut round mounts a FUSE file system; without FUSE in the root it skips (said).
     [[ -n "$fuse" ]] || echo "note: no FUSE here; the power-cut round skips"
     eval "/work/venv/bin/python -m pytest -p no:cacheprovider -q \

@@ -69,5 +69,5 @@ quoted=""
 if (($#)); then quoted="$(printf '%q ' "$@")"; fi
 log "$MODE inside the root"
 root_script tools/internal/root_wheel.sh MODE="$MODE" EXPECT_MACHINE="$(root_machine "$ARCH")" \
-    TARGETS="${targets:-}" SMOKE_ARGS="$quoted"
+    TARGETS="${targets:-}" EMULATED="$([[ -n "$QEMU_BINFMT" ]] && echo 1 || echo 0)" SMOKE_ARGS="$quoted"
 log "$MODE OK in $SECONDS s"
