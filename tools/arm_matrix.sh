@@ -2,9 +2,11 @@
 # The full emulated suite for both ARM architectures on every Raspberry Pi OS release we
 # support (Debian bullseye, bookworm, trixie): tools/arm_emulation.sh ARCH RELEASE for each
 # pair, the two architectures side by side and the releases one after another, then a
-# summary table (date, commit, passed/skipped and why, time) for docs/platforms.md. What the
-# weekly .github/workflows/arm.yml runs, as one command here. About 15 minutes a pair on a
-# 2-core machine, longer for a root that must be made first.
+# summary table (date, commit, passed/skipped and why, time) for docs/platforms.md; then the
+# wheels: built and smoke-tested, installed as wheels, on the same releases
+# (tools/wheels.sh --smoke, its table for docs/wheels.md). What the weekly
+# .github/workflows/arm.yml runs, as one command here. About 15 minutes a pair on a 2-core
+# machine, longer for a root that must be made first.
 #
 # Usage (as root):
 #   tools/arm_matrix.sh [--arch "arm64 armhf"] [--release "bullseye bookworm trixie"] [-- pytest args]
@@ -57,6 +59,9 @@ done
     for release in $releases; do for arch in $archs; do cat "$logs/$arch-$release.row"; done; done
 } > "$logs/summary.md"
 cat "$logs/summary.md"
+# After the suites, not beside them: one emulated job at a time is what 2 cores carry.
+bash tools/wheels.sh --arch "$archs" --smoke "$releases" > "$logs/wheels.log" 2>&1 || failed+=(wheels)
+sed -n '/summary (also in/,$p' "$logs/wheels.log"
 if ((${#failed[@]})); then
     echo "=== tools/arm_matrix.sh: failed: ${failed[*]} (logs in $logs)" >&2
     exit 1

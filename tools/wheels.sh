@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# One command for the Linux wheels of every gateway, built here as cibuildwheel would:
-# x86_64 natively, aarch64 and armv7l under qemu-user, each in a Debian bullseye root
-# (glibc 2.31, Python 3.9) and repaired to manylinux_2_31 (tools/internal/wheel_root.sh build). With
-# --smoke, each wheel is then installed from a local index, binaries only, into a fresh
-# venv in a clean root of each release named, and smoke-tested (tools/internal/wheel_root.sh smoke).
-# A release other than bullseye has another Python, which the cp39 wheel does not fit: its
-# wheel is built in its own root first (tagged with that release's glibc).
+# One command for the Linux wheels of every gateway, built here as cibuildwheel would: the
+# sdist and the x86_64, aarch64 and armv7l wheels from it, all in one amd64 Debian bullseye
+# root (glibc 2.31, Python 3.9) with Debian's cross compilers (no emulation, about a
+# minute), each repaired by auditwheel, tagged manylinux_2_31 and checked
+# (tools/internal/wheel_root.sh build). With --smoke, each wheel is then installed from a
+# local index, binaries only, into a fresh venv in a clean root of each release named, for
+# its own architecture (the ARM ones under qemu-user), and smoke-tested
+# (tools/internal/wheel_root.sh smoke). A release other than bullseye has another Python,
+# which the cp39 wheels do not fit: its wheels are built in its own cross root first.
 #
-# Usage (as root):
+# Usage (as root, on an amd64 Debian/Ubuntu host):
 #   tools/wheels.sh                                        # the three wheels into wheelhouse/
 #   tools/wheels.sh --arch "arm64 armhf" --smoke bullseye  # what .ci/run does
 #   tools/wheels.sh --smoke "bullseye bookworm trixie"     # every arch on every release
 #   tools/wheels.sh --smoke bullseye -- -k codec           # arguments after -- go to pytest
-# The architectures run side by side (emulated builds and tests mostly wait on one core
-# each); a summary table (date, commit, wheel, tests, time) ends the output and is kept in
-# wheelhouse/results.md for docs/platforms.md.
+# The native smoke runs beside the emulated ones; the emulated ones run one at a time (each
+# keeps a core busy). A summary table (date, commit, wheel and size, tests, time) ends the
+# output and is kept in wheelhouse/results.md, for docs/wheels.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,45 +40,58 @@ version="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' src/pyv_edge_agent/cloud_syn
 # Old wheels of this version would be found by the smoke run's index: start clean.
 rm -f "$WHEELHOUSE"/pyv_edge_agent-"$version"-*.whl "$WHEELHOUSE"/results.md
 
-# One architecture's work, in order: build on bullseye, then for each smoke release build
-# there if it is not bullseye, and smoke. A row of the summary per step.
-arch_job() {
-    local arch="$1" release started status row
-    # bullseye first, each release once (--smoke bullseye must not smoke it twice).
-    for release in $(printf '%s\n' bullseye $smoke_releases | awk '!seen[$0]++'); do
-        if [[ "$release" != bullseye || ! -e "$logs/$arch-bullseye-build.log" ]]; then
-            started=$SECONDS
-            status=passed
-            bash tools/internal/wheel_root.sh build "$arch" "$release" > "$logs/$arch-$release-build.log" 2>&1 || status=FAILED
-            echo "| $arch | $release | build | $(date -u +%F) | $commit | $(wheel_of "$logs/$arch-$release-build.log") | $status | $((SECONDS - started)) s |" >> "$logs/$arch.rows"
-            [[ "$status" == passed ]] || return 1
-        fi
-        [[ " $smoke_releases " == *" $release "* ]] || continue
-        started=$SECONDS
-        status=0
-        bash tools/internal/wheel_root.sh smoke "$arch" "$release" -- "${pytest_args[@]}" \
-            > "$logs/$arch-$release-smoke.log" 2>&1 || status=$?
-        row="$(tail -n 40 "$logs/$arch-$release-smoke.log" | grep -E '^=*.* (passed|failed|error)' | tail -n 1 | tr -d '=' | sed 's/^ *//; s/ in [0-9.]*s.*//')"
-        echo "| $arch | $release | smoke | $(date -u +%F) | $commit | $(wheel_of "$logs/$arch-$release-build.log") | $([[ $status == 0 ]] || echo 'FAILED: ')${row:-no pytest summary} | $((SECONDS - started)) s |" >> "$logs/$arch.rows"
-        [[ $status == 0 ]] || return 1
-    done
-}
-
-# The repaired wheel's file name and size, as the build's log shows them (ls -l).
+# The repaired wheel of one machine, its file name and size, as the build's log shows them (ls -l).
 wheel_of() {
-    grep -oE '[0-9]+ [A-Z][a-z]{2} +[0-9]+ [0-9:]+ repaired/[^ ]+\.whl' "$1" 2>/dev/null |
-        awk '{ sub("repaired/", "", $5); printf "`%s` (%d KB)", $5, ($1 + 512) / 1024 }' || true
+    grep -oE "[0-9]+ [A-Z][a-z]{2} +[0-9]+ [0-9:]+ repaired-$2/[^ ]+\.whl" "$1" 2>/dev/null |
+        awk '{ sub("repaired-[a-z0-9_]+/", "", $5); printf "`%s` (%d KB)", $5, ($1 + 512) / 1024 }' || true
 }
 
-declare -A jobs=()
-for arch in $archs; do
-    arch_job "$arch" &
-    jobs[$arch]=$!
-done
+machine_of() {
+    case "$1" in amd64) echo x86_64 ;; arm64) echo aarch64 ;; armhf) echo armv7l ;; esac
+}
+
+# Bullseye first, each release once: every wheel of a release in one build.
+releases="$(printf '%s\n' bullseye $smoke_releases | awk '!seen[$0]++' | tr '\n' ' ')"
 failed=()
-for arch in $archs; do
-    wait "${jobs[$arch]}" || failed+=("$arch")
+for release in $releases; do
+    started=$SECONDS
+    status=passed
+    bash tools/internal/wheel_root.sh build "$archs" "$release" > "$logs/0-$release-build.log" 2>&1 || status=FAILED
+    for arch in $archs; do
+        echo "| $arch | $release | build (all archs in one, cross-compiled) | $(date -u +%F) | $commit | $(wheel_of "$logs/0-$release-build.log" "$(machine_of "$arch")") | $status | $((SECONDS - started)) s |" >> "$logs/$arch.rows"
+    done
+    [[ "$status" == passed ]] || failed+=("build-$release")
 done
+
+smoke() {
+    local arch="$1" release="$2" started=$SECONDS status=0 row
+    bash tools/internal/wheel_root.sh smoke "$arch" "$release" -- "${pytest_args[@]}" \
+        > "$logs/1-$arch-$release-smoke.log" 2>&1 || status=$?
+    row="$(tail -n 40 "$logs/1-$arch-$release-smoke.log" | grep -E '^=*.* (passed|failed|error)' | tail -n 1 | tr -d '=' | sed 's/^ *//; s/ in [0-9.]*s.*//')"
+    echo "| $arch | $release | smoke | $(date -u +%F) | $commit | $(wheel_of "$logs/0-$release-build.log" "$(machine_of "$arch")") | $([[ $status == 0 ]] || echo 'FAILED: ')${row:-no pytest summary} | $((SECONDS - started)) s |" >> "$logs/$arch.rows"
+    return "$status"
+}
+
+# Each architecture's smoke runs through the releases in order; the native one beside the
+# emulated chain, the emulated ones one after another.
+smoke_chain() {
+    local arch release status=0
+    for arch in "$@"; do
+        for release in $smoke_releases; do smoke "$arch" "$release" || status=1; done
+    done
+    return "$status"
+}
+if [[ -n "$smoke_releases" && ${#failed[@]} -eq 0 ]]; then
+    native=() emulated=()
+    for arch in $archs; do
+        if [[ "$arch" == "$(dpkg --print-architecture)" ]]; then native+=("$arch"); else emulated+=("$arch"); fi
+    done
+    pids=()
+    if ((${#native[@]})); then smoke_chain "${native[@]}" & pids+=($!); fi
+    if ((${#emulated[@]})); then smoke_chain "${emulated[@]}" & pids+=($!); fi
+    for pid in "${pids[@]}"; do wait "$pid" || failed+=(smoke); done
+fi
+
 for log in "$logs"/*.log; do
     printf '\n=== tools/wheels.sh: %s\n' "$(basename "$log" .log)"
     cat "$log"
@@ -90,7 +105,7 @@ printf '\n=== tools/wheels.sh: summary (also in %s)\n' "$WHEELHOUSE/results.md"
 cat "$WHEELHOUSE/results.md"
 ls -l "$WHEELHOUSE"/*.whl 2>/dev/null || true
 if ((${#failed[@]})); then
-    echo "=== tools/wheels.sh: failed for ${failed[*]}" >&2
+    echo "=== tools/wheels.sh: failed: ${failed[*]}" >&2
     exit 1
 fi
 echo "=== tools/wheels.sh: all passed in $SECONDS s"

@@ -76,6 +76,9 @@ SYNCED_PER_ITEM: Dict[str, float] = {}
 POWER_CUTS_FULL = int(os.environ.get("PYV_POWERCUT_CUTS", "150"))
 # Cuts per backend of the load with two destinations (full mode).
 POWER_CUTS_TWO_DESTINATIONS = max(12, POWER_CUTS_FULL // 5)
+# The longest the load runs before a cut, in seconds (each cut picks a time up to this).
+# Emulated runs (qemu-user, 8-10x slower) raise it so that the load still does real work.
+POWER_CUT_WINDOW = float(os.environ.get("PYV_POWERCUT_WINDOW", "0.15"))
 
 
 def power_cut_lines() -> List[str]:

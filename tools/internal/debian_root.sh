@@ -24,6 +24,12 @@ ROOT_BASE_PACKAGES=(python3 python3-dev python3-venv gcc libc6-dev ca-certificat
 # root_setup (the ARM roots: libffi-dev, to build cffi). They join the recipe, so adding
 # them remakes those roots alone.
 ROOT_EXTRA_PACKAGES=()
+# Other Debian architectures whose packages the root may install (multiarch), named with
+# ":ARCH" in ROOT_EXTRA_PACKAGES; and a name for a root whose recipe differs from the
+# release's plain one (the cross-compiling root), so that it is cached beside that one
+# rather than replacing it. Set by a caller before root_setup, as ROOT_EXTRA_PACKAGES is.
+ROOT_FOREIGN_ARCHS=()
+ROOT_FLAVOUR=""
 
 log() { printf '\n=== [%s %s] %s\n' "$RELEASE" "$ARCH" "$*"; }
 
@@ -38,7 +44,7 @@ root_enter_namespace() {
 root_setup() {
     REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
     ROOTS="${DEBIAN_ROOTS:-/var/cache/pyv-edge-agent-roots}"
-    ROOT="$ROOTS/$RELEASE-$ARCH"
+    ROOT="$ROOTS/$RELEASE-$ARCH${ROOT_FLAVOUR:+-$ROOT_FLAVOUR}"
     MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
     CA_BUNDLE="${HOST_CA_BUNDLE:-${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}}"
     STAMP="$ROOT/.pyv-edge-agent-root"
@@ -66,6 +72,7 @@ root_setup() {
 root_recipe() {
     printf 'recipe %s\nrelease %s\narch %s\nvariant minbase\nmirror %s\npackages %s\n' \
         "$ROOT_RECIPE_VERSION" "$RELEASE" "$ARCH" "$MIRROR" "${ROOT_PACKAGES[*]}"
+    if ((${#ROOT_FOREIGN_ARCHS[@]})); then printf 'foreign %s\n' "${ROOT_FOREIGN_ARCHS[*]}"; fi
 }
 
 root_is_current() {
@@ -78,9 +85,9 @@ root_is_current() {
 # shared lock (a long emulated suite must not hold up a wheel build in the same root); only
 # making one takes the exclusive lock, and checks again once it has it.
 root_ensure() {
-    local started=$SECONDS packages
+    local started=$SECONDS packages foreign
     mkdir -p "$ROOTS"
-    exec {ROOT_LOCK}>"$ROOTS/$RELEASE-$ARCH.lock"
+    exec {ROOT_LOCK}>"$ROOT.lock"
     flock -s "$ROOT_LOCK"
     if [[ "${FRESH:-0}" != 1 ]] && root_is_current; then
         log "reusing $ROOT"
@@ -95,17 +102,22 @@ root_ensure() {
         rm -rf --one-file-system "$ROOT.new"
         packages="$(IFS=,; echo "${ROOT_BASE_PACKAGES[*]}")"
         debootstrap --arch="$ARCH" --variant=minbase --include="$packages" \
-            "$RELEASE" "$ROOT.new" "$MIRROR" > "$ROOTS/$RELEASE-$ARCH.debootstrap.log" 2>&1 ||
-            { tail -n 30 "$ROOTS/$RELEASE-$ARCH.debootstrap.log"; exit 1; }
+            "$RELEASE" "$ROOT.new" "$MIRROR" > "$ROOT.debootstrap.log" 2>&1 ||
+            { tail -n 30 "$ROOT.debootstrap.log"; exit 1; }
         # The test suite's packages through apt, not --include: debootstrap cannot order
         # trixie's systemd (pulled in by mosquitto and tinyproxy) and gives up.
         cp /etc/resolv.conf "$ROOT.new/etc/resolv.conf"
         printf '#!/bin/sh\nexit 101\n' > "$ROOT.new/usr/sbin/policy-rc.d"  # start no services
         chmod +x "$ROOT.new/usr/sbin/policy-rc.d"
+        if ((${#ROOT_FOREIGN_ARCHS[@]})); then
+            for foreign in "${ROOT_FOREIGN_ARCHS[@]}"; do chroot "$ROOT.new" dpkg --add-architecture "$foreign"; done
+            chroot "$ROOT.new" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin apt-get update -q \
+                >> "$ROOT.debootstrap.log" 2>&1 || { tail -n 30 "$ROOT.debootstrap.log"; exit 1; }
+        fi
         chroot "$ROOT.new" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
             apt-get install -y -q --no-install-recommends "${ROOT_PACKAGES[@]}" \
-            >> "$ROOTS/$RELEASE-$ARCH.debootstrap.log" 2>&1 ||
-            { tail -n 30 "$ROOTS/$RELEASE-$ARCH.debootstrap.log"; exit 1; }
+            >> "$ROOT.debootstrap.log" 2>&1 ||
+            { tail -n 30 "$ROOT.debootstrap.log"; exit 1; }
         chroot "$ROOT.new" apt-get clean
         # Mount points for the run; the root itself is never written after this.
         mkdir -p "$ROOT.new/work" "$ROOT.new/pip-cache"
