@@ -159,7 +159,13 @@ def test_power_cuts_with_two_destinations_in_full_mode_lose_nothing_for_either(
     try:
         # Longer runs than the plain load's: a flush of a destination returns (and so
         # confirms its acks) only once that destination's backlog is sent.
-        _cuts(tmp_path, ledger, reliability.POWER_CUTS_TWO_DESTINATIONS, seed=5, longest_load=max(0.4, reliability.POWER_CUT_WINDOW))
+        _cuts(
+            tmp_path,
+            ledger,
+            reliability.POWER_CUTS_TWO_DESTINATIONS,
+            seed=5,
+            longest_load=max(0.4, reliability.POWER_CUT_WINDOW),
+        )
     finally:
         _add_routed_figures(ledger)
     assert ledger.figures["lost"] == ledger.figures["route problems"] == ledger.figures["integrity failures"] == 0
