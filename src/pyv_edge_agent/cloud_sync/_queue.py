@@ -199,6 +199,8 @@ class CloudSyncQueue:
         self._policy = policy
         self._link = link
         self._deliveries = SINGLE
+        # What a queue without destinations flushes with.
+        self._own = _Target(SINGLE, link, policy)
         self._clock: Callable[[], float] = store.now
         # Each destination's id, which is its bit in an item's route (none: one destination).
         self._destinations: Dict[str, int] = store.register_destinations(names or ())
@@ -571,7 +573,7 @@ class CloudSyncQueue:
                     f"destination is required: this queue feeds {sorted(self._destinations)}; name the one to flush"
                 )
             if not self._destinations:
-                return _Target(self._deliveries, self._link, self._policy)
+                return self._own
             destination = next(iter(self._destinations))
         self._destination_id(destination)
         return self._targets[destination]
@@ -601,7 +603,7 @@ class CloudSyncQueue:
         link, or its destinations'."""
         if self._targets:
             return list(self._targets.values())
-        return [_Target(self._deliveries, self._link, self._policy)]
+        return [self._own]
 
     def end_backoff(self, destination: Optional[str] = None) -> bool:
         """End a backoff after an upload that got no answer, because the link is back (a

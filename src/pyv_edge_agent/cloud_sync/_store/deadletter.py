@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .. import _codec, _validate
 from .._types import ROW_COLUMNS, DeadLetter, Priority
 from . import batchkeys, seal
+from .destinations import dead_count
 from .sql import by_id_chunk_shape
 from .store import Store
 
@@ -39,7 +40,6 @@ _DEAD_DELIVERY_COLUMNS = ", ".join(("item_id", *_DEAD_COLUMNS[1:], "destination"
 SELECT_DEAD_DELIVERIES_SQL = (
     f"SELECT {_DEAD_DELIVERY_COLUMNS} FROM sync_dead_deliveries WHERE destination = ? ORDER BY dead_at, id LIMIT ?"
 )
-COUNT_DEAD_DELIVERIES_SQL = "SELECT COUNT(*) FROM sync_dead_deliveries WHERE destination = ?"
 SELECT_REQUEUED_SQL = "SELECT item_id, payload, priority, ttl_seconds FROM sync_dead_deliveries WHERE destination = ?"
 STILL_STORED_SQL = "SELECT 1 FROM sync_queue WHERE id = ?"
 # The item is back on the destination's list: its bit in the route, and a delivery row due
@@ -99,7 +99,7 @@ def open_note(sealer: Optional[seal.Sealer], text: Optional[str], queue_id: str)
 def count_dead(conn: sqlite3.Connection, destination: Optional[int] = None) -> int:
     """Return how many items are in the dead-letter table (of the destination of that id)."""
     if destination is not None:
-        return int(conn.execute(COUNT_DEAD_DELIVERIES_SQL, (destination,)).fetchone()[0])
+        return dead_count(conn, destination)
     return int(conn.execute(COUNT_DEAD_SQL).fetchone()[0])
 
 

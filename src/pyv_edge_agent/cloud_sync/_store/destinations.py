@@ -21,6 +21,13 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SELECT_ALL_SQL = "SELECT name, id FROM sync_destinations"
 REGISTER_SQL = "INSERT INTO sync_destinations (id, name, added_at, first_item_id) VALUES (?, ?, ?, ?)"
 COUNT_DEAD_SQL = "SELECT COUNT(*) FROM sync_dead_deliveries WHERE destination = ?"
+
+
+def dead_count(conn: sqlite3.Connection, ident: int) -> int:
+    """How many dead letters the destination of id ``ident`` has."""
+    return int(conn.execute(COUNT_DEAD_SQL, (ident,)).fetchone()[0])
+
+
 ROUTE_SQL = "INSERT INTO sync_routes (item_id, destinations, pending, bytes) VALUES (?, ?, ?, ?)"
 # Counting walks the routes: a destination's bit can be anywhere.
 COUNT_PENDING_SQL = "SELECT COUNT(*) FROM sync_routes WHERE destinations & ?"
@@ -79,7 +86,7 @@ def register(conn: sqlite3.Connection, names: Sequence[str], next_item_id: int, 
                 f"destinations: {name!r} is missing but still has {pending} items to deliver; open the"
                 f" queue with it, and call remove_destination({name!r}) to drop them on purpose"
             )
-        dead = int(conn.execute(COUNT_DEAD_SQL, (ident,)).fetchone()[0])
+        dead = dead_count(conn, ident)
         if dead:
             raise ValueError(
                 f"destinations: {name!r} is missing but still has {dead} dead letters; open the queue with it"
