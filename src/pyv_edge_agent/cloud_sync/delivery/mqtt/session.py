@@ -317,8 +317,8 @@ def _drive(session: Session, mine: _Batch, window: int, qos: int) -> None:
         corked = False
         for batch in session.batches:
             while batch.open() and session.in_flight < window:
-                if not corked:
-                    corked = session.cork(True)
+                if not corked and window - session.in_flight > 1 and len(batch.messages) > 1:
+                    corked = session.cork(True)  # only worth its two system calls for several
                 index, topic, payload, properties = batch.messages[0]
                 try:
                     info = publish(topic, payload, qos=qos, properties=properties)
