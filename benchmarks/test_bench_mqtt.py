@@ -41,7 +41,7 @@ def _uploader(broker: Any) -> Any:
     return MQTTUploader("127.0.0.1", broker.port, topic=TOPIC, tls=False, username=USER, password=PASSWORD)
 
 
-@pytest.mark.parametrize("in_flight", [1, 2])
+@pytest.mark.parametrize("in_flight", [1, 2, 4])
 def test_mqtt_flush(benchmark: Any, tmp_path: Any, size: Size, broker: Any, backend: str, in_flight: int) -> None:
     count = size(20_000, 500)
     benchmark.group = f"flush {count:,} to Mosquitto (loopback, QoS 1)"

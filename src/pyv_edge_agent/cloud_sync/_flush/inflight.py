@@ -1,14 +1,17 @@
 """``InFlight``: the batches one flush uploads at once (``max_in_flight_batches`` above 1).
 
-Each batch is sent and settled in a thread of its own; the flush's thread claims the next
-batch only when one of them is free, so a claim's lease starts when its upload can start,
+Each batch is sent and settled by one of up to ``limit`` threads, started as they are needed
+and kept for the flush (a thread started per batch waits to be scheduled, several
+milliseconds on a busy machine); the flush's thread claims the next batch only when one of
+them is free, so a claim's lease starts when its upload can start,
 and a critical item waits for at most the batches already in flight. Settling goes
 through the store, under its lock, as with one batch at a time: only the uploads overlap.
 """
 
 import threading
 import time
-from typing import Callable, List, Optional, Tuple
+from collections import deque
+from typing import Callable, Deque, List, Optional, Tuple
 
 from .._types import CRITICAL, Column
 from .claim import Claim
@@ -30,6 +33,10 @@ class InFlight:
         self._changed = threading.Condition()
         self._running = 0
         self._threads: List[threading.Thread] = []
+        # Batches handed over and not yet taken by a thread; threads waiting for one.
+        self._work: Deque[Tuple[Claim, Deliver, int]] = deque()
+        self._idle = 0
+        self._closing = False
         self._error: Optional[BaseException] = None
         self.acked = 0
         # A batch failed (or a thread raised): claim no more, let the others finish.
@@ -46,6 +53,9 @@ class InFlight:
         return self
 
     def __exit__(self, kind: object, *rest: object) -> None:
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
         for thread in self._threads:
             thread.join()
         if kind is None and self._error is not None:
@@ -59,18 +69,33 @@ class InFlight:
             return not self.failed
 
     def start(self, claim: Claim, deliver: Deliver) -> None:
-        """Send and settle ``claim`` in a thread of its own."""
+        """Send and settle ``claim`` in one of the flush's threads."""
         reserved = sum(1 for row in claim.rows if row[Column.PRIORITY] != CRITICAL)
         with self._changed:
             if self._running == 0:
                 self._busy_since = time.monotonic()
             self._running += 1
             self.reserved += reserved
-        thread = threading.Thread(
-            target=self._run, args=(claim, deliver, reserved), name="cloud-sync-batch", daemon=True
-        )
-        self._threads = [each for each in self._threads if each.is_alive()] + [thread]
+            self._work.append((claim, deliver, reserved))
+            if self._idle or len(self._threads) >= self._limit:
+                self._changed.notify_all()  # a thread waiting, or about to wait, takes it
+                return
+            thread = threading.Thread(target=self._serve, name="cloud-sync-batch", daemon=True)
+            self._threads.append(thread)
         thread.start()
+
+    def _serve(self) -> None:
+        """Take batches as they are handed over until the flush ends."""
+        while True:
+            with self._changed:
+                self._idle += 1
+                while not self._work and not self._closing:
+                    self._changed.wait()
+                self._idle -= 1
+                if not self._work:
+                    return
+                claim, deliver, reserved = self._work.popleft()
+            self._run(claim, deliver, reserved)
 
     def _run(self, claim: Claim, deliver: Deliver, reserved: int) -> None:
         done, count, error = False, 0, None

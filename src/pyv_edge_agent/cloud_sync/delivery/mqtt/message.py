@@ -104,6 +104,8 @@ IDEMPOTENCY_PROPERTY = "idempotency-key"
 _USER_PROPERTY = b"\x26" + struct.pack("!H", len(IDEMPOTENCY_PROPERTY)) + IDEMPOTENCY_PROPERTY.encode()
 _MESSAGE_EXPIRY = b"\x02"
 _MAX_EXPIRY = 2**32 - 1
+_U16 = struct.Struct("!H").pack
+_U32 = struct.Struct("!I").pack
 
 
 class PackedProperties:
@@ -118,9 +120,9 @@ class PackedProperties:
 
     def __init__(self, key: str, ttl_left: float) -> None:
         encoded_key = key.encode()
-        body = _USER_PROPERTY + struct.pack("!H", len(encoded_key)) + encoded_key
+        body = _USER_PROPERTY + _U16(len(encoded_key)) + encoded_key
         if math.isfinite(ttl_left):
-            body = _MESSAGE_EXPIRY + struct.pack("!I", min(_MAX_EXPIRY, max(1, math.ceil(ttl_left)))) + body
+            body = _MESSAGE_EXPIRY + _U32(min(_MAX_EXPIRY, max(1, math.ceil(ttl_left)))) + body
         self._packed = _varint(len(body)) + body
 
     def pack(self) -> bytes:
@@ -131,9 +133,13 @@ class PackedProperties:
         return len(self._packed)
 
 
+def _varint_size(value: int) -> int:
+    return 1 if value < 128 else 2 if value < 16384 else 3 if value < 2097152 else 4
+
+
 def publish_packet_size(topic_bytes: int, payload_bytes: int, qos: int, properties_bytes: Optional[int]) -> int:
     """The size of a PUBLISH packet on the wire, fixed header included, as a broker's
     Maximum Packet Size counts it; ``properties_bytes`` (length prefix included) is None
     for MQTT 3.1.1."""
     remaining = 2 + topic_bytes + (2 if qos else 0) + payload_bytes + (properties_bytes or 0)
-    return 1 + len(_varint(remaining)) + remaining
+    return 1 + _varint_size(remaining) + remaining

@@ -35,6 +35,7 @@ def _halts(reason: int) -> bool:
 
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux
+_CORK = getattr(socket, "TCP_CORK", None)  # Linux
 
 # (index in the batch, topic, payload, MQTT 5 properties or None)
 Message = Tuple[int, str, bytes, Any]
@@ -57,29 +58,35 @@ class PacketGuard:
     def feed(self, data: bytes) -> None:
         """Follow ``data``, the next bytes read; raise ``PacketTooLargeError`` at a header
         announcing a packet over the limit."""
-        at, end = 0, len(data)
+        skip, end = self._skip, len(data)
+        if skip >= end:  # within a body already announced: paho reads a body in one call
+            self._skip = skip - end
+            return
+        self._skip = 0
+        at = skip
+        header = self._header
         while at < end:
-            if self._skip:
-                step = min(self._skip, end - at)
-                self._skip -= step
-                at += step
-                continue
-            self._header.append(data[at])
+            byte = data[at]
             at += 1
-            header = self._header
-            if len(header) >= 2 and not header[-1] & 128:
-                length = sum((byte & 127) << (7 * i) for i, byte in enumerate(header[1:]))
-                if length + len(header) > self.limit:
-                    self.refused = (
-                        f"the broker sent a packet of {length + len(header)} bytes (type {header[0] >> 4}),"
-                        f" over the Maximum Packet Size of {self.limit} this client announced"
-                    )
+            header.append(byte)
+            if len(header) == 1:
+                continue  # the packet type
+            if byte & 128:  # the remaining length goes on, in at most four bytes
+                if len(header) > 4:
+                    self.refused = "the broker sent a malformed packet length"
                     raise PacketTooLargeError(self.refused)
-                self._skip = length
-                header.clear()
-            elif len(header) > 5:
-                self.refused = "the broker sent a malformed packet length"
+                continue
+            length = sum((each & 127) << (7 * i) for i, each in enumerate(header[1:]))
+            if length + len(header) > self.limit:
+                self.refused = (
+                    f"the broker sent a packet of {length + len(header)} bytes (type {header[0] >> 4}),"
+                    f" over the Maximum Packet Size of {self.limit} this client announced"
+                )
                 raise PacketTooLargeError(self.refused)
+            header.clear()
+            step = min(length, end - at)
+            at += step
+            self._skip = length - step
 
 
 _GUARDED: Dict[Any, Any] = {}
@@ -144,10 +151,6 @@ class Session:
         paho's external-loop calls, not ``loop()``: that one opens a socket pair to wake a
         network thread, and every publish then writes a byte to it, a system call as costly
         as the publish's own, for a thread this client does not have.
-
-        Called with no wait before each publish: a broker that refuses a message and then
-        closes the connection (Mosquitto does, for an ACL denial) has its PUBACK read
-        before a write to the closed socket makes paho drop what was still unread.
         """
         client = self.client
         sock = client.socket()
@@ -171,6 +174,23 @@ class Session:
             return bool(timeout == 0.0 or client.loop_misc() == 0)  # keep-alive: only when waiting
         except (OSError, ValueError):
             return False
+
+    def cork(self, on: bool) -> bool:
+        """Hold the messages about to be published in the socket (``TCP_CORK``), or send
+        what it holds; True when corked.
+
+        Each publish is its own write: on loopback or a LAN the kernel would send each as a
+        segment of its own, and the broker would be woken for each. Corked while the window
+        is refilled, the messages go out together when it is full.
+        """
+        sock = self.client.socket()
+        if _CORK is None or sock is None:
+            return False
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1 if on else 0)
+        except (OSError, ValueError):
+            return False
+        return on
 
     def usable(self, keepalive: float) -> bool:
         """Whether the connection still works and was used within ``keepalive`` seconds (a
@@ -255,6 +275,12 @@ def deliver(
     when the link breaks or the batch's ``deadline`` (``time.monotonic()``; ``timeout``
     seconds after the batch began) passes, however steadily PUBACKs trickle in.
 
+    The broker is read only when the window is full or nothing is left to publish, as a
+    plain publish loop does: a look before each publish costs a system call per message. A
+    refusal followed by a close (Mosquitto's answer to an ACL denial) can then be lost when
+    a later write meets the closed socket; ``MQTTUploader`` sends the first unanswered
+    message again, alone, to get its answer.
+
     Batches delivered over one session from several threads at once (a flush with several
     batches in flight) share its window: the next batch publishes while the PUBACKs of the
     one before come in. One thread at a time drives paho for all of them (paho's calls are
@@ -283,23 +309,19 @@ def deliver(
 def _drive(session: Session, mine: _Batch, window: int, qos: int) -> None:
     """Publish and read for every batch of ``session`` until ``mine`` is finished; called
     with the session's lock held, released only while waiting for the broker."""
-    client = session.client
-    # Whether the socket was read since the last publish: then the next one goes at once.
-    read = False
+    publish = session.client.publish
     while True:
         _finish(session)
         if mine.finished:
             return
+        corked = False
         for batch in session.batches:
             while batch.open() and session.in_flight < window:
-                if session.in_flight and not read:
-                    _read(session, 0.0)
-                    if not batch.open() or session.in_flight >= window:
-                        break
-                read = False
+                if not corked and window - session.in_flight > 1 and len(batch.messages) > 1:
+                    corked = session.cork(True)  # only worth its two system calls for several
                 index, topic, payload, properties = batch.messages[0]
                 try:
-                    info = client.publish(topic, payload, qos=qos, properties=properties)
+                    info = publish(topic, payload, qos=qos, properties=properties)
                 except (OSError, ValueError) as exc:
                     batch.done.lost = f"{type(exc).__name__}: {exc}"
                     break
@@ -310,6 +332,8 @@ def _drive(session: Session, mine: _Batch, window: int, qos: int) -> None:
                 batch.inflight[info.mid] = index
                 session.routes[info.mid] = batch
                 session.in_flight += 1
+        if corked:
+            session.cork(False)
         _finish(session)
         if mine.finished:
             return
@@ -319,7 +343,6 @@ def _drive(session: Session, mine: _Batch, window: int, qos: int) -> None:
             session.changed.release()  # other batches may join meanwhile
             try:
                 _read(session, min(1.0, left))
-                read = True
             finally:
                 session.changed.acquire()
 
