@@ -7,21 +7,13 @@ import random
 from typing import List
 
 import pytest
+from hostile_broker import packet
 
 from pyv_edge_agent.cloud_sync.delivery.mqtt.session import PacketGuard, PacketTooLargeError
 
 
-def _length(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (128 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _packet(kind: int, body_size: int) -> bytes:
-    return bytes([kind << 4]) + _length(body_size) + bytes(body_size)
+    return packet(kind, bytes(body_size))
 
 
 def _splits(stream: bytes, seed: int) -> List[bytes]:
