@@ -117,11 +117,24 @@ def check_header(path: str) -> None:
     pages = int.from_bytes(header[28:32], "big")
     # The in-header size is valid only when the two change counters agree. A WAL with
     # content may legitimately hold pages the main file does not have yet.
-    if header[24:28] == header[92:96] and info.st_size < pages * page_size and not _has_wal(path):
+    if header[24:28] != header[92:96] or info.st_size >= pages * page_size or _has_wal(path):
+        return
+    # Measured again after the header and the WAL were read: another process's checkpoint
+    # writes the new header before the pages that extend the file, and deletes its WAL only
+    # after all of them, so a size taken before the header can be short of it for a moment.
+    size = _size(path)
+    if size < pages * page_size:
         raise CorruptDatabaseError(
             f"{path!r} is truncated: its header says {pages} pages of {page_size} bytes "
-            f"({pages * page_size} bytes) but the file has {info.st_size}"
+            f"({pages * page_size} bytes) but the file has {size}"
         )
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as exc:
+        raise DatabaseError(f"cannot use {path!r} as a queue database: {exc.strerror}") from exc
 
 
 def _has_wal(path: str) -> bool:
